@@ -1,0 +1,174 @@
+"""Blob store: one interface over a local directory (default) and S3 (production)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
+
+
+class BlobKeyError(ValueError):
+    """A blob key that could escape its store (`..`, absolute, odd characters)."""
+
+
+def check_key(key: str) -> str:
+    """Return `key` if every segment is safe, else raise BlobKeyError naming the problem."""
+    if not key or key.startswith("/") or "\\" in key:
+        raise BlobKeyError(f"blob key {key!r}: must be a relative path with '/' separators")
+    for segment in key.split("/"):
+        if segment in ("", ".", "..") or not _SAFE_SEGMENT.match(segment):
+            raise BlobKeyError(f"blob key {key!r}: unsafe segment {segment!r}")
+    return key
+
+
+class BlobStore(Protocol):
+    """What stages need from storage. Keys are '/'-separated relative paths."""
+
+    location: str
+
+    def put_bytes(self, key: str, data: bytes) -> str: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def open_read(self, key: str) -> IO[bytes]: ...
+    def writer(self, key: str) -> Any: ...
+    def url(self, key: str, expires_in: int = 3600) -> str: ...
+
+
+class LocalBlobStore:
+    """Blobs as files under `root`. Writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.location = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        with self.writer(key) as fh:
+            fh.write(data)
+        return key
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def open_read(self, key: str) -> IO[bytes]:
+        return self._path(key).open("rb")
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[IO[bytes]]:
+        """Stream bytes into `key`; the blob appears only if the block completes."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def url(self, key: str, expires_in: int = 3600) -> str:
+        return str(self._path(key))
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+
+class S3BlobStore:
+    """Blobs in an S3 bucket under a prefix, through a boto3 client (dagster-aws's S3Resource
+    builds the same client in the Dagster layer). Streams via multipart upload."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        return key
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def size(self, key: str) -> int:
+        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix) if prefix else self.prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def open_read(self, key: str) -> IO[bytes]:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[IO[bytes]]:
+        """Spool to a temp file, then upload (boto3 switches to multipart for large files);
+        the object appears only if the block completes."""
+        s3_key = self._key(key)
+        with tempfile.TemporaryFile() as spool:
+            yield spool
+            spool.seek(0)
+            self.client.upload_fileobj(spool, self.bucket, s3_key)
+
+    def url(self, key: str, expires_in: int = 3600) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_in
+        )
+
+
+def copy_blob(src: BlobStore, key: str, dest: Path) -> Path:
+    """Copy one blob to a local file (used by `training-file download`)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with src.open_read(key) as fh, dest.open("wb") as out:
+        shutil.copyfileobj(fh, out)
+    return dest

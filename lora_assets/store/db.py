@@ -1,0 +1,181 @@
+"""Domain DB: engine, schema migrations, scaffolding upsert and lookups (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from lora_assets.schemas import (
+    ConsultantProfile,
+    EmotionalArc,
+    Persona,
+    PromptTemplate,
+    ScaffoldingBundle,
+    TrainingTopic,
+)
+from lora_assets.store import tables as t
+
+SQL_DIR = Path(__file__).with_name("sql")
+CONSULTANT_ROW_ID = "consultant"
+
+
+def make_engine(url: str) -> Engine:
+    """Engine for `url`; makes the SQLite parent directory and turns on its FK checks."""
+    if url.startswith("postgresql://"):
+        # SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3; we ship psycopg2.
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def render_postgres_ddl() -> str:
+    """PostgreSQL DDL for the whole schema, idempotent (IF NOT EXISTS), from `tables.metadata`."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    parts = ["-- Generated from lora_assets/store/tables.py by `lora-assets sql`. Do not edit by hand.\n"]
+    for table in t.metadata.sorted_tables:
+        parts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip() + ";\n")
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            parts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip() + ";\n")
+    return "\n".join(parts)
+
+
+def migration_files() -> list[Path]:
+    """The numbered PostgreSQL DDL files, in order."""
+    return sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def init_schema(engine: Engine) -> list[str]:
+    """Create the schema if missing. PostgreSQL: apply each numbered sql/ file once (tracked in
+    schema_migrations). SQLite: create from the same metadata. Returns versions applied now."""
+    applied: list[str] = []
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Serialise concurrent `init`s on one database.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7421001)"))
+            t.schema_migrations.create(conn, checkfirst=True)
+            done = set(conn.scalars(sa.select(t.schema_migrations.c.version)))
+            for path in migration_files():
+                if path.stem in done:
+                    continue
+                conn.exec_driver_sql(path.read_text())
+                conn.execute(sa.insert(t.schema_migrations).values(version=path.stem))
+                applied.append(path.stem)
+        else:
+            t.metadata.create_all(conn)
+            done = set(conn.scalars(sa.select(t.schema_migrations.c.version)))
+            for path in migration_files():
+                if path.stem not in done:
+                    conn.execute(sa.insert(t.schema_migrations).values(version=path.stem))
+                    applied.append(path.stem)
+    return applied
+
+
+def _upsert(conn: Connection, table: sa.Table, key_col: str, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert or update by natural key; returns counts of inserted / updated / unchanged."""
+    counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    existing = {
+        row[key_col]: row
+        for row in conn.execute(sa.select(table).where(table.c[key_col].in_([r[key_col] for r in rows]))).mappings()
+    }
+    for row in rows:
+        current = existing.get(row[key_col])
+        if current is None:
+            conn.execute(sa.insert(table).values(**row))
+            counts["inserted"] += 1
+        elif any(current[k] != v for k, v in row.items()):
+            conn.execute(
+                sa.update(table).where(table.c[key_col] == row[key_col]).values(**row, updated_at=sa.func.now())
+            )
+            counts["updated"] += 1
+        else:
+            counts["unchanged"] += 1
+    return counts
+
+
+def load_scaffolding(engine: Engine, bundle: ScaffoldingBundle) -> dict[str, dict[str, int]]:
+    """Upsert a validated bundle by key in ONE transaction: all of it or nothing."""
+    with engine.begin() as conn:
+        return {
+            "personas": _upsert(conn, t.personas, "persona_key", [p.model_dump() for p in bundle.personas]),
+            "emotional_arcs": _upsert(conn, t.emotional_arcs, "arc_key", [a.model_dump() for a in bundle.emotional_arcs]),
+            "training_topics": _upsert(
+                conn, t.training_topics, "topic_key", [x.model_dump() for x in bundle.training_topics]
+            ),
+            "prompt_templates": _upsert(
+                conn,
+                t.prompt_templates,
+                "template_key",
+                [x.model_dump(exclude={"placeholders"}) for x in bundle.prompt_templates],
+            ),
+            "consultant_profiles": _upsert(
+                conn,
+                t.consultant_profiles,
+                "id",
+                [{"id": CONSULTANT_ROW_ID, "profile": bundle.consultant_profile.model_dump(mode="json")}],
+            ),
+        }
+
+
+_STRIP = {"created_at", "updated_at"}
+
+
+def _rows(conn: Connection, table: sa.Table, order: str) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in row.items() if k not in _STRIP}
+        for row in conn.execute(sa.select(table).order_by(table.c[order])).mappings()
+    ]
+
+
+def read_personas(conn: Connection) -> list[Persona]:
+    """All personas, by key. Rows are read leniently so a broken row can still be reported."""
+    return [Persona.model_construct(**r) for r in _rows(conn, t.personas, "persona_key")]
+
+
+def read_emotional_arcs(conn: Connection) -> list[EmotionalArc]:
+    return [EmotionalArc.model_construct(**r) for r in _rows(conn, t.emotional_arcs, "arc_key")]
+
+
+def read_training_topics(conn: Connection) -> list[TrainingTopic]:
+    return [TrainingTopic.model_construct(**r) for r in _rows(conn, t.training_topics, "topic_key")]
+
+
+def read_prompt_templates(conn: Connection) -> list[PromptTemplate]:
+    return [PromptTemplate.model_construct(**r) for r in _rows(conn, t.prompt_templates, "template_key")]
+
+
+def read_consultant_profile(conn: Connection) -> ConsultantProfile | None:
+    row = conn.execute(sa.select(t.consultant_profiles.c.profile)).scalar_one_or_none()
+    return None if row is None else ConsultantProfile.model_validate(row)
+
+
+def scaffolding_by_id(conn: Connection, ids: Iterable[str], kind: str) -> dict[str, Any]:
+    """Look up personas / emotional_arcs / training_topics / prompt_templates rows by id."""
+    table, model = {
+        "personas": (t.personas, Persona),
+        "emotional_arcs": (t.emotional_arcs, EmotionalArc),
+        "training_topics": (t.training_topics, TrainingTopic),
+        "prompt_templates": (t.prompt_templates, PromptTemplate),
+    }[kind]
+    wanted = list(set(ids))
+    if not wanted:
+        return {}
+    rows = conn.execute(sa.select(table).where(table.c.id.in_(wanted))).mappings()
+    return {r["id"]: model.model_validate({k: v for k, v in r.items() if k not in _STRIP}) for r in rows}

@@ -1,0 +1,1 @@
+lora_assets/store/sql
