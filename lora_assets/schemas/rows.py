@@ -94,6 +94,6 @@ class GenerationRecord(_Row):
     stop_reason: str | None
     usage: Usage
     cost_usd: float
-    raw_text: str
+    response: dict[str, Any] = Field(description="The API Message JSON exactly as returned (stored as raw.json).")
     request_id: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -140,3 +140,12 @@ class ScaffoldingBundle(_Record):
                 )
             seen[key] = index
         return records
+
+
+class ResolvedScaffolding(_Record):
+    """The scaffolding of one item, read from the DB by the IDs fixed at planning time."""
+
+    persona: Persona
+    emotional_arc: EmotionalArc
+    training_topic: TrainingTopic
+    prompt_template: PromptTemplate | None = None

@@ -1,0 +1,1 @@
+"""Claude generation: client, pricing, runner, loopback simulator."""
