@@ -1,0 +1,90 @@
+"""Jobs, the queued-batch sensor, the nightly coverage batch, and declarative automation."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    schedule,
+    sensor,
+)
+
+from lora_assets.defs.enrichment import enriched_conversations
+from lora_assets.defs.generation import raw_conversations
+from lora_assets.defs.parsing import parsed_conversations
+from lora_assets.defs.partitions import batch_jobs_partitions
+from lora_assets.defs.resources import build_resources
+from lora_assets.schemas import BatchJobStatus, BatchSelection
+from lora_assets.store import queries as q
+
+#: One batch end to end: generate → parse → enrich, with every check of those assets.
+batch_pipeline_job = define_asset_job(
+    "batch_pipeline",
+    selection=AssetSelection.assets(raw_conversations, parsed_conversations, enriched_conversations),
+    description="Generate, parse and enrich one batch job (partition), with all their checks.",
+)
+
+
+@sensor(job=batch_pipeline_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def queued_batches_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    """Pick up batch jobs created outside Dagster (rows in `queued` state): add their partitions
+    and request one run each. The run key makes a batch start once."""
+    engine = build_resources()["db"].engine()
+    with engine.connect() as conn:
+        queued = q.batches_in_status(conn, BatchJobStatus.QUEUED)
+    if not queued:
+        return SkipReason("no queued batch jobs")
+    existing = set(context.instance.get_dynamic_partitions(batch_jobs_partitions.name))
+    new = [b for b in queued if b not in existing]
+    return SensorResult(
+        dynamic_partitions_requests=[batch_jobs_partitions.build_add_request(new)] if new else [],
+        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}") for b in queued],
+    )
+
+
+NIGHTLY_BATCH_SIZE = 30
+
+
+@schedule(
+    job=batch_pipeline_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+)
+def nightly_coverage_batch(context: ScheduleEvaluationContext):
+    """Every night, plan a batch that fills the persona × arc × topic combinations with the
+    fewest conversations (coverage-driven), register its partition and run it. Stopped by
+    default: turning it on is a spending decision."""
+    resources = build_resources()
+    engine = resources["db"].engine()
+    with engine.connect() as conn:
+        combos = q.least_covered_combinations(conn, NIGHTLY_BATCH_SIZE)
+    if not combos:
+        return SkipReason("no scaffolding loaded")
+    batch_id, _ = q.plan_batch(
+        engine,
+        selection=BatchSelection(),
+        model=resources["claude"].model,
+        mode="batches",
+        created_by="nightly-schedule",
+        name=f"nightly-{context.scheduled_execution_time:%Y%m%d}",
+        combinations=combos,
+    )
+    context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [batch_id])
+    return RunRequest(partition_key=batch_id, run_key=f"nightly-{batch_id}")
+
+
+#: Runs the eager conditions (parse after generate, enrich after parse) without anyone clicking.
+automation_sensor = AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+)

@@ -1,0 +1,142 @@
+"""raw_conversations: one Claude response per batch item, stored as-is before any parsing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from lora_assets.core.prompt import render_user_prompt, system_prompt, template_variables, turn_count_for
+from lora_assets.defs.partitions import batch_jobs_partitions
+from lora_assets.defs.report import failures_markdown, items_markdown
+from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
+from lora_assets.generation.runner import GenerationRequest, generate_batches, generate_messages
+from lora_assets.schemas import BatchJobStatus, ItemStatus
+from lora_assets.settings import Settings
+from lora_assets.store import db as dbq
+from lora_assets.store import queries as q
+
+
+@asset(
+    partitions_def=batch_jobs_partitions,
+    pool="claude_api",
+    deps=[AssetKey(k) for k in ("personas", "emotional_arcs", "training_topics", "prompt_templates", "consultant_profile")],
+    group_name="generation",
+    kinds={"anthropic", "sql"},
+)
+def raw_conversations(
+    context: AssetExecutionContext, db: DomainDB, blobs: BlobStoreResource, claude: ClaudeResource
+) -> MaterializeResult:
+    """Generate every item of the batch not yet generated (fan-out inside the run: asyncio in
+    Messages mode, or the Message Batches API at half price). Each response is stored as-is in
+    `raw.json` together with its conversations row (scaffolding IDs + snapshot) in one step;
+    failures are recorded per item with their reason. A re-run skips stored items, recovers raw
+    blobs a crash left without a row, and in Batches mode polls submitted batches again instead
+    of resubmitting."""
+    batch_id = context.partition_key
+    engine = db.engine()
+    store = blobs.store()
+    user_id = Settings.from_env().user_id
+    with engine.begin() as conn:
+        batch = q.get_batch(conn, batch_id)
+        if batch is None:
+            raise Failure(f"batch job {batch_id!r} does not exist in the domain DB (create it with `lora-assets batch create`)")
+        q.set_batch_status(conn, batch_id, BatchJobStatus.PROCESSING)
+    mode = batch["mode"]
+    ledger = q.SqlLedger(engine, store, batch_id, user_id)
+    with engine.connect() as conn:
+        todo = q.items_to_generate(conn, batch_id, include_submitted=(mode == "messages"))
+    recovered = set(ledger.recover_stored_raw([i.id for i in todo]))
+    todo = [i for i in todo if i.id not in recovered]
+    with engine.connect() as conn:
+        resolved = q.resolve_items(conn, todo)
+        consultant = dbq.read_consultant_profile(conn)
+    if consultant is None:
+        raise Failure("no consultant profile in the domain DB: materialise the scaffolding assets first")
+    system = system_prompt(consultant)
+    requests = []
+    for item in todo:
+        s = resolved[item.id]
+        variables = template_variables(s.persona, s.emotional_arc, s.training_topic, consultant, turn_count_for(item.id))
+        requests.append(
+            GenerationRequest(item_id=item.id, system=system, user=render_user_prompt(s.prompt_template, variables))
+        )
+    context.log.info(
+        f"batch {batch_id}: {len(requests)} item(s) to generate ({mode} mode, model {batch['model']}), "
+        f"{len(recovered)} recovered from stored raw responses"
+    )
+    config = claude.run_config(model=batch["model"])
+    runner = generate_batches if mode == "batches" else generate_messages
+    stats = asyncio.run(runner(requests, ledger, config))
+
+    with engine.begin() as conn:
+        progress = q.batch_progress(conn, batch_id)
+        failures = q.item_failures(conn, batch_id)
+        items = progress["items"]
+        done = items[ItemStatus.PENDING] == 0 and items[ItemStatus.SUBMITTED] == 0
+        status = BatchJobStatus.COMPLETED if done and not failures else BatchJobStatus.PROCESSING
+        if done and failures and items[ItemStatus.GENERATED] == 0:
+            status = BatchJobStatus.FAILED
+        q.set_batch_status(conn, batch_id, status)
+    cache_in = progress["cache_read_input_tokens"] + progress["cache_creation_input_tokens"] + progress["input_tokens"]
+    return MaterializeResult(
+        metadata={
+            "batch_name": batch["name"],
+            "mode": mode,
+            "model": batch["model"],
+            "generator": "simulator" if claude.uses_simulator else "claude",
+            "items_total": batch["total_items"],
+            "items_generated": items[ItemStatus.GENERATED],
+            "items_failed": items[ItemStatus.FAILED],
+            "generated_this_run": stats.done,
+            "failed_this_run": stats.failed,
+            "skipped_already_stored": batch["total_items"] - len(todo) - len(recovered),
+            "recovered_from_raw": len(recovered),
+            "api_requests": stats.requests,
+            "retries": stats.retries,
+            "rate_limited": stats.rate_limited,
+            "input_tokens": progress["input_tokens"],
+            "output_tokens": progress["output_tokens"],
+            "cache_read_input_tokens": progress["cache_read_input_tokens"],
+            "cache_hit_rate": round(progress["cache_read_input_tokens"] / cache_in, 4) if cache_in else 0.0,
+            "cost_usd": round(progress["cost_usd"], 6),
+            "cost_usd_this_run": round(stats.cost_usd, 6),
+            "wasted_cost_usd_this_run": round(stats.wasted_cost_usd, 6),
+            "throughput_per_s": round(stats.throughput_per_s, 3),
+            "elapsed_s": round(stats.elapsed_s, 3),
+            "summary": MetadataValue.md(items_markdown(progress)),
+            "failures": MetadataValue.md(failures_markdown(failures)),
+        }
+    )
+
+
+@asset_check(
+    asset=raw_conversations,
+    partitions_def=batch_jobs_partitions,
+    description="Every item of the batch is generated, or failed with a stated reason; none is lost.",
+)
+def items_accounted_for(context, db: DomainDB) -> AssetCheckResult:
+    """No item is pending after generation; failures carry a reason (WARN: they never reach training files)."""
+    batch_id = context.partition_key
+    with db.engine().connect() as conn:
+        progress = q.batch_progress(conn, batch_id)
+        failures = q.item_failures(conn, batch_id)
+    items = progress["items"]
+    unexplained = [f for f in failures if not f["error"]]
+    lost = items[ItemStatus.PENDING] + items[ItemStatus.SUBMITTED]
+    return AssetCheckResult(
+        passed=lost == 0 and not failures,
+        severity=AssetCheckSeverity.ERROR if lost or unexplained else AssetCheckSeverity.WARN,
+        description=f"{items[ItemStatus.GENERATED]} generated, {len(failures)} failed with a reason, {lost} not processed",
+        metadata={"failures": MetadataValue.md(failures_markdown(failures)), "not_processed": lost},
+    )

@@ -1,0 +1,115 @@
+"""Resources, chosen from settings in one place: embedded defaults or PostgreSQL + S3 + Claude."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from pydantic import PrivateAttr, SecretStr
+from sqlalchemy.engine import Engine
+
+from lora_assets.settings import Settings
+from lora_assets.store.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from lora_assets.store.db import make_engine
+
+_ENGINES: dict[str, Engine] = {}
+
+
+class DomainDB(ConfigurableResource):
+    """The domain database (SQLite file by default, PostgreSQL in production)."""
+
+    database_url: str
+
+    def engine(self) -> Engine:
+        """One engine (and pool) per URL per process."""
+        if self.database_url not in _ENGINES:
+            _ENGINES[self.database_url] = make_engine(self.database_url)
+        return _ENGINES[self.database_url]
+
+
+class BlobStoreResource(ConfigurableResource):
+    """Blob store: a local directory, or an S3 bucket (+prefix, +endpoint) via dagster-aws."""
+
+    local_dir: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+
+    def store(self) -> BlobStore:
+        if self.s3_bucket:
+            from dagster_aws.s3 import S3Resource
+
+            client = S3Resource(endpoint_url=self.s3_endpoint_url or None).get_client()
+            return S3BlobStore(client, self.s3_bucket, self.s3_prefix)
+        return LocalBlobStore(self.local_dir)
+
+
+class ClaudeResource(ConfigurableResource):
+    """Claude through the official SDK. With no API key and no base URL, a loopback simulator is
+    started for the run and the SDK is pointed at it (its output is marked generator=simulator)."""
+
+    api_key: str = ""
+    base_url: str = ""
+    model: str = "claude-haiku-5-5"
+    max_concurrency: int = 8
+    max_attempts_per_item: int = 4
+    timeout_s: float = 120.0
+    poll_interval_s: float = 5.0
+    simulator_latency_s: float = 0.0
+
+    _simulator: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if not self.api_key and not self.base_url:
+            from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
+
+            self._simulator = ClaudeSimulator(
+                FaultConfig(latency_s=self.simulator_latency_s, batch_processing_s=0.5)
+            ).start()
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._simulator is not None:
+            self._simulator.stop()
+            self._simulator = None
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self._simulator is not None
+
+    def run_config(self, *, model: str | None = None) -> Any:
+        """The generation runner's config (the key stays a SecretStr end to end)."""
+        from lora_assets.generation.runner import RunConfig
+
+        base_url = self.base_url or (self._simulator.base_url if self._simulator else None)
+        return RunConfig(
+            model=model or self.model,
+            api_key=SecretStr(self.api_key or "simulator-key"),
+            base_url=base_url or None,
+            max_concurrency=self.max_concurrency,
+            max_attempts_per_item=self.max_attempts_per_item,
+            timeout_s=self.timeout_s,
+            poll_interval_s=self.poll_interval_s if not self._simulator else 0.2,
+        )
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
+    """All resources from settings (environment): the one local/production switch."""
+    s = settings or Settings.from_env()
+    return {
+        "db": DomainDB(database_url=s.resolved_database_url),
+        "blobs": BlobStoreResource(
+            local_dir=str(s.data_dir / "blobs"),
+            s3_bucket=s.s3_bucket or "",
+            s3_prefix=s.s3_prefix,
+            s3_endpoint_url=s.s3_endpoint_url or "",
+        ),
+        "claude": ClaudeResource(
+            # EnvVar keeps the key out of run config and the UI; only its name is shown.
+            api_key=EnvVar("ANTHROPIC_API_KEY") if os.environ.get("ANTHROPIC_API_KEY") else "",
+            base_url=s.anthropic_base_url or "",
+            model=s.model,
+            max_concurrency=s.max_concurrency,
+            simulator_latency_s=float(os.environ.get("LORA_SIMULATOR_LATENCY_S", "0") or 0),
+        ),
+    }
