@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Both set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export LORA_DATA_DIR ?= $(CURDIR)/.lora_data
+
+.PHONY: demo test ui bench install sql clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the main job end to end on the embedded default (SQLite, local files, simulator without a key).
+demo: $(STAMP)
+	$(BIN)/lora-assets demo
+
+## Install and pass the whole test suite (CI runs exactly this).
+test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null)) || echo "chromium not installed: UI tests will fail in CI"
+	$(BIN)/pytest -q -p no:cacheprovider
+
+## The Dagster UI (webserver + daemon) for this code location on 127.0.0.1:3000.
+ui: $(STAMP)
+	$(BIN)/python -c "from lora_assets.instance import dagster_home; print(dagster_home())" >/dev/null
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(LORA_DATA_DIR)/dagster_home} $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+
+## Benchmarks; figures go to bench/results/.
+bench: $(STAMP)
+	mkdir -p bench/results
+	$(BIN)/python bench/run_all.py --out-dir bench/results
+
+## Regenerate sql/001_schema.sql from the table definitions.
+sql: $(STAMP)
+	$(BIN)/lora-assets sql > sql/001_schema.sql
+
+clean:
+	rm -rf .lora_data bench/results test-artifacts

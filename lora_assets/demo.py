@@ -1,0 +1,88 @@
+"""`lora-assets demo`: the main job end to end on the embedded default (SQLite, local files,
+the simulator unless ANTHROPIC_API_KEY is set), printing what it made and where."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from lora_assets.settings import Settings
+
+
+@click.command("demo")
+@click.option("--personas", default=3, show_default=True, help="How many personas in the demo batch.")
+@click.option("--arcs", default=3, show_default=True, help="How many emotional arcs.")
+@click.option("--topics", default=2, show_default=True, help="How many training topics.")
+def demo(personas: int, arcs: int, topics: int) -> None:
+    """Init the store, materialise scaffolding (+ completeness check), plan a small batch and run
+    generate → parse → enrich with every check; print counts, tokens, cost and paths."""
+    from dagster import AssetSelection
+
+    from lora_assets.cli import _print_checks
+    from lora_assets.defs.partitions import batch_jobs_partitions
+    from lora_assets.definitions import defs
+    from lora_assets.instance import get_instance
+    from lora_assets.schemas import BatchSelection
+    from lora_assets.store import db as dbq
+    from lora_assets.store import queries as q
+
+    started = time.monotonic()
+    settings = Settings.from_env()
+    instance = get_instance(settings)
+    engine = dbq.make_engine(settings.resolved_database_url)
+    click.echo(f"data dir:        {settings.data_dir}")
+    click.echo(f"domain DB:       {engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"blob store:      {settings.s3_bucket and f's3://{settings.s3_bucket}/{settings.s3_prefix}' or settings.data_dir / 'blobs'}")
+    click.echo(f"dagster home:    {instance.root_directory}")
+    click.echo(f"claude:          {'simulator (no ANTHROPIC_API_KEY set)' if settings.uses_simulator else settings.model}")
+
+    click.echo("\n1. scaffolding assets + completeness check")
+    scaffold_job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(AssetSelection.groups("scaffolding").resolve(defs.resolve_asset_graph()))
+    )
+    result = scaffold_job.execute_in_process(instance=instance, raise_on_error=False)
+    for mat in result.get_asset_materialization_events():
+        md = mat.materialization.metadata
+        click.echo(f"  {mat.asset_key.to_user_string():<20} records={md['records'].value} inserted={md['inserted'].value} "
+                   f"updated={md['updated'].value} unchanged={md['unchanged'].value}")
+    _print_checks(result.get_asset_check_evaluations())
+    if not result.success:
+        sys.exit("scaffolding failed; see above")
+
+    click.echo(f"\n2. plan a batch: {personas} personas × {arcs} arcs × {topics} topics")
+    with engine.connect() as conn:
+        pk = [p.persona_key for p in dbq.read_personas(conn)][:personas]
+        ak = [a.arc_key for a in dbq.read_emotional_arcs(conn)][:arcs]
+        tk = [x.topic_key for x in dbq.read_training_topics(conn)][:topics]
+    batch_id, n = q.plan_batch(
+        engine,
+        selection=BatchSelection(persona_keys=pk, arc_keys=ak, topic_keys=tk),
+        model=settings.model,
+        mode="messages",
+        created_by=settings.user_id,
+        name="demo",
+    )
+    instance.add_dynamic_partitions(batch_jobs_partitions.name, [batch_id])
+    click.echo(f"  batch {batch_id}: {n} items")
+
+    click.echo("\n3. generate → parse → enrich (batch_pipeline job) with checks")
+    job = defs.resolve_job_def("batch_pipeline")
+    run = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False)
+    _print_checks(run.get_asset_check_evaluations())
+    with engine.connect() as conn:
+        p = q.batch_progress(conn, batch_id)
+        rows = q.batch_conversations(conn, batch_id)
+    click.echo(f"  items:      {p['items']}")
+    click.echo(f"  parsed:     {p['parse']}")
+    click.echo(f"  enriched:   {p['enrichment']}")
+    click.echo(f"  tokens:     in={p['input_tokens']} out={p['output_tokens']} "
+               f"cache_read={p['cache_read_input_tokens']} cache_write={p['cache_creation_input_tokens']}")
+    click.echo(f"  cost:       ${p['cost_usd']:.6f}" + ("  (simulated usage priced as Claude would bill it)" if settings.uses_simulator else ""))
+    if rows:
+        click.echo(f"  example:    {settings.data_dir / 'blobs' / (rows[0]['enriched_file_path'] or rows[0]['raw_response_path'])}")
+    click.echo(f"\nrun {run.run_id}: {'success' if run.success else 'FAILED'} in {time.monotonic() - started:.1f}s")
+    click.echo("see it in the UI: make ui")
+    if not run.success:
+        sys.exit(1)
