@@ -1,0 +1,228 @@
+"""Scaffolding JSON files: read a directory of them into a validated `ScaffoldingBundle`, or write one.
+
+A scaffolding directory holds five files:
+
+| file | content |
+|---|---|
+| `personas.json` | JSON array of `Persona` records |
+| `emotional_arcs.json` | JSON array of `EmotionalArc` records |
+| `training_topics.json` | JSON array of `TrainingTopic` records |
+| `prompt_templates.json` | JSON array of `PromptTemplate` records |
+| `consultant_profile.json` | one `ConsultantProfile` JSON object |
+
+`load_bundle` validates every record on its own so that a problem is reported precisely: file,
+record (0-based index into the array, plus its key when it has one), field and reason, e.g.
+
+    personas.json: record 3 (persona_key 'busy_parent'): field 'demographics': Input should be a valid dictionary
+    personas.json: duplicate persona_key 'x' at records 2 and 5
+
+All problems of all five files are collected and raised together as one `ScaffoldingFileError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from lora_assets.schemas import (
+    ConsultantProfile,
+    EmotionalArc,
+    Persona,
+    PromptTemplate,
+    ScaffoldingBundle,
+    TrainingTopic,
+    scaffolding_id,
+)
+
+#: The scaffolding shipped with the package.
+BUNDLED_DIR: Path = Path(__file__).resolve().parent.parent / "data"
+
+#: bundle field -> (file name, record model, key field, scaffolding_id kind) for the array files.
+RECORD_FILES: dict[str, tuple[str, type[BaseModel], str, str]] = {
+    "personas": ("personas.json", Persona, "persona_key", "persona"),
+    "emotional_arcs": ("emotional_arcs.json", EmotionalArc, "arc_key", "emotional_arc"),
+    "training_topics": ("training_topics.json", TrainingTopic, "topic_key", "training_topic"),
+    "prompt_templates": ("prompt_templates.json", PromptTemplate, "template_key", "prompt_template"),
+}
+CONSULTANT_FILE = "consultant_profile.json"
+
+#: Every file of a scaffolding directory, in load order.
+FILE_NAMES: tuple[str, ...] = tuple(spec[0] for spec in RECORD_FILES.values()) + (CONSULTANT_FILE,)
+
+# pydantic puts the union member tried into `loc` ("constrained-str", "dict[constrained-str,any]");
+# those are not fields, so they are dropped from the field path.
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "any"})
+
+
+class ScaffoldingFileError(ValueError):
+    """One or more scaffolding files are missing, unreadable or invalid.
+
+    `problems` holds one line per problem; the message is those lines joined by newlines.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """'communication_style.techniques[2]' from a pydantic error location."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and _FIELD_NAME_RE.match(part) and part not in _TYPE_TAGS:
+            path += f".{part}" if path else part
+    return path
+
+
+def _validation_problems(prefix: str, error: ValidationError) -> list[str]:
+    """One line per field, union alternatives merged ('... valid string, or ... valid dictionary')."""
+    by_field: dict[str, list[str]] = {}
+    for item in error.errors(include_url=False):
+        reasons = by_field.setdefault(_field_path(tuple(item.get("loc", ()))), [])
+        if item["msg"] not in reasons:
+            reasons.append(item["msg"])
+    lines = []
+    for field, reasons in by_field.items():
+        where = f"{prefix}: field '{field}'" if field else prefix
+        lines.append(f"{where}: {', or '.join(reasons)}")
+    return lines
+
+
+def _read_json(directory: Path, name: str, problems: list[str]) -> tuple[bool, Any]:
+    """(ok, parsed JSON) of one file; on failure a problem naming the file is appended."""
+    path = directory / name
+    if not path.is_file():
+        problems.append(f"{name}: file not found (expected at {path})")
+        return False, None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{name}: cannot read file: {exc}")
+        return False, None
+    try:
+        return True, json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
+        return False, None
+
+
+def _record_label(name: str, index: int, raw: Any, key_field: str) -> str:
+    key = raw.get(key_field) if isinstance(raw, dict) else None
+    if isinstance(key, str) and key.strip():
+        return f"{name}: record {index} ({key_field} {key.strip()!r})"
+    return f"{name}: record {index}"
+
+
+def _join_indices(indices: list[int]) -> str:
+    text = [str(i) for i in indices]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " and " + text[-1]
+
+
+def _load_records(
+    name: str, model: type[BaseModel], key_field: str, data: Any, problems: list[str]
+) -> list[BaseModel]:
+    if not isinstance(data, list):
+        problems.append(f"{name}: expected a JSON array of records, got a JSON {_json_type(data)}")
+        return []
+    records: list[BaseModel] = []
+    positions: dict[str, list[int]] = {}
+    for index, raw in enumerate(data):
+        label = _record_label(name, index, raw, key_field)
+        if isinstance(raw, dict) and isinstance(raw.get(key_field), str) and raw[key_field].strip():
+            positions.setdefault(raw[key_field].strip(), []).append(index)
+        if not isinstance(raw, dict):
+            problems.append(f"{label}: expected a JSON object, got a JSON {_json_type(raw)}")
+            continue
+        try:
+            records.append(model.model_validate(raw))
+        except ValidationError as exc:
+            problems.extend(_validation_problems(label, exc))
+    for key, indices in positions.items():
+        if len(indices) > 1:
+            problems.append(f"{name}: duplicate {key_field} {key!r} at records {_join_indices(indices)}")
+    return records
+
+
+def load_bundle(directory: Path | str = BUNDLED_DIR) -> ScaffoldingBundle:
+    """Read and validate the five scaffolding files of `directory` (default: the bundled data).
+
+    Raises `ScaffoldingFileError` listing every problem found (missing file, invalid JSON, wrong
+    shape, invalid field, duplicate key), each naming its file, record and field.
+    """
+    directory = Path(directory)
+    problems: list[str] = []
+    if not directory.is_dir():
+        raise ScaffoldingFileError([f"scaffolding directory not found: {directory}"])
+
+    parts: dict[str, Any] = {}
+    for field, (name, model, key_field, _kind) in RECORD_FILES.items():
+        ok, data = _read_json(directory, name, problems)
+        if ok:
+            parts[field] = _load_records(name, model, key_field, data, problems)
+
+    ok, data = _read_json(directory, CONSULTANT_FILE, problems)
+    if ok:
+        if not isinstance(data, dict):
+            problems.append(f"{CONSULTANT_FILE}: expected a JSON object, got a JSON {_json_type(data)}")
+        else:
+            try:
+                parts["consultant_profile"] = ConsultantProfile.model_validate(data)
+            except ValidationError as exc:
+                problems.extend(_validation_problems(CONSULTANT_FILE, exc))
+
+    if problems:
+        raise ScaffoldingFileError(problems)
+    try:
+        return ScaffoldingBundle(**parts)
+    except ValidationError as exc:  # pragma: no cover - every record was validated above
+        raise ScaffoldingFileError(_validation_problems(f"scaffolding in {directory}", exc)) from exc
+
+
+def _record_json(record: BaseModel, key_field: str, kind: str) -> dict[str, Any]:
+    """JSON of one record; `id` only when it is not the deterministic id of its key."""
+    data = record.model_dump(mode="json")
+    if data.get("id") in (None, scaffolding_id(kind, data[key_field])):
+        data.pop("id", None)
+    return data
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def bundle_to_dir(bundle: ScaffoldingBundle, directory: Path | str) -> Path:
+    """Write `bundle` as the five scaffolding files into `directory` (created if missing).
+
+    `load_bundle(bundle_to_dir(b, d)) == b`. Returns the directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for field, (name, _model, key_field, kind) in RECORD_FILES.items():
+        _write_json(directory / name, [_record_json(r, key_field, kind) for r in getattr(bundle, field)])
+    _write_json(directory / CONSULTANT_FILE, bundle.consultant_profile.model_dump(mode="json"))
+    return directory
