@@ -1,0 +1,569 @@
+"""Quality: a transparent heuristic score for one advisor response (and one conversation).
+
+Nothing here is a model or a black box: every point comes from a word list or a count you can
+read below, so a reviewer can explain any score. The scores triage data (seed examples, the
+quality summary of a training file); they do not replace human review.
+
+Every criterion is a number from 1.0 to 5.0, rounded to one decimal. "Response" is the target
+(advisor) response; "opening" is its first two sentences.
+
+**Empathy** — does the advisor meet the feeling before the facts?
+    1.0
+    + 1.5 an acknowledgement phrase ("I hear", "that makes sense", "it's completely normal", …)
+          in the opening; + 0.75 if only later (feelings after advice count less)
+    + 1.0 names the client's emotion: the turn's primary/secondary emotion or a feeling word the
+          client used (matched on word stems, so "anxious" matches "anxiety")
+    + 0.5 normalises ("many people", "you're not alone", "very common", …)
+    + 0.5 speaks to the client ("you"/"your" at least twice)
+    + 0.5 invites the client in (a question)
+    − 1.0 per dismissive phrase ("calm down", "don't worry", "no big deal", …), at most − 2.0
+
+**Clarity** — can the client follow and act on it?
+    3.0
+    + 0.5 mean sentence length ≤ 20 words; − 0.5 if > 25; − 1.0 if > 32
+    + 0.5 concrete numbers (digits, $, %)
+    + 0.5 steps ("first", "next", "step", numbered or bulleted lines)
+    + 0.25 explains a term ("which means", "in other words", "think of it as", …)
+    − 0.5 per jargon term beyond the first two (a "jargon wall"), at most − 1.5
+    − 1.0 fewer than 15 words (too curt to teach); − 0.5 more than 350 words (overwhelming)
+
+**Appropriateness** — safe, non-judgmental, properly hedged advice?
+    4.0
+    − 1.5 per guarantee ("guaranteed", "risk-free", "can't lose", …), at most − 3.0
+    − 1.5 a directive to trade a specific security ("you should buy …", an all-caps ticker after
+          buy/sell)
+    − 1.0 per shaming phrase ("irresponsible", "you should have", "bad with money", …), at most − 2.0
+    + 0.5 one caveat ("depends on", "your situation", "tax professional", …); + 1.0 for two or more
+
+**Brand voice** — does it sound like *this* consultant?
+    With techniques: 1.5 + 3.5 × (share of the consultant's `techniques` the response shows)
+    Without techniques: 3.0
+    − 1.0 per item of the consultant's `avoid` list the response does
+    Each technique / avoid item is matched by theme (emotions, metaphors, numbers, permission,
+    celebration, jargon, judgment, overwhelm, platitudes, assumptions); an item with no known
+    theme counts as shown when most of its content words appear in the response.
+
+**Overall** = 0.30 × empathy + 0.25 × clarity + 0.25 × appropriateness + 0.20 × brand voice,
+rounded to one decimal (the seed's example 4 / 3.5 / 4 / 3.5 gives 3.8). A pair without a
+target response has nothing to learn from and scores 1.0 everywhere.
+`conversation_quality` is the mean overall score of the pairs that have a target response.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from decimal import ROUND_HALF_UP, Decimal
+
+from lora_assets.schemas import ConsultantProfile, EmotionalContext
+from lora_assets.schemas.training import EnrichedConversation, QualityCriteria
+
+#: Weights of `overall`; they sum to 1.
+WEIGHTS: dict[str, float] = {
+    "empathy_score": 0.30,
+    "clarity_score": 0.25,
+    "appropriateness_score": 0.25,
+    "brand_voice_alignment": 0.20,
+}
+
+ACKNOWLEDGEMENTS: tuple[str, ...] = (
+    "i hear",
+    "i can hear",
+    "i can tell",
+    "i understand",
+    "sounds like",
+    "it sounds",
+    "makes sense",
+    "understandable",
+    "it's natural",
+    "it is natural",
+    "it's normal",
+    "it is normal",
+    "completely normal",
+    "thank you for sharing",
+    "thanks for sharing",
+    "thank you for telling",
+    "i appreciate you",
+    "that's a lot",
+    "that is a lot",
+    "valid",
+    "of course you feel",
+    "no wonder",
+)
+NORMALISING: tuple[str, ...] = (
+    "many people",
+    "lots of people",
+    "so many people",
+    "not alone",
+    "very common",
+    "so common",
+    "really common",
+    "most people",
+    "you're not the only",
+    "happens to",
+)
+DISMISSIVE: tuple[str, ...] = (
+    "calm down",
+    "don't worry",
+    "do not worry",
+    "no big deal",
+    "stop worrying",
+    "it's easy",
+    "it is easy",
+    "obviously",
+    "just relax",
+    "get over",
+)
+FEELING_STEMS: tuple[str, ...] = (
+    "anxi",
+    "worr",
+    "fear",
+    "afraid",
+    "scar",
+    "nervous",
+    "stress",
+    "overwhelm",
+    "shame",
+    "asham",
+    "embarrass",
+    "guilt",
+    "frustrat",
+    "angr",
+    "confus",
+    "lost",
+    "uncertain",
+    "unsure",
+    "hopeless",
+    "sad",
+    "excit",
+    "hope",
+    "relie",
+    "confiden",
+    "proud",
+    "curio",
+    "panic",
+    "dread",
+)
+EXPLAINERS: tuple[str, ...] = (
+    "which means",
+    "this means",
+    "that means",
+    "in other words",
+    "think of it as",
+    "think of it like",
+    "in plain terms",
+    "simply put",
+    "put simply",
+    "imagine",
+    "picture",
+    "like a",
+)
+JARGON: tuple[str, ...] = (
+    "amortization",
+    "amortisation",
+    "basis points",
+    "liquidity",
+    "fiduciary",
+    "asset allocation",
+    "marginal rate",
+    "marginal tax",
+    "capital gains",
+    "cost basis",
+    "expense ratio",
+    "standard deviation",
+    "sharpe",
+    "beta",
+    "alpha",
+    "duration risk",
+    "yield curve",
+    "rebalancing",
+    "tax-loss harvesting",
+    "roth conversion",
+    "backdoor roth",
+    "rmd",
+    "required minimum distribution",
+    "annuitization",
+    "escrow",
+    "arbitrage",
+    "derivative",
+    "equities",
+    "fixed income",
+    "dollar-cost averaging",
+    "irrevocable trust",
+    "revocable trust",
+    "probate",
+    "step-up in basis",
+)
+GUARANTEES: tuple[str, ...] = (
+    "guarantee",
+    "guaranteed",
+    "risk-free",
+    "risk free",
+    "no risk",
+    "can't lose",
+    "cannot lose",
+    "can't go wrong",
+    "sure thing",
+    "100% safe",
+    "will definitely",
+    "definitely will",
+    "always goes up",
+    "never lose",
+)
+SHAMING: tuple[str, ...] = (
+    "irresponsible",
+    "foolish",
+    "stupid",
+    "you should have",
+    "you should've",
+    "should have known",
+    "what were you thinking",
+    "bad with money",
+    "careless",
+    "your fault",
+    "reckless",
+    "lazy",
+    "ridiculous",
+)
+CAVEATS: tuple[str, ...] = (
+    "depends on",
+    "it depends",
+    "your situation",
+    "your specific",
+    "every situation",
+    "trade-off",
+    "tradeoff",
+    "consider",
+    "might",
+    "may want",
+    "tax professional",
+    "tax advisor",
+    "accountant",
+    "attorney",
+    "estate lawyer",
+    "no guarantee",
+    "not guaranteed",
+    "past performance",
+    "options",
+    "we can look at",
+    "let's look at",
+)
+PERMISSION: tuple[str, ...] = (
+    "would it help",
+    "would you like",
+    "would it be okay",
+    "is it okay if",
+    "is it ok if",
+    "may i",
+    "can i share",
+    "can i walk",
+    "do you mind if",
+    "would you be open",
+    "want me to",
+)
+CELEBRATION: tuple[str, ...] = (
+    "great question",
+    "well done",
+    "congratulations",
+    "that's a win",
+    "big step",
+    "real progress",
+    "proud of",
+    "you've already",
+    "you have already",
+    "good news",
+    "already doing",
+    "celebrate",
+)
+METAPHOR: tuple[str, ...] = (
+    "like a",
+    "think of it as",
+    "think of it like",
+    "imagine",
+    "picture",
+    "it's as if",
+    "similar to",
+    "the way a",
+)
+PLATITUDES: tuple[str, ...] = (
+    "everything will be fine",
+    "everything will be okay",
+    "it'll all work out",
+    "it will all work out",
+    "stay positive",
+    "don't worry",
+    "it is what it is",
+    "money isn't everything",
+)
+ASSUMPTIONS: tuple[str, ...] = (
+    "as you know",
+    "obviously",
+    "of course you know",
+    "everyone knows",
+    "as you probably know",
+)
+
+_SECURITY_DIRECTIVE = re.compile(
+    r"\byou (?:should|must|need to) "
+    r"(?:buy|sell|short|invest (?:all|everything) in|put (?:all|everything) (?:in|into))\b"
+    r"|\b(?:buy|sell) (?:shares of )?[A-Z]{2,5}\b"
+)
+_NUMBER = re.compile(r"\d|\$|%")
+_STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.M)
+_STEP_WORDS = re.compile(r"\b(?:first|second|third|next|then|finally|step)\b", re.I)
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"[\w'’-]+", re.U)
+
+
+def _round1(value: float) -> float:
+    """Round half-up to one decimal (Python's round() is half-even and float-fragile)."""
+    return float(Decimal(str(value)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def _clamp(value: float, low: float = 1.0, high: float = 5.0) -> float:
+    return _round1(min(high, max(low, value)))
+
+
+def _norm(text: str) -> str:
+    # Curly apostrophes are common in model output; match them like straight ones.
+    return text.lower().replace("’", "'")
+
+
+def _count(text: str, phrases: Iterable[str]) -> int:
+    """How many of `phrases` occur in `text` (word-boundary match, each phrase counted once)."""
+    return sum(1 for p in phrases if re.search(rf"(?<!\w){re.escape(p)}(?!\w)", text))
+
+
+def _has(text: str, phrases: Iterable[str]) -> bool:
+    return _count(text, phrases) > 0
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in (part.strip() for part in _SENTENCE_SPLIT.split(text)) if _WORD.search(s)]
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> set[str]:
+    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
+    stems: set[str] = set()
+    if emotional_context is not None:
+        for emotion in [emotional_context.primary_emotion, *emotional_context.secondary_emotions]:
+            for word in _words(_norm(emotion)):
+                if len(word) >= 4:
+                    # Dropping up to 3 letters (never below 4) tolerates inflection:
+                    # "anxious" ~ "anxiety", "overwhelmed" ~ "overwhelming", "confusion" ~ "confused".
+                    stems.add(word[: max(4, len(word) - 3)])
+    user = _norm(user_input)
+    stems.update(stem for stem in FEELING_STEMS if _mentions_stem(user, {stem}))
+    return stems
+
+
+def _mentions_stem(text: str, stems: set[str]) -> bool:
+    return any(re.search(rf"(?<!\w){re.escape(stem)}", text) for stem in stems)
+
+
+def empathy_score(response: str, user_input: str, emotional_context: EmotionalContext | None) -> float:
+    """Acknowledgement before advice, naming the client's feeling, normalising, inviting."""
+    text = _norm(response)
+    sentences = _sentences(text)
+    opening = " ".join(sentences[:2])
+    score = 1.0
+    if _has(opening, ACKNOWLEDGEMENTS):
+        score += 1.5
+    elif _has(text, ACKNOWLEDGEMENTS):
+        score += 0.75
+    if _mentions_stem(text, _emotion_stems(user_input, emotional_context)):
+        score += 1.0
+    if _has(text, NORMALISING):
+        score += 0.5
+    if len(re.findall(r"\byour?\b", text)) >= 2:
+        score += 0.5
+    if "?" in text:
+        score += 0.5
+    score -= min(2.0, 1.0 * _count(text, DISMISSIVE))
+    return _clamp(score)
+
+
+def jargon_terms(text: str) -> list[str]:
+    """The jargon terms of `JARGON` that occur in `text`."""
+    norm = _norm(text)
+    return [term for term in JARGON if re.search(rf"(?<!\w){re.escape(term)}(?!\w)", norm)]
+
+
+def clarity_score(response: str) -> float:
+    """Short sentences, concrete numbers and steps, explained terms; no jargon walls."""
+    text = _norm(response)
+    words = _words(text)
+    sentences = _sentences(response)
+    score = 3.0
+    if sentences:
+        mean_length = len(words) / len(sentences)
+        if mean_length <= 20:
+            score += 0.5
+        elif mean_length > 32:
+            score -= 1.0
+        elif mean_length > 25:
+            score -= 0.5
+    if _NUMBER.search(response):
+        score += 0.5
+    if _STEP_LINE.search(response) or _STEP_WORDS.search(response):
+        score += 0.5
+    if _has(text, EXPLAINERS):
+        score += 0.25
+    score -= min(1.5, 0.5 * max(0, len(jargon_terms(text)) - 2))
+    if len(words) < 15:
+        score -= 1.0
+    elif len(words) > 350:
+        score -= 0.5
+    return _clamp(score)
+
+
+def appropriateness_score(response: str) -> float:
+    """No guarantees, no security picks, no shaming; caveats where advice depends on the person."""
+    text = _norm(response)
+    score = 4.0
+    score -= min(3.0, 1.5 * _count(text, GUARANTEES))
+    if _SECURITY_DIRECTIVE.search(response) or _SECURITY_DIRECTIVE.search(text):
+        score -= 1.5
+    score -= min(2.0, 1.0 * _count(text, SHAMING))
+    caveats = _count(text, CAVEATS)
+    if caveats >= 2:
+        score += 1.0
+    elif caveats == 1:
+        score += 0.5
+    return _clamp(score)
+
+
+# Themes a consultant's technique / avoid text can name, each with how to detect it in a response.
+_Detector = Callable[[str, str], bool]  # (normalised response, original response) -> shown?
+
+_TECHNIQUE_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
+    (("emotion", "feeling", "acknowledg", "validat", "empath"), lambda t, _: _has(t, ACKNOWLEDGEMENTS)),
+    (("metaphor", "stor", "analog", "example"), lambda t, _: _has(t, METAPHOR)),
+    (("number", "specific", "concrete", "figure"), lambda _, r: bool(_NUMBER.search(r))),
+    (("permission",), lambda t, _: _has(t, PERMISSION)),
+    (("celebrat", "progress", "win", "praise", "encourag"), lambda t, _: _has(t, CELEBRATION)),
+    (("normaliz", "normalis"), lambda t, _: _has(t, NORMALISING)),
+    (("question", "curious", "ask"), lambda t, _: "?" in t),
+    (("step", "plan", "action"), lambda _, r: bool(_STEP_LINE.search(r) or _STEP_WORDS.search(r))),
+    (("educat", "teach", "explain", "why"), lambda t, _: _has(t, EXPLAINERS) or " because " in t),
+)
+
+_AVOID_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
+    # Jargon is only a violation when it is left unexplained.
+    (("jargon", "technical"), lambda t, _: bool(jargon_terms(t)) and not _has(t, EXPLAINERS)),
+    (("judg", "shame", "blame", "criticiz", "criticis"), lambda t, _: _has(t, SHAMING)),
+    (
+        ("overwhelm", "too many", "options"),
+        lambda t, r: len(_STEP_LINE.findall(r)) > 5 or len(_words(t)) > 350,
+    ),
+    (("platitude", "generic", "cliche", "cliché"), lambda t, _: _has(t, PLATITUDES)),
+    (("assum", "condescend", "knowledge level"), lambda t, _: _has(t, ASSUMPTIONS)),
+    (("guarantee", "promise"), lambda t, _: _has(t, GUARANTEES)),
+)
+
+_STOPWORDS = frozenset(
+    "about above after again against their there these those which while would could should with "
+    "without never always other every being before below between through during into over under "
+    "than then that this what when where your from have more most much very".split()
+)
+
+
+def _theme_detector(item: str, themes: tuple[tuple[tuple[str, ...], _Detector], ...]) -> _Detector | None:
+    lowered = _norm(item)
+    for keywords, detector in themes:
+        if any(k in lowered for k in keywords):
+            return detector
+    return None
+
+
+def _literal_detector(item: str) -> _Detector:
+    """Fallback for an item of no known theme: most of its content words occur in the response."""
+    content = [w for w in _words(_norm(item)) if len(w) >= 5 and w not in _STOPWORDS]
+
+    def detect(text: str, _: str) -> bool:
+        if not content:
+            return False
+        hits = sum(1 for w in content if w[:6] in text)
+        return hits * 2 > len(content)
+
+    return detect
+
+
+def brand_voice_score(response: str, consultant: ConsultantProfile) -> float:
+    """Share of the consultant's techniques shown, minus each `avoid` item the response does."""
+    text = _norm(response)
+    style = consultant.communication_style
+    if style.techniques:
+        shown = sum(
+            1
+            for technique in style.techniques
+            if (_theme_detector(technique, _TECHNIQUE_THEMES) or _literal_detector(technique))(text, response)
+        )
+        score = 1.5 + 3.5 * shown / len(style.techniques)
+    else:
+        score = 3.0
+    for item in style.avoid:
+        detector = _theme_detector(item, _AVOID_THEMES) or _literal_detector(item)
+        if detector(text, response):
+            score -= 1.0
+    return _clamp(score)
+
+
+def score_response(
+    target_response: str | None,
+    user_input: str,
+    emotional_context: EmotionalContext | None,
+    consultant: ConsultantProfile,
+) -> QualityCriteria:
+    """The four criteria for one advisor response to `user_input` (see the module docstring)."""
+    if target_response is None or not target_response.strip():
+        # Nothing to learn from: the lowest score, so such pairs never become seed examples.
+        return QualityCriteria(
+            empathy_score=1.0, clarity_score=1.0, appropriateness_score=1.0, brand_voice_alignment=1.0
+        )
+    return QualityCriteria(
+        empathy_score=empathy_score(target_response, user_input, emotional_context),
+        clarity_score=clarity_score(target_response),
+        appropriateness_score=appropriateness_score(target_response),
+        brand_voice_alignment=brand_voice_score(target_response, consultant),
+    )
+
+
+def overall(criteria: QualityCriteria) -> float:
+    """Weighted mean of the four criteria (`WEIGHTS`), one decimal."""
+    values = criteria.model_dump()
+    return _round1(sum(weight * values[name] for name, weight in WEIGHTS.items()))
+
+
+def conversation_quality(enriched: EnrichedConversation) -> float:
+    """Mean quality score of the pairs with a target response, two decimals (0.0 if none)."""
+    scored = [p.training_metadata.quality_score for p in enriched.training_pairs if p.target_response is not None]
+    if not scored:
+        return 0.0
+    return float(Decimal(str(sum(scored) / len(scored))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+_SKILLS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    ("emotional_validation", lambda t, _: _has(t, ACKNOWLEDGEMENTS)),
+    ("normalization", lambda t, _: _has(t, NORMALISING)),
+    ("permission_asking", lambda t, _: _has(t, PERMISSION)),
+    ("metaphor_or_story", lambda t, _: _has(t, METAPHOR)),
+    ("concept_explanation", lambda t, _: _has(t, EXPLAINERS) or " because " in t),
+    ("specific_numbers", lambda _, r: bool(_NUMBER.search(r))),
+    ("actionable_steps", lambda _, r: bool(_STEP_LINE.search(r) or _STEP_WORDS.search(r))),
+    ("celebrating_progress", lambda t, _: _has(t, CELEBRATION)),
+    ("open_questions", lambda t, _: "?" in t),
+    ("appropriate_caveats", lambda t, _: _has(t, CAVEATS)),
+)
+
+
+def detect_skills(target_response: str | None) -> list[str]:
+    """Advisor skills a response demonstrates, in a fixed order (empty for no response)."""
+    if not target_response:
+        return []
+    text = _norm(target_response)
+    return [name for name, shown in _SKILLS if shown(text, target_response)]

@@ -1,0 +1,505 @@
+"""Validate: every problem of one document, each with where it is (for `lora-assets validate`).
+
+Documents are recognised by shape (`detect_kind`): a raw response (Anthropic Message or bare
+conversation JSON), a parsed conversation, an enriched conversation, an aggregated training
+file, or JSONL training lines. Beyond schema validity (pydantic errors mapped to JSON paths),
+the checks are the seed bug-spec's verification list:
+
+* parsed: `input_parameters` present with all 10 fields populated;
+* enriched: `input_parameters` present, every pair carries `persona_archetype`,
+  `emotional_arc`, `emotional_arc_key`, `training_topic`, `training_topic_key`, and a
+  readable `client_background` (never "[object Object]" or a dict repr);
+* training file: totals consistent with the pairs, each conversation's pairs in one block,
+  pair ids unique; JSONL: every line a valid training pair, ids unique.
+
+A legacy document (written before `input_parameters` existed) is valid input for enrichment
+but is still reported, as a `warning`, so `validate` never passes it silently.
+
+`parsed_problems` and `enriched_problems` are the per-document checks the Dagster asset
+checks call; they return the same findings as sentences ("training_pairs[2]
+.conversation_metadata.emotional_arc_key is null").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from lora_assets.core.parse import (
+    ParseError,
+    check_stop_reason,
+    client_persona_for,
+    extract_json_text,
+    input_parameters_for,
+    is_message,
+    json_path,
+    turn_problems,
+)
+from lora_assets.schemas import (
+    InputParameters,
+    ParsedConversation,
+    RawConversation,
+    ResolvedScaffolding,
+)
+from lora_assets.schemas.training import EnrichedConversation, TrainingFileDocument, TrainingPair
+
+DocumentKind = Literal["raw", "parsed", "enriched", "training_file", "jsonl"]
+DOCUMENT_KINDS: tuple[DocumentKind, ...] = ("raw", "parsed", "enriched", "training_file", "jsonl")
+
+#: The per-pair scaffolding fields the bug spec requires (copied from `input_parameters`).
+PAIR_SCAFFOLDING_FIELDS: tuple[str, ...] = (
+    "persona_archetype",
+    "emotional_arc",
+    "emotional_arc_key",
+    "training_topic",
+    "training_topic_key",
+)
+#: Where each pair field comes from in `input_parameters`.
+PAIR_FIELD_SOURCE: dict[str, str] = {
+    "persona_archetype": "persona_key",
+    "emotional_arc": "emotional_arc_name",
+    "emotional_arc_key": "emotional_arc_key",
+    "training_topic": "training_topic_name",
+    "training_topic_key": "training_topic_key",
+}
+INPUT_PARAMETER_FIELDS: tuple[str, ...] = tuple(InputParameters.model_fields)
+
+# Signs that a text field is a serialised object, not prose: JS "[object Object]", braces of a
+# JSON/dict dump, Python list reprs, default object reprs.
+_UNREADABLE = re.compile(r"\[object \w+\]|[{}]|\[\s*['\"]|['\"]\s*\]|<[\w.]+ object at 0x[0-9a-f]+>", re.I)
+_PLACEHOLDER_WORDS = frozenset({"undefined", "null", "none", "nan", "[object object]"})
+
+
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text. Split on "\n" only: `str.splitlines()` also splits on U+0085,
+    U+2028 and friends, which JSON serialisers (pydantic included) leave unescaped in strings."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+class DocumentKindError(ValueError):
+    """Text whose kind of document cannot be recognised."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: `where` is a JSON path ("training_pairs[3].conversation_metadata
+    .client_background", "$" for the whole document) or a line ("line 12"); `message` is a
+    predicate that reads after it ("is null"). Warnings are legacy findings, still reported."""
+
+    where: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.message}"
+
+
+def is_readable_text(s: str | None) -> bool:
+    """True for prose; False for empty text, "[object Object]", braces or Python/JSON reprs
+    ("{'age': 37}", "['a', 'b']"), or a part that is just undefined/null/None."""
+    if s is None or not s.strip():
+        return False
+    if _UNREADABLE.search(s):
+        return False
+    parts = (p.strip().lower() for p in re.split(r"[;,]", s))
+    return not any(p in _PLACEHOLDER_WORDS for p in parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Kind detection
+
+
+def _first_line_object(text: str) -> Any:
+    for line in jsonl_lines(text):
+        if line.strip():
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def _kind_of(doc: Any) -> DocumentKind | None:
+    if not isinstance(doc, Mapping):
+        return None
+    if "training_pairs" in doc:
+        meta = doc.get("dataset_metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        if "quality_summary" in meta or "scaffolding_distribution" in meta or "input_parameters" not in doc:
+            return "training_file"
+        return "enriched"
+    if "training_metadata" in doc and "current_user_input" in doc:
+        return "jsonl"  # a single JSONL line
+    if "turns" in doc:
+        # A legacy parsed file (no input_parameters) has the raw shape: pass kind="parsed" to be strict.
+        return "parsed" if "input_parameters" in doc else "raw"
+    if is_message(doc):
+        return "raw"
+    return None
+
+
+def detect_kind(text: str) -> DocumentKind:
+    """What kind of document `text` is, by shape. Raises `DocumentKindError` if unknown."""
+    stripped = text.strip()
+    if not stripped:
+        raise DocumentKindError("the document is empty")
+    try:
+        doc = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        # Several JSON values on several lines: JSONL.
+        first = _first_line_object(stripped)
+        if isinstance(first, Mapping) and len(jsonl_lines(stripped)) > 1:
+            return "jsonl"
+        raise DocumentKindError(f"not JSON or JSONL ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    kind = _kind_of(doc)
+    if kind is None:
+        keys = ", ".join(sorted(doc)[:8]) if isinstance(doc, Mapping) else type(doc).__name__
+        raise DocumentKindError(f"not a known document (top-level: {keys}); pass the kind explicitly")
+    return kind
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def schema_problems(model: type[BaseModel], data: Any) -> tuple[BaseModel | None, list[Problem]]:
+    """Validate `data` against `model`; the instance (or None) and one Problem per pydantic
+    error, located by JSON path ("$" for the document itself)."""
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, [Problem(json_path(error["loc"]), _pydantic_message(error)) for error in exc.errors()]
+
+
+def _pydantic_message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "is missing"
+    if kind == "extra_forbidden":
+        return "is not a field of this document"
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"is invalid: {error['msg']} (got {shown})"
+
+
+def _at(base: str, path: str) -> str:
+    """Join a location and a field path: 'training_pairs[3]' + 'id' → 'training_pairs[3].id';
+    'line 12' + 'id' → 'line 12: id'."""
+    return f"{base}: {path}" if base.startswith("line ") else f"{base}.{path}"
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _input_parameter_problems(params: Any, where: str = "input_parameters") -> list[Problem]:
+    """Each of the 10 provenance fields must be present and non-blank."""
+    if params is None:
+        return [Problem(where, "is missing")]
+    data = params.model_dump() if isinstance(params, BaseModel) else params
+    if not isinstance(data, Mapping):
+        return [Problem(where, f"is not an object (got {type(data).__name__})")]
+    return [
+        Problem(f"{where}.{name}", "is missing" if name not in data else "is empty")
+        for name in INPUT_PARAMETER_FIELDS
+        if _blank(data.get(name))
+    ]
+
+
+def _pair_problems(pair: TrainingPair, where: str, params: InputParameters | None) -> list[Problem]:
+    """The bug-spec checks of one training pair: 5 scaffolding fields, readable background."""
+    meta = pair.conversation_metadata
+    problems: list[Problem] = []
+    for name in PAIR_SCAFFOLDING_FIELDS:
+        value = getattr(meta, name)
+        path = _at(where, f"conversation_metadata.{name}")
+        if _blank(value):
+            problems.append(Problem(path, "is null" if value is None else "is empty"))
+        elif params is not None and value != getattr(params, PAIR_FIELD_SOURCE[name]):
+            problems.append(
+                Problem(
+                    path,
+                    f"is {value!r} but input_parameters.{PAIR_FIELD_SOURCE[name]} is "
+                    f"{getattr(params, PAIR_FIELD_SOURCE[name])!r}",
+                )
+            )
+    if not is_readable_text(meta.client_background):
+        problems.append(
+            Problem(
+                _at(where, "conversation_metadata.client_background"),
+                f"is not readable text: {meta.client_background[:80]!r}",
+            )
+        )
+    return problems
+
+
+def _is_legacy_pair(pair: TrainingPair) -> bool:
+    """All five scaffolding fields null: a conversation enriched before input_parameters existed."""
+    return all(getattr(pair.conversation_metadata, name) is None for name in PAIR_SCAFFOLDING_FIELDS)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-document checks (also used by the Dagster asset checks)
+
+
+def _parsed_problem_list(parsed: ParsedConversation, expected: ResolvedScaffolding | None) -> list[Problem]:
+    problems = [Problem(p.where, p.message) for p in turn_problems(parsed.turns)]
+    problems += _input_parameter_problems(parsed.input_parameters)
+    if expected is None:
+        return problems
+    wanted_persona = client_persona_for(expected)
+    actual_persona = parsed.conversation_metadata.client_persona
+    if actual_persona != wanted_persona:
+        problems.append(
+            Problem("conversation_metadata.client_persona", f"is {actual_persona!r}, expected {wanted_persona!r}")
+        )
+    if parsed.input_parameters is not None:
+        wanted = input_parameters_for(expected).model_dump()
+        actual = parsed.input_parameters.model_dump()
+        problems += [
+            Problem(
+                f"input_parameters.{name}", f"is {actual[name]!r}, expected {wanted[name]!r} (from the scaffolding)"
+            )
+            for name in INPUT_PARAMETER_FIELDS
+            if not _blank(actual[name]) and actual[name] != wanted[name]
+        ]
+    return problems
+
+
+def parsed_problems(parsed: ParsedConversation, expected: ResolvedScaffolding | None) -> list[str]:
+    """Problems of a parsed conversation: turn structure; `input_parameters` present with all 10
+    fields populated; and, given the scaffolding it was planned with, `client_persona` equal to
+    "<name> - <archetype>" and every input parameter (ids, keys, names) equal to it."""
+    return [str(p) for p in _parsed_problem_list(parsed, expected)]
+
+
+def _enriched_problem_list(enriched: EnrichedConversation) -> list[Problem]:
+    params = enriched.input_parameters
+    problems: list[Problem] = []
+    if params is None:
+        problems.append(
+            Problem(
+                "input_parameters",
+                "is null (legacy conversation enriched before input_parameters existed; "
+                "its training pairs have no scaffolding fields)",
+                "warning",
+            )
+        )
+    else:
+        problems += _input_parameter_problems(params)
+    if not enriched.training_pairs:
+        problems.append(Problem("training_pairs", "is empty (a conversation yields one pair per client turn)"))
+    seen: dict[str, int] = {}
+    for index, pair in enumerate(enriched.training_pairs):
+        where = f"training_pairs[{index}]"
+        if params is None and _is_legacy_pair(pair):
+            # Already reported once as the legacy warning; only the background is still checked.
+            problems += [p for p in _pair_problems(pair, where, None) if p.where.endswith("client_background")]
+        else:
+            problems += _pair_problems(pair, where, params)
+        if pair.id in seen:
+            problems.append(Problem(f"{where}.id", f"{pair.id!r} repeats training_pairs[{seen[pair.id]}].id"))
+        seen.setdefault(pair.id, index)
+    return problems
+
+
+def enriched_problems(enriched: EnrichedConversation) -> list[str]:
+    """Problems of an enriched conversation: `input_parameters` present (null is reported as a
+    legacy warning); every pair has the 5 scaffolding fields, equal to `input_parameters`;
+    every `client_background` is readable text; pair ids unique."""
+    return [str(p) for p in _enriched_problem_list(enriched)]
+
+
+def conversation_turns_in(pairs: Sequence[TrainingPair]) -> int:
+    """How many turns the conversation of `pairs` had: the last pair's history, its client turn,
+    and its target response if any (the individual file's `total_turns`)."""
+    last = max(pairs, key=lambda p: p.turn_number)
+    return len(last.conversation_history) + 1 + (1 if last.target_response is not None else 0)
+
+
+def _pairs_problems(pairs: Sequence[TrainingPair], where_of: Any) -> list[Problem]:
+    """Checks shared by training files and JSONL: pair content, unique ids, one block per conversation."""
+    problems: list[Problem] = []
+    legacy_reported: set[str] = set()
+    first_id: dict[str, int] = {}
+    block_of: dict[str, tuple[int, int]] = {}
+    previous: str | None = None
+    for index, pair in enumerate(pairs):
+        where = where_of(index)
+        if _is_legacy_pair(pair):
+            if pair.conversation_id not in legacy_reported:
+                legacy_reported.add(pair.conversation_id)
+                problems.append(
+                    Problem(
+                        _at(where, "conversation_metadata"),
+                        f"has no scaffolding fields (legacy conversation {pair.conversation_id!r})",
+                        "warning",
+                    )
+                )
+            problems += [p for p in _pair_problems(pair, where, None) if p.where.endswith("client_background")]
+        else:
+            problems += _pair_problems(pair, where, None)
+        if pair.id in first_id:
+            problems.append(Problem(_at(where, "id"), f"{pair.id!r} repeats {_at(where_of(first_id[pair.id]), 'id')}"))
+        else:
+            first_id[pair.id] = index
+        conv = pair.conversation_id
+        if conv != previous and conv in block_of:
+            start, end = block_of[conv]
+            problems.append(
+                Problem(
+                    _at(where, "conversation_id"),
+                    f"{conv!r} appears again after other conversations (its pairs are "
+                    f"{where_of(start)}..{where_of(end)}): a conversation is included twice or out of order",
+                )
+            )
+        elif conv == previous:
+            start, _ = block_of[conv]
+            if pair.turn_number <= pairs[index - 1].turn_number:
+                problems.append(
+                    Problem(
+                        _at(where, "turn_number"),
+                        f"is {pair.turn_number}, not after the previous pair's {pairs[index - 1].turn_number} "
+                        f"of conversation {conv!r}",
+                    )
+                )
+            block_of[conv] = (start, index)
+        else:
+            block_of[conv] = (index, index)
+        previous = conv
+    return problems
+
+
+def _training_file_problem_list(doc: TrainingFileDocument) -> list[Problem]:
+    pairs = doc.training_pairs
+    problems = _pairs_problems(pairs, lambda i: f"training_pairs[{i}]")
+    meta = doc.dataset_metadata
+    by_conversation: dict[str, list[TrainingPair]] = {}
+    for pair in pairs:
+        by_conversation.setdefault(pair.conversation_id, []).append(pair)
+    if meta.total_conversations != len(by_conversation):
+        problems.append(
+            Problem(
+                "dataset_metadata.total_conversations",
+                f"is {meta.total_conversations}, but the training pairs come from "
+                f"{len(by_conversation)} conversation(s)",
+            )
+        )
+    turns = sum(conversation_turns_in(group) for group in by_conversation.values())
+    if meta.total_turns != turns:
+        problems.append(
+            Problem(
+                "dataset_metadata.total_turns",
+                f"is {meta.total_turns}, but the conversations of the training pairs have {turns} turns "
+                f"({len(pairs)} training pairs)",
+            )
+        )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# validate_text
+
+
+_STOP_KINDS = frozenset({"truncated", "refusal", "context_window_exceeded", "unexpected_stop_reason"})
+
+
+def _merge(precise: list[Problem], general: list[Problem]) -> list[Problem]:
+    """`precise` plus the `general` findings about places `precise` does not already cover."""
+    known = {p.where for p in precise}
+    return precise + [p for p in general if p.where not in known]
+
+
+def _validate_parsed(doc: Any) -> list[Problem]:
+    if not isinstance(doc, Mapping):
+        return [Problem("$", f"is a {type(doc).__name__}, not a conversation object")]
+    structure = [Problem(p.where, p.message) for p in turn_problems(doc.get("turns"))]
+    _, schema = schema_problems(ParsedConversation, doc)
+    problems = _merge(structure, schema)
+    params = doc.get("input_parameters")
+    if params is None:
+        return problems + [Problem("input_parameters", "is missing (every parsed conversation needs its provenance)")]
+    return _merge(problems, _input_parameter_problems(params))
+
+
+def _validate_raw(doc: Any) -> list[Problem]:
+    if isinstance(doc, Mapping) and is_message(doc):
+        try:
+            check_stop_reason(doc.get("stop_reason"), conversation_id="-")
+            text = extract_json_text(doc, conversation_id="-")
+        except ParseError as exc:
+            return [Problem("stop_reason" if exc.kind in _STOP_KINDS else "content", exc.reason)]
+        doc = json.loads(text)
+    if not isinstance(doc, Mapping):
+        return [Problem("$", f"is a {type(doc).__name__}, not a conversation object")]
+    problems = [Problem(p.where, p.message) for p in turn_problems(doc.get("turns"))]
+    # Provenance is never read from a raw document (parse drops it), so it is not judged here.
+    data = {k: v for k, v in doc.items() if k != "input_parameters"}
+    _, schema = schema_problems(RawConversation, data)
+    # Turn-structure findings are more precise than the schema's for the same fields.
+    return _merge(problems, schema)
+
+
+def _validate_jsonl(text: str) -> list[Problem]:
+    problems: list[Problem] = []
+    pairs: list[TrainingPair] = []
+    line_of: list[int] = []
+    lines = jsonl_lines(text)
+    last_content = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines, start=1):
+        where = f"line {number}"
+        if not line.strip():
+            if number - 1 < last_content:
+                problems.append(Problem(where, "is empty (JSONL has one training pair per line)"))
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(where, f"is not valid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        pair, schema = schema_problems(TrainingPair, data)
+        problems += [Problem(where if p.where == "$" else f"{where}: {p.where}", p.message) for p in schema]
+        if isinstance(pair, TrainingPair):
+            pairs.append(pair)
+            line_of.append(number)
+    if not pairs and not problems:
+        problems.append(Problem("$", "has no training pairs"))
+    problems += _pairs_problems(pairs, lambda i: f"line {line_of[i]}")
+    return problems
+
+
+def validate_text(text: str, kind: str | None = None) -> list[Problem]:
+    """Every problem of the document in `text` (empty list: valid). `kind` is one of
+    `DOCUMENT_KINDS`, or None to detect it from the shape."""
+    if kind is not None and kind not in DOCUMENT_KINDS:
+        raise ValueError(f"unknown document kind {kind!r}; expected one of {', '.join(DOCUMENT_KINDS)}")
+    if kind is None:
+        try:
+            kind = detect_kind(text)
+        except DocumentKindError as exc:
+            return [Problem("$", f"cannot be validated: {exc}")]
+    if kind == "jsonl":
+        return _validate_jsonl(text)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [Problem("$", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
+
+    if kind == "raw":
+        return _validate_raw(doc)
+    if kind == "parsed":
+        return _validate_parsed(doc)
+    if kind == "enriched":
+        enriched, problems = schema_problems(EnrichedConversation, doc)
+        if isinstance(enriched, EnrichedConversation):
+            problems += _enriched_problem_list(enriched)
+        return problems
+    training_file, problems = schema_problems(TrainingFileDocument, doc)
+    if isinstance(training_file, TrainingFileDocument):
+        problems += _training_file_problem_list(training_file)
+    return problems
