@@ -12,6 +12,10 @@ import click
 from lora_assets.settings import Settings
 
 
+#: In-process runs log warnings and errors only; the full event log is in the instance (UI).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -174,7 +178,7 @@ def _run_batch(batch_id: str) -> bool:
 
     instance = get_instance()
     job = defs.resolve_job_def("batch_pipeline")
-    result = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False)
+    result = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False, run_config=QUIET)
     _print_checks(result.get_asset_check_evaluations())
     click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     return result.success
@@ -313,10 +317,16 @@ def enrich_cmd(parsed_file: Path) -> None:
 def validate_cmd(file: Path, kind: str | None) -> None:
     """Validate FILE (raw / parsed / enriched / training file / JSONL, detected); exit 0 when valid,
     else 1 with one line per problem and where it is."""
-    from lora_assets.core.validate import detect_kind, validate_text
+    from lora_assets.core.validate import DocumentKindError, detect_kind, validate_text
 
-    text = file.read_text()
-    kind = kind or detect_kind(text)
+    try:
+        text = file.read_text()
+    except UnicodeDecodeError:
+        _fail(f"{file}: not UTF-8 text")
+    try:
+        kind = kind or detect_kind(text)
+    except DocumentKindError as exc:
+        _fail(f"{file}: {exc}")
     problems = validate_text(text, kind)
     if not problems:
         click.echo(f"{file}: valid {kind}")

@@ -20,7 +20,7 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     generate → parse → enrich with every check; print counts, tokens, cost and paths."""
     from dagster import AssetSelection
 
-    from lora_assets.cli import _print_checks
+    from lora_assets.cli import QUIET, _print_checks
     from lora_assets.defs.partitions import batch_jobs_partitions
     from lora_assets.definitions import defs
     from lora_assets.instance import get_instance
@@ -42,7 +42,7 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     scaffold_job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=set(AssetSelection.groups("scaffolding").resolve(defs.resolve_asset_graph()))
     )
-    result = scaffold_job.execute_in_process(instance=instance, raise_on_error=False)
+    result = scaffold_job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
     for mat in result.get_asset_materialization_events():
         md = mat.materialization.metadata
         click.echo(f"  {mat.asset_key.to_user_string():<20} records={md['records'].value} inserted={md['inserted'].value} "
@@ -69,7 +69,7 @@ def demo(personas: int, arcs: int, topics: int) -> None:
 
     click.echo("\n3. generate → parse → enrich (batch_pipeline job) with checks")
     job = defs.resolve_job_def("batch_pipeline")
-    run = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False)
+    run = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False, run_config=QUIET)
     _print_checks(run.get_asset_check_evaluations())
     with engine.connect() as conn:
         p = q.batch_progress(conn, batch_id)

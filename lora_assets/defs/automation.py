@@ -1,6 +1,5 @@
 """Jobs, the queued-batch sensor, the nightly coverage batch, and declarative automation."""
 
-from __future__ import annotations
 
 from dagster import (
     AssetSelection,

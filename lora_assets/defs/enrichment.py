@@ -1,6 +1,5 @@
 """enriched_conversations: v4.0 per-conversation training pairs, automatically after parsing."""
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any

@@ -1,6 +1,5 @@
 """raw_conversations: one Claude response per batch item, stored as-is before any parsing."""
 
-from __future__ import annotations
 
 import asyncio
 

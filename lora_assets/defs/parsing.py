@@ -1,6 +1,5 @@
 """parsed_conversations: validated conversation JSON + input_parameters resolved from the DB."""
 
-from __future__ import annotations
 
 import json
 from collections.abc import Iterator

@@ -1,6 +1,5 @@
 """Markdown snippets for asset metadata (what a person reads in the Dagster UI)."""
 
-from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any

@@ -1,6 +1,5 @@
 """Resources, chosen from settings in one place: embedded defaults or PostgreSQL + S3 + Claude."""
 
-from __future__ import annotations
 
 import os
 from typing import Any

@@ -1,6 +1,5 @@
 """Scaffolding assets (the DB tables the pipeline reads) and the completeness check."""
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckResult,
