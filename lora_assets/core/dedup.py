@@ -1,0 +1,209 @@
+"""Curation of a training file: exact and near-duplicate removal, and the quality filter.
+
+Duplicates are judged on what a model learns from: the assistant (target) responses of a
+conversation. Two conversations are
+
+* **exact duplicates** when their normalised target responses are identical (SHA-256 of the
+  normalised text), and
+* **near duplicates** when the MinHash estimate of the Jaccard similarity of their word
+  shingles reaches `threshold` (default 0.85); MinHash LSH finds the candidates, so each check
+  costs about the same however many conversations came before.
+
+The first conversation seen is kept; later ones are reported with the id they duplicate.
+Everything is deterministic: datasketch's MinHash uses a fixed seed and a SHA-1-based hash (not
+Python's salted `hash`), and ties are broken by arrival order. The text itself is not retained:
+the state per kept conversation is a 32-byte digest plus a compact signature (4 bytes × num_perm)
+and its LSH band keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+from pydantic import BaseModel, ConfigDict
+
+from lora_assets.core.aggregate import (
+    DuplicateMemberError,
+    MemberSummary,
+    conversation_id_of,
+    conversation_quality,
+)
+from lora_assets.schemas.training import EnrichedConversation
+
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+
+_WS = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+
+
+class DedupDecision(BaseModel):
+    """Whether to keep a conversation; if not, why and which kept conversation it duplicates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep: bool
+    reason: str | None = None
+    duplicate_of: str | None = None
+    similarity: float | None = None
+
+
+class DedupStats(BaseModel):
+    """Counts of a deduplication pass."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checked: int = 0
+    kept: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    without_target_text: int = 0
+    threshold: float = 0.85
+
+    @property
+    def removed(self) -> int:
+        """Conversations dropped as duplicates."""
+        return self.exact_duplicates + self.near_duplicates
+
+
+def normalise_text(text: str) -> str:
+    """Text as compared for exact duplicates: Unicode NFKC, case-folded, whitespace collapsed."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def target_text(conv: EnrichedConversation) -> str:
+    """The conversation's normalised assistant text: its pairs' targets in turn order, one per
+    line (targets of unanswered turns are absent)."""
+    pairs = sorted(conv.training_pairs, key=lambda p: p.turn_number)
+    return "\n".join(normalise_text(p.target_response) for p in pairs if p.target_response is not None)
+
+
+def word_shingles(text: str, size: int) -> set[str]:
+    """Word `size`-grams of `text` (punctuation ignored); a text shorter than `size` words is one
+    shingle, so short answers still compare."""
+    words = _WORD.findall(text)
+    if not words:
+        return set()
+    if len(words) <= size:
+        return {" ".join(words)}
+    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+class Deduplicator:
+    """Streaming duplicate detector: `check(conv)` one conversation at a time, in the order the
+    training file should prefer (the first of a duplicate group is kept)."""
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.85,
+        num_perm: int = 128,
+        shingle_size: int = 3,
+        seed: int = 1,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"near-duplicate threshold {threshold!r} must be in (0, 1]")
+        if shingle_size < 1:
+            raise ValueError(f"shingle_size {shingle_size!r} must be at least 1")
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.shingle_size = shingle_size
+        self.seed = seed
+        # LSH only proposes candidates; the decision is the signature comparison in `check`.
+        # So the index is tuned for recall: banded for 0.1 below the threshold with false
+        # negatives weighing 4x false positives (at 0.85 and 128 permutations a pair with
+        # Jaccard 0.85 becomes a candidate with p ~ 0.99; one at 0.5 with p ~ 0.06), capped at
+        # 0.9, above which datasketch cannot form two bands.
+        lsh_threshold = min(max(threshold - 0.1, threshold / 2), 0.9)
+        self._lsh = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=(0.2, 0.8))
+        self._exact: dict[bytes, str] = {}
+        self._signatures: dict[str, np.ndarray] = {}
+        self._order: dict[str, int] = {}
+        self._seen: set[str] = set()
+        self._checked = 0
+        self._kept = 0
+        self._exact_dups = 0
+        self._near_dups = 0
+        self._empty = 0
+
+    def _minhash(self, text: str) -> MinHash:
+        m = MinHash(num_perm=self.num_perm, seed=self.seed)
+        shingles = sorted(word_shingles(text, self.shingle_size))
+        if shingles:
+            m.update_batch([s.encode() for s in shingles])
+        return m
+
+    def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None) -> DedupDecision:
+        """Decide on `conv` and, when kept, remember it for later checks. Raises
+        `DuplicateMemberError` if the same conversation id is checked twice (a caller bug, not
+        a content duplicate)."""
+        cid = conversation_id_of(conv, conversation_id)
+        if cid in self._seen:
+            raise DuplicateMemberError(cid)
+        self._seen.add(cid)
+        self._checked += 1
+        text = target_text(conv)
+        if not text.strip():
+            # No assistant text: nothing to compare, and nothing that could collide with it.
+            self._empty += 1
+            self._kept += 1
+            return DedupDecision(keep=True)
+
+        digest = hashlib.sha256(text.encode()).digest()
+        first = self._exact.get(digest)
+        if first is not None:
+            self._exact_dups += 1
+            return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=first, similarity=1.0)
+
+        mh = self._minhash(text)
+        signature = mh.hashvalues.astype(np.uint32)  # values are < 2**32; halves the memory
+        best: tuple[float, int, str] | None = None
+        for candidate in self._lsh.query(mh):
+            sim = float(np.count_nonzero(self._signatures[candidate] == signature)) / self.num_perm
+            if sim >= self.threshold:
+                # Most similar wins; among equals, the earliest kept conversation.
+                key = (-sim, self._order[candidate], candidate)
+                if best is None or key < best:
+                    best = key
+        if best is not None:
+            self._near_dups += 1
+            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=best[2], similarity=-best[0])
+
+        self._exact[digest] = cid
+        self._lsh.insert(cid, mh)
+        self._signatures[cid] = signature
+        self._order[cid] = len(self._order)
+        self._kept += 1
+        return DedupDecision(keep=True)
+
+    @property
+    def stats(self) -> DedupStats:
+        """Counts so far."""
+        return DedupStats(
+            checked=self._checked,
+            kept=self._kept,
+            exact_duplicates=self._exact_dups,
+            near_duplicates=self._near_dups,
+            without_target_text=self._empty,
+            threshold=self.threshold,
+        )
+
+
+def quality_filter(summary_or_conv: MemberSummary | EnrichedConversation, min_quality: float | None) -> bool:
+    """True when the conversation may enter a training file under `min_quality`.
+
+    Quality is the conversation's mean pair quality (`MemberSummary.quality_score` carries the
+    same figure from the DB). No threshold keeps everything; with a threshold, a conversation
+    without a score is excluded, since it cannot be shown to pass.
+    """
+    if min_quality is None:
+        return True
+    if isinstance(summary_or_conv, MemberSummary):
+        quality = summary_or_conv.quality_score
+    else:
+        quality = conversation_quality(summary_or_conv)
+    return quality is not None and quality >= min_quality

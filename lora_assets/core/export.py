@@ -1,0 +1,430 @@
+"""Fine-tuning exports of a training file, streamed conversation by conversation.
+
+Formats (each optional, each a caller-supplied binary handle):
+
+* **messages** — Hugging Face / TRL conversational JSONL, one example per conversation:
+  `{"messages": [{"role": "system"|"user"|"assistant", "content": …}, …]}`, separate train and
+  validation handles (what `load_dataset("json", …)`, TRL `SFTTrainer` and Axolotl
+  `type: chat_template` read).
+* **openai** — OpenAI chat fine-tuning JSONL: the same messages, every assistant message carries
+  `"weight": 1`, or `0` when that turn should not be trained (its pair's quality is below
+  `min_trained_quality`).
+* **sharegpt** — `{"conversations": [{"from": "system"|"human"|"gpt", "value": …}, …]}`.
+* **parquet** — one row per training pair with flat columns, written row group by row group.
+
+One example per conversation, built from its last training pair: that pair's history + its
+user input + its target. Earlier pairs' targets are the assistant turns inside that history,
+which is why one example trains every answer of the conversation. A trailing user turn with no
+answer is dropped (nothing to learn from it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from lora_assets.core.aggregate import DuplicateMemberError, conversation_id_of
+from lora_assets.schemas.training import EnrichedConversation, TrainingPair
+
+Split = Literal["train", "validation"]
+SPLITS: tuple[Split, ...] = ("train", "validation")
+
+#: Column layout of the Parquet export (one row per training pair).
+PARQUET_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("conversation_id", pa.string(), nullable=False),
+        pa.field("turn_number", pa.int32(), nullable=False),
+        pa.field("persona_key", pa.string()),
+        pa.field("arc_key", pa.string()),
+        pa.field("topic_key", pa.string()),
+        pa.field("system_prompt", pa.string(), nullable=False),
+        pa.field("history_json", pa.string(), nullable=False),
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("target", pa.string()),
+        pa.field("quality_score", pa.float64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
+_SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+class ConversationShapeError(ValueError):
+    """A conversation whose turns cannot form a chat example (roles out of order, history
+    contradicting the pairs' inputs/targets)."""
+
+
+class MissingExportHandleError(ValueError):
+    """A conversation routed to a split for which an enabled format has no output handle."""
+
+
+class InvalidSplitError(ValueError):
+    """A split name other than "train" or "validation"."""
+
+
+def _dumps(obj: Any) -> bytes:
+    # Compact, UTF-8 (no \u escapes for non-ASCII text), one line.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+# --------------------------------------------------------------------------------------------
+# One chat example per conversation
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """The chat example of one conversation.
+
+    `messages` alternate strictly user/assistant after an optional system message and end with
+    an assistant message. `assistant_pairs[i]` is the training pair whose target is the i-th
+    assistant message (so per-turn facts such as quality can be attached to it).
+    """
+
+    conversation_id: str
+    messages: list[dict[str, str]]
+    assistant_pairs: list[TrainingPair]
+
+    @property
+    def chars(self) -> int:
+        """Characters of all message contents (for token estimates)."""
+        return sum(len(m["content"]) for m in self.messages)
+
+
+def chat_example(conv: EnrichedConversation, conversation_id: str | None = None) -> ChatExample | None:
+    """Build the chat example of `conv`, or None when it has no answered user turn.
+
+    Raises `ConversationShapeError` naming the conversation when roles do not alternate
+    user/assistant or the history disagrees with the pairs it was built from.
+    """
+    cid = conversation_id_of(conv, conversation_id)
+    pairs = sorted(conv.training_pairs, key=lambda p: p.turn_number)
+    if not pairs:
+        return None
+    last = pairs[-1]
+
+    messages: list[dict[str, str]] = []
+    if last.system_prompt.strip():
+        messages.append({"role": "system", "content": last.system_prompt})
+    for turn in last.conversation_history:
+        messages.append({"role": turn.role, "content": turn.content})
+    messages.append({"role": "user", "content": last.current_user_input})
+    if last.target_response is not None:
+        messages.append({"role": "assistant", "content": last.target_response})
+    else:
+        messages.pop()  # a trailing user turn with no answer teaches nothing
+
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    for offset, message in enumerate(messages[first:]):
+        expected = "user" if offset % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise ConversationShapeError(
+                f"conversation {cid!r}: message {offset + 1} after the system prompt is "
+                f"{message['role']!r}, expected {expected!r} (turns must alternate starting with the user)"
+            )
+
+    # Each answered pair is one assistant message, in turn order; check the history agrees with
+    # the pairs so weights/quality land on the right turn and no answer is silently replaced.
+    answered = [p for p in pairs if p.target_response is not None]
+    assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if len(answered) != len(assistants):
+        raise ConversationShapeError(
+            f"conversation {cid!r}: {len(answered)} answered training pairs but the last pair's "
+            f"history holds {len(assistants)} assistant turns"
+        )
+    for pair, answer in zip(answered, assistants, strict=True):
+        if pair.target_response.strip() != answer.strip():  # type: ignore[union-attr]
+            raise ConversationShapeError(
+                f"conversation {cid!r}: target of training pair {pair.id!r} differs from the "
+                "assistant turn in the last pair's history"
+            )
+    for pair, question in zip(pairs, users, strict=False):
+        if pair.current_user_input.strip() != question.strip():
+            raise ConversationShapeError(
+                f"conversation {cid!r}: input of training pair {pair.id!r} differs from the "
+                "user turn in the last pair's history"
+            )
+    if not assistants:
+        return None
+    return ChatExample(conversation_id=cid, messages=messages, assistant_pairs=answered)
+
+
+def openai_messages(example: ChatExample, min_trained_quality: float | None) -> list[dict[str, Any]]:
+    """The example's messages with OpenAI `weight` on assistant turns: 1 trains the turn, 0
+    keeps it as context only (its pair's quality_score is below `min_trained_quality`)."""
+    out: list[dict[str, Any]] = []
+    answers = iter(example.assistant_pairs)
+    for message in example.messages:
+        if message["role"] == "assistant":
+            pair = next(answers)
+            low = min_trained_quality is not None and pair.training_metadata.quality_score < min_trained_quality
+            out.append({**message, "weight": 0 if low else 1})
+        else:
+            out.append(message)
+    return out
+
+
+def sharegpt_conversations(example: ChatExample) -> list[dict[str, str]]:
+    """The example in ShareGPT roles: system / human / gpt."""
+    return [{"from": _SHAREGPT_FROM[m["role"]], "value": m["content"]} for m in example.messages]
+
+
+# --------------------------------------------------------------------------------------------
+# Stats
+
+
+class ExportStats(BaseModel):
+    """What an `ExportWriter` wrote. `*_train` / `*_validation` are JSONL line counts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conversations_train: int = 0
+    conversations_validation: int = 0
+    pairs_train: int = 0
+    pairs_validation: int = 0
+    messages_train: int = 0
+    messages_validation: int = 0
+    openai_train: int = 0
+    openai_validation: int = 0
+    sharegpt_train: int = 0
+    sharegpt_validation: int = 0
+    parquet_rows: int = 0
+    parquet_row_groups: int = 0
+    skipped_without_answer: int = 0
+    assistant_turns: int = 0
+    openai_untrained_turns: int = 0
+    openai_skipped_untrainable: int = 0
+    chat_chars_train: int = 0
+    chat_chars_validation: int = 0
+
+    @property
+    def estimated_tokens_train(self) -> int:
+        """Rough tokens of the train chat examples (characters / 4)."""
+        return self.chat_chars_train // 4
+
+    @property
+    def estimated_tokens_validation(self) -> int:
+        """Rough tokens of the validation chat examples (characters / 4)."""
+        return self.chat_chars_validation // 4
+
+    def lines(self, fmt: Literal["messages", "openai", "sharegpt"], split: Split) -> int:
+        """JSONL lines written for `fmt` and `split`."""
+        return int(getattr(self, f"{fmt}_{split}"))
+
+
+# --------------------------------------------------------------------------------------------
+# The writer
+
+
+class ExportWriter:
+    """Streams every export format at once: call `add(conv, split)` per conversation, then
+    `close()` (or use it as a context manager) to finish the Parquet footer and get the stats.
+
+    A format is enabled by passing its handle(s); a conversation routed to a split whose handle
+    an enabled format lacks raises `MissingExportHandleError`. Handles are never closed here.
+    """
+
+    def __init__(
+        self,
+        *,
+        messages_train: IO[bytes] | None = None,
+        messages_validation: IO[bytes] | None = None,
+        openai_train: IO[bytes] | None = None,
+        openai_validation: IO[bytes] | None = None,
+        sharegpt_train: IO[bytes] | None = None,
+        sharegpt_validation: IO[bytes] | None = None,
+        parquet: IO[bytes] | None = None,
+        min_trained_quality: float | None = None,
+        row_group_rows: int = 2048,
+        row_group_bytes: int = 32 << 20,
+    ) -> None:
+        self._handles: dict[str, dict[Split, IO[bytes] | None]] = {
+            "messages": {"train": messages_train, "validation": messages_validation},
+            "openai": {"train": openai_train, "validation": openai_validation},
+            "sharegpt": {"train": sharegpt_train, "validation": sharegpt_validation},
+        }
+        self._enabled = {fmt for fmt, h in self._handles.items() if h["train"] is not None or h["validation"] is not None}
+        self._min_q = min_trained_quality
+        self._rg_rows = max(1, row_group_rows)
+        self._rg_bytes = max(1, row_group_bytes)
+        self._parquet = pq.ParquetWriter(parquet, PARQUET_SCHEMA) if parquet is not None else None
+        self._columns: dict[str, list[Any]] = {name: [] for name in PARQUET_SCHEMA.names}
+        self._buffered_bytes = 0
+        self._members: set[str] = set()
+        self._counts: dict[str, int] = dict.fromkeys(ExportStats.model_fields, 0)
+        self._closed = False
+
+    def __enter__(self) -> ExportWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, conv: EnrichedConversation, split: Split, *, conversation_id: str | None = None) -> None:
+        """Write `conv` to every enabled format under `split`.
+
+        Raises `DuplicateMemberError` for a conversation id already exported,
+        `ConversationShapeError` for turns that do not form a chat, `InvalidSplitError`,
+        `MissingExportHandleError`. Nothing is written for a conversation that raises.
+        """
+        if self._closed:
+            raise RuntimeError("ExportWriter is closed")
+        if split not in SPLITS:
+            raise InvalidSplitError(f"split {split!r}: must be 'train' or 'validation'")
+        cid = conversation_id_of(conv, conversation_id)
+        if cid in self._members:
+            raise DuplicateMemberError(cid)
+        for fmt in sorted(self._enabled):
+            if self._handles[fmt][split] is None:
+                raise MissingExportHandleError(
+                    f"conversation {cid!r} is in split {split!r} but the {fmt} export has no {split} handle"
+                )
+        example = chat_example(conv, cid)  # may raise before anything is written
+        self._members.add(cid)
+        c = self._counts
+        c[f"conversations_{split}"] += 1
+        c[f"pairs_{split}"] += len(conv.training_pairs)
+
+        if example is None:
+            c["skipped_without_answer"] += 1
+        else:
+            c["assistant_turns"] += len(example.assistant_pairs)
+            c[f"chat_chars_{split}"] += example.chars
+            self._write_chat(example, split)
+
+        if self._parquet is not None:
+            self._buffer_rows(conv, split)
+
+    def _write_chat(self, example: ChatExample, split: Split) -> None:
+        c = self._counts
+        handle = self._handles["messages"][split]
+        if handle is not None:
+            handle.write(_dumps({"messages": example.messages}))
+            c[f"messages_{split}"] += 1
+        handle = self._handles["openai"][split]
+        if handle is not None:
+            messages = openai_messages(example, self._min_q)
+            untrained = sum(1 for m in messages if m.get("weight") == 0)
+            c["openai_untrained_turns"] += untrained
+            if untrained == len(example.assistant_pairs):
+                # Every answer below the bar: the example would train nothing, so leave it out.
+                c["openai_skipped_untrainable"] += 1
+            else:
+                handle.write(_dumps({"messages": messages}))
+                c[f"openai_{split}"] += 1
+        handle = self._handles["sharegpt"][split]
+        if handle is not None:
+            handle.write(_dumps({"conversations": sharegpt_conversations(example)}))
+            c[f"sharegpt_{split}"] += 1
+
+    def _buffer_rows(self, conv: EnrichedConversation, split: Split) -> None:
+        cols = self._columns
+        for pair in sorted(conv.training_pairs, key=lambda p: p.turn_number):
+            meta = pair.conversation_metadata
+            history = json.dumps(
+                [t.model_dump() for t in pair.conversation_history], ensure_ascii=False, separators=(",", ":")
+            )
+            cols["id"].append(pair.id)
+            cols["conversation_id"].append(pair.conversation_id)
+            cols["turn_number"].append(pair.turn_number)
+            cols["persona_key"].append(meta.persona_archetype)
+            cols["arc_key"].append(meta.emotional_arc_key)
+            cols["topic_key"].append(meta.training_topic_key)
+            cols["system_prompt"].append(pair.system_prompt)
+            cols["history_json"].append(history)
+            cols["input"].append(pair.current_user_input)
+            cols["target"].append(pair.target_response)
+            cols["quality_score"].append(pair.training_metadata.quality_score)
+            cols["split"].append(split)
+            self._buffered_bytes += (
+                len(pair.system_prompt) + len(history) + len(pair.current_user_input) + len(pair.target_response or "")
+            )
+        if len(cols["id"]) >= self._rg_rows or self._buffered_bytes >= self._rg_bytes:
+            self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        rows = len(self._columns["id"])
+        if not rows or self._parquet is None:
+            return
+        table = pa.Table.from_pydict(self._columns, schema=PARQUET_SCHEMA)
+        self._parquet.write_table(table, row_group_size=rows)
+        self._counts["parquet_rows"] += rows
+        self._counts["parquet_row_groups"] += 1
+        self._columns = {name: [] for name in PARQUET_SCHEMA.names}
+        self._buffered_bytes = 0
+
+    @property
+    def stats(self) -> ExportStats:
+        """Counts so far (Parquet rows count once flushed; `close()` flushes the rest)."""
+        return ExportStats(**self._counts)
+
+    def close(self) -> ExportStats:
+        """Flush the last row group, write the Parquet footer, return the final stats.
+        Idempotent. The caller's handles stay open."""
+        if not self._closed:
+            self._closed = True
+            if self._parquet is not None:
+                self._flush_rows()
+                self._parquet.close()
+        return self.stats
+
+
+# --------------------------------------------------------------------------------------------
+# Axolotl
+
+
+def _yaml_str(value: str) -> str:
+    # A JSON string is a valid YAML double-quoted scalar: safe for any path.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def axolotl_config(
+    *,
+    train_path: str,
+    validation_path: str | None = None,
+    chat_template: str = "tokenizer_default",
+    train_on_eos: Literal["turn", "last", "all", "none"] = "turn",
+) -> str:
+    """A YAML **snippet** (not a full Axolotl config) declaring the messages files as
+    `type: chat_template` datasets: merge it into a config that sets `base_model`,
+    `adapter: lora`, `sequence_len`, … . The validation file, if any, goes to `test_datasets`
+    (a local JSON file loads as split "train", hence `split: train`) and `val_set_size: 0`
+    stops Axolotl from carving a second validation set out of the training data.
+    """
+
+    def entry(path: str, *, eval_split: bool) -> list[str]:
+        lines = [
+            f"  - path: {_yaml_str(path)}",
+            "    ds_type: json",
+        ]
+        if eval_split:
+            lines.append("    split: train")
+        lines += [
+            "    type: chat_template",
+            "    field_messages: messages",
+            "    message_property_mappings:",
+            "      role: role",
+            "      content: content",
+            '    roles_to_train: ["assistant"]',
+            f"    train_on_eos: {train_on_eos}",
+        ]
+        return lines
+
+    out = [
+        "# Axolotl dataset configuration — SNIPPET generated by lora_assets, not a complete config.",
+        "# Merge into your Axolotl YAML (base_model, adapter: lora, lora_r, sequence_len, ...).",
+        "# Files: Hugging Face conversational JSONL, one {\"messages\": [...]} per line;",
+        "# only assistant turns are trained (roles_to_train).",
+        f"chat_template: {_yaml_str(chat_template)}",
+        "datasets:",
+        *entry(train_path, eval_split=False),
+    ]
+    if validation_path is not None:
+        out += ["test_datasets:", *entry(validation_path, eval_split=True), "val_set_size: 0"]
+    return "\n".join(out) + "\n"

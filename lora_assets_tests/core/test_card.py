@@ -1,0 +1,130 @@
+"""Dataset card (Hugging Face README.md) of a training-file version."""
+
+from __future__ import annotations
+
+import io
+
+import yaml
+
+from lora_assets.core.aggregate import AggregateWriter
+from lora_assets.core.card import SIMULATOR_NOTE, SourceBatch, dataset_card, size_category
+from lora_assets.core.dedup import Deduplicator
+from lora_assets.core.export import ExportWriter
+from lora_assets_tests.core.test_aggregate import make_conversation
+
+
+def _inputs():
+    convs = [
+        make_conversation("c1", pairs=3, quality=4.2, human_reviewed=True),
+        make_conversation("c2", pairs=2, persona="anxious_planner", quality=3.1),
+        make_conversation("c3", pairs=2, persona="anxious_planner", arc="fear_to_confidence", quality=4.9),
+        make_conversation("c4", pairs=2, legacy=True, quality=2.4),
+    ]
+    dedup = Deduplicator()
+    for conv in convs:
+        dedup.check(conv)
+    agg = AggregateWriter(io.BytesIO())
+    exp = ExportWriter(messages_train=io.BytesIO(), messages_validation=io.BytesIO())
+    for conv, split in zip(convs, ["train", "train", "validation", "train"], strict=True):
+        agg.add(conv)
+        exp.add(conv, split)
+    return agg.stats, exp.close(), dedup.stats
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    end = card.index("\n---\n", 4)
+    return yaml.safe_load(card[4:end])
+
+
+CLAUDE = SourceBatch(
+    batch_id="b-1", name="December run", model="claude-haiku-5-5", generator="claude",
+    created="2025-12-01T10:00:00Z", conversations=3, cost_usd=0.0421,
+)
+SIM = SourceBatch(
+    batch_id="b-2", name="demo | sim", model="claude-haiku-5-5", generator="simulator",
+    created="2025-12-02T09:00:00Z", conversations=1, cost_usd=0.0,
+)
+
+
+def test_front_matter_is_hugging_face_metadata() -> None:
+    stats, export, dedup = _inputs()
+    card = dataset_card(name="prod_batch_001", stats=stats, export=export, dedup=dedup, sources=[CLAUDE])
+    meta = _front_matter(card)
+    assert meta["task_categories"] == ["text-generation"]
+    assert meta["language"] == ["en"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [
+                {"split": "train", "path": "train.messages.jsonl"},
+                {"split": "validation", "path": "validation.messages.jsonl"},
+            ],
+        }
+    ]
+    assert meta["pretty_name"] == "prod_batch_001"
+
+
+def test_body_has_counts_quality_distributions_cost_curation_split_provenance() -> None:
+    stats, export, dedup = _inputs()
+    card = dataset_card(
+        name="prod_batch_001",
+        version=3,
+        stats=stats,
+        export=export,
+        dedup=dedup,
+        min_quality=2.0,
+        quality_filtered_out=5,
+        validation_fraction=0.25,
+        split_seed=7,
+        sources=[CLAUDE],
+    )
+    assert "# prod_batch_001 (v3)" in card
+    assert "| conversations | 4 |" in card
+    assert f"| training pairs (JSONL lines) | {stats.total_training_pairs} |" in card
+    assert f"{stats.estimated_tokens:,}" in card
+    q = stats.quality_summary
+    assert f"| {q.avg_quality_score:.2f} | {q.min_quality_score:.2f} | {q.max_quality_score:.2f} | 1 |" in card
+    assert "[4.5, 5.0] " in card and "█" in card  # text histogram
+    assert "| anxious_planner | 2 | 50.0% |" in card
+    assert "| fear_to_confidence | 1 | 25.0% |" in card
+    assert "| (legacy) | 1 | 25.0% |" in card
+    assert "Claude (claude-haiku-5-5)" in card
+    assert "$0.0421" in card
+    assert "| excluded below quality 2 | 5 |" in card
+    assert "| exact duplicates removed | 0 |" in card
+    assert "| train | 3 | 7 |" in card and "| validation | 1 | 2 |" in card
+    assert "validation fraction 0.25, seed 7" in card
+    assert "| b-1 | December run | claude-haiku-5-5 | Claude | 2025-12-01T10:00:00Z | 3 | 0.0421 |" in card
+    assert SIMULATOR_NOTE not in card
+
+
+def test_card_mentions_simulator_when_generator_is_simulator() -> None:
+    stats, export, dedup = _inputs()
+    card = dataset_card(name="demo", stats=stats, export=export, dedup=dedup, sources=[SIM])
+    assert "simulator — not real Claude output" in card
+    assert "Warning" in card
+    assert "simulated" in _front_matter(card)["tags"]
+    assert "demo \\| sim" in card  # a pipe in a batch name does not break the table
+
+    mixed = dataset_card(name="demo", stats=stats, export=export, sources=[CLAUDE, SIM])
+    assert "mixed: Claude (claude-haiku-5-5)" in mixed
+    assert SIMULATOR_NOTE in mixed
+
+
+def test_card_without_export_or_sources() -> None:
+    stats, _, _ = _inputs()
+    card = dataset_card(name="bare", stats=stats, sources=[], validation_file=None)
+    meta = _front_matter(card)
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "train.messages.jsonl"}]
+    assert "unknown (no source batches were recorded)" in card
+    assert "| deduplication | not run |" in card
+    assert "Total generation cost:** unknown" in card
+
+
+def test_size_categories() -> None:
+    assert size_category(0) == "n<1K"
+    assert size_category(999) == "n<1K"
+    assert size_category(1000) == "1K<n<10K"
+    assert size_category(250_000) == "100K<n<1M"

@@ -1,0 +1,143 @@
+"""Exact and near-duplicate detection, and the quality filter."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lora_assets.core.aggregate import DuplicateMemberError, MemberSummary
+from lora_assets.core.dedup import (
+    EXACT_DUPLICATE,
+    NEAR_DUPLICATE,
+    Deduplicator,
+    normalise_text,
+    quality_filter,
+    word_shingles,
+)
+from lora_assets_tests.core.test_aggregate import make_conversation
+
+_VOCAB = (
+    "mortgage rate budget savings retirement roth account emergency fund debt payoff invest index "
+    "risk tolerance goal timeline family college tax bracket income expense insurance estate will "
+    "trust beneficiary allocation bond stock cash flow inflation pension annuity credit score loan "
+    "refinance equity home rent lease car child care health plan deductible premium"
+).split()
+
+
+def _text(seed: int, words: int = 120) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(_VOCAB) for _ in range(words)) + "."
+
+
+def _answers(seed: int, n: int = 3) -> list[str]:
+    return [_text(seed * 100 + i) for i in range(n)]
+
+
+def test_exact_duplicate_after_normalisation_detected_first_kept() -> None:
+    answers = _answers(1)
+    noisy = ["  " + a.upper().replace(" ", "\n  ") + " " for a in answers]
+    dedup = Deduplicator()
+    assert dedup.check(make_conversation("a", answers=answers)).keep
+    decision = dedup.check(make_conversation("b", answers=noisy, persona="anxious_planner"))
+    assert not decision.keep
+    assert decision.reason == EXACT_DUPLICATE
+    assert decision.duplicate_of == "a"
+    s = dedup.stats
+    assert (s.checked, s.kept, s.exact_duplicates, s.near_duplicates, s.removed) == (2, 1, 1, 0, 1)
+
+
+def test_same_user_text_different_answers_are_not_duplicates() -> None:
+    questions = ["Same question?"] * 3
+    dedup = Deduplicator()
+    assert dedup.check(make_conversation("a", answers=_answers(1), questions=questions)).keep
+    assert dedup.check(make_conversation("b", answers=_answers(2), questions=questions)).keep
+
+
+def test_near_duplicate_detected_with_its_original() -> None:
+    answers = _answers(3)
+    words = answers[1].split()
+    words[10] = "completely"
+    words[60] = "different"
+    near = [answers[0], " ".join(words), answers[2]]
+    dedup = Deduplicator()
+    assert dedup.check(make_conversation("orig", answers=answers)).keep
+    decision = dedup.check(make_conversation("copy", answers=near))
+    assert not decision.keep
+    assert decision.reason == NEAR_DUPLICATE
+    assert decision.duplicate_of == "orig"
+    assert decision.similarity is not None and decision.similarity >= 0.85
+    assert dedup.stats.near_duplicates == 1
+
+
+def test_distinct_texts_are_all_kept() -> None:
+    dedup = Deduplicator()
+    decisions = [dedup.check(make_conversation(f"c{i}", answers=_answers(i + 10))) for i in range(40)]
+    assert all(d.keep for d in decisions)
+    assert dedup.stats.kept == 40 and dedup.stats.removed == 0
+
+
+def test_deterministic_across_instances() -> None:
+    convs = []
+    for i in range(12):
+        base = _answers(i % 4 + 50)
+        words = base[0].split()
+        words[i] = "tweak"
+        convs.append(make_conversation(f"c{i}", answers=[" ".join(words), *base[1:]]))
+    runs = []
+    for _ in range(2):
+        dedup = Deduplicator()
+        runs.append([dedup.check(c) for c in convs])
+    assert runs[0] == runs[1]
+    assert [d.keep for d in runs[0]][:4] == [True] * 4
+    assert not any(d.keep for d in runs[0][4:])
+
+
+def test_threshold_parameter_controls_near_duplicates() -> None:
+    answers = _answers(7)
+    words = answers[0].split()
+    for i in range(0, len(words), 8):  # ~12% of words changed
+        words[i] = "changed"
+    near = [" ".join(words), *answers[1:]]
+    strict = Deduplicator(threshold=0.99)
+    strict.check(make_conversation("a", answers=answers))
+    assert strict.check(make_conversation("b", answers=near)).keep
+    loose = Deduplicator(threshold=0.5)
+    loose.check(make_conversation("a", answers=answers))
+    assert not loose.check(make_conversation("b", answers=near)).keep
+    with pytest.raises(ValueError, match="threshold"):
+        Deduplicator(threshold=0)
+
+
+def test_conversation_without_answers_kept_and_counted() -> None:
+    dedup = Deduplicator()
+    assert dedup.check(make_conversation("e1", pairs=1, unanswered_last=True)).keep
+    assert dedup.check(make_conversation("e2", pairs=1, unanswered_last=True)).keep
+    assert dedup.stats.without_target_text == 2
+
+
+def test_same_id_twice_is_a_caller_error() -> None:
+    dedup = Deduplicator()
+    dedup.check(make_conversation("x"))
+    with pytest.raises(DuplicateMemberError, match="'x'"):
+        dedup.check(make_conversation("x", answers=_answers(99)))
+
+
+def test_helpers() -> None:
+    assert normalise_text("  Ａ\tB\n\nc ") == "a b c"
+    assert word_shingles("one two", 3) == {"one two"}
+    assert word_shingles("a b c d", 3) == {"a b c", "b c d"}
+    assert word_shingles("...", 3) == set()
+
+
+def test_quality_filter_on_summary_and_conversation() -> None:
+    conv = make_conversation("q", pairs=2, quality=[3.0, 4.0])  # mean 3.5
+    assert quality_filter(conv, 3.5)
+    assert not quality_filter(conv, 3.6)
+    assert quality_filter(conv, None)
+    summary = MemberSummary(conversation_id="q", quality_score=2.9)
+    assert not quality_filter(summary, 3.0)
+    assert quality_filter(summary, 2.9)
+    unscored = MemberSummary(conversation_id="u")
+    assert quality_filter(unscored, None)
+    assert not quality_filter(unscored, 0.0)
