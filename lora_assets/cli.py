@@ -336,6 +336,175 @@ def validate_cmd(file: Path, kind: str | None) -> None:
     sys.exit(1)
 
 
+# --- training files -------------------------------------------------------------------------
+
+
+@main.group("training-file")
+def training_file() -> None:
+    """Create, extend, build, inspect and download versioned training files."""
+
+
+def _selection(conn: Any, batches: tuple[str, ...], conversations: tuple[str, ...], skip_ineligible: bool, name: str) -> list[str]:
+    from lora_assets.store.training_files import conversations_of_batches, eligible_subset
+
+    if bool(batches) == bool(conversations):
+        _fail("give either --batch or --conversation (one of them, at least once)")
+    ids = list(conversations) if conversations else conversations_of_batches(conn, list(batches))
+    if skip_ineligible:
+        ids, problems = eligible_subset(conn, ids)
+        for cid, reason in problems.items():
+            click.echo(f"skipped {cid}: {reason}", err=True)
+    return ids
+
+
+def _register_training_file(name: str) -> None:
+    from lora_assets.defs.partitions import training_files_partitions
+    from lora_assets.instance import get_instance
+
+    instance = get_instance()
+    if name not in instance.get_dynamic_partitions(training_files_partitions.name):
+        instance.add_dynamic_partitions(training_files_partitions.name, [name])
+
+
+@training_file.command("create")
+@click.argument("name")
+@click.option("--description", default=None)
+@click.option("--batch", "batches", multiple=True, help="Add every conversation of this batch (repeat).")
+@click.option("--conversation", "conversations", multiple=True, help="Add this conversation id (repeat).")
+@click.option("--min-quality", type=float, default=None, help="Leave out conversations scoring below this (0-5) at build time.")
+@click.option("--skip-ineligible", is_flag=True, help="With --batch: add only enriched conversations, listing the others.")
+@click.option("--build", is_flag=True, help="Build version 1 right away.")
+def tf_create(name, description, batches, conversations, min_quality, skip_ineligible, build) -> None:
+    """Create training file NAME from batches or conversations. A duplicate, unknown or
+    unenriched conversation is refused (each listed with its reason) and nothing is written."""
+    from lora_assets.core.aggregate import TrainingFileNameError
+    from lora_assets.store.training_files import TrainingFileError, create_training_file
+
+    settings = Settings.from_env()
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            ids = _selection(conn, batches, conversations, skip_ineligible, name)
+        create_training_file(engine, name=name, conversation_ids=ids, created_by=settings.user_id,
+                             description=description, min_quality=min_quality)
+    except (TrainingFileError, TrainingFileNameError) as exc:
+        _fail(str(exc))
+    _register_training_file(name)
+    click.echo(f"training file {name!r}: {len(ids)} conversation(s)")
+    if build:
+        _build(name)
+
+
+@training_file.command("add")
+@click.argument("name")
+@click.option("--batch", "batches", multiple=True)
+@click.option("--conversation", "conversations", multiple=True)
+@click.option("--skip-ineligible", is_flag=True)
+def tf_add(name, batches, conversations, skip_ineligible) -> None:
+    """Add conversations to training file NAME (all or none); build to get a new version."""
+    from lora_assets.store.training_files import TrainingFileError, add_members
+
+    settings = Settings.from_env()
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            ids = _selection(conn, batches, conversations, skip_ineligible, name)
+        n = add_members(engine, name=name, conversation_ids=ids, added_by=settings.user_id)
+    except TrainingFileError as exc:
+        _fail(str(exc))
+    click.echo(f"training file {name!r}: {n} conversation(s) added")
+
+
+def _build(name: str) -> bool:
+    from lora_assets.definitions import defs
+    from lora_assets.instance import get_instance
+
+    _register_training_file(name)
+    job = defs.resolve_job_def("training_file_build")
+    result = job.execute_in_process(partition_key=name, instance=get_instance(), raise_on_error=False, run_config=QUIET)
+    for ev in result.all_events:
+        if ev.is_failure and ev.step_key and ev.event_specific_data and getattr(ev.event_specific_data, "error", None):
+            click.echo(f"  {ev.step_key}: {ev.event_specific_data.error.message.strip().splitlines()[-1]}", err=True)
+    _print_checks(result.get_asset_check_evaluations())
+    click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    return result.success
+
+
+@training_file.command("build")
+@click.argument("name")
+def tf_build(name: str) -> None:
+    """Build the next version of NAME (materialise its partition) in this process."""
+    if not _build(name):
+        sys.exit(1)
+
+
+@training_file.command("list")
+def tf_list() -> None:
+    """List training files with their current version and counts."""
+    from lora_assets.store.training_files import list_training_files
+
+    with _engine().connect() as conn:
+        rows = list_training_files(conn)
+    if not rows:
+        click.echo("no training files")
+    for r in rows:
+        click.echo(f"{r['name']:<32} v{r['current_version']:<3} {r['conversation_count']:>6} conversations "
+                   f"{r['total_training_pairs']:>7} pairs  avg quality {r['avg_quality_score']}")
+
+
+@training_file.command("show")
+@click.argument("name")
+@click.option("--version", "version", type=int, default=None, help="Default: the latest.")
+def tf_show(name: str, version: int | None) -> None:
+    """Metadata and outputs of one version of NAME."""
+    from lora_assets.store.training_files import get_training_file, get_version, versions
+
+    with _engine().connect() as conn:
+        tf = get_training_file(conn, name)
+        if tf is None:
+            _fail(f"no training file named {name!r}")
+        v = get_version(conn, name, version)
+        all_versions = [x["version"] for x in versions(conn, tf["id"])]
+    if v is None:
+        _fail(f"training file {name!r} has no version {version if version else '(not built yet)'}; versions: {all_versions}")
+    click.echo(f"{name} v{v['version']} (versions: {all_versions})  {tf['description'] or ''}")
+    click.echo(f"  conversations {v['conversation_count']}  pairs {v['total_training_pairs']}  quality "
+               f"min/avg/max {v['min_quality_score']}/{v['avg_quality_score']}/{v['max_quality_score']}")
+    click.echo(f"  scaffolding   {json.dumps(v['scaffolding_distribution'])}")
+    click.echo(f"  curation      {json.dumps({k: v['stats'][k] for k in ('members', 'quality_filtered_out', 'exact_duplicates', 'near_duplicates', 'train_conversations', 'validation_conversations')})}")
+    for fmt, o in (v["outputs"] or {}).items():
+        click.echo(f"  {fmt:<20} {o['path']}  ({o['bytes']} bytes)")
+
+
+@training_file.command("download")
+@click.argument("name")
+@click.option("--version", "version", type=int, default=None)
+@click.option("--format", "fmt", default="jsonl", show_default=True,
+              help="json, jsonl, messages-train, messages-validation, openai-train, openai-validation, "
+              "sharegpt-train, sharegpt-validation, parquet, axolotl, card")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy into this directory (default: print a local path or a presigned URL).")
+def tf_download(name: str, version: int | None, fmt: str, dest: Path | None) -> None:
+    """Where to get one output of a version: a local path, a presigned S3 URL, or a copy in --dest."""
+    from lora_assets.defs.resources import build_resources
+    from lora_assets.store.blobs import copy_blob
+    from lora_assets.store.training_files import get_version
+
+    with _engine().connect() as conn:
+        v = get_version(conn, name, version)
+    if v is None:
+        _fail(f"training file {name!r} has no built version {version or ''}".rstrip())
+    outputs = v["outputs"] or {}
+    if fmt not in outputs:
+        _fail(f"unknown format {fmt!r}; available: {', '.join(outputs)}")
+    store = build_resources()["blobs"].store()
+    key = outputs[fmt]["path"]
+    if dest is not None:
+        click.echo(str(copy_blob(store, key, dest / key.rsplit("/", 1)[1])))
+    else:
+        click.echo(store.url(key))
+
+
 from lora_assets.demo import demo  # noqa: E402
 
 main.add_command(demo)

@@ -7,7 +7,7 @@ from dagster import Definitions, PreviewWarning
 
 warnings.filterwarnings("ignore", category=PreviewWarning)  # partitioned asset checks are preview in 1.13
 
-from lora_assets.defs import automation, enrichment, generation, parsing, scaffolding  # noqa: E402
+from lora_assets.defs import automation, enrichment, generation, parsing, scaffolding, training_files  # noqa: E402
 from lora_assets.defs.resources import build_resources  # noqa: E402
 
 ASSETS = [
@@ -15,6 +15,7 @@ ASSETS = [
     generation.raw_conversations,
     parsing.parsed_conversations,
     enrichment.enriched_conversations,
+    training_files.training_files,
 ]
 ASSET_CHECKS = [
     scaffolding.scaffolding_completeness,
@@ -25,6 +26,10 @@ ASSET_CHECKS = [
     enrichment.training_pairs_have_scaffolding,
     enrichment.client_background_readable,
     enrichment.all_conversations_enriched,
+    training_files.training_file_schema_valid,
+    training_files.training_file_metadata_matches,
+    training_files.training_file_members_valid,
+    training_files.training_file_exports_consistent,
 ]
 
 
@@ -33,7 +38,7 @@ def build_defs(resources: dict[str, Any]) -> Definitions:
     return Definitions(
         assets=ASSETS,
         asset_checks=ASSET_CHECKS,
-        jobs=[automation.batch_pipeline_job],
+        jobs=[automation.batch_pipeline_job, automation.training_file_job],
         sensors=[automation.queued_batches_sensor, automation.automation_sensor],
         schedules=[automation.nightly_coverage_batch],
         resources=resources,

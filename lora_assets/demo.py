@@ -82,7 +82,36 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     click.echo(f"  cost:       ${p['cost_usd']:.6f}" + ("  (simulated usage priced as Claude would bill it)" if settings.uses_simulator else ""))
     if rows:
         click.echo(f"  example:    {settings.data_dir / 'blobs' / (rows[0]['enriched_file_path'] or rows[0]['raw_response_path'])}")
-    click.echo(f"\nrun {run.run_id}: {'success' if run.success else 'FAILED'} in {time.monotonic() - started:.1f}s")
-    click.echo("see it in the UI: make ui")
     if not run.success:
+        sys.exit(f"batch run {run.run_id} FAILED; see above")
+
+    name = f"demo-{batch_id[:8]}"
+    click.echo(f"\n4. training file {name!r} from the batch, version 1, with checks")
+    from lora_assets.store.training_files import conversations_of_batches, create_training_file, eligible_subset, get_version
+
+    with engine.connect() as conn:
+        ids, _ = eligible_subset(conn, conversations_of_batches(conn, [batch_id]))
+    create_training_file(engine, name=name, conversation_ids=ids, created_by=settings.user_id, description="made by make demo")
+    from lora_assets.defs.partitions import training_files_partitions
+
+    instance.add_dynamic_partitions(training_files_partitions.name, [name])
+    build = defs.resolve_job_def("training_file_build").execute_in_process(
+        partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    _print_checks(build.get_asset_check_evaluations())
+    with engine.connect() as conn:
+        v = get_version(conn, name)
+    if v is None:
+        sys.exit(f"training file build {build.run_id} FAILED; see above")
+    st = v["stats"]
+    click.echo(f"  v{v['version']}: {v['conversation_count']} conversations, {v['total_training_pairs']} training pairs, "
+               f"quality avg {v['avg_quality_score']} (min {v['min_quality_score']}, max {v['max_quality_score']}), "
+               f"train/validation {st['train_conversations']}/{st['validation_conversations']}, "
+               f"duplicates removed {st['exact_duplicates'] + st['near_duplicates']}")
+    base = settings.data_dir / "blobs" if not settings.s3_bucket else f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+    for fmt, o in v["outputs"].items():
+        click.echo(f"  {fmt:<20} {base}/{o['path']}")
+    ok = run.success and build.success
+    click.echo(f"\n{'done' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s; see it in the UI: make ui")
+    if not ok:
         sys.exit(1)

@@ -21,6 +21,7 @@ from lora_assets.defs.generation import raw_conversations
 from lora_assets.defs.parsing import parsed_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import build_resources
+from lora_assets.defs.training_files import training_files
 from lora_assets.schemas import BatchJobStatus, BatchSelection
 from lora_assets.store import queries as q
 
@@ -29,6 +30,14 @@ batch_pipeline_job = define_asset_job(
     "batch_pipeline",
     selection=AssetSelection.assets(raw_conversations, parsed_conversations, enriched_conversations),
     description="Generate, parse and enrich one batch job (partition), with all their checks.",
+)
+
+
+#: Build the next version of one training file (partition = its name), with its checks.
+training_file_job = define_asset_job(
+    "training_file_build",
+    selection=AssetSelection.assets(training_files),
+    description="Build the next version of a training file, with all its checks.",
 )
 
 

@@ -169,6 +169,7 @@ CREATE TABLE IF NOT EXISTS training_file_versions (
 	outputs JSONB, 
 	stats JSONB, 
 	conversation_ids JSONB, 
+	split JSONB, 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	PRIMARY KEY (id), 
 	CONSTRAINT uq_training_file_version UNIQUE (training_file_id, version), 
