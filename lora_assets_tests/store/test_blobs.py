@@ -30,6 +30,9 @@ def test_put_get_list_size_delete(store) -> None:
         "conversation-files/u/c1/raw.json",
         "conversation-files/u/c2/raw.json",
     ]
+    assert store.list("conversation-files/u/") == store.list("conversation-files/u")
+    assert store.list("conversation-files/u/c1") == ["conversation-files/u/c1/raw.json"]
+    assert store.list("conversation-files/nothing") == []
     store.delete("conversation-files/u/c1/raw.json")
     assert not store.exists("conversation-files/u/c1/raw.json")
 
