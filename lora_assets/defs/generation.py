@@ -60,6 +60,7 @@ def raw_conversations(
     with engine.connect() as conn:
         resolved = q.resolve_items(conn, todo)
         consultant = dbq.read_consultant_profile(conn)
+    ledger.scaffolding.update(resolved)
     if consultant is None:
         raise Failure("no consultant profile in the domain DB: materialise the scaffolding assets first")
     system = system_prompt(consultant)

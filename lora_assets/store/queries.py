@@ -283,8 +283,17 @@ class SqlLedger:
     even from a concurrent run; `recover_stored_raw` turns a blob orphaned by a crash between
     the two writes into its row, so it is never bought again."""
 
-    def __init__(self, engine: Engine, blobs: BlobStore, batch_job_id: str, user_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        batch_job_id: str,
+        user_id: str,
+        scaffolding: dict[str, ResolvedScaffolding] | None = None,
+    ) -> None:
         self.engine = engine
+        # Item id -> its resolved scaffolding (the snapshot stored on the row); looked up when absent.
+        self.scaffolding = dict(scaffolding or {})
         self.blobs = blobs
         self.batch_job_id = batch_job_id
         self.user_id = user_id
@@ -314,7 +323,9 @@ class SqlLedger:
         try:
             with self.engine.begin() as conn:
                 item = self._item(conn, item_id)
-                scaffolding = resolve_items(conn, [BatchItemPlan.model_validate(item)])[item_id]
+                scaffolding = self.scaffolding.get(item_id) or resolve_items(
+                    conn, [BatchItemPlan.model_validate(item)]
+                )[item_id]
                 conn.execute(
                     sa.insert(t.conversations).values(
                         id=conv_id,
