@@ -82,6 +82,7 @@ def raw_conversations(
     with engine.begin() as conn:
         progress = q.batch_progress(conn, batch_id)
         failures = q.item_failures(conn, batch_id)
+        generators = q.batch_generators(conn, batch_id)
         items = progress["items"]
         done = items[ItemStatus.PENDING] == 0 and items[ItemStatus.SUBMITTED] == 0
         status = BatchJobStatus.COMPLETED if done and not failures else BatchJobStatus.PROCESSING
@@ -94,7 +95,8 @@ def raw_conversations(
             "batch_name": batch["name"],
             "mode": mode,
             "model": batch["model"],
-            "generator": "simulator" if claude.uses_simulator else "claude",
+            # From the stored responses (message ids), not from configuration: what really answered.
+            "generator": " + ".join(generators) or "none yet",
             "items_total": batch["total_items"],
             "items_generated": items[ItemStatus.GENERATED],
             "items_failed": items[ItemStatus.FAILED],

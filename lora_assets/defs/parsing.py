@@ -108,7 +108,7 @@ def iter_parsed(conn: Any, store: BlobStore, batch_id: str) -> Iterator[tuple[di
         try:
             yield row, ParsedConversation.model_validate_json(store.get_bytes(row["file_path"])), None
         except Exception as exc:  # noqa: BLE001 - reported per conversation by the check
-            yield row, None, f"conversation.json unreadable: {exc}"
+            yield row, None, f"conversation.json unreadable: {' '.join(str(exc).split())[:300]}"
 
 
 @asset_check(
@@ -131,7 +131,11 @@ def input_parameters_complete(context, db: DomainDB, blobs: BlobStoreResource) -
                 if ip is None:
                     msgs.append("input_parameters missing")
                 else:
-                    msgs += [f"input_parameters.{f} is empty" for f in INPUT_PARAMETER_FIELDS if not getattr(ip, f)]
+                    msgs += [
+                        f"input_parameters.{f} is empty"
+                        for f in INPUT_PARAMETER_FIELDS
+                        if not str(getattr(ip, f) or "").strip()
+                    ]
                     for field, col in (
                         ("persona_id", "persona_id"),
                         ("emotional_arc_id", "emotional_arc_id"),

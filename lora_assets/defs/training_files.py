@@ -56,8 +56,30 @@ def version_prefix(name: str, version: int) -> str:
     return f"training-files/{name}/v{version}"
 
 
+class MemberFileError(Exception):
+    """A member's enriched.json cannot be used; names the conversation, the file and why."""
+
+
 def _load(store: BlobStore, row: dict[str, Any]) -> EnrichedConversation:
-    return EnrichedConversation.model_validate_json(store.get_bytes(row["enriched_file_path"]))
+    """A member's enriched conversation, or MemberFileError naming it (missing file, invalid
+    JSON, or pairs that belong to another conversation, e.g. a copied file)."""
+    where = f"conversation {row['id']} ({row['enriched_file_path']})"
+    try:
+        data = store.get_bytes(row["enriched_file_path"])
+    except Exception as exc:  # noqa: BLE001 - any storage error: the file cannot be read
+        raise MemberFileError(f"{where}: enriched.json cannot be read ({exc.__class__.__name__}: {exc})") from exc
+    try:
+        conv = EnrichedConversation.model_validate_json(data)
+    except ValueError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise MemberFileError(f"{where}: enriched.json is not a valid v4.0 enriched conversation: {first}") from exc
+    foreign = {p.conversation_id for p in conv.training_pairs} - {row["id"]}
+    if foreign:
+        raise MemberFileError(
+            f"{where}: its training pairs carry conversation_id {sorted(foreign)} — the file belongs to another "
+            "conversation (copied or overwritten); re-enrich it"
+        )
+    return conv
 
 
 def _histogram_md(histogram: list[int] | dict[Any, int]) -> str:
@@ -106,9 +128,12 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
     candidates = [m for m in members if quality_filter(tfq.summary_of(m), min_quality)]
     dedup = Deduplicator()
     kept, dropped = [], []
-    for m in candidates:
-        decision = dedup.check(_load(store, m), conversation_id=m["id"])
-        (kept if decision.keep else dropped).append((m, decision))
+    try:
+        for m in candidates:
+            decision = dedup.check(_load(store, m), conversation_id=m["id"])
+            (kept if decision.keep else dropped).append((m, decision))
+    except MemberFileError as exc:
+        raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
     kept_rows = [m for m, _ in kept]
     if not kept_rows:
         raise Failure(f"training file {name!r}: no conversation left after quality filter ({len(filtered)}) and dedup ({len(dropped)})")
@@ -116,7 +141,10 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
         [tfq.summary_of(m) for m in kept_rows], validation_fraction=VALIDATION_FRACTION, seed=SPLIT_SEED
     )
 
-    version = int(tf["current_version"]) + 1
+    try:
+        version_row, version = tfq.claim_version(engine, tf["id"], name)
+    except tfq.BuildInProgressError as exc:
+        raise Failure(str(exc)) from exc
     prefix = version_prefix(name, version)
     key = {fmt: f"{prefix}/{pattern.format(name=name)}" for fmt, pattern in OUTPUTS.items()}
     created = datetime.now(UTC)
@@ -202,14 +230,16 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
             "split": split,
         }
         with engine.begin() as conn:
-            tfq.record_version(conn, tf["id"], values)
-    except BaseException:
-        # No partial version: remove whatever this attempt stored before failing.
-        for k in written:
-            store.delete(k)
+            tfq.record_version(conn, tf["id"], version_row, values)
+    except BaseException as exc:
+        # No partial version: this build owns v<N> (claimed above), so removing its keys can
+        # never touch another build's files.
         for k in key.values():
             if store.exists(k):
                 store.delete(k)
+        tfq.release_version(engine, version_row)
+        if isinstance(exc, MemberFileError):
+            raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
         raise
 
     return MaterializeResult(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,19 +40,23 @@ class RawConversation(_Model):
     turns: list[Turn] = Field(min_length=2)
 
 
+#: A populated text field: at least one non-whitespace character ("   " is not a value).
+Populated = Annotated[str, Field(min_length=1, pattern=r"\S")]
+
+
 class InputParameters(_Model):
     """Provenance of a conversation, resolved from the DB scaffolding, never from model output."""
 
-    persona_id: str = Field(min_length=1)
-    persona_key: str = Field(min_length=1)
-    persona_name: str = Field(min_length=1)
-    persona_archetype: str = Field(min_length=1)
-    emotional_arc_id: str = Field(min_length=1)
-    emotional_arc_key: str = Field(min_length=1)
-    emotional_arc_name: str = Field(min_length=1)
-    training_topic_id: str = Field(min_length=1)
-    training_topic_key: str = Field(min_length=1)
-    training_topic_name: str = Field(min_length=1)
+    persona_id: Populated
+    persona_key: Populated
+    persona_name: Populated
+    persona_archetype: Populated
+    emotional_arc_id: Populated
+    emotional_arc_key: Populated
+    emotional_arc_name: Populated
+    training_topic_id: Populated
+    training_topic_key: Populated
+    training_topic_name: Populated
 
 
 class ParsedConversation(_Model):

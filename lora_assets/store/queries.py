@@ -232,6 +232,13 @@ def batch_progress(conn: Connection, batch_id: str) -> dict[str, Any]:
     }
 
 
+def batch_generators(conn: Connection, batch_id: str) -> list[str]:
+    """Which generators (claude / simulator) produced the batch's stored conversations."""
+    c = t.conversations
+    q = sa.select(c.c.generator).where(c.c.batch_job_id == batch_id, c.c.generator.is_not(None)).distinct()
+    return sorted(conn.scalars(q))
+
+
 def item_failures(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.select(t.batch_items.c.id, t.batch_items.c.position, t.batch_items.c.attempts, t.batch_items.c.error)

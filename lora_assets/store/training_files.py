@@ -187,7 +187,8 @@ def summary_of(row: dict[str, Any]) -> MemberSummary:
 
 def versions(conn: Connection, training_file_id: str) -> list[dict[str, Any]]:
     v = t.training_file_versions
-    return [dict(r) for r in conn.execute(sa.select(v).where(v.c.training_file_id == training_file_id).order_by(v.c.version)).mappings()]
+    q = sa.select(v).where(v.c.training_file_id == training_file_id, v.c.status == "active").order_by(v.c.version)
+    return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def get_version(conn: Connection, name: str, version: int | None = None) -> dict[str, Any] | None:
@@ -196,16 +197,43 @@ def get_version(conn: Connection, name: str, version: int | None = None) -> dict
     if tf is None:
         return None
     v = t.training_file_versions
-    q = sa.select(v).where(v.c.training_file_id == tf["id"])
+    q = sa.select(v).where(v.c.training_file_id == tf["id"], v.c.status == "active")
     q = q.where(v.c.version == version) if version is not None else q.order_by(v.c.version.desc())
     row = conn.execute(q.limit(1)).mappings().first()
     return dict(row) if row else None
 
 
-def record_version(conn: Connection, training_file_id: str, values: dict[str, Any]) -> None:
-    """Insert the version row and copy its metadata onto training_files (the seed's columns).
-    UNIQUE(training_file_id, version) makes two concurrent builds of one version impossible."""
-    conn.execute(sa.insert(t.training_file_versions).values(id=str(uuid.uuid4()), training_file_id=training_file_id, **values))
+class BuildInProgressError(TrainingFileError):
+    """Another build claimed the next version of this training file first."""
+
+
+def claim_version(engine: Engine, training_file_id: str, name: str) -> tuple[str, int]:
+    """Claim the next version number BEFORE any blob is written: a `building` row under
+    UNIQUE(training_file_id, version). A concurrent build gets BuildInProgressError and writes
+    nothing, so it can never overwrite or clean up another build's files."""
+    v = t.training_file_versions
+    row_id = str(uuid.uuid4())
+    try:
+        with engine.begin() as conn:
+            latest = conn.execute(sa.select(sa.func.max(v.c.version)).where(v.c.training_file_id == training_file_id)).scalar()
+            version = int(latest or 0) + 1
+            conn.execute(sa.insert(v).values(id=row_id, training_file_id=training_file_id, version=version, status="building"))
+    except sa.exc.IntegrityError as exc:
+        raise BuildInProgressError(
+            f"training file {name!r}: another build claimed the next version at the same time; nothing was written"
+        ) from exc
+    return row_id, version
+
+
+def release_version(engine: Engine, row_id: str) -> None:
+    """Drop a claimed version whose build failed (its blobs were removed by the builder)."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(t.training_file_versions).where(t.training_file_versions.c.id == row_id))
+
+
+def record_version(conn: Connection, training_file_id: str, row_id: str, values: dict[str, Any]) -> None:
+    """Complete the claimed version row and copy its metadata onto training_files (the seed's columns)."""
+    conn.execute(sa.update(t.training_file_versions).where(t.training_file_versions.c.id == row_id).values(**values))
     current = {k: values[k] for k in (
         "json_file_path", "jsonl_file_path", "conversation_count", "total_training_pairs", "json_file_size",
         "jsonl_file_size", "avg_quality_score", "min_quality_score", "max_quality_score", "human_reviewed_count",
