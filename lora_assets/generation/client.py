@@ -1,0 +1,449 @@
+"""One Claude request, done right: the request body, the call, and what its outcome means.
+
+The runner (runner.py) owns scheduling, retries and the ledger; this module owns the semantics
+of a single Messages request, shared by both modes:
+
+- `message_params`: the body we send (cached system block, structured JSON output, no sampling
+  parameters or prefill, which API 2026-10-21 rejects);
+- `send_message`: one HTTP call through the official SDK with retries switched off, returning
+  the Message with its headers, or raising one `GenerationError` subclass per failure kind;
+- `check_message`: the `stop_reason` rules (truncated / refusal / context exceeded are
+  failures, malformed JSON on `end_turn` is not: parsing judges that later);
+- `build_record`: the GenerationRecord stored for a success.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+import anthropic
+import httpx2
+from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient, transform_schema
+from anthropic.types import Message
+from pydantic import BaseModel, Field
+
+from lora_assets.generation.pricing import cost_usd
+from lora_assets.schemas.conversation import RawConversation
+from lora_assets.schemas.rows import GenerationRecord, Usage
+
+#: Sent with every Messages request so the simulator (and our logs) can key on the item.
+ITEM_ID_HEADER = "x-lora-item-id"
+
+#: The structured-output schema: RawConversation run through the SDK's own strict transform
+#: (what `messages.parse(output_format=...)` would send). It sets `additionalProperties: false`
+#: on every object and moves constraints the API does not accept (minLength, minimum/maximum,
+#: minItems > 1) into descriptions, so the schema is never rejected with a 400.
+OUTPUT_SCHEMA: dict[str, Any] = transform_schema(RawConversation)
+
+#: Message ids the loopback simulator mints; anything else came from Claude.
+SIMULATOR_ID_PREFIX = "msg_sim_"
+
+
+class GenerationRequest(BaseModel):
+    """One item to generate: the (static, cached) system prompt and the item's user prompt."""
+
+    item_id: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    system: str
+    user: str
+    max_tokens: int = Field(default=8192, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures: one exception type per kind, each carrying the item id and a readable reason.
+# ---------------------------------------------------------------------------------------------
+
+
+class GenerationError(Exception):
+    """An item's request did not produce a storable response.
+
+    `kind` is the failure kind recorded in the ledger; `retryable` says whether another attempt
+    can help; `retry_after_s` is the server's requested wait (429/529), `cost_usd` what this
+    failed attempt was billed (non-zero only for stop-reason failures, where tokens were spent).
+    """
+
+    kind: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, item_id: str, reason: str, *, retry_after_s: float | None = None, cost_usd: float = 0.0,
+                 usage: Usage | None = None, rate_limit: RateLimitSnapshot | None = None) -> None:
+        self.item_id = item_id
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.cost_usd = cost_usd
+        self.usage = usage or Usage()
+        self.rate_limit = rate_limit
+        self.timing: HttpTiming | None = None
+        super().__init__(f"item {item_id}: {kind_label(self.kind)}: {reason}")
+
+
+def kind_label(kind: str) -> str:
+    """`kind` as shown in messages (stable identifiers are what the ledger stores)."""
+    return kind.replace("_", " ")
+
+
+class RateLimitedError(GenerationError):
+    """HTTP 429: over the organisation's rate limit."""
+
+    kind = "rate_limited"
+    retryable = True
+
+
+class OverloadedError(GenerationError):
+    """HTTP 529: the API is overloaded."""
+
+    kind = "overloaded"
+    retryable = True
+
+
+class ServerError(GenerationError):
+    """HTTP 5xx (and 409), or a response the SDK could not read."""
+
+    kind = "server_error"
+    retryable = True
+
+
+class RequestTimeoutError(GenerationError):
+    """No response within `timeout_s` (client side) or HTTP 408."""
+
+    kind = "timeout"
+    retryable = True
+
+
+class ConnectionFailedError(GenerationError):
+    """The connection could not be made or broke before a response."""
+
+    kind = "connection"
+    retryable = True
+
+
+class TruncatedError(GenerationError):
+    """stop_reason `max_tokens`: the JSON is cut off. A fresh sample may fit."""
+
+    kind = "truncated"
+    retryable = True
+
+
+class RefusalError(GenerationError):
+    """stop_reason `refusal`. A fresh sample may not refuse."""
+
+    kind = "refusal"
+    retryable = True
+
+
+class ContextExceededError(GenerationError):
+    """stop_reason `model_context_window_exceeded`: the same prompt will not fit next time either."""
+
+    kind = "context_exceeded"
+    retryable = False
+
+
+class UnexpectedStopError(GenerationError):
+    """A stop_reason we never ask for (tool_use, pause_turn, none): the output is not a whole answer."""
+
+    kind = "unexpected_stop"
+    retryable = True
+
+
+class BadRequestError(GenerationError):
+    """A 4xx the API will repeat for the same request (400, 404, 413, 422, ...)."""
+
+    kind = "bad_request"
+    retryable = False
+
+
+class AuthError(GenerationError):
+    """401/402/403: the key is wrong, lacks permission or credit. Every other item would fail the
+    same way, so the runner aborts the run instead of burning through the list."""
+
+    kind = "auth"
+    retryable = False
+
+
+class BatchItemError(GenerationError):
+    """A Message Batches result of type `errored` whose error is transient on the API side."""
+
+    kind = "batch_errored"
+    retryable = True
+
+
+class ExpiredError(GenerationError):
+    """A Message Batches request that was not processed within 24 h."""
+
+    kind = "expired"
+    retryable = True
+
+
+class CanceledError(GenerationError):
+    """A Message Batches request canceled before it was processed (someone canceled the batch)."""
+
+    kind = "canceled"
+    retryable = False
+
+
+class MissingResultError(GenerationError):
+    """An ended batch returned no result line for a request it contained."""
+
+    kind = "missing_result"
+    retryable = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate-limit headers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimitSnapshot:
+    """`anthropic-ratelimit-requests-*` as read from one response (reset as a local epoch time)."""
+
+    limit: int | None
+    remaining: int | None
+    reset_at: float | None
+
+
+def rate_limit_snapshot(headers: httpx2.Headers | dict[str, str]) -> RateLimitSnapshot:
+    """Parse the request-rate headers; missing or unreadable values become None."""
+
+    def _int(name: str) -> int | None:
+        try:
+            return int(float(headers.get(name)))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+
+    return RateLimitSnapshot(
+        limit=_int("anthropic-ratelimit-requests-limit"),
+        remaining=_int("anthropic-ratelimit-requests-remaining"),
+        reset_at=_parse_reset(headers.get("anthropic-ratelimit-requests-reset")),
+    )
+
+
+def _parse_reset(value: str | None) -> float | None:
+    # The API sends an RFC 3339 timestamp; accept plain seconds too (relative if small).
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return number if number > 1e9 else time.time() + number
+
+
+def retry_after_seconds(headers: httpx2.Headers | dict[str, str] | None) -> float | None:
+    """The wait a response asks for: `retry-after-ms`, then `retry-after` (seconds or HTTP date)."""
+    if not headers:
+        return None
+    try:
+        return max(0.0, float(headers.get("retry-after-ms")) / 1000)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - time.time())
+
+
+# ---------------------------------------------------------------------------------------------
+# The request
+# ---------------------------------------------------------------------------------------------
+
+
+_SENT_AT = "lora_sent_at"
+_RECEIVED_AT = "lora_received_at"
+
+
+@dataclass(frozen=True)
+class HttpTiming:
+    """Monotonic times the request went to the transport and its response headers came back:
+    the round trip without SDK request building, body parsing or event-loop queueing (what rate
+    pacing needs to estimate when the server counted the request)."""
+
+    sent: float
+    received: float
+
+
+async def _stamp_request(request: httpx2.Request) -> None:
+    request.extensions[_SENT_AT] = time.monotonic()
+
+
+async def _stamp_response(response: httpx2.Response) -> None:
+    response.extensions[_RECEIVED_AT] = time.monotonic()
+
+
+def _timing(response: httpx2.Response) -> HttpTiming | None:
+    sent = response.request.extensions.get(_SENT_AT)
+    received = response.extensions.get(_RECEIVED_AT)
+    return HttpTiming(sent, received) if sent is not None and received is not None else None
+
+
+def make_client(api_key: str, base_url: str | None, timeout_s: float) -> AsyncAnthropic:
+    """The official async client with its own retries off: we retry ourselves, within a budget
+    and rate-limit aware (SDK retries would be invisible to both). Its HTTP client is the SDK's
+    default one plus two event hooks that time each round trip (see HttpTiming)."""
+    http_client = DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_request], "response": [_stamp_response]})
+    return AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s, http_client=http_client)
+
+
+def message_params(request: GenerationRequest, model: str) -> dict[str, Any]:
+    """The Messages body for `request` (also the `params` of a Message Batches request).
+
+    The system prompt is one text block marked `cache_control: ephemeral`: it is identical for
+    every item of a run, so after the first request it is billed at the cache-read rate.
+    """
+    return {
+        "model": model,
+        "max_tokens": request.max_tokens,
+        "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": request.user}],
+        "output_config": {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA}},
+    }
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A 200 response: the Message, its request id, the rate-limit state it reported, and when."""
+
+    message: Message
+    request_id: str | None
+    rate_limit: RateLimitSnapshot
+    timing: HttpTiming | None = None
+
+
+async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "") -> SentMessage:
+    """POST one Messages request. Raises the GenerationError subclass of the failure; `secret`
+    (the API key) is scrubbed from any reason text, whatever a server echoes back."""
+    try:
+        raw = await client.messages.with_raw_response.create(
+            **message_params(request, model), extra_headers={ITEM_ID_HEADER: request.item_id}
+        )
+        message = await raw.parse()
+    except anthropic.APIError as exc:
+        err = classify_error(exc, request.item_id, secret=secret)
+        if isinstance(exc, anthropic.APIStatusError):
+            err.timing = _timing(exc.response)
+        raise err from None
+    return SentMessage(
+        message=message,
+        request_id=raw.request_id or getattr(message, "_request_id", None),
+        rate_limit=rate_limit_snapshot(raw.headers),
+        timing=_timing(raw.http_response),
+    )
+
+
+def classify_error(exc: anthropic.APIError, item_id: str, *, secret: str = "") -> GenerationError:
+    """Map an SDK exception to our failure kind, with a readable reason and the server's wait."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return RequestTimeoutError(item_id, "no response before the client timeout")
+    if isinstance(exc, anthropic.APIConnectionError):
+        cause = exc.__cause__
+        detail = f" ({type(cause).__name__})" if cause is not None else ""
+        return ConnectionFailedError(item_id, scrub(f"connection failed{detail}", secret))
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        detail = exc.api_message or exc.type or exc.response.reason_phrase or "no detail"
+        reason = scrub(f"HTTP {status} {exc.type or ''}: {detail}".replace("  ", " "), secret)
+        if exc.request_id:
+            reason += f" (request-id {exc.request_id})"
+        retry_after = retry_after_seconds(exc.response.headers)
+        should_retry = exc.response.headers.get("x-should-retry", "").lower() != "false"
+        cls: type[GenerationError]
+        if status == 429:
+            cls = RateLimitedError
+        elif status == 529 or exc.type == "overloaded_error":
+            cls = OverloadedError
+        elif status == 408:
+            cls = RequestTimeoutError
+        elif status >= 500 or status == 409:
+            cls = ServerError
+        elif status in (401, 402, 403):
+            cls = AuthError
+        else:
+            cls = BadRequestError
+        if cls.retryable and not should_retry:
+            # The server says "do not retry": honour it by reporting a non-retryable kind.
+            return BadRequestError(item_id, reason + " (server sent x-should-retry: false)")
+        return cls(item_id, reason, retry_after_s=retry_after, rate_limit=rate_limit_snapshot(exc.response.headers))
+    # APIResponseValidationError and other SDK errors: the body was not what the API promises.
+    return ServerError(item_id, scrub(f"unreadable response: {type(exc).__name__}: {exc}", secret))
+
+
+def scrub(text: str, secret: str) -> str:
+    """`text` with `secret` masked: reasons are stored and shown, keys must never be."""
+    return text.replace(secret, "***") if secret else text
+
+
+# ---------------------------------------------------------------------------------------------
+# The outcome
+# ---------------------------------------------------------------------------------------------
+
+
+def usage_of(message: Message) -> Usage:
+    """Token usage of a Message as our row model (absent cache counts are 0)."""
+    u = message.usage
+    return Usage(
+        input_tokens=u.input_tokens or 0,
+        output_tokens=u.output_tokens or 0,
+        cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
+        cache_read_input_tokens=u.cache_read_input_tokens or 0,
+    )
+
+
+def generator_of(message: Message) -> str:
+    """"simulator" for messages the loopback simulator made, "claude" otherwise."""
+    return "simulator" if message.id.startswith(SIMULATOR_ID_PREFIX) else "claude"
+
+
+def message_text(message: Message) -> str:
+    """The text of a Message: its `text` blocks joined, whatever (thinking) blocks lead."""
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
+def check_message(item_id: str, message: Message, model: str, *, batch: bool) -> None:
+    """Raise the stop-reason failure if `message` is not a whole answer, else return.
+
+    `end_turn` with unparseable text is NOT a failure here: the raw response is stored and the
+    parse stage records why it is unusable (no paying twice for a retry parsing could explain).
+    """
+    stop = message.stop_reason
+    if stop in ("end_turn", "stop_sequence"):
+        return
+    usage = usage_of(message)
+    cost = cost_usd(model, usage, batch=batch)
+    tokens = f"{usage.output_tokens} output tokens, ${cost:.6f} spent"
+    if stop == "max_tokens":
+        raise TruncatedError(item_id, f"stop_reason max_tokens: output cut off ({tokens})", cost_usd=cost, usage=usage)
+    if stop == "refusal":
+        said = " ".join(message_text(message).split())[:160]
+        raise RefusalError(item_id, f"stop_reason refusal ({tokens}): {said!r}", cost_usd=cost, usage=usage)
+    if stop == "model_context_window_exceeded":
+        raise ContextExceededError(
+            item_id, f"stop_reason model_context_window_exceeded: the prompt does not fit ({tokens})", cost_usd=cost, usage=usage
+        )
+    raise UnexpectedStopError(item_id, f"unexpected stop_reason {stop!r} ({tokens})", cost_usd=cost, usage=usage)
+
+
+def build_record(item_id: str, message: Message, model: str, *, request_id: str | None, batch: bool,
+                 extra: dict[str, Any] | None = None) -> GenerationRecord:
+    """The GenerationRecord of a whole answer: the full Message as JSON, usage, cost, provenance."""
+    usage = usage_of(message)
+    return GenerationRecord(
+        batch_item_id=item_id,
+        model=message.model or model,
+        generator=generator_of(message),  # type: ignore[arg-type]
+        stop_reason=message.stop_reason,
+        usage=usage,
+        cost_usd=cost_usd(model, usage, batch=batch),
+        response=message.model_dump(mode="json"),
+        request_id=request_id,
+        extra=extra or {},
+    )
