@@ -1,0 +1,215 @@
+"""Automation: enrichment materialises on its own after parsing (eager automation conditions,
+evaluated with Dagster's own evaluator), the queued-batch sensor, the nightly coverage schedule.
+Real Dagster instance, real SQLite domain DB, real SDK → loopback simulator."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    evaluate_automation_conditions,
+)
+
+from lora_assets.defs.automation import NIGHTLY_BATCH_SIZE, nightly_coverage_batch, queued_batches_sensor
+from lora_assets.defs.partitions import batch_jobs_partitions
+from lora_assets.generation.simulator import ClaudeSimulator
+from lora_assets.schemas import BatchSelection
+from lora_assets.store import queries as q
+from lora_assets.store import tables as t
+from lora_assets_tests.defs import helpers as h
+
+RAW, PARSED, ENRICHED = (AssetKey(n) for n in ("raw_conversations", "parsed_conversations", "enriched_conversations"))
+
+
+@pytest.fixture
+def sim() -> Iterator[ClaudeSimulator]:
+    with ClaudeSimulator() as s:
+        yield s
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture
+def persistent_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """An on-disk instance: ScheduleEvaluationContext.instance needs an instance ref in 1.13
+    (an ephemeral instance raises "no instance reference was provided")."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with DagsterInstance.local_temp(tempdir=str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str) -> str:
+    """Point the settings the sensor / schedule read (build_resources from env) at the test DB."""
+    monkeypatch.setenv("LORA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LORA_DATABASE_URL", sqlite_url)
+    for name in ("LORA_S3_BUCKET", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LORA_CLAUDE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    return sqlite_url
+
+
+def test_enrichment_is_requested_automatically_after_parsing(
+    sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance
+) -> None:
+    """Checklist: "Enrichment triggers automatically after generation" — the eager condition on
+    enriched_conversations requests exactly the partition whose parse just landed."""
+    engine = h.setup_store(sqlite_url)
+    defs = h.make_defs(sqlite_url, h.local_blobs(tmp_path / "blobs"), sim)
+    batch_id = h.plan(engine, 1, 2, 1)
+    other = h.plan(engine, 1, 1, 1, name="untouched")
+    h.add_partition(instance, batch_id)
+    h.add_partition(instance, other)
+
+    tick0 = evaluate_automation_conditions(defs=defs, instance=instance)
+    assert tick0.total_requested == 0  # nothing upstream has landed yet
+
+    landed = h.run_assets(defs, instance, batch_id, ["raw_conversations", "parsed_conversations"])
+    assert landed.success and h.materialized(landed) == {"raw_conversations", "parsed_conversations"}
+    assert {r["enrichment_status"] for r in h.conversations(engine, batch_id)} == {"not_started"}
+
+    tick1 = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick0.cursor)
+
+    # parsing landed → enrichment is requested, for that partition only, and nothing else
+    assert tick1.get_requested_partitions(ENRICHED) == {batch_id}
+    assert tick1.total_requested == 1
+
+    # run what the automation asked for: no conversation is left not_started
+    enrich = h.run_assets(defs, instance, batch_id, ["enriched_conversations"])
+    assert enrich.success
+    assert {r["enrichment_status"] for r in h.conversations(engine, batch_id)} == {"completed"}
+    assert h.check_evaluations(enrich)["all_conversations_enriched"].passed
+
+    tick2 = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick1.cursor)
+    assert tick2.total_requested == 0  # everything up to date: nothing requested
+
+    # generation alone landing on another partition: Dagster 1.13's eager() treats a missing
+    # parent that is requested in the same tick as not missing, so parse AND enrich are both
+    # requested at once (they run in one run, parse first)
+    gen = h.run_assets(defs, instance, other, ["raw_conversations"])
+    assert gen.success
+    tick3 = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick2.cursor)
+    assert tick3.get_requested_partitions(PARSED) == {other}
+    assert tick3.get_requested_partitions(ENRICHED) == {other}
+    assert tick3.get_num_requested(RAW) == 0
+
+
+def test_queued_batch_sensor_adds_partition_and_requests_a_run(
+    settings_env: str, instance: DagsterInstance, sim: ClaudeSimulator, tmp_path: Path
+) -> None:
+    engine = h.setup_store(settings_env)
+    context = build_sensor_context(instance=instance)
+    skipped = queued_batches_sensor(context)
+    assert isinstance(skipped, SkipReason) and "no queued batch jobs" in skipped.skip_message
+
+    # a batch created outside Dagster (e.g. `lora-assets batch create`): a queued row, no partition
+    batch_id = h.plan(engine, 1, 2, 1)
+    assert not instance.has_dynamic_partition(batch_jobs_partitions.name, batch_id)
+
+    result = queued_batches_sensor(build_sensor_context(instance=instance))
+
+    assert isinstance(result, SensorResult)
+    [add] = result.dynamic_partitions_requests
+    assert add.partitions_def_name == batch_jobs_partitions.name and list(add.partition_keys) == [batch_id]
+    [run] = result.run_requests
+    assert run.partition_key == batch_id and run.run_key == f"batch-{batch_id}"
+
+    # what the daemon does with the result: register the partition, launch the run
+    instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
+    again = queued_batches_sensor(build_sensor_context(instance=instance))
+    assert isinstance(again, SensorResult)
+    assert again.dynamic_partitions_requests == []  # partition exists: not added twice
+    assert [r.run_key for r in again.run_requests] == [f"batch-{batch_id}"]  # same key: the daemon dedupes
+
+    defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
+    assert h.run_batch(defs, instance, run.partition_key).success
+    with engine.connect() as conn:
+        assert q.get_batch(conn, batch_id)["status"] == "completed"
+    after = queued_batches_sensor(build_sensor_context(instance=instance))
+    assert isinstance(after, SkipReason)  # no longer queued
+
+
+def _id_combinations(engine: sa.Engine) -> list[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        ids = [
+            [r[0] for r in conn.execute(sa.select(tbl.c.id).order_by(tbl.c.id))]
+            for tbl in (t.personas, t.emotional_arcs, t.training_topics)
+        ]
+    return list(itertools.product(*ids))
+
+
+def _batch_combinations(engine: sa.Engine, batch_id: str) -> list[tuple[str, str, str]]:
+    return [(i["persona_id"], i["emotional_arc_id"], i["training_topic_id"]) for i in h.items(engine, batch_id)]
+
+
+def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinations(
+    settings_env: str, persistent_instance: DagsterInstance, sim: ClaudeSimulator, tmp_path: Path
+) -> None:
+    instance = persistent_instance
+    engine = h.setup_store(settings_env)
+    every = _id_combinations(engine)
+    assert len(every) > 2 * NIGHTLY_BATCH_SIZE + 4
+    # cover the 4 combinations that would come first on a tie, with generated conversations
+    covered = every[:4]
+    batch_id, _ = q.plan_batch(
+        engine, selection=BatchSelection(), model="claude-haiku-5-5", mode="messages", created_by="tests", combinations=covered
+    )
+    defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
+    assert h.run_batch(defs, instance, batch_id).success
+    with engine.connect() as conn:
+        assert q.coverage_counts(conn, by="id") == {c: 1 for c in covered}
+
+    when = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+    request = nightly_coverage_batch(build_schedule_context(instance=instance, scheduled_execution_time=when))
+
+    assert isinstance(request, RunRequest)
+    nightly = request.partition_key
+    assert request.run_key == f"nightly-{nightly}"
+    assert instance.has_dynamic_partition(batch_jobs_partitions.name, nightly)
+    with engine.connect() as conn:
+        batch = q.get_batch(conn, nightly)
+    assert batch["status"] == "queued" and batch["mode"] == "batches" and batch["name"] == "nightly-20261121"
+    assert batch["total_items"] == NIGHTLY_BATCH_SIZE and batch["created_by"] == "nightly-schedule"
+    planned = _batch_combinations(engine, nightly)
+    # the least-covered combinations: none of the covered ones, then in stable id order
+    assert planned == every[4 : 4 + NIGHTLY_BATCH_SIZE]
+
+    # the next night does not pick the same gaps: planned-but-pending items count as coverage
+    request2 = nightly_coverage_batch(
+        build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC))
+    )
+    assert isinstance(request2, RunRequest) and request2.partition_key != nightly
+    assert _batch_combinations(engine, request2.partition_key) == every[4 + NIGHTLY_BATCH_SIZE : 4 + 2 * NIGHTLY_BATCH_SIZE]
+
+    # the run it requests runs (Message Batches mode against the simulator)
+    result = h.run_batch(defs, instance, nightly)
+    assert result.success
+    assert h.progress(engine, nightly)["enrichment"]["completed"] == NIGHTLY_BATCH_SIZE
+    assert sim.stats.batches_created >= 1
+
+
+def test_nightly_schedule_skips_without_scaffolding(settings_env: str, persistent_instance: DagsterInstance) -> None:
+    instance = persistent_instance
+    from lora_assets.store import db as dbq
+
+    dbq.init_schema(h.DomainDB(database_url=settings_env).engine())
+    result = nightly_coverage_batch(build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 21, 2, tzinfo=UTC)))
+    assert isinstance(result, SkipReason) and "no scaffolding" in result.skip_message
+    assert instance.get_dynamic_partitions(batch_jobs_partitions.name) == []
