@@ -34,6 +34,7 @@ class BlobStore(Protocol):
     location: str
 
     def put_bytes(self, key: str, data: bytes) -> str: ...
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -58,6 +59,22 @@ class LocalBlobStore:
         with self.writer(key) as fh:
             fh.write(data)
         return key
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` with `data` unless it exists, atomically (hard link of a complete temp
+        file: never a partial blob, never an overwrite). True if this call created it."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -119,6 +136,18 @@ class S3BlobStore:
     def put_bytes(self, key: str, data: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         return key
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` unless it exists (S3 conditional write, If-None-Match: *). True if created."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
 
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()

@@ -321,9 +321,17 @@ class SqlLedger:
             "generation": record.model_dump(mode="json", exclude={"response"})
             | {"stored_at": now().isoformat(), "batch_job_id": self.batch_job_id},
         }
-        if not self.blobs.exists(key):
-            self.blobs.put_bytes(key, json.dumps(payload, ensure_ascii=False).encode())
-        return self._insert_row(item_id, record, key)
+        if self.blobs.put_if_absent(key, json.dumps(payload, ensure_ascii=False).encode()):
+            return self._insert_row(item_id, record, key)
+        # Another run (or one that crashed) already stored an answer for this item: that stored
+        # answer is the item's truth, so the row describes it, and this response is a duplicate.
+        self._insert_row(item_id, self._stored_record(key), key)
+        self.duplicates += 1
+        return False
+
+    def _stored_record(self, key: str) -> GenerationRecord:
+        payload = json.loads(self.blobs.get_bytes(key))
+        return GenerationRecord.model_validate(payload["generation"] | {"response": payload["response"]})
 
     def _insert_row(self, item_id: str, record: GenerationRecord, key: str) -> bool:
         conv_id = conversation_id_for(item_id)
@@ -382,9 +390,7 @@ class SqlLedger:
             key = self.raw_key(item_id)
             if not self.blobs.exists(key):
                 continue
-            payload = json.loads(self.blobs.get_bytes(key))
-            record = GenerationRecord.model_validate(payload["generation"] | {"response": payload["response"]})
-            if self._insert_row(item_id, record, key):
+            if self._insert_row(item_id, self._stored_record(key), key):
                 recovered.append(item_id)
         return recovered
 

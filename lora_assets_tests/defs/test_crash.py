@@ -466,13 +466,6 @@ def test_two_ledgers_storing_the_same_item_at_once_store_it_once(
     # test_row_describes_the_raw_blob_already_stored (deterministic, strict xfail).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: SqlLedger.record_success keeps a raw.json already at the item's key but "
-    "inserts the conversations row from the NEW response (request_id, tokens, cost), so row and "
-    "raw.json describe different API calls; two concurrent stores can also overwrite raw.json "
-    "after the other's row committed (exists() then put_bytes() is not atomic)",
-)
 def test_row_describes_the_raw_blob_already_stored(db_url: str, sim: ClaudeSimulator, tmp_path: Path) -> None:
     """Run A wrote raw.json for an item and was SIGKILLed before its row's transaction; run B,
     running at the same time, had the same item in flight and now stores its answer. Exactly one

@@ -60,3 +60,9 @@ def test_url(store) -> None:
     store.put_bytes("a/b.json", b"{}")
     url = store.url("a/b.json")
     assert url.endswith("a/b.json") or "a/b.json?" in url
+
+
+def test_put_if_absent_never_overwrites(store) -> None:
+    assert store.put_if_absent("conversation-files/u/c/raw.json", b"first") is True
+    assert store.put_if_absent("conversation-files/u/c/raw.json", b"second") is False
+    assert store.get_bytes("conversation-files/u/c/raw.json") == b"first"
