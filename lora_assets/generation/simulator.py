@@ -502,6 +502,26 @@ def _compose_conversation(scaffolding: dict[str, str], key: str) -> dict[str, An
     return conversation
 
 
+def _judge_scores(transcript: str, key: str) -> dict[str, Any]:
+    """Deterministic judge scores for a `<judge_request>` transcript (the simulator's stand-in
+    for Claude-as-judge): varied per key, nudged by how much the advisor acknowledges feelings."""
+    rng = random.Random(_digest("judge", key))
+    advisor = [line for line in transcript.splitlines() if "ADVISOR:" in line]
+    warmth = sum(w in line.lower() for line in advisor for w in ("understand", "normal", "feel", "makes sense"))
+    bump = min(0.6, 0.15 * warmth)
+
+    def score() -> float:
+        return round(min(5.0, rng.uniform(3.0, 4.4) + bump), 1)
+
+    return {
+        "empathy_score": score(),
+        "clarity_score": score(),
+        "appropriateness_score": score(),
+        "brand_voice_alignment": score(),
+        "rationale": f"Simulated judgement of {len(advisor)} advisor turns (loopback simulator, not Claude).",
+    }
+
+
 def _malform(text: str, rng: random.Random) -> str:
     """Broken JSON of the kinds models actually emit (trailing comma, missing comma, bad quotes)."""
     candidates = [
@@ -956,9 +976,12 @@ class ClaudeSimulator:
 
     def _reply(self, params: dict[str, Any], key: str, attempt: int, outcome: str, service_tier: str) -> _Reply:
         """Compose the message for `outcome` (ok or a content fault), cut at max_tokens if needed."""
-        scaffolding = parse_scaffolding_block(_last_user_text(params["messages"]))
-        conversation = _compose_conversation(scaffolding, key)
-        text = json.dumps(conversation, separators=(",", ":"), ensure_ascii=False)
+        user_text = _last_user_text(params["messages"])
+        if "<judge_request>" in user_text:
+            text = json.dumps(_judge_scores(user_text, key), separators=(",", ":"))
+        else:
+            conversation = _compose_conversation(parse_scaffolding_block(user_text), key)
+            text = json.dumps(conversation, separators=(",", ":"), ensure_ascii=False)
         rng = random.Random(_digest("fault", key, attempt))
         thinking: str | None = None
         stop_reason = "end_turn"
