@@ -391,8 +391,8 @@ def tf_create(name, description, batches, conversations, min_quality, skip_ineli
         _fail(str(exc))
     _register_training_file(name)
     click.echo(f"training file {name!r}: {len(ids)} conversation(s)")
-    if build:
-        _build(name)
+    if build and not _build(name):
+        sys.exit(1)
 
 
 @training_file.command("add")

@@ -588,12 +588,6 @@ def test_training_file_version_blobs_are_in_the_bucket(scenario: Scenario) -> No
           f"{len(outputs)} blobs in s3://{scenario.bucket}/{scenario.prefix}/training-files/{scenario.tf_name}/v1/")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: on the S3 blob store the blocking check training_file_exports_consistent raises "
-    "io.UnsupportedOperation: seek (pq.read_table on S3BlobStore.open_read's non-seekable botocore "
-    "StreamingBody), so every training_file_build run on S3 FAILS after writing the version",
-)
 def test_training_file_build_run_succeeded_with_all_checks_passed(scenario: Scenario) -> None:
     (run,) = scenario.runs_of("training_file_build", scenario.tf_name)
     errors = [ln.strip()[:200] for f in run.step_failures for ln in f.splitlines() if "UnsupportedOperation" in ln]
@@ -616,11 +610,6 @@ def test_a_build_with_a_missing_member_file_fails_naming_it(scenario: Scenario) 
     assert re.search(r"^run \S+: FAILED$", proc.stdout, re.MULTILINE), proc.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: `lora-assets training-file create --build` ignores the build result "
-    "(cli.tf_create calls _build(name) and drops its return value), so a failed build exits 0",
-)
 def test_training_file_create_build_exits_nonzero_when_the_build_fails(scenario: Scenario) -> None:
     """The same failed build as above must not look like success to a script or CI."""
     assert scenario.broken_proc.returncode != 0

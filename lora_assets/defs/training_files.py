@@ -1,6 +1,8 @@
 """training_files: named, versioned aggregates with fine-tuning exports, and their checks."""
 
 import json
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -428,8 +430,11 @@ def training_file_exports_consistent(context, db: DomainDB, blobs: BlobStoreReso
     for split_name in ("train", "validation"):
         if counts.get(f"messages-{split_name}") != counts.get(f"sharegpt-{split_name}"):
             problems.append(f"{split_name}: messages has {counts.get(f'messages-{split_name}')} examples, ShareGPT {counts.get(f'sharegpt-{split_name}')}")
-    with store.open_read(outputs["parquet"]["path"]) as fh:
-        table = pq.read_table(fh, columns=["conversation_id", "split"])
+    # Parquet needs a seekable file; an S3 body is a stream, so spool it to a temp file first.
+    with store.open_read(outputs["parquet"]["path"]) as fh, tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(fh, spool)
+        spool.seek(0)
+        table = pq.read_table(spool, columns=["conversation_id", "split"])
     if table.num_rows != v["total_training_pairs"]:
         problems.append(f"parquet: {table.num_rows} rows, {v['total_training_pairs']} training pairs")
     sides: dict[str, set[str]] = {}
