@@ -61,8 +61,9 @@ class GenerationError(Exception):
     """An item's request did not produce a storable response.
 
     `kind` is the failure kind recorded in the ledger; `retryable` says whether another attempt
-    can help; `retry_after_s` is the server's requested wait (429/529), `cost_usd` what this
-    failed attempt was billed (non-zero only for stop-reason failures, where tokens were spent).
+    can help; `retry_after_s` is the server's requested wait (429/529); `cost_usd` and `usage`
+    are what this failed attempt was billed (non-zero only for stop-reason failures, where
+    tokens were spent); `rate_limit` and `timing` feed the runner's pacing.
     """
 
     kind: ClassVar[str] = "error"

@@ -56,7 +56,6 @@ from lora_assets.generation.client import (
     message_params,
     scrub,
     send_message,
-    usage_of,
 )
 from lora_assets.generation.pricing import price_for
 from lora_assets.schemas.rows import GenerationRecord, Usage
@@ -247,9 +246,10 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
 
 @dataclass(frozen=True)
 class _Ticket:
-    """One admitted request: when it started and the window estimate it was admitted under."""
+    """One admitted request: when it started and the limit and window it was admitted under."""
 
     sent: float
+    rate_limit: int | None
     window_s: float | None
 
 
@@ -345,7 +345,7 @@ class _FlowControl:
             self.inflight += 1
             if self._credit is not None:
                 self._credit -= 1
-            return _Ticket(time.monotonic(), self.window_s if self._rate_limit is not None else None)
+            return _Ticket(time.monotonic(), self._rate_limit, self.window_s if self._rate_limit is not None else None)
 
     async def release(self, ticket: _Ticket | None, *, snapshot: RateLimitSnapshot | None = None,
                       timing: HttpTiming | None = None, success: bool = False, congested: bool = False,
@@ -382,9 +382,12 @@ class _FlowControl:
     def _observe(self, ticket: _Ticket, snap: RateLimitSnapshot | None, timing: HttpTiming | None, now: float, *,
                  rate_limited: bool, retry_after_s: float | None) -> None:
         if rate_limited:
-            # Refused: it took no slot. If the mirror let it through, W is larger than we thought,
-            # by at least the wait the server asked for.
-            if ticket.window_s is not None and retry_after_s is not None:
+            # Refused: it took no slot. If the mirror let it through under the limit the server
+            # still reports, W is larger than we thought, by at least the wait the server asked for.
+            same_limit = snap is not None and snap.limit == ticket.rate_limit
+            if snap is not None and snap.limit:
+                self._rate_limit = snap.limit
+            if same_limit and ticket.window_s is not None and retry_after_s is not None:
                 self._window_floor = max(self._window_floor,
                                          min(ticket.window_s + retry_after_s + self.MARGIN_S, 2 * ticket.window_s))
             return
@@ -629,7 +632,15 @@ _TRANSIENT_BATCH_ERRORS = {"api_error", "overloaded_error", "rate_limit_error", 
 _AUTH_BATCH_ERRORS = {"authentication_error", "permission_error", "billing_error"}
 
 
+class _BatchNotFound(Exception):
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(batch_id)
+        self.batch_id = batch_id
+
+
 class _BatchRun:
+    """The state of one Message Batches run: open batches, which batch owns each item, attempts."""
+
     def __init__(self, requests: list[GenerationRequest], ledger: Ledger, config: RunConfig,
                  resumed: list[tuple[str, list[str]]]) -> None:
         self.config = config
@@ -665,6 +676,8 @@ class _BatchRun:
                 err: GenerationError = ConnectionFailedError(
                     batch_id or "-", f"connection broke while reading ({type(exc).__name__})")
             except anthropic.APIError as exc:
+                if isinstance(exc, anthropic.NotFoundError) and batch_id is not None:
+                    raise _BatchNotFound(batch_id) from None
                 err = classify_error(exc, batch_id or "-", secret=self.secret)
                 if isinstance(err, AuthError):
                     raise RunAbortedError(None, f"{what}: {kind_label(err.kind)}: {err.reason}", self.run.stats) from None
@@ -741,7 +754,11 @@ class _BatchRun:
                 await asyncio.sleep(min(b.next_poll for b in self.open.values()) - now)
                 continue
             for b in due:
-                batch = await self._control("retrieve", b.id, lambda b=b: self.client.messages.batches.retrieve(b.id))
+                try:
+                    batch = await self._control("retrieve", b.id, lambda b=b: self.client.messages.batches.retrieve(b.id))
+                except _BatchNotFound:
+                    self._lost(b)
+                    continue
                 if batch.processing_status != "ended":
                     b.next_poll = time.monotonic() + self.config.poll_interval_s
                     continue
@@ -763,6 +780,17 @@ class _BatchRun:
                 b.seen.add(item_id)
                 err = MissingResultError(item_id, f"provider batch {b.id} ended without a result for this request")
                 self.run.fail(item_id, err, self.attempts[item_id], self.wasted[item_id], "not resubmitted")
+
+    def _lost(self, b: _OpenBatch) -> None:
+        """A recorded batch the API no longer knows (deleted, or results past retention): its
+        items cannot be collected, so they fail with that reason and a re-run submits them."""
+        log.error("provider batch %s is unknown to the API: its %d item(s) are recorded as failed", b.id, len(b.item_ids))
+        for item_id in b.item_ids:
+            if self.owner.get(item_id) == b.id:
+                err = MissingResultError(item_id, f"provider batch {b.id} is unknown to the API (deleted or expired)")
+                self.run.fail(item_id, err, self.attempts[item_id], self.wasted[item_id], "a re-run submits it again")
+        self.ledger.close_provider_batch(b.id, "not_found")
+        del self.open[b.id]
 
     def _result(self, b: _OpenBatch, line: Any) -> None:
         item_id = line.custom_id
