@@ -577,6 +577,9 @@ class _HTTPServer(ThreadingHTTPServer):
     """ThreadingHTTPServer that tracks handler threads and their sockets so stop() can close idle
     keep-alive connections and join every thread."""
 
+    # The default backlog (5) stalls bursts of concurrent SDK connections for ~1 s.
+    request_queue_size = 128
+
     daemon_threads = True
     simulator: ClaudeSimulator
 

@@ -322,7 +322,11 @@ class SqlLedger:
             | {"stored_at": now().isoformat(), "batch_job_id": self.batch_job_id},
         }
         if self.blobs.put_if_absent(key, json.dumps(payload, ensure_ascii=False).encode()):
-            return self._insert_row(item_id, record, key)
+            # Our blob is the item's stored answer. If a concurrent run already inserted the row,
+            # it did so from this very blob: either way the item is stored as OUR answer.
+            self._insert_row(item_id, record, key)
+            self.stored += 1
+            return True
         # Another run (or one that crashed) already stored an answer for this item: that stored
         # answer is the item's truth, so the row describes it, and this response is a duplicate.
         self._insert_row(item_id, self._stored_record(key), key)
@@ -377,9 +381,7 @@ class SqlLedger:
                     )
                 )
         except IntegrityError:
-            self.duplicates += 1
             return False
-        self.stored += 1
         return True
 
     def recover_stored_raw(self, item_ids: Iterable[str]) -> list[str]:
@@ -391,6 +393,7 @@ class SqlLedger:
             if not self.blobs.exists(key):
                 continue
             if self._insert_row(item_id, self._stored_record(key), key):
+                self.stored += 1
                 recovered.append(item_id)
         return recovered
 
