@@ -199,6 +199,25 @@ def run_batch(batch_id: str) -> None:
         sys.exit(1)
 
 
+@main.command("judge")
+@click.argument("batch_id")
+def judge_batch(batch_id: str) -> None:
+    """Score BATCH_ID's enriched conversations with the Claude judge (optional; stored per conversation)."""
+    from lora_assets.definitions import defs
+    from lora_assets.instance import get_instance
+
+    result = defs.resolve_job_def("judge_batch").execute_in_process(
+        partition_key=batch_id, instance=get_instance(), raise_on_error=False, run_config=QUIET
+    )
+    for mat in result.get_asset_materialization_events():
+        md = mat.materialization.metadata
+        click.echo(f"judged {md['judged_this_run'].value}, failed {md['failed_this_run'].value}, "
+                   f"avg overall {md['avg_judge_overall'].value}, cost ${md['cost_usd_this_run'].value}")
+    click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    if not result.success:
+        sys.exit(1)
+
+
 # --- simulator ------------------------------------------------------------------------------
 
 

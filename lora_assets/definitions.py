@@ -7,7 +7,7 @@ from dagster import Definitions, PreviewWarning
 
 warnings.filterwarnings("ignore", category=PreviewWarning)  # partitioned asset checks are preview in 1.13
 
-from lora_assets.defs import automation, enrichment, generation, parsing, scaffolding, training_files  # noqa: E402
+from lora_assets.defs import automation, enrichment, generation, judging, parsing, scaffolding, training_files  # noqa: E402
 from lora_assets.defs.resources import build_resources  # noqa: E402
 
 ASSETS = [
@@ -16,6 +16,7 @@ ASSETS = [
     parsing.parsed_conversations,
     enrichment.enriched_conversations,
     training_files.training_files,
+    judging.judged_conversations,
 ]
 ASSET_CHECKS = [
     scaffolding.scaffolding_completeness,
@@ -38,7 +39,7 @@ def build_defs(resources: dict[str, Any]) -> Definitions:
     return Definitions(
         assets=ASSETS,
         asset_checks=ASSET_CHECKS,
-        jobs=[automation.batch_pipeline_job, automation.training_file_job],
+        jobs=[automation.batch_pipeline_job, automation.training_file_job, automation.judge_job],
         sensors=[automation.queued_batches_sensor, automation.automation_sensor],
         schedules=[automation.nightly_coverage_batch],
         resources=resources,

@@ -18,6 +18,7 @@ from dagster import (
 
 from lora_assets.defs.enrichment import enriched_conversations
 from lora_assets.defs.generation import raw_conversations
+from lora_assets.defs.judging import judged_conversations
 from lora_assets.defs.parsing import parsed_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import build_resources
@@ -30,6 +31,14 @@ batch_pipeline_job = define_asset_job(
     "batch_pipeline",
     selection=AssetSelection.assets(raw_conversations, parsed_conversations, enriched_conversations),
     description="Generate, parse and enrich one batch job (partition), with all their checks.",
+)
+
+
+#: Optional: the Claude judge over one batch's enriched conversations.
+judge_job = define_asset_job(
+    "judge_batch",
+    selection=AssetSelection.assets(judged_conversations),
+    description="Score one batch's enriched conversations with the Claude judge (optional; costs money).",
 )
 
 

@@ -50,6 +50,9 @@ class GenerationRequest(BaseModel):
     system: str
     user: str
     max_tokens: int = Field(default=8192, ge=1)
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="Structured-output JSON schema; None = the raw-conversation schema."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +309,7 @@ def message_params(request: GenerationRequest, model: str) -> dict[str, Any]:
         "max_tokens": request.max_tokens,
         "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": request.user}],
-        "output_config": {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA}},
+        "output_config": {"format": {"type": "json_schema", "schema": request.output_schema or OUTPUT_SCHEMA}},
     }
 
 

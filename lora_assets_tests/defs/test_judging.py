@@ -1,0 +1,75 @@
+"""The optional Claude judge: scores stored per conversation, never bought twice, failures stated."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from lora_assets.core.judge import JudgeError, parse_judge_response
+from lora_assets.defs.judging import judge_item_id
+from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
+from lora_assets_tests.defs import helpers as h
+
+
+@pytest.fixture
+def sim() -> Iterator[ClaudeSimulator]:
+    with ClaudeSimulator() as s:
+        yield s
+
+
+def _judge(defs, instance, batch_id):
+    return defs.resolve_job_def("judge_batch").execute_in_process(partition_key=batch_id, instance=instance,
+                                                                  raise_on_error=False)
+
+
+def test_judge_scores_every_enriched_conversation_once(sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator) -> None:
+    engine = h.setup_store(sqlite_url)
+    blobs = h.local_blobs(tmp_path / "blobs")
+    defs = h.make_defs(sqlite_url, blobs, sim)
+    batch_id = h.plan(engine, 2, 2, 1)
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_batch(defs, instance, batch_id).success
+        result = _judge(defs, instance, batch_id)
+        assert result.success
+        md = h.metadata(result, "judged_conversations")
+        rows = h.conversations(engine, batch_id)
+        assert md["judged_this_run"] == len(rows) == 4 and md["failed_this_run"] == 0
+        for row in rows:
+            scores = row["judge_scores"]
+            assert 1 <= scores["empathy_score"] <= 5 and scores["generator"] == "simulator"
+            assert "not Claude" in scores["rationale"]
+            assert blobs.store().exists(row["file_path"].rsplit("/", 1)[0] + "/judge.json")
+        keys = [judge_item_id(r["id"]) for r in rows]
+        assert all(sim.stats.delivered_by_key[k] == 1 for k in keys)
+        # Judged conversations are not judged (paid for) again.
+        again = _judge(defs, instance, batch_id)
+        assert h.metadata(again, "judged_conversations")["judged_this_run"] == 0
+        assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
+
+
+def test_unusable_judge_output_is_a_stated_failure(sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator) -> None:
+    engine = h.setup_store(sqlite_url)
+    defs = h.make_defs(sqlite_url, h.local_blobs(tmp_path / "blobs"), sim)
+    batch_id = h.plan(engine, 1, 2, 1)
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_batch(defs, instance, batch_id).success
+        sim.config = FaultConfig(refusal_rate=1.0)
+        result = _judge(defs, instance, batch_id)
+        assert result.success
+        md = h.metadata(result, "judged_conversations")
+        assert md["failed_this_run"] == 2
+        for row in h.conversations(engine, batch_id):
+            error = row["judge_scores"]["error"]
+            assert row["id"] in error and "refusal" in error
+        # Errors are retried on the next run (a new sample may be usable).
+        sim.config = FaultConfig()
+        store = h.local_blobs(tmp_path / "blobs").store()
+        assert not any(k.endswith("/judge.json") for k in store.list("conversation-files"))
+        assert h.metadata(_judge(defs, instance, batch_id), "judged_conversations")["judged_this_run"] == 2
+
+
+def test_parse_judge_response_rejects_out_of_range_scores() -> None:
+    with pytest.raises(JudgeError, match="conversation c1: judge response unusable"):
+        parse_judge_response('{"empathy_score": 9, "clarity_score": 3, "appropriateness_score": 3, '
+                             '"brand_voice_alignment": 3, "rationale": "x"}', conversation_id="c1")
