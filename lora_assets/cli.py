@@ -435,9 +435,19 @@ def tf_add(name, batches, conversations, skip_ineligible) -> None:
 
 
 def _build(name: str) -> bool:
+    from lora_assets.core.aggregate import TrainingFileNameError, validate_training_file_name
     from lora_assets.definitions import defs
     from lora_assets.instance import get_instance
+    from lora_assets.store.training_files import get_training_file
 
+    # Refuse before registering anything: a bogus name must not become a Dagster partition.
+    try:
+        validate_training_file_name(name)
+    except TrainingFileNameError as exc:
+        _fail(str(exc))
+    with _engine().connect() as conn:
+        if get_training_file(conn, name) is None:
+            _fail(f"no training file named {name!r} (create it with `lora-assets training-file create`)")
     _register_training_file(name)
     job = defs.resolve_job_def("training_file_build")
     result = job.execute_in_process(partition_key=name, instance=get_instance(), raise_on_error=False, run_config=QUIET)

@@ -156,12 +156,13 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
         with ExitStack() as stack:
             handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in OUTPUTS if fmt not in ("json", "axolotl", "card")}
             aggregate = AggregateWriter(handles["jsonl"])
-            exports = ExportWriter(
+            # Entered after the handles, so it is closed (Parquet footer) before they are.
+            exports = stack.enter_context(ExportWriter(
                 messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
                 openai_train=handles["openai-train"], openai_validation=handles["openai-validation"],
                 sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
                 parquet=handles["parquet"], min_trained_quality=min_quality,
-            )
+            ))
             for m in kept_rows:
                 conv = _load(store, m)
                 aggregate.add(conv, conversation_id=m["id"])
@@ -393,8 +394,14 @@ def training_file_members_valid(context, db: DomainDB, blobs: BlobStoreResource)
     seen: list[str] = []
     done: set[str] = set()
     problems = []
+    pair_ids: set[str] = set()
     for line in _lines(store, v["jsonl_file_path"]):
-        cid = json.loads(line)["conversation_id"]
+        pair = json.loads(line)
+        cid = pair["conversation_id"]
+        # A repeated pair id catches a duplicated block even right next to the original.
+        if pair["id"] in pair_ids:
+            problems.append(f"training pair {pair['id']} of conversation {cid} appears twice")
+        pair_ids.add(pair["id"])
         if seen and seen[-1] == cid:
             continue
         if cid in done:

@@ -602,7 +602,7 @@ def test_failed_build_names_the_conversation_and_leaves_no_partial_version(
     finally:
         w.store.put_bytes(key, original)
         h.update_row(w.engine, victim, enrichment_status="completed")
-    # Finalise here what the aborted export pass leaves open (xfailed separately in
+    # Belt and braces: collect anything an aborted export pass might leave open (see
     # test_build_failing_in_the_export_pass_closes_its_writers), not during some later test.
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
     gc.collect()
@@ -712,11 +712,6 @@ def test_checks_fail_on_tampered_version(world: World, built_small: Built, tampe
         assert all(evaluations[c].passed for c in checks if c not in expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: when the build fails during the export pass, ExportWriter is never closed: its "
-    "pyarrow ParquetWriter outlives the store writer that ExitStack already closed and, when garbage "
-    "collected, __del__ writes the footer into the closed file (ValueError: write to closed file, "
-    "'Exception ignored' noise in the Dagster process)"))
 def test_build_failing_in_the_export_pass_closes_its_writers(
     world: World, built_small: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -739,11 +734,6 @@ def test_build_failing_in_the_export_pass_closes_its_writers(
     assert leaks == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: training_file_members_valid only spots a conversation whose pairs appear in two "
-    "separate blocks; a duplicated block right after the original (the last conversation appended "
-    "again) reads as one contiguous block and passes as 'N distinct, enriched conversations' — "
-    "repeated pair ids / turn numbers are not checked"))
 def test_members_check_spots_a_duplicated_block_adjacent_to_the_original(world: World, built_small: Built) -> None:
     w, name = world, built_small.name
     v = version_row(w, name)
