@@ -1,8 +1,11 @@
 """Jobs, the queued-batch sensor, the nightly coverage batch, and declarative automation."""
 
 
+import sqlalchemy as sa
 from dagster import (
     AssetSelection,
+    DagsterRunStatus,
+    RunsFilter,
     AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -50,15 +53,33 @@ training_file_job = define_asset_job(
 )
 
 
+_LIVE_OR_DONE = [
+    DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+    DagsterRunStatus.SUCCESS,
+]
+
+
 @sensor(job=batch_pipeline_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def queued_batches_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
     """Pick up batch jobs created outside Dagster (rows in `queued` state): add their partitions
     and request one run each. The run key makes a batch start once."""
     engine = build_resources()["db"].engine()
-    with engine.connect() as conn:
-        queued = q.batches_in_status(conn, BatchJobStatus.QUEUED)
+    try:
+        with engine.connect() as conn:
+            queued = q.batches_in_status(conn, BatchJobStatus.QUEUED)
+    except sa.exc.DBAPIError as exc:
+        # Before `lora-assets init` the tables do not exist: say so instead of failing every tick.
+        return SkipReason(f"domain DB not ready (run `lora-assets init`): {exc.__class__.__name__}")
+    # A batch someone already launched (UI, `lora-assets run`) must not get a second, paid run.
+    started = {
+        r.dagster_run.tags.get("dagster/partition")
+        for r in context.instance.get_run_records(
+            RunsFilter(job_name=batch_pipeline_job.name, statuses=_LIVE_OR_DONE), limit=5000
+        )
+    }
+    queued = [b for b in queued if b not in started]
     if not queued:
-        return SkipReason("no queued batch jobs")
+        return SkipReason("no queued batch jobs without a run")
     existing = set(context.instance.get_dynamic_partitions(batch_jobs_partitions.name))
     new = [b for b in queued if b not in existing]
     return SensorResult(

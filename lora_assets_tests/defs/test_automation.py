@@ -146,6 +146,27 @@ def test_queued_batch_sensor_adds_partition_and_requests_a_run(
     assert isinstance(after, SkipReason)  # no longer queued
 
 
+def test_queued_batch_sensor_skips_before_init(settings_env: str, instance: DagsterInstance) -> None:
+    """No tables yet: a readable skip, not a failed tick every 30 s."""
+    result = queued_batches_sensor(build_sensor_context(instance=instance))
+    assert isinstance(result, SkipReason) and "lora-assets init" in result.skip_message
+
+
+def test_queued_batch_sensor_never_starts_a_second_run(
+    settings_env: str, instance: DagsterInstance, sim: ClaudeSimulator, tmp_path: Path
+) -> None:
+    """A batch already launched by hand gets no sensor run, even if its row still says `queued`
+    (the window between a manual launch and its run marking the batch `processing`)."""
+    engine = h.setup_store(settings_env)
+    batch_id = h.plan(engine, 1, 1, 1)
+    defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
+    assert h.run_batch(defs, instance, batch_id).success
+    with engine.begin() as conn:
+        q.set_batch_status(conn, batch_id, "queued")
+    result = queued_batches_sensor(build_sensor_context(instance=instance))
+    assert isinstance(result, SkipReason) and "without a run" in result.skip_message
+
+
 def _id_combinations(engine: sa.Engine) -> list[tuple[str, str, str]]:
     with engine.connect() as conn:
         ids = [

@@ -209,12 +209,6 @@ POOL = """{ instance { concurrencyLimit(concurrencyKey: "claude_api") {
              claimedSlots { runId stepKey } } } }"""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PRODUCT BUG: a run killed with the daemon keeps its `claude_api` pool slot forever, even after "
-    "an operator marks it canceled: slots of ended runs are only freed by the run-monitoring daemon "
-    "(run_monitoring.free_slots_after_run_end_seconds), which dagster.yaml does not enable. After "
-    "pools.default_limit (4) such crashes no batch can generate. Fix: in dagster.yaml add "
-    "`run_monitoring: {enabled: true, free_slots_after_run_end_seconds: 60, poll_interval_seconds: 30}`."))
 def test_interrupted_run_gives_back_its_pool_slot(crash: Crash) -> None:
     """Runs last: an operator cancels the dead run in the UI; its slot must return to the pool."""
     ui = crash.ui
