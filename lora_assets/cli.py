@@ -56,9 +56,30 @@ def init(scaffolding_dir: Path | None) -> None:
     applied = init_schema(engine)
     counts = load_scaffolding(engine, bundle)
     click.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
+    pool = _init_claude_pool(settings)
+    if pool:
+        click.echo(pool)
     click.echo(f"schema migrations applied now: {', '.join(applied) or 'none (up to date)'}")
     for table, c in counts.items():
         click.echo(f"  {table:<20} inserted {c['inserted']:>3}  updated {c['updated']:>3}  unchanged {c['unchanged']:>3}")
+
+
+CLAUDE_POOL = "claude_api"
+
+
+def _init_claude_pool(settings: Settings) -> str | None:
+    """Create the `claude_api` pool row in the Dagster instance now, at its configured default.
+    Dagster 1.13 creates it lazily on first claim, and on PostgreSQL two runs claiming it for
+    the first time at once can crash one of them (IntegrityError, then an aborted transaction)."""
+    from lora_assets.instance import get_instance
+
+    instance = get_instance(settings)
+    storage = instance.event_log_storage
+    limit = instance.global_op_concurrency_default_limit
+    if limit is None or not storage.supports_global_concurrency_limits:
+        return None  # no pool limit configured (embedded default): the pool is unlimited
+    storage.initialize_concurrency_limit_to_default(CLAUDE_POOL)
+    return f"dagster pool {CLAUDE_POOL!r}: limit {storage.get_concurrency_info(CLAUDE_POOL).slot_count}"
 
 
 @main.command()
