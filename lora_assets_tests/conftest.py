@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,16 +46,57 @@ def pg_admin_engine() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@contextmanager
+def throwaway_database(admin: sa.Engine, prefix: str = "lora_test") -> Iterator[str]:
+    """Create a PostgreSQL database, yield its URL, then dispose cached engines and drop it."""
+    from lora_assets.defs.resources import _ENGINES
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        engine = _ENGINES.pop(url, None)
+        if engine is not None:
+            engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def throwaway_bucket(endpoint: str, prefix: str = "lora-test") -> Iterator[tuple[str, str]]:
+    """Create a bucket on the moto server, yield (endpoint, bucket), then empty and remove it."""
+    import boto3
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield endpoint, bucket
+    finally:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket)
+
+
 @pytest.fixture
 def pg_url(pg_admin_engine: sa.Engine) -> Iterator[str]:
     """A throwaway PostgreSQL database, dropped afterwards."""
-    name = f"lora_test_{uuid.uuid4().hex[:12]}"
-    with pg_admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with pg_admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database(pg_admin_engine) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_pg_url(pg_admin_engine: sa.Engine) -> Iterator[str]:
+    """A throwaway PostgreSQL database shared by one test module."""
+    with throwaway_database(pg_admin_engine, "lora_mod") as url:
+        yield url
 
 
 @pytest.fixture
@@ -102,16 +144,12 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture
 def s3_bucket(moto_endpoint: str) -> Iterator[tuple[str, str]]:
     """A fresh bucket on the moto server; yields (endpoint_url, bucket)."""
-    import boto3
+    with throwaway_bucket(moto_endpoint) as pair:
+        yield pair
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"lora-test-{uuid.uuid4().hex[:10]}"
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    yield moto_endpoint, bucket
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
-    client.delete_bucket(Bucket=bucket)
+
+@pytest.fixture(scope="module")
+def module_s3_bucket(moto_endpoint: str) -> Iterator[tuple[str, str]]:
+    """A bucket shared by one test module."""
+    with throwaway_bucket(moto_endpoint, "lora-mod") as pair:
+        yield pair

@@ -37,39 +37,6 @@ TF_CHECKS = (
 )
 
 
-@pytest.fixture(scope="module")
-def module_pg_url(pg_admin_engine: sa.Engine) -> Iterator[str]:
-    from lora_assets_tests.conftest import PG_ADMIN_URL
-
-    name = f"lora_tfc_{uuid.uuid4().hex[:12]}"
-    with pg_admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    engine = _ENGINES.pop(url, None)
-    if engine is not None:
-        engine.dispose()
-    with pg_admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(scope="module")
-def module_s3_bucket(moto_endpoint: str) -> Iterator[tuple[str, str]]:
-    import boto3
-
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"lora-tfc-{uuid.uuid4().hex[:10]}"
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    yield moto_endpoint, bucket
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
-    client.delete_bucket(Bucket=bucket)
-
-
 @dataclass
 class Cli:
     backend: str
