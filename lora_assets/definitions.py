@@ -1,14 +1,11 @@
 """The one Definitions object of the lora_assets code location (workspace.yaml points here)."""
 
-import warnings
 from typing import Any
 
-from dagster import Definitions, PreviewWarning
+from dagster import Definitions
 
-warnings.filterwarnings("ignore", category=PreviewWarning)  # partitioned asset checks are preview in 1.13
-
-from lora_assets.defs import automation, enrichment, generation, judging, parsing, scaffolding, training_files  # noqa: E402
-from lora_assets.defs.resources import build_resources  # noqa: E402
+from lora_assets.defs import automation, enrichment, generation, judging, parsing, scaffolding, training_files
+from lora_assets.defs.resources import build_resources
 
 ASSETS = [
     scaffolding.scaffolding,

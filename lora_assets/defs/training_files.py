@@ -91,6 +91,22 @@ def _histogram_md(histogram: list[int] | dict[Any, int]) -> str:
     return md_table(["quality", "conversations", ""], [r for r in rows if r[1]], empty="No scores.")
 
 
+def coverage_matrix_md(rows: list[dict[str, Any]]) -> str:
+    """Persona × emotional arc matrix of conversations (cells summed over topics), plus the
+    number of distinct topics per cell: where the file is thin at a glance."""
+    cells: Counter[tuple[str, str]] = Counter()
+    topics: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        cell = (r["persona_key"] or "(legacy)", r["arc_key"] or "(legacy)")
+        cells[cell] += 1
+        topics.setdefault(cell, set()).add(r["topic_key"] or "(legacy)")
+    personas = sorted({p for p, _ in cells})
+    arcs = sorted({a for _, a in cells})
+    body = [[p] + [f"{cells[(p, a)]} ({len(topics.get((p, a), ()))}t)" if cells[(p, a)] else "·" for a in arcs]
+            for p in personas]
+    return md_table(["persona \\ arc"] + arcs, body, empty="No conversations.") + "\n\nCells: conversations (distinct topics)."
+
+
 def _distribution_md(dist: dict[str, dict[str, int]]) -> str:
     rows = [(kind, key, n) for kind, counts in dist.items() for key, n in sorted(counts.items())]
     return md_table(["scaffolding", "key", "conversations"], rows)
@@ -263,6 +279,7 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
             "location": f"{store.location}/{prefix}",
             "quality_histogram": MetadataValue.md(_histogram_md(stats.quality_histogram)),
             "scaffolding_distribution": MetadataValue.md(_distribution_md(dist)),
+            "coverage_matrix": MetadataValue.md(coverage_matrix_md(kept_rows)),
             "outputs": MetadataValue.md(md_table(
                 ["format", "path", "bytes", "lines/rows"],
                 [(f, o["path"], o["bytes"], o.get("lines", o.get("rows", ""))) for f, o in outputs.items()],
