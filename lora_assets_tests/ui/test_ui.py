@@ -222,7 +222,11 @@ def _look_at_the_ui(ui: DagsterServers, browser: Any, batch1: str, batch2: str) 
 
         # Checks of enriched_conversations: all four succeeded; each one's history shows a
         # passing evaluation for the automated partition and the partitions view has no failure.
-        text = _open(page, ui, "/assets/enriched_conversations?view=checks", "Checks (4)")
+        _open(page, ui, "/assets/enriched_conversations?view=checks", "Checks (4)")
+        # The check list renders progressively: wait for every name, then read the page.
+        for name in CHECKS["enriched_conversations"]:
+            page.get_by_text(name, exact=True).first.wait_for(state="visible", timeout=60_000)
+        text = page.inner_text("body")
         for name in CHECKS["enriched_conversations"]:
             assert name in text
         page.get_by_text("Succeeded", exact=True).nth(3).wait_for(state="visible")  # one per check
