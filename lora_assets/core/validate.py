@@ -247,27 +247,40 @@ def _is_legacy_pair(pair: TrainingPair) -> bool:
 # Per-document checks (also used by the Dagster asset checks)
 
 
+def _input_parameter_mismatches(parsed: ParsedConversation, expected: ResolvedScaffolding) -> list[Problem]:
+    if parsed.input_parameters is None:
+        return []
+    wanted = input_parameters_for(expected).model_dump()
+    actual = parsed.input_parameters.model_dump()
+    return [
+        Problem(f"input_parameters.{name}", f"is {actual[name]!r}, expected {wanted[name]!r} (from the scaffolding)")
+        for name in INPUT_PARAMETER_FIELDS
+        if not _blank(actual[name]) and actual[name] != wanted[name]
+    ]
+
+
+def input_parameter_problems(parsed: ParsedConversation, expected: ResolvedScaffolding | None) -> list[Problem]:
+    """`input_parameters` present with all 10 fields populated and, given the scaffolding the
+    conversation was planned with, every field (ids, keys, names) equal to it."""
+    problems = _input_parameter_problems(parsed.input_parameters)
+    return problems + (_input_parameter_mismatches(parsed, expected) if expected is not None else [])
+
+
+def client_persona_problems(parsed: ParsedConversation, expected: ResolvedScaffolding) -> list[Problem]:
+    """`client_persona` equals "<name> - <archetype>" of the scaffolding persona."""
+    wanted = client_persona_for(expected)
+    actual = parsed.conversation_metadata.client_persona
+    if actual == wanted:
+        return []
+    return [Problem("conversation_metadata.client_persona", f"is {actual!r}, expected {wanted!r}")]
+
+
 def _parsed_problem_list(parsed: ParsedConversation, expected: ResolvedScaffolding | None) -> list[Problem]:
     problems = [Problem(p.where, p.message) for p in turn_problems(parsed.turns)]
     problems += _input_parameter_problems(parsed.input_parameters)
-    if expected is None:
-        return problems
-    wanted_persona = client_persona_for(expected)
-    actual_persona = parsed.conversation_metadata.client_persona
-    if actual_persona != wanted_persona:
-        problems.append(
-            Problem("conversation_metadata.client_persona", f"is {actual_persona!r}, expected {wanted_persona!r}")
-        )
-    if parsed.input_parameters is not None:
-        wanted = input_parameters_for(expected).model_dump()
-        actual = parsed.input_parameters.model_dump()
-        problems += [
-            Problem(
-                f"input_parameters.{name}", f"is {actual[name]!r}, expected {wanted[name]!r} (from the scaffolding)"
-            )
-            for name in INPUT_PARAMETER_FIELDS
-            if not _blank(actual[name]) and actual[name] != wanted[name]
-        ]
+    if expected is not None:
+        problems += client_persona_problems(parsed, expected)
+        problems += _input_parameter_mismatches(parsed, expected)
     return problems
 
 
@@ -276,6 +289,34 @@ def parsed_problems(parsed: ParsedConversation, expected: ResolvedScaffolding | 
     fields populated; and, given the scaffolding it was planned with, `client_persona` equal to
     "<name> - <archetype>" and every input parameter (ids, keys, names) equal to it."""
     return [str(p) for p in _parsed_problem_list(parsed, expected)]
+
+
+def enriched_input_parameter_problems(enriched: EnrichedConversation) -> list[Problem]:
+    """The enriched JSON carries `input_parameters` (copied from the parsed file), all populated.
+    Strict: a legacy file without them is a problem here (`validate` reports it as a warning)."""
+    if enriched.input_parameters is None:
+        return [Problem("input_parameters", "is missing from enriched.json")]
+    return _input_parameter_problems(enriched.input_parameters)
+
+
+def pair_scaffolding_problems(enriched: EnrichedConversation) -> list[Problem]:
+    """Every training pair has the 5 scaffolding fields, non-null and equal to `input_parameters`."""
+    return [
+        p
+        for index, pair in enumerate(enriched.training_pairs)
+        for p in _pair_problems(pair, f"training_pairs[{index}]", enriched.input_parameters)
+        if not p.where.endswith("client_background")
+    ]
+
+
+def client_background_problems(enriched: EnrichedConversation) -> list[Problem]:
+    """Every pair's `client_background` is readable text (no "[object Object]", JSON or repr)."""
+    return [
+        Problem(f"training_pairs[{index}].conversation_metadata.client_background",
+                f"is not readable text: {pair.conversation_metadata.client_background[:80]!r}")
+        for index, pair in enumerate(enriched.training_pairs)
+        if not is_readable_text(pair.conversation_metadata.client_background)
+    ]
 
 
 def _enriched_problem_list(enriched: EnrichedConversation) -> list[Problem]:

@@ -16,17 +16,18 @@ from dagster import (
 
 from lora_assets.core.enrich import EnrichError, enrich_conversation
 from lora_assets.core.quality import conversation_quality
-from lora_assets.core.validate import is_readable_text
+from lora_assets.core.validate import (
+    client_background_problems,
+    enriched_input_parameter_problems,
+    pair_scaffolding_problems,
+)
 from lora_assets.defs.parsing import parsed_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
-from lora_assets.defs.report import md_table, problems_markdown
+from lora_assets.defs.report import conversation_check_result, md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import EnrichedConversation, EnrichmentStatus, ParsedConversation, ParseStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
-
-PAIR_SCAFFOLDING_FIELDS = ("persona_archetype", "emotional_arc", "emotional_arc_key", "training_topic", "training_topic_key")
-
 
 @asset(
     partitions_def=batch_jobs_partitions,
@@ -121,51 +122,24 @@ def _iter_enriched(conn: Any, store: Any, batch_id: str):
 
 
 def _enriched_check(context: Any, db: DomainDB, blobs: BlobStoreResource, rule: Any, what: str) -> AssetCheckResult:
+    # `what` completes "<ok> of <n> enriched conversations: …" (the check's description).
+    """Apply a core.validate rule to every enriched conversation of the partition."""
     problems: dict[str, list[str]] = {}
     checked = 0
     with db.engine().connect() as conn:
         for row, enriched, error in _iter_enriched(conn, blobs.store(), context.partition_key):
             checked += 1
-            msgs = [error] if error else rule(enriched)
+            msgs = [error] if error else [str(p) for p in rule(enriched)]
             if msgs:
                 problems[row["id"]] = msgs
-    return AssetCheckResult(
-        passed=not problems,
-        description=f"{checked - len(problems)} of {checked} enriched conversations: {what}",
-        metadata={"checked": checked, "failing": len(problems), "problems": MetadataValue.md(problems_markdown(problems))},
-    )
-
-
-def input_parameters_rule(enriched: EnrichedConversation) -> list[str]:
-    """Enriched JSON carries input_parameters (copied from the parsed file)."""
-    return [] if enriched.input_parameters is not None else ["input_parameters missing from enriched.json"]
-
-
-def pair_scaffolding_rule(enriched: EnrichedConversation) -> list[str]:
-    """Every training pair has the 5 scaffolding fields, non-null."""
-    return [
-        f"training_pairs[{i}].conversation_metadata.{f} is null"
-        for i, pair in enumerate(enriched.training_pairs)
-        for f in PAIR_SCAFFOLDING_FIELDS
-        if not getattr(pair.conversation_metadata, f)
-    ]
-
-
-def client_background_rule(enriched: EnrichedConversation) -> list[str]:
-    """client_background is readable text: no '[object Object]', braces or Python reprs."""
-    return [
-        f"training_pairs[{i}].conversation_metadata.client_background is not readable text: "
-        f"{pair.conversation_metadata.client_background[:80]!r}"
-        for i, pair in enumerate(enriched.training_pairs)
-        if not is_readable_text(pair.conversation_metadata.client_background)
-    ]
+    return conversation_check_result(problems, checked, "{ok} of {n} enriched conversations: " + what)
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,
              description="enriched.json has input_parameters (copied from the parsed conversation).")
 def enriched_has_input_parameters(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug spec Test Case 2: input_parameters present in the enriched JSON."""
-    return _enriched_check(context, db, blobs, input_parameters_rule, "input_parameters present")
+    return _enriched_check(context, db, blobs, enriched_input_parameter_problems, "input_parameters present")
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,
@@ -173,14 +147,14 @@ def enriched_has_input_parameters(context, db: DomainDB, blobs: BlobStoreResourc
              "training_topic and training_topic_key.")
 def training_pairs_have_scaffolding(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug spec Test Case 2: the 5 scaffolding fields on every pair."""
-    return _enriched_check(context, db, blobs, pair_scaffolding_rule, "all pairs carry the 5 scaffolding fields")
+    return _enriched_check(context, db, blobs, pair_scaffolding_problems, "all pairs carry the 5 scaffolding fields")
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,
              description="client_background is readable text (no '[object Object]', no JSON or Python repr).")
 def client_background_readable(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug #3 of the spec can never come back."""
-    return _enriched_check(context, db, blobs, client_background_rule, "client_background readable")
+    return _enriched_check(context, db, blobs, client_background_problems, "client_background readable")
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,

@@ -18,28 +18,13 @@ from dagster import (
 from lora_assets.core.parse import ParseError, parse_conversation
 from lora_assets.defs.generation import raw_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
-from lora_assets.defs.report import md_table, problems_markdown
+from lora_assets.core.validate import client_persona_problems, input_parameter_problems
+from lora_assets.defs.report import conversation_check_result, md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
-from lora_assets.schemas import BatchItemPlan, InputParameters, ParsedConversation, ParseStatus, ResolvedScaffolding
+from lora_assets.schemas import ParsedConversation, ParseStatus
 from lora_assets.store import queries as q
 from lora_assets.store.blobs import BlobStore
 
-INPUT_PARAMETER_FIELDS = list(InputParameters.model_fields)
-
-
-def scaffolding_for(conn: Any, row: dict[str, Any]) -> ResolvedScaffolding:
-    """The scaffolding of a conversation, read from the DB by the IDs on its row."""
-    plan = BatchItemPlan(
-        id=row["id"],
-        batch_job_id=row["batch_job_id"] or "",
-        position=0,
-        persona_id=row["persona_id"],
-        emotional_arc_id=row["emotional_arc_id"],
-        training_topic_id=row["training_topic_id"],
-        prompt_template_id=row["prompt_template_id"],
-        tier=row["tier"] or "template",
-    )
-    return q.resolve_items(conn, [plan])[row["id"]]
 
 
 @asset(
@@ -59,16 +44,16 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
     store = blobs.store()
     with engine.connect() as conn:
         rows = q.batch_conversations(conn, batch_id, parse_status=[ParseStatus.PENDING, ParseStatus.FAILED])
+        scaffolding = q.resolve_conversations(conn, rows)
     parsed = failed = 0
     failures: list[tuple[str, str, str]] = []
     for row in rows:
         key = row["raw_response_path"].rsplit("/", 1)[0] + "/conversation.json"
         try:
             payload = json.loads(store.get_bytes(row["raw_response_path"]))
-            with engine.connect() as conn:
-                scaffolding = scaffolding_for(conn, row)
             conversation = parse_conversation(
-                payload["response"], conversation_id=row["id"], scaffolding=scaffolding, stop_reason=row["stop_reason"]
+                payload["response"], conversation_id=row["id"], scaffolding=scaffolding[row["id"]],
+                stop_reason=row["stop_reason"],
             )
         except ParseError as exc:
             failed += 1
@@ -111,45 +96,31 @@ def iter_parsed(conn: Any, store: BlobStore, batch_id: str) -> Iterator[tuple[di
             yield row, None, f"conversation.json unreadable: {' '.join(str(exc).split())[:300]}"
 
 
+def _parsed_check(context: Any, db: DomainDB, blobs: BlobStoreResource, rule: Any, summary: str) -> AssetCheckResult:
+    """Apply a core.validate rule (parsed conversation, DB scaffolding) to every parsed
+    conversation of the partition."""
+    problems: dict[str, list[str]] = {}
+    with db.engine().connect() as conn:
+        loaded = list(iter_parsed(conn, blobs.store(), context.partition_key))
+        scaffolding = q.resolve_conversations(conn, [row for row, _, _ in loaded])
+    for row, parsed, error in loaded:
+        msgs = [error] if error else [str(p) for p in rule(parsed, scaffolding[row["id"]])]
+        if msgs:
+            problems[row["id"]] = msgs
+    return conversation_check_result(problems, len(loaded), summary)
+
+
 @asset_check(
     asset=parsed_conversations,
     partitions_def=batch_jobs_partitions,
     blocking=True,
     description="Every parsed conversation has input_parameters with all 10 fields populated, "
-    "and they match the scaffolding IDs on its DB row.",
+    "and they match the scaffolding its DB row names.",
 )
 def input_parameters_complete(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug spec Test Case 1: input_parameters present with 10 populated fields, from the DB."""
-    problems: dict[str, list[str]] = {}
-    checked = 0
-    with db.engine().connect() as conn:
-        for row, parsed, error in iter_parsed(conn, blobs.store(), context.partition_key):
-            checked += 1
-            msgs = [error] if error else []
-            if parsed is not None:
-                ip = parsed.input_parameters
-                if ip is None:
-                    msgs.append("input_parameters missing")
-                else:
-                    msgs += [
-                        f"input_parameters.{f} is empty"
-                        for f in INPUT_PARAMETER_FIELDS
-                        if not str(getattr(ip, f) or "").strip()
-                    ]
-                    for field, col in (
-                        ("persona_id", "persona_id"),
-                        ("emotional_arc_id", "emotional_arc_id"),
-                        ("training_topic_id", "training_topic_id"),
-                    ):
-                        if getattr(ip, field) != row[col]:
-                            msgs.append(f"input_parameters.{field} {getattr(ip, field)!r} != DB {row[col]!r}")
-            if msgs:
-                problems[row["id"]] = msgs
-    return AssetCheckResult(
-        passed=not problems,
-        description=f"{checked - len(problems)} of {checked} parsed conversations have complete input_parameters",
-        metadata={"checked": checked, "failing": len(problems), "problems": MetadataValue.md(problems_markdown(problems))},
-    )
+    return _parsed_check(context, db, blobs, input_parameter_problems,
+                         "{ok} of {n} parsed conversations have complete input_parameters")
 
 
 @asset_check(
@@ -160,21 +131,5 @@ def input_parameters_complete(context, db: DomainDB, blobs: BlobStoreResource) -
 )
 def client_persona_matches(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """The model's persona label is overridden by the DB persona: they must agree."""
-    problems: dict[str, list[str]] = {}
-    checked = 0
-    with db.engine().connect() as conn:
-        for row, parsed, error in iter_parsed(conn, blobs.store(), context.partition_key):
-            checked += 1
-            if error or parsed is None:
-                problems[row["id"]] = [error or "unreadable"]
-                continue
-            persona = scaffolding_for(conn, row).persona
-            expected = f"{persona.name} - {persona.archetype}"
-            actual = parsed.conversation_metadata.client_persona
-            if actual != expected:
-                problems[row["id"]] = [f"client_persona {actual!r} != scaffolding {expected!r}"]
-    return AssetCheckResult(
-        passed=not problems,
-        description=f"{checked - len(problems)} of {checked} conversations name their scaffolding persona",
-        metadata={"checked": checked, "failing": len(problems), "problems": MetadataValue.md(problems_markdown(problems))},
-    )
+    return _parsed_check(context, db, blobs, client_persona_problems,
+                         "{ok} of {n} conversations name their scaffolding persona")

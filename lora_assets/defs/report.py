@@ -4,6 +4,8 @@
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dagster import AssetCheckResult, MetadataValue
+
 
 def md_table(headers: list[str], rows: Iterable[Iterable[Any]], empty: str = "None.") -> str:
     """A markdown table; cell text has pipes escaped and newlines flattened."""
@@ -41,3 +43,13 @@ def problems_markdown(problems: Mapping[str, list[str]], limit: int = 50) -> str
     if len(problems) > limit:
         text += f"\n\n… and {len(problems) - limit} more."
     return text
+
+
+def conversation_check_result(problems: Mapping[str, list[str]], checked: int, summary: str) -> AssetCheckResult:
+    """A per-conversation check's result: passed when no conversation has a problem; metadata
+    names each failing conversation and its problems. `summary` is formatted with {ok} and {n}."""
+    return AssetCheckResult(
+        passed=not problems,
+        description=summary.format(ok=checked - len(problems), n=checked),
+        metadata={"checked": checked, "failing": len(problems), "problems": MetadataValue.md(problems_markdown(problems))},
+    )

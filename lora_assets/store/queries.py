@@ -262,19 +262,28 @@ def items_to_generate(conn: Connection, batch_id: str, *, include_submitted: boo
 
 def resolve_items(conn: Connection, items: Iterable[BatchItemPlan]) -> dict[str, ResolvedScaffolding]:
     """Scaffolding of each item, from the IDs fixed at planning time."""
-    items = list(items)
-    personas = scaffolding_by_id(conn, (i.persona_id for i in items), "personas")
-    arcs = scaffolding_by_id(conn, (i.emotional_arc_id for i in items), "emotional_arcs")
-    topics = scaffolding_by_id(conn, (i.training_topic_id for i in items), "training_topics")
-    templates = scaffolding_by_id(conn, (i.prompt_template_id for i in items), "prompt_templates")
+    return _resolve(conn, [(i.id, i.persona_id, i.emotional_arc_id, i.training_topic_id, i.prompt_template_id) for i in items])
+
+
+def resolve_conversations(conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, ResolvedScaffolding]:
+    """Scaffolding of each conversation row (by its id), read from the DB by the IDs on the row."""
+    return _resolve(
+        conn,
+        [(r["id"], r["persona_id"], r["emotional_arc_id"], r["training_topic_id"], r["prompt_template_id"]) for r in rows],
+    )
+
+
+def _resolve(conn: Connection, entries: list[tuple[str, str, str, str, str | None]]) -> dict[str, ResolvedScaffolding]:
+    # Four queries for the whole set, whatever its size.
+    personas = scaffolding_by_id(conn, (e[1] for e in entries), "personas")
+    arcs = scaffolding_by_id(conn, (e[2] for e in entries), "emotional_arcs")
+    topics = scaffolding_by_id(conn, (e[3] for e in entries), "training_topics")
+    templates = scaffolding_by_id(conn, (e[4] for e in entries if e[4]), "prompt_templates")
     return {
-        i.id: ResolvedScaffolding(
-            persona=personas[i.persona_id],
-            emotional_arc=arcs[i.emotional_arc_id],
-            training_topic=topics[i.training_topic_id],
-            prompt_template=templates[i.prompt_template_id],
+        key: ResolvedScaffolding(
+            persona=personas[p], emotional_arc=arcs[a], training_topic=topics[t], prompt_template=templates.get(tpl)
         )
-        for i in items
+        for key, p, a, t, tpl in entries
     }
 
 

@@ -215,7 +215,7 @@ def test_old_conversation_without_input_parameters_still_enriches(env: Env) -> N
     checks = h.run_checks(env.defs, env.instance, batch_id, ["enriched_has_input_parameters", "training_pairs_have_scaffolding"])
     ev = h.check_evaluations(checks)
     assert ev["enriched_has_input_parameters"].passed is False
-    assert "input_parameters missing from enriched.json" in problem_line(ev["enriched_has_input_parameters"], legacy["id"])
+    assert "input_parameters is missing from enriched.json" in problem_line(ev["enriched_has_input_parameters"], legacy["id"])
     assert ev["training_pairs_have_scaffolding"].metadata["failing"].value == 1
     assert "training_pairs[0].conversation_metadata.persona_archetype is null" in problem_line(
         ev["training_pairs_have_scaffolding"], legacy["id"]
@@ -234,7 +234,7 @@ def test_input_parameters_complete_fails_when_parsed_file_lacks_them(env: Env, g
     assert ev.passed is False
     assert ev.description == "3 of 4 parsed conversations have complete input_parameters"
     assert ev.metadata["failing"].value == 1
-    assert "input_parameters missing" in problem_line(ev, target["id"])
+    assert "input_parameters is missing" in problem_line(ev, target["id"])
     assert all(r["id"] not in ev.metadata["problems"].value for r in good.rows if r is not target)
 
 
@@ -250,7 +250,7 @@ def test_input_parameters_complete_fails_on_an_empty_field_and_a_wrong_id(env: E
     line = problem_line(ev, empty["id"])
     assert "conversation.json unreadable" in line
     assert "input_parameters.emotional_arc_name" in line and "at least 1 character" in line
-    assert f"input_parameters.persona_id 'not-the-db-persona' != DB {wrong['persona_id']!r}" in problem_line(ev, wrong["id"])
+    assert f"input_parameters.persona_id is 'not-the-db-persona', expected {wrong['persona_id']!r}" in problem_line(ev, wrong["id"])
 
 
 def test_input_parameters_complete_fails_on_a_whitespace_only_field(env: Env, good: Batch) -> None:
@@ -275,7 +275,7 @@ def test_client_persona_matches_fails_on_a_changed_persona(env: Env, good: Batch
 
     assert ev.passed is False and ev.metadata["failing"].value == 1
     expected = f"{persona.name} - {persona.archetype}"
-    assert f"client_persona 'David Chen - Someone Else' != scaffolding {expected!r}" in problem_line(ev, target["id"])
+    assert f"conversation_metadata.client_persona is 'David Chen - Someone Else', expected {expected!r}" in problem_line(ev, target["id"])
 
 
 def test_enriched_has_input_parameters_fails_when_enriched_file_has_null(env: Env, good: Batch) -> None:
@@ -285,7 +285,7 @@ def test_enriched_has_input_parameters_fails_when_enriched_file_has_null(env: En
     ev = run_one_check(env, good.id, "enriched_has_input_parameters")
 
     assert ev.passed is False and ev.metadata["failing"].value == 1
-    assert "input_parameters missing from enriched.json" in problem_line(ev, target["id"])
+    assert "input_parameters is missing from enriched.json" in problem_line(ev, target["id"])
 
 
 @pytest.mark.parametrize("field", PAIR_FIELDS)
@@ -355,7 +355,7 @@ def test_failing_blocking_check_on_parsed_stops_enrichment_in_the_same_run(env: 
     assert h.materialized(result) == {"raw_conversations", "parsed_conversations"}
     ev = h.check_evaluations(result)
     assert ev["input_parameters_complete"].passed is False
-    assert "input_parameters missing" in problem_line(ev["input_parameters_complete"], broken["id"])
+    assert "input_parameters is missing" in problem_line(ev["input_parameters_complete"], broken["id"])
     failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     assert [e.step_key for e in failures] == ["parsed_conversations_input_parameters_complete"]
     error = failures[0].step_failure_data.error
