@@ -159,7 +159,12 @@ def conversation_quality(conv: EnrichedConversation) -> float | None:
     same figure enrichment stores in `conversations.quality_score`; None when no pair is
     answered. Quality statistics of a training file are taken over conversations, not pairs,
     so a long conversation does not weigh more than a short one."""
-    scores = [p.training_metadata.quality_score for p in conv.training_pairs if p.target_response is not None]
+    return pairs_quality(conv.training_pairs)
+
+
+def pairs_quality(pairs: Iterable[TrainingPair]) -> float | None:
+    """`conversation_quality` of one conversation's pairs (also used to audit a built JSONL)."""
+    scores = [p.training_metadata.quality_score for p in pairs if p.target_response is not None]
     if not scores:
         return None
     # Same arithmetic as enrichment's figure (plain sum, str -> Decimal), so the two agree to
@@ -171,6 +176,12 @@ def conversation_human_reviewed(conv: EnrichedConversation) -> bool:
     """True when a human reviewed the conversation, i.e. any of its pairs is marked reviewed
     (enrichment copies the conversation's flag onto every pair)."""
     return any(p.training_metadata.human_reviewed for p in conv.training_pairs)
+
+
+def pair_scaffolding_keys(pair: TrainingPair) -> tuple[str, str, str]:
+    """(persona, arc, topic) distribution keys of a pair; LEGACY_KEY where unknown."""
+    meta = pair.conversation_metadata
+    return tuple(k or LEGACY_KEY for k in (meta.persona_archetype, meta.emotional_arc_key, meta.training_topic_key))
 
 
 def pair_training_chars(pair: TrainingPair) -> int:

@@ -20,7 +20,8 @@ from dagster import (
     asset_check,
 )
 
-from lora_assets.core.aggregate import AggregateWriter, quality_bucket, write_training_json
+from lora_assets.core.aggregate import AggregateWriter, write_training_json
+from lora_assets.core.audit import audit_jsonl, member_problems, metadata_problems
 from lora_assets.core.card import SourceBatch, dataset_card
 from lora_assets.core.dedup import Deduplicator, quality_filter
 from lora_assets.core.export import ExportWriter, axolotl_config
@@ -29,7 +30,7 @@ from lora_assets.defs.enrichment import enriched_conversations
 from lora_assets.defs.partitions import training_files_partitions
 from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
-from lora_assets.schemas import EnrichedConversation, EnrichmentStatus, TrainingPair
+from lora_assets.schemas import EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
 from lora_assets.store import training_files as tfq
@@ -331,13 +332,9 @@ def training_file_schema_valid(context, db: DomainDB, blobs: BlobStoreResource) 
 
     _, v = _latest(context, db)
     store = blobs.store()
-    problems: list[str] = []
-    n = 0
-    for n, line in enumerate(_lines(store, v["jsonl_file_path"]), start=1):
-        try:
-            TrainingPair.model_validate_json(line)
-        except ValueError as exc:
-            problems.append(f"{v['jsonl_file_path']} line {n}: {str(exc).splitlines()[0]}")
+    audit = audit_jsonl(_lines(store, v["jsonl_file_path"]))
+    problems = [f"{v['jsonl_file_path']} {p}" for p in audit.invalid_lines]
+    n = audit.pairs + len(audit.invalid_lines)
     # write_training_json puts the header on the first line and one pair per following line.
     json_lines = _lines(store, v["json_file_path"])
     head = next(json_lines, b"")
@@ -356,49 +353,17 @@ def training_file_schema_valid(context, db: DomainDB, blobs: BlobStoreResource) 
              description="JSONL line count = total_training_pairs; DB metadata (counts, sizes, quality "
              "min/avg/max, human_reviewed_count, scaffolding distribution) = the file contents.")
 def training_file_metadata_matches(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
-    """Recompute every metadata figure from the JSONL and compare with the DB row."""
+    """Recompute every metadata figure from the JSONL (core.audit) and compare with the DB row."""
     _, v = _latest(context, db)
     store = blobs.store()
-    pairs = 0
-    conv_pairs: dict[str, list[float]] = {}
-    reviewed: dict[str, bool] = {}
-    keys: dict[str, tuple[str | None, str | None, str | None]] = {}
-    for line in _lines(store, v["jsonl_file_path"]):
-        pair = json.loads(line)
-        pairs += 1
-        cid = pair["conversation_id"]
-        md = pair["conversation_metadata"]
-        keys.setdefault(cid, (md["persona_archetype"], md["emotional_arc_key"], md["training_topic_key"]))
-        if pair["target_response"] is not None:
-            conv_pairs.setdefault(cid, []).append(pair["training_metadata"]["quality_score"])
-        else:
-            conv_pairs.setdefault(cid, [])
-        reviewed[cid] = reviewed.get(cid, False) or pair["training_metadata"]["human_reviewed"]
-    problems = []
-
-    def expect(label: str, db_value: Any, actual: Any) -> None:
-        if db_value != actual:
-            problems.append(f"{label}: DB says {db_value!r}, file has {actual!r}")
-
-    expect("total_training_pairs", v["total_training_pairs"], pairs)
-    expect("conversation_count", v["conversation_count"], len(conv_pairs))
-    expect("jsonl_file_size", v["jsonl_file_size"], store.size(v["jsonl_file_path"]))
-    expect("json_file_size", v["json_file_size"], store.size(v["json_file_path"]))
-    expect("human_reviewed_count", v["human_reviewed_count"], sum(reviewed.values()))
-    quality = [round(sum(s) / len(s) + 1e-9, 2) for s in conv_pairs.values() if s]
-    if quality:
-        for label, value in (("min_quality_score", min(quality)), ("max_quality_score", max(quality))):
-            if v[label] is None or abs(float(v[label]) - value) > 0.011:
-                problems.append(f"{label}: DB says {v[label]}, file gives {value}")
-        avg = sum(quality) / len(quality)
-        if v["avg_quality_score"] is None or abs(float(v["avg_quality_score"]) - avg) > 0.011:
-            problems.append(f"avg_quality_score: DB says {v['avg_quality_score']}, file gives {avg:.3f}")
-    dist = v["scaffolding_distribution"] or {}
-    for i, kind in enumerate(("personas", "emotional_arcs", "training_topics")):
-        counts = Counter(k[i] for k in keys.values() if k[i])
-        expect(f"scaffolding_distribution.{kind}", {k: n for k, n in (dist.get(kind) or {}).items() if n and not k.startswith("(")}, dict(counts))
-    return _result(problems, f"v{v['version']}: DB metadata matches {pairs} pairs in {len(conv_pairs)} conversations",
-                   {"version": v["version"], "pairs": pairs, "conversations": len(conv_pairs)})
+    audit = audit_jsonl(_lines(store, v["jsonl_file_path"]))
+    problems = metadata_problems(audit, v)
+    for label, key in (("jsonl_file_size", "jsonl_file_path"), ("json_file_size", "json_file_path")):
+        if v[label] != store.size(v[key]):
+            problems.append(f"{label}: DB says {v[label]!r}, file has {store.size(v[key])!r}")
+    return _result(problems, f"v{v['version']}: DB metadata matches {audit.pairs} pairs in "
+                   f"{len(audit.conversations)} conversations",
+                   {"version": v["version"], "pairs": audit.pairs, "conversations": len(audit.conversations)})
 
 
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,
@@ -407,35 +372,12 @@ def training_file_metadata_matches(context, db: DomainDB, blobs: BlobStoreResour
 def training_file_members_valid(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Duplicate and eligibility rules of the seed, on the built file."""
     _, v = _latest(context, db)
-    store = blobs.store()
-    seen: list[str] = []
-    done: set[str] = set()
-    problems = []
-    pair_ids: set[str] = set()
-    for line in _lines(store, v["jsonl_file_path"]):
-        pair = json.loads(line)
-        cid = pair["conversation_id"]
-        # A repeated pair id catches a duplicated block even right next to the original.
-        if pair["id"] in pair_ids:
-            problems.append(f"training pair {pair['id']} of conversation {cid} appears twice")
-        pair_ids.add(pair["id"])
-        if seen and seen[-1] == cid:
-            continue
-        if cid in done:
-            problems.append(f"conversation {cid} appears twice")
-        done.add(cid)
-        seen.append(cid)
+    audit = audit_jsonl(_lines(blobs.store(), v["jsonl_file_path"]))
     with db.engine().connect() as conn:
-        rows = {r["id"]: r for r in (q.get_conversation(conn, c) for c in done) if r}
-    for cid in seen:
-        r = rows.get(cid)
-        if r is None:
-            problems.append(f"conversation {cid} is not in the DB")
-        elif r["enrichment_status"] != EnrichmentStatus.COMPLETED:
-            problems.append(f"conversation {cid} is not enriched (enrichment_status={r['enrichment_status']})")
-    if set(v["conversation_ids"] or []) != done:
-        problems.append("the version's recorded conversation ids differ from the file's")
-    return _result(problems, f"v{v['version']}: {len(done)} distinct, enriched conversations", {"conversations": len(done)})
+        statuses = tfq.enrichment_statuses(conn, audit.conversations)
+    problems = member_problems(audit, v["conversation_ids"] or [], statuses)
+    return _result(problems, f"v{v['version']}: {len(audit.conversations)} distinct, enriched conversations",
+                   {"conversations": len(audit.conversations)})
 
 
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,

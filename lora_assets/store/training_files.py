@@ -172,6 +172,13 @@ def member_rows(conn: Connection, training_file_id: str) -> list[dict[str, Any]]
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def enrichment_statuses(conn: Connection, conversation_ids: Iterable[str]) -> dict[str, str]:
+    """conversation id -> enrichment_status, for the ids the DB knows (one query)."""
+    c = t.conversations
+    rows = conn.execute(sa.select(c.c.id, c.c.enrichment_status).where(c.c.id.in_(list(conversation_ids))))
+    return {cid: status for cid, status in rows}
+
+
 def summary_of(row: dict[str, Any]) -> MemberSummary:
     return MemberSummary(
         conversation_id=row["id"],
