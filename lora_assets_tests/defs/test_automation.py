@@ -34,18 +34,6 @@ RAW, PARSED, ENRICHED = (AssetKey(n) for n in ("raw_conversations", "parsed_conv
 
 
 @pytest.fixture
-def sim() -> Iterator[ClaudeSimulator]:
-    with ClaudeSimulator() as s:
-        yield s
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
-
-
-@pytest.fixture
 def persistent_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
     """An on-disk instance: ScheduleEvaluationContext.instance needs an instance ref in 1.13
     (an ephemeral instance raises "no instance reference was provided")."""

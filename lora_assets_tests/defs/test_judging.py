@@ -1,6 +1,5 @@
 """The optional Claude judge: scores stored per conversation, never bought twice, failures stated."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,6 @@ from lora_assets.core.judge import JudgeError, parse_judge_response
 from lora_assets.defs.judging import judge_item_id
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
 from lora_assets_tests.defs import helpers as h
-
-
-@pytest.fixture
-def sim() -> Iterator[ClaudeSimulator]:
-    with ClaudeSimulator() as s:
-        yield s
 
 
 def _judge(defs, instance, batch_id):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,6 @@ from lora_assets.store import queries as q
 from lora_assets_tests.defs import helpers as h
 
 CONTENT_FAULTS = ("truncated", "malformed", "refusal", "wrapped", "thinking")
-
-
-@pytest.fixture
-def sim() -> Iterator[ClaudeSimulator]:
-    with ClaudeSimulator() as s:
-        yield s
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 @pytest.fixture(params=["sqlite+local", "postgresql+s3"])
