@@ -290,11 +290,16 @@ def _timing(response: httpx2.Response) -> HttpTiming | None:
     return HttpTiming(sent, received) if sent is not None and received is not None else None
 
 
-def make_client(api_key: str, base_url: str | None, timeout_s: float) -> AsyncAnthropic:
+def make_client(api_key: str, base_url: str | None, timeout_s: float, *, max_connections: int = 16) -> AsyncAnthropic:
     """The official async client with its own retries off: we retry ourselves, within a budget
     and rate-limit aware (SDK retries would be invisible to both). Its HTTP client is the SDK's
-    default one plus two event hooks that time each round trip (see HttpTiming)."""
-    http_client = DefaultAsyncHttpxClient(event_hooks={"request": [_stamp_request], "response": [_stamp_response]})
+    default one with the pool sized to our concurrency (the SDK keeps only 100 idle connections,
+    so above that every answer would cost a new connection), plus two event hooks that time each
+    round trip (see HttpTiming)."""
+    limits = httpx2.Limits(max_connections=max(1, max_connections) + 4,
+                           max_keepalive_connections=max(1, max_connections) + 4, keepalive_expiry=30.0)
+    http_client = DefaultAsyncHttpxClient(limits=limits,
+                                          event_hooks={"request": [_stamp_request], "response": [_stamp_response]})
     return AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s, http_client=http_client)
 
 

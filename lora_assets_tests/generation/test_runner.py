@@ -82,6 +82,7 @@ def run_config(base_url: str, **overrides: Any) -> RunConfig:
         "poll_interval_s": 0.05,
         "backoff_base_s": 0.02,
         "backoff_max_s": 0.2,
+        "store_retry_s": 0.5,
     }
     values.update(overrides)
     return RunConfig(**values)
@@ -249,13 +250,16 @@ def test_an_item_the_ledger_already_stored_is_counted_as_skipped(sim: ClaudeSimu
     asyncio.run(generate_messages(requests[:1], ledger, run_config(sim.base_url)))
     stats = asyncio.run(generate_messages(requests, ledger, run_config(sim.base_url)))
     assert (stats.done, stats.skipped, stats.failed) == (2, 1, 0)
-    assert ledger.duplicate_successes == 1 and len(ledger.successes) == 3
+    # The stored item is never requested again (its claim says "stored"), so nothing is paid twice.
+    assert ledger.duplicate_successes == 0 and len(ledger.successes) == 3
+    assert sim.stats.snapshot()["attempts_by_key"][requests[0].item_id] == 1
 
 
 def test_items_of_an_open_provider_batch_are_never_sent_as_messages(sim: ClaudeSimulator) -> None:
     requests = make_requests(4)
     ledger = MemoryLedger()
-    ledger.record_provider_batch("msgbatch_elsewhere", [requests[0].item_id])
+    ledger.record_intent("intent_elsewhere", [requests[0].item_id])
+    ledger.record_provider_batch("intent_elsewhere", "msgbatch_elsewhere")
     stats = asyncio.run(generate_messages(requests, ledger, run_config(sim.base_url)))
     assert (stats.done, stats.skipped) == (3, 1)
     assert requests[0].item_id not in sim.stats.attempts_by_key
@@ -355,8 +359,8 @@ def test_a_canceled_batch_records_its_items_as_canceled(sim: ClaudeSimulator) ->
     sim.config = FaultConfig(batch_processing_s=30.0)
 
     class CancelingLedger(MemoryLedger):
-        def record_provider_batch(self, provider_batch_id: str, item_ids: list[str]) -> None:
-            super().record_provider_batch(provider_batch_id, item_ids)
+        def record_provider_batch(self, token: str, provider_batch_id: str) -> None:
+            super().record_provider_batch(token, provider_batch_id)
             _http(sim, "POST", f"/v1/messages/batches/{provider_batch_id}/cancel")  # someone cancels it
 
     requests = make_requests(6)
@@ -367,19 +371,55 @@ def test_a_canceled_batch_records_its_items_as_canceled(sim: ClaudeSimulator) ->
     assert all("canceled in provider batch" in reason for _, reason, _, _ in ledger.failures.values())
 
 
-def test_a_batch_the_ledger_could_not_record_is_canceled(sim: ClaudeSimulator) -> None:
-    sim.config = FaultConfig(batch_processing_s=30.0)
+def test_a_batch_the_ledger_could_not_record_is_adopted_by_the_next_run_not_paid_again(sim: ClaudeSimulator) -> None:
+    """The DB fails right after `batches.create`: the run stops; its recorded intent lets the next
+    run find the provider batch in the API's list and poll it instead of submitting again."""
+    sim.config = FaultConfig(batch_processing_s=0.2)
 
     class BrokenLedger(MemoryLedger):
-        def record_provider_batch(self, provider_batch_id: str, item_ids: list[str]) -> None:
-            self.last_batch = provider_batch_id
-            raise RuntimeError("database is locked")
+        broken = True
 
+        def record_provider_batch(self, token: str, provider_batch_id: str) -> None:
+            if self.broken:
+                raise RuntimeError("database is locked")
+            super().record_provider_batch(token, provider_batch_id)
+
+    requests = make_requests(5)
     ledger = BrokenLedger()
     with pytest.raises(RunAbortedError, match="database is locked"):
-        asyncio.run(generate_batches(make_requests(3), ledger, run_config(sim.base_url)))
-    batch = _http(sim, "GET", f"/v1/messages/batches/{ledger.last_batch}")
-    assert batch["processing_status"] in ("canceling", "ended") and batch["cancel_initiated_at"]
+        asyncio.run(generate_batches(requests, ledger, run_config(sim.base_url)))
+    assert sim.stats.batches_created == 1 and [s.provider_batch_id for s in ledger.open_provider_batches()] == [None]
+    ledger.broken = False
+    stats = asyncio.run(generate_batches(requests, ledger, run_config(sim.base_url)))
+    assert (stats.provider_batches_adopted, stats.provider_batches_submitted, stats.done) == (1, 0, 5)
+    assert sim.stats.batches_created == 1
+    assert all(n == 1 for n in sim.stats.snapshot()["batch_requests_by_custom_id"].values())
+    assert_accounted(requests, ledger, sim)
+
+
+class _CrashBeforeCreate(MemoryLedger):
+    """The process 'dies' right after recording the intent, before `batches.create`."""
+
+    crash = True
+
+    def record_intent(self, token: str, item_ids: list[str]) -> None:
+        super().record_intent(token, item_ids)
+        if self.crash:
+            raise _Crash()
+
+
+def test_an_intent_whose_batch_was_never_created_is_abandoned_and_submitted_once(sim: ClaudeSimulator) -> None:
+    sim.config = FaultConfig(batch_processing_s=0.2)
+    requests = make_requests(4)
+    ledger = _CrashBeforeCreate()
+    with pytest.raises(_Crash):
+        asyncio.run(generate_batches(requests, ledger, run_config(sim.base_url)))
+    assert sim.stats.batches_created == 0
+    ledger.crash = False
+    stats = asyncio.run(generate_batches(requests, ledger, run_config(sim.base_url)))
+    assert (stats.provider_batches_adopted, stats.provider_batches_submitted, stats.done) == (0, 1, 4)
+    assert sim.stats.batches_created == 1 and "abandoned" in ledger.closed.values()
+    assert_accounted(requests, ledger, sim)
 
 
 class _Crash(BaseException):
@@ -387,21 +427,29 @@ class _Crash(BaseException):
 
 
 class CrashingLedger(MemoryLedger):
-    """Stores the provider batch, then 'crashes' before the runner polls it."""
+    """Stores the provider batch, then 'crashes' before the runner polls it (or, with
+    `before_record`, between `batches.create` and recording its id)."""
 
     crash = True
+    before_record = False
 
-    def record_provider_batch(self, provider_batch_id: str, item_ids: list[str]) -> None:
-        super().record_provider_batch(provider_batch_id, item_ids)
+    def record_provider_batch(self, token: str, provider_batch_id: str) -> None:
+        if self.crash and self.before_record:
+            raise _Crash()
+        super().record_provider_batch(token, provider_batch_id)
         if self.crash:
             raise _Crash()
 
 
+@pytest.mark.parametrize("before_record", [False, True], ids=["after-record", "between-create-and-record"])
 @pytest.mark.parametrize("pass_requests_again", [False, True], ids=["submitted-not-passed", "submitted-passed"])
-def test_batches_resume_after_a_crash_without_resubmitting(sim: ClaudeSimulator, pass_requests_again: bool) -> None:
+def test_batches_resume_after_a_crash_without_resubmitting(
+    sim: ClaudeSimulator, pass_requests_again: bool, before_record: bool
+) -> None:
     sim.config = FaultConfig(batch_processing_s=0.3)
     requests = make_requests(30)
     ledger = CrashingLedger()
+    ledger.before_record = before_record
     with pytest.raises(_Crash):
         asyncio.run(generate_batches(requests, ledger, run_config(sim.base_url)))
     assert sim.stats.batches_created == 1 and len(ledger.open_provider_batches()) == 1
@@ -412,6 +460,7 @@ def test_batches_resume_after_a_crash_without_resubmitting(sim: ClaudeSimulator,
     stats = asyncio.run(generate_batches(again, ledger, run_config(sim.base_url)))
 
     assert (stats.provider_batches_resumed, stats.provider_batches_submitted) == (1, 0)
+    assert stats.provider_batches_adopted == (1 if before_record else 0)
     assert sim.stats.batches_created == 1  # polled again, never resubmitted
     assert all(n == 1 for n in sim.stats.snapshot()["batch_requests_by_custom_id"].values())
     assert stats.done == 30 and not ledger.open_provider_batches()
@@ -421,7 +470,8 @@ def test_batches_resume_after_a_crash_without_resubmitting(sim: ClaudeSimulator,
 def test_a_recorded_batch_the_api_does_not_know_fails_its_items_instead_of_blocking(sim: ClaudeSimulator) -> None:
     requests = make_requests(3)
     ledger = MemoryLedger()
-    ledger.record_provider_batch("msgbatch_gone_0001", [r.item_id for r in requests[:2]])
+    ledger.record_intent("intent_gone", [r.item_id for r in requests[:2]])
+    ledger.record_provider_batch("intent_gone", "msgbatch_gone_0001")
     stats = asyncio.run(generate_batches(requests[2:], ledger, run_config(sim.base_url)))
     assert stats.done == 1 and stats.failures_by_kind == {"missing_result": 2}
     assert ledger.provider_batches["msgbatch_gone_0001"][1] == "not_found"

@@ -1,0 +1,356 @@
+"""What both generation modes share: the run's config and statistics, its claims on items, and
+the path every paid answer takes (durable spool first, then the ledger, off the event loop).
+
+Spend exactly once (design rule 6):
+- an item is requested only while this run holds its claim (a lease renewed in the background;
+  no request starts if the lease might lapse before its answer could come back);
+- a whole answer is fsynced to the local spool before the ledger (blob store, DB) sees it, and
+  the ledger write is retried through outages; a re-run stores spooled answers without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr
+
+from lora_assets.generation.client import GenerationError, GenerationRequest, scrub
+from lora_assets.generation.ledger import Ledger
+from lora_assets.generation.pricing import price_for
+from lora_assets.generation.spool import Spool
+from lora_assets.schemas.rows import GenerationRecord, Usage
+
+__all__ = ["ProviderBatchError", "RunAbortedError", "RunConfig", "RunStats"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class RunConfig(BaseModel):
+    """How one run talks to the API and stores what it buys. `retry_budget` (total retries in
+    the run) defaults to 3 x the number of items; `timeout_s` is per request; `poll_interval_s`
+    paces Batches polling. `spool_dir` None means no durable spool (tests, benchmarks)."""
+
+    model: str
+    api_key: SecretStr
+    base_url: str | None = None
+    max_concurrency: int = Field(default=8, ge=1)
+    max_attempts_per_item: int = Field(default=4, ge=1)
+    retry_budget: int | None = Field(default=None, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    backoff_base_s: float = Field(default=0.5, ge=0, description="First retry delay when the server names none.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of the exponential backoff.")
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Who holds the claims.")
+    claim_ttl_s: float = Field(default=300.0, gt=0, description="Lease length; renewed every third of it.")
+    spool_dir: Path | None = Field(default=None, description="Durable local copies of paid answers.")
+    spool_scope: str = Field(default="default", description="Spool sub-directory: one per batch / judge pass.")
+    max_spool_items: int = Field(default=512, ge=1, description="Answers waiting for the ledger before sends pause.")
+    store_threads: int = Field(default=8, ge=1, description="Ledger writes (blob + DB) run on this many threads.")
+    store_retry_s: float = Field(default=60.0, ge=0, description="How long a failing ledger write is retried.")
+
+
+class RunStats(BaseModel):
+    """What a run did. `cost_usd` is everything billed (stored + duplicates + failed attempts);
+    `wasted_cost_usd` is the part spent on attempts that produced nothing storable;
+    `throughput_per_s` counts stored responses. In Batches mode `requests` counts requests
+    submitted inside batches. `claimed_elsewhere`: items another live run holds (skipped);
+    `recovered_from_spool`: answers stored from the local spool without a request."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    claimed_elsewhere: int = 0
+    recovered_from_spool: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+    wasted_cost_usd: float = 0.0
+    elapsed_s: float = 0.0
+    throughput_per_s: float = 0.0
+    failures_by_kind: dict[str, int] = Field(default_factory=dict)
+    provider_batches_submitted: int = 0
+    provider_batches_resumed: int = 0
+    provider_batches_adopted: int = 0
+    concurrency_decreases: int = 0
+
+    def _add_usage(self, usage: Usage, cost: float, *, wasted: bool) -> None:
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cache_creation_input_tokens += usage.cache_creation_input_tokens
+        self.cache_read_input_tokens += usage.cache_read_input_tokens
+        self.cost_usd += cost
+        if wasted:
+            self.wasted_cost_usd += cost
+
+
+class RunAbortedError(RuntimeError):
+    """The run stopped before processing every item: a fault no retry can fix (bad key, the
+    ledger failing for longer than `store_retry_s`, claims that could not be renewed). Answers
+    already received are in the spool or the ledger; unprocessed items were left untouched so a
+    re-run picks them up. `stats` holds what the run did."""
+
+    def __init__(self, item_id: str | None, reason: str, stats: RunStats) -> None:
+        self.item_id = item_id
+        self.reason = reason
+        self.stats = stats
+        where = f" (at item {item_id})" if item_id else ""
+        super().__init__(f"generation run aborted{where}: {reason}")
+
+
+class ProviderBatchError(RuntimeError):
+    """A Message Batches control call (create/retrieve/results) failed for good. Submissions
+    already recorded in the ledger (intents included) are resumed or reconciled by the next run."""
+
+    def __init__(self, provider_batch_id: str | None, reason: str) -> None:
+        self.provider_batch_id = provider_batch_id
+        self.reason = reason
+        super().__init__(f"provider batch {provider_batch_id or '(not created)'}: {reason}")
+
+
+class RetryBudget:
+    """Retries left in the run (shared by all items)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.left = total
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential with jitter in [50%, 100%]: spreads retries so they do not arrive together."""
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** max(0, attempt - 1))
+
+
+def check_run(requests: list[GenerationRequest], config: RunConfig) -> None:
+    """Refuse a run before any money is spent: unknown model, duplicate item ids."""
+    price_for(config.model)
+    seen: set[str] = set()
+    dupes = {r.item_id for r in requests if r.item_id in seen or seen.add(r.item_id)}  # type: ignore[func-returns-value]
+    if dupes:
+        raise ValueError(f"duplicate item ids in one run (each would be paid for twice): {sorted(dupes)[:5]}")
+
+
+def why_stopped(err: GenerationError, attempts: int, config: RunConfig, budget: RetryBudget) -> str:
+    """Why an item's attempts ended, for its failure reason."""
+    plural = "s" if attempts != 1 else ""
+    if not err.retryable:
+        return f"not retried (retrying cannot help); {attempts} attempt{plural}"
+    if attempts >= config.max_attempts_per_item:
+        return f"gave up after {attempts} attempt{plural} (per-item limit {config.max_attempts_per_item})"
+    return f"gave up after {attempts} attempt{plural}: the run's retry budget of {budget.total} retries is spent"
+
+
+def summary(s: RunStats) -> str:
+    """One log line for a finished run."""
+    return (
+        f"{s.done} stored ({s.recovered_from_spool} from the spool), {s.failed} failed {dict(s.failures_by_kind)}, "
+        f"{s.skipped} skipped, {s.claimed_elsewhere} claimed by another run; {s.requests} requests, "
+        f"{s.retries} retries, {s.rate_limited} rate-limited; ${s.cost_usd:.4f} (${s.wasted_cost_usd:.4f} wasted); "
+        f"{s.elapsed_s:.1f}s, {s.throughput_per_s:.2f}/s"
+    )
+
+
+@dataclass
+class Run:
+    """State shared by the workers of one run: budget, claims, and the store path."""
+
+    config: RunConfig
+    ledger: Ledger
+    stats: RunStats
+    budget: RetryBudget
+    abort: RunAbortedError | None = None
+    started: float = field(default_factory=time.monotonic)
+    clock: Any = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.secret = self.config.api_key.get_secret_value()
+        self.spool = Spool(self.config.spool_dir, self.config.spool_scope) if self.config.spool_dir else None
+        self._io = ThreadPoolExecutor(max_workers=self.config.store_threads, thread_name_prefix="ledger")
+        self._stores: set[asyncio.Task[None]] = set()
+        self._backlog: asyncio.Semaphore | None = None
+        self._lease_until = float("inf")
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # --- threads -------------------------------------------------------------------------------
+
+    async def io(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking ledger / spool call on the run's I/O threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def stop(self, item_id: str | None, reason: str) -> None:
+        """Abort the run (first reason wins): no new request starts; in-flight answers are kept."""
+        if self.abort is None:
+            self.abort = RunAbortedError(item_id, scrub(reason, self.secret), self.stats)
+            log.error("%s", self.abort)
+
+    # --- claims ----------------------------------------------------------------------------------
+
+    async def claim(self, item_ids: list[str]) -> set[str]:
+        """Lease `item_ids`; returns those held. Starts the lease heartbeat."""
+        ttl = self.config.claim_ttl_s
+        asked = self.clock()
+        outcome = await self.io(self.ledger.claim, item_ids, self.config.run_id, ttl) if item_ids else {}
+        self._lease_until = asked + ttl
+        held = {i for i, o in outcome.items() if o == "held"}
+        stored = sum(1 for o in outcome.values() if o == "stored")
+        others = sum(1 for o in outcome.values() if o == "claimed")
+        self.stats.skipped += stored
+        if others:
+            self.stats.claimed_elsewhere += others
+            log.warning("%d item(s) are claimed by another live run: this run skips them", others)
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._renew_forever())
+        return held
+
+    async def _renew_forever(self) -> None:
+        ttl = self.config.claim_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            asked = self.clock()
+            try:
+                await self.io(self.ledger.renew_claims, self.config.run_id, ttl)
+            except Exception as exc:  # noqa: BLE001 - sends pause until the lease is renewed (see lease_ok)
+                log.warning("could not renew claims (%s); new requests wait for the ledger", type(exc).__name__)
+                continue
+            self._lease_until = asked + ttl
+
+    async def lease_ok(self, item_id: str) -> bool:
+        """True when a request started now is answered before our lease could lapse; waits while
+        the ledger is unreachable, and stops the run once the lease is really gone."""
+        while self.abort is None:
+            left = self._lease_until - self.clock()
+            if left > self.config.timeout_s + 1.0:
+                return True
+            if left <= 0:
+                self.stop(item_id, "the claims on this run's items lapsed (the ledger could not be reached to renew "
+                                   "them): stopped so no other run pays for them too; re-run to continue")
+                return False
+            await asyncio.sleep(min(1.0, left))
+        return False
+
+    # --- the store path --------------------------------------------------------------------------
+
+    def backlog(self) -> asyncio.Semaphore:
+        """Taken before a request is sent, given back once its answer is stored (or it failed):
+        at most `max_spool_items` answers wait for the ledger."""
+        if self._backlog is None:
+            self._backlog = asyncio.Semaphore(self.config.max_spool_items)
+        return self._backlog
+
+    async def store(self, item_id: str, record: GenerationRecord, *, from_spool: bool = False) -> None:
+        """Spool the paid answer durably, then store it in the background (retried through
+        outages). The caller holds one `backlog` slot, released when the store ends."""
+        if self.spool is not None and not from_spool:
+            await self.io(self.spool.put, item_id, record)
+        task = asyncio.create_task(self._store(item_id, record, from_spool))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    async def _store(self, item_id: str, record: GenerationRecord, from_spool: bool) -> None:
+        try:
+            stored = await self._with_retry(item_id, "record_success", self.ledger.record_success, item_id, record)
+            if stored is None:
+                return  # kept in the spool; the run stops
+            if self.spool is not None:
+                await self.io(self.spool.remove, item_id)
+            if stored:
+                self.stats.done += 1
+                if from_spool:
+                    self.stats.recovered_from_spool += 1
+            elif not from_spool:
+                log.warning("item %s was already stored: this answer is a duplicate, paid but not stored", item_id)
+                self.stats.skipped += 1
+            if not from_spool:  # a spooled answer was counted by the run that bought it
+                self.stats._add_usage(record.usage, record.cost_usd, wasted=not stored)
+        finally:
+            self.backlog().release()
+
+    async def fail(self, item_id: str, err: GenerationError, attempts: int, wasted: float, why: str) -> None:
+        """Record the item's failure (retried through ledger outages)."""
+        reason = scrub(f"{err.reason}; {why}", self.secret)
+        log.warning("item %s failed (%s): %s", item_id, err.kind, reason)
+        self.stats.failed += 1
+        self.stats.failures_by_kind[err.kind] = self.stats.failures_by_kind.get(err.kind, 0) + 1
+        await self._with_retry(item_id, "record_failure", self.ledger.record_failure, item_id, err.kind, reason,
+                               attempts, wasted)
+
+    async def _with_retry(self, item_id: str, what: str, fn: Any, *args: Any) -> Any:
+        """Call a ledger method until it works or `store_retry_s` has passed (then stop the run
+        and return None: a spooled answer waits for the next run)."""
+        deadline = self.clock() + self.config.store_retry_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.io(fn, *args)
+            except Exception as exc:  # noqa: BLE001 - any ledger fault: retry, then stop the run
+                if self.clock() >= deadline:
+                    kept = " (its answer is kept in the local spool; a re-run stores it without a request)" \
+                        if self.spool is not None and what == "record_success" else ""
+                    self.stop(item_id, f"ledger.{what} failed for {self.config.store_retry_s:.0f}s: {exc!r}{kept}")
+                    return None
+                delay = min(backoff(attempt, 0.2, 5.0), max(0.0, deadline - self.clock()))
+                log.warning("ledger.%s(%s) failed (%s); retrying in %.1fs", what, item_id, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+
+    async def replay_spool(self) -> set[str]:
+        """Store the answers a previous run of this scope spooled but could not store (no
+        request is made). Returns their item ids: they must not be requested again."""
+        if self.spool is None:
+            return set()
+        spool = self.spool
+        found: set[str] = set()
+        for item_id, record in await self.io(lambda: list(spool.pending())):
+            found.add(item_id)
+            await self.backlog().acquire()
+            await self.store(item_id, record, from_spool=True)
+        if found:
+            log.info("%d answer(s) found in the spool %s: stored without a request", len(found), spool.dir)
+        return found
+
+    async def drain(self) -> None:
+        """Wait for every background store to end."""
+        while self._stores:
+            await asyncio.gather(*list(self._stores), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drain stores, stop the heartbeat, release claims (best effort: they expire anyway)."""
+        await self.drain()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            try:
+                await self._heartbeat
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        try:
+            await self.io(self.ledger.release_claims, self.config.run_id)
+        except Exception as exc:  # noqa: BLE001 - they expire after claim_ttl_s
+            log.warning("could not release claims (%s): they expire after %.0fs", type(exc).__name__,
+                        self.config.claim_ttl_s)
+        self._io.shutdown(wait=True)
+
+    def finish(self) -> RunStats:
+        s = self.stats
+        s.elapsed_s = time.monotonic() - self.started
+        s.throughput_per_s = s.done / s.elapsed_s if s.elapsed_s > 0 else 0.0
+        return s
