@@ -186,7 +186,9 @@ def batch_status(batch_id: str) -> None:
     for stage in ("items", "parse", "enrichment"):
         click.echo(f"  {stage:<11} " + "  ".join(f"{k}={v}" for k, v in p[stage].items()))
     click.echo(f"  tokens      in={p['input_tokens']} out={p['output_tokens']} cache_read={p['cache_read_input_tokens']}")
-    click.echo(f"  cost        ${p['cost_usd']:.6f}")
+    click.echo(f"  cost        ${p['cost_usd']:.6f} for {p['paid_responses']} paid response(s): "
+               f"${p['stored_cost_usd']:.6f} stored, ${p['duplicate_cost_usd']:.6f} in {p['duplicate_responses']} "
+               f"duplicate(s), ${p['wasted_cost_usd']:.6f} in failed attempts")
     for f in failures[:20]:
         click.echo(f"  failed item {f['position']}: {f['error']}")
 

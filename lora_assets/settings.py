@@ -25,6 +25,10 @@ class Settings(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, description="LORA_CLAUDE_MODEL: cheap bulk default.")
     max_concurrency: int = Field(default=8, ge=1, description="LORA_MAX_CONCURRENCY: in-flight requests per run.")
     user_id: str = Field(default=DEFAULT_USER_ID, description="LORA_USER_ID: owner id in blob keys.")
+    claim_ttl_s: float = Field(default=60.0, gt=0, description="LORA_CLAIM_TTL_S: lease on items a run requests; a "
+                               "killed run's items are taken over this long after its last renewal.")
+    spool_dir: Path | None = Field(default=None, description="LORA_SPOOL_DIR: durable local copies of paid answers "
+                                   "until stored; <data_dir>/spool when unset. Put it on a persistent volume.")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -42,6 +46,8 @@ class Settings(BaseModel):
             model=e.get("LORA_CLAUDE_MODEL") or DEFAULT_MODEL,
             max_concurrency=int(e.get("LORA_MAX_CONCURRENCY") or 8),
             user_id=e.get("LORA_USER_ID") or DEFAULT_USER_ID,
+            claim_ttl_s=float(e.get("LORA_CLAIM_TTL_S") or 60.0),
+            spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
         )
 
     @cached_property
@@ -50,6 +56,11 @@ class Settings(BaseModel):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'lora.db'}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        """Where paid answers wait until stored: `spool_dir`, else `<data_dir>/spool`."""
+        return self.spool_dir or self.data_dir / "spool"
 
     @property
     def uses_simulator(self) -> bool:

@@ -26,7 +26,6 @@ from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import conversation_check_result, md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import EnrichedConversation, EnrichmentStatus, ParsedConversation, ParseStatus
-from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
 
 @asset(
@@ -52,7 +51,9 @@ def enriched_conversations(context: AssetExecutionContext, db: DomainDB, blobs: 
             parse_status=ParseStatus.PARSED,
             enrichment_status=[EnrichmentStatus.NOT_STARTED, EnrichmentStatus.FAILED, EnrichmentStatus.IN_PROGRESS],
         )
-        consultant = dbq.read_consultant_profile(conn)
+        # As planned: the batch's consultant and each row's scaffolding snapshot, not today's rows.
+        consultant = q.batch_consultant(conn, q.get_batch(conn, batch_id) or {})
+        snapshots = q.resolve_conversations(conn, rows)
     created_date = datetime.now(UTC).date().isoformat()
     done = 0
     pairs = 0
@@ -64,13 +65,11 @@ def enriched_conversations(context: AssetExecutionContext, db: DomainDB, blobs: 
             parsed = ParsedConversation.model_validate_json(store.get_bytes(row["file_path"]))
             persona = topic = None
             if parsed.input_parameters is not None:
-                with engine.connect() as conn:
-                    persona = dbq.scaffolding_by_id(conn, [parsed.input_parameters.persona_id], "personas").get(
-                        parsed.input_parameters.persona_id
-                    )
-                    topic = dbq.scaffolding_by_id(conn, [parsed.input_parameters.training_topic_id], "training_topics").get(
-                        parsed.input_parameters.training_topic_id
-                    )
+                snap = snapshots[row["id"]]
+                if snap.persona.id == parsed.input_parameters.persona_id:
+                    persona = snap.persona
+                if snap.training_topic.id == parsed.input_parameters.training_topic_id:
+                    topic = snap.training_topic
             enriched = enrich_conversation(
                 parsed,
                 conversation_id=row["id"],

@@ -22,7 +22,6 @@ from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, Domain
 from lora_assets.generation.runner import GenerationRequest, generate_batches, generate_messages
 from lora_assets.schemas import BatchJobStatus, ItemStatus
 from lora_assets.settings import Settings
-from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
 
 
@@ -58,8 +57,9 @@ def raw_conversations(
     recovered = set(ledger.recover_stored_raw([i.id for i in todo]))
     todo = [i for i in todo if i.id not in recovered]
     with engine.connect() as conn:
+        # The scaffolding as it was when the batch was planned, whatever the tables say now.
         resolved = q.resolve_items(conn, todo)
-        consultant = dbq.read_consultant_profile(conn)
+        consultant = q.batch_consultant(conn, batch)
     ledger.scaffolding.update(resolved)
     if consultant is None:
         raise Failure("no consultant profile in the domain DB: materialise the scaffolding assets first")
@@ -75,9 +75,13 @@ def raw_conversations(
         f"batch {batch_id}: {len(requests)} item(s) to generate ({mode} mode, model {batch['model']}), "
         f"{len(recovered)} recovered from stored raw responses"
     )
-    config = claude.run_config(model=batch["model"])
+    config = claude.run_config(model=batch["model"], run_id=context.run_id, spool_scope=batch_id)
     runner = generate_batches if mode == "batches" else generate_messages
     stats = asyncio.run(runner(requests, ledger, config))
+    if stats.claimed_elsewhere:
+        context.log.warning(
+            f"batch {batch_id}: {stats.claimed_elsewhere} item(s) are claimed by another live run of this batch and "
+            "were skipped (not paid twice); that run stores them")
 
     with engine.begin() as conn:
         progress = q.batch_progress(conn, batch_id)
@@ -104,6 +108,9 @@ def raw_conversations(
             "failed_this_run": stats.failed,
             "skipped_already_stored": batch["total_items"] - len(todo) - len(recovered),
             "recovered_from_raw": len(recovered),
+            "claimed_by_another_run": stats.claimed_elsewhere,
+            "recovered_from_spool": stats.recovered_from_spool,
+            "provider_batches_adopted": stats.provider_batches_adopted,
             "api_requests": stats.requests,
             "retries": stats.retries,
             "rate_limited": stats.rate_limited,
@@ -111,7 +118,10 @@ def raw_conversations(
             "output_tokens": progress["output_tokens"],
             "cache_read_input_tokens": progress["cache_read_input_tokens"],
             "cache_hit_rate": round(progress["cache_read_input_tokens"] / cache_in, 4) if cache_in else 0.0,
+            # Everything paid for this batch, duplicates and failed attempts included.
             "cost_usd": round(progress["cost_usd"], 6),
+            "paid_responses": progress["paid_responses"],
+            "duplicate_responses": progress["duplicate_responses"],
             "cost_usd_this_run": round(stats.cost_usd, 6),
             "wasted_cost_usd_this_run": round(stats.wasted_cost_usd, 6),
             "throughput_per_s": round(stats.throughput_per_s, 3),

@@ -32,11 +32,25 @@ class JudgeLedger:
 
     def __init__(self, engine: Any, store: BlobStore, rows: dict[str, dict[str, Any]]) -> None:
         self.engine, self.store, self.rows = engine, store, rows
+        self.claims = q.SqlClaims(engine)
         self.failures: list[tuple[str, str]] = []
         self.scores: list[float] = []
 
+    def claim(self, item_ids: list[str], run_id: str, ttl_s: float) -> dict[str, str]:
+        """Lease the judge items (a concurrent judge run of the batch skips them)."""
+        held = self.claims.take(item_ids, run_id, ttl_s)
+        return {i: "held" if i in held else "claimed" for i in item_ids}
+
+    def renew_claims(self, run_id: str, ttl_s: float) -> None:
+        self.claims.renew(run_id, ttl_s)
+
+    def release_claims(self, run_id: str) -> None:
+        self.claims.release(run_id)
+
     def record_success(self, item_id: str, record: GenerationRecord) -> bool:
-        row = self.rows[item_id]
+        row = self.rows.get(item_id)
+        if row is None:
+            return False  # a spooled answer for a conversation judged since: nothing to store
         key = row["file_path"].rsplit("/", 1)[0] + "/judge.json"
         payload = {"response": record.response, "generation": record.model_dump(mode="json", exclude={"response"})}
         if not self.store.put_if_absent(key, json.dumps(payload).encode()):
@@ -59,16 +73,6 @@ class JudgeLedger:
         self.failures.append((row["id"], error))
         with self.engine.begin() as conn:
             q.update_conversation(conn, row["id"], judge_scores={"error": error, "cost_usd": cost_usd})
-
-    # The judge uses Messages mode only; Batches bookkeeping is not needed.
-    def record_provider_batch(self, provider_batch_id: str, item_ids: list[str]) -> None:
-        raise NotImplementedError("the judge runs in Messages mode")
-
-    def open_provider_batches(self) -> list[tuple[str, list[str]]]:
-        return []
-
-    def close_provider_batch(self, provider_batch_id: str, status: str) -> None:
-        pass
 
 
 @asset(
@@ -104,7 +108,8 @@ def judged_conversations(
         requests.append(GenerationRequest(item_id=item_id, system=system, user=judge_user_prompt(parsed),
                                           max_tokens=1024, output_schema=schema))
     ledger = JudgeLedger(engine, store, by_item)
-    stats = asyncio.run(generate_messages(requests, ledger, claude.run_config(model=batch["model"])))
+    config = claude.run_config(model=batch["model"], run_id=context.run_id, spool_scope=f"judge-{batch_id}")
+    stats = asyncio.run(generate_messages(requests, ledger, config))
     return MaterializeResult(
         metadata={
             "judged_this_run": len(ledger.scores),

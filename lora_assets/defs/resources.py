@@ -66,6 +66,8 @@ class ClaudeResource(ConfigurableResource):
     timeout_s: float = 120.0
     poll_interval_s: float = 5.0
     simulator_latency_s: float = 0.0
+    spool_dir: str = ""
+    claim_ttl_s: float = 60.0
 
     _simulator: Any = PrivateAttr(default=None)
 
@@ -86,12 +88,18 @@ class ClaudeResource(ConfigurableResource):
     def uses_simulator(self) -> bool:
         return self._simulator is not None
 
-    def run_config(self, *, model: str | None = None) -> Any:
-        """The generation runner's config (the key stays a SecretStr end to end)."""
+    def run_config(self, *, model: str | None = None, run_id: str | None = None, spool_scope: str = "default") -> Any:
+        """The generation runner's config (the key stays a SecretStr end to end). `run_id` holds
+        the claims (the Dagster run id); `spool_scope` names the spool sub-directory."""
         from lora_assets.generation.runner import RunConfig
 
         base_url = self.base_url or (self._simulator.base_url if self._simulator else None)
+        extra: dict[str, Any] = {"run_id": run_id} if run_id else {}
         return RunConfig(
+            **extra,
+            spool_dir=self.spool_dir or None,
+            claim_ttl_s=self.claim_ttl_s,
+            spool_scope=spool_scope,
             model=model or self.model,
             api_key=SecretStr(self.api_key or "simulator-key"),
             base_url=base_url or None,
@@ -120,5 +128,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             model=s.model,
             max_concurrency=s.max_concurrency,
             simulator_latency_s=float(os.environ.get("LORA_SIMULATOR_LATENCY_S", "0") or 0),
+            spool_dir=str(s.resolved_spool_dir),
+            claim_ttl_s=s.claim_ttl_s,
         ),
     }

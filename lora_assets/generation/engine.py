@@ -51,7 +51,8 @@ class RunConfig(BaseModel):
     backoff_base_s: float = Field(default=0.5, ge=0, description="First retry delay when the server names none.")
     backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of the exponential backoff.")
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Who holds the claims.")
-    claim_ttl_s: float = Field(default=300.0, gt=0, description="Lease length; renewed every third of it.")
+    claim_ttl_s: float = Field(default=60.0, gt=0, description="Lease length; renewed every third of it. A killed "
+                               "run's items are taken over by another run this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="Durable local copies of paid answers.")
     spool_scope: str = Field(default="default", description="Spool sub-directory: one per batch / judge pass.")
     max_spool_items: int = Field(default=512, ge=1, description="Answers waiting for the ledger before sends pause.")
@@ -235,11 +236,12 @@ class Run:
             self._lease_until = asked + ttl
 
     async def lease_ok(self, item_id: str) -> bool:
-        """True when a request started now is answered before our lease could lapse; waits while
-        the ledger is unreachable, and stops the run once the lease is really gone."""
+        """True while our lease has at least a renewal period left (renewals run every third of
+        the TTL, so a healthy run never waits); when renewals fail (ledger unreachable) new
+        requests wait, and once the lease is really gone the run stops."""
         while self.abort is None:
             left = self._lease_until - self.clock()
-            if left > self.config.timeout_s + 1.0:
+            if left > self.config.claim_ttl_s / 3:
                 return True
             if left <= 0:
                 self.stop(item_id, "the claims on this run's items lapsed (the ledger could not be reached to renew "

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from lora_assets.schemas.rows import GenerationRecord
+from lora_assets.schemas.rows import GenerationRecord, OpenSubmission
 
 __all__ = ["BatchLedger", "Ledger", "MemoryLedger", "OpenSubmission"]
 
@@ -48,17 +48,6 @@ class Ledger(Protocol):
     def record_failure(self, item_id: str, kind: str, reason: str, attempts: int, cost_usd: float) -> None:
         """Mark the item failed with its kind, a readable reason, attempts made and money spent."""
         ...
-
-
-@dataclass(frozen=True)
-class OpenSubmission:
-    """A Message Batches submission not yet closed: the intent (`token`, item ids, when it was
-    recorded as epoch seconds) and, once `create` answered and was recorded, the provider id."""
-
-    token: str
-    item_ids: list[str]
-    created_at: float
-    provider_batch_id: str | None = None
 
 
 @runtime_checkable
@@ -150,13 +139,13 @@ class MemoryLedger:
     def record_intent(self, token: str, item_ids: list[str]) -> None:
         """Remember an intent to submit."""
         with self._lock:
-            self.submissions[token] = OpenSubmission(token, list(item_ids), self.clock())
+            self.submissions[token] = OpenSubmission(token=token, item_ids=list(item_ids), created_at=self.clock())
 
     def record_provider_batch(self, token: str, provider_batch_id: str) -> None:
         """Attach the provider id to its intent."""
         with self._lock:
             s = self.submissions[token]
-            self.submissions[token] = OpenSubmission(token, s.item_ids, s.created_at, provider_batch_id)
+            self.submissions[token] = s.model_copy(update={"provider_batch_id": provider_batch_id})
 
     def open_provider_batches(self) -> list[OpenSubmission]:
         """Open submissions in the order they were recorded."""

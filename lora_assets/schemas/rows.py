@@ -97,3 +97,13 @@ class GenerationRecord(_Row):
     response: dict[str, Any] = Field(description="The API Message JSON exactly as returned (stored as raw.json).")
     request_id: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class OpenSubmission(_Row):
+    """A Message Batches submission not yet closed: the intent (`token`, item ids, when it was
+    recorded as epoch seconds) and, once `create` answered and was recorded, the provider id."""
+
+    token: str
+    item_ids: list[str]
+    created_at: float
+    provider_batch_id: str | None = None

@@ -82,12 +82,31 @@ def init_schema(engine: Engine) -> list[str]:
                 applied.append(path.stem)
         else:
             t.metadata.create_all(conn)
+            _add_missing_columns(conn)
             done = set(conn.scalars(sa.select(t.schema_migrations.c.version)))
             for path in migration_files():
                 if path.stem not in done:
                     conn.execute(sa.insert(t.schema_migrations).values(version=path.stem))
                     applied.append(path.stem)
     return applied
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """SQLite upgrade: `create_all` makes missing tables but not columns added to existing ones
+    since (all such columns are nullable, so ALTER TABLE ADD COLUMN is enough)."""
+    inspector = sa.inspect(conn)
+    for table in t.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
+    if "provider_batch_id" not in {c["name"] for c in inspector.get_columns("provider_batches")}:
+        return
+    # Rows written before the column existed are keyed by the provider's id.
+    conn.execute(sa.update(t.provider_batches).where(t.provider_batches.c.provider_batch_id.is_(None),
+                                                     t.provider_batches.c.id.like("msgbatch%"))
+                 .values(provider_batch_id=t.provider_batches.c.id))
 
 
 def _upsert(conn: Connection, table: sa.Table, key_col: str, rows: list[dict[str, Any]]) -> dict[str, int]:

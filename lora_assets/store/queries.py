@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -11,22 +13,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from lora_assets.schemas import (
     BatchItemPlan,
+    ConsultantProfile,
     BatchJobStatus,
     BatchSelection,
     EnrichmentStatus,
     GenerationRecord,
     ItemStatus,
+    OpenSubmission,
     ParseStatus,
     ResolvedScaffolding,
 )
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import BlobStore
-from lora_assets.store.db import scaffolding_by_id
+from lora_assets.store.db import read_consultant_profile, scaffolding_by_id
 
 _ITEM_NS = uuid.UUID("0b8a9f55-1d3c-4c1e-8f0e-5a4b7e2d9c61")
 
@@ -98,8 +103,10 @@ def plan_batch(
         combos = [c for c in combinations for _ in range(selection.conversations_per_combination)]
         if not combos:
             raise EmptySelectionError("the selection plans no items (no scaffolding matches; run `lora-assets init`?)")
+        snapshot = _plan_snapshot(conn, combos, template_id)
         conn.execute(
             sa.insert(t.batch_jobs).values(
+                scaffolding_snapshot=snapshot,
                 id=batch_id,
                 name=name or f"batch-{now():%Y%m%d-%H%M%S}",
                 status=BatchJobStatus.QUEUED,
@@ -128,6 +135,31 @@ def plan_batch(
             ],
         )
     return batch_id, len(combos)
+
+
+_SNAPSHOT_KINDS = ("personas", "emotional_arcs", "training_topics", "prompt_templates")
+
+
+def _plan_snapshot(conn: Connection, combos: list[tuple[str, str, str]], template_id: str) -> dict[str, Any]:
+    """The scaffolding rows a batch uses and the consultant profile, as they are now (design rule
+    6: what is generated, parsed and enriched is the plan, whatever the tables say later)."""
+    ids = [{c[k] for c in combos} for k in range(3)] + [{template_id}]
+    snapshot: dict[str, Any] = {
+        kind: {i: m.model_dump(mode="json") for i, m in scaffolding_by_id(conn, wanted, kind).items()}
+        for kind, wanted in zip(_SNAPSHOT_KINDS, ids, strict=True)
+    }
+    consultant = read_consultant_profile(conn)
+    snapshot["consultant_profile"] = consultant.model_dump(mode="json") if consultant else None
+    return snapshot
+
+
+def batch_consultant(conn: Connection, batch: dict[str, Any]) -> ConsultantProfile | None:
+    """The consultant profile the batch was planned with (the current one for batches planned
+    before snapshots existed)."""
+    snap = batch.get("scaffolding_snapshot") or {}
+    if snap.get("consultant_profile"):
+        return ConsultantProfile.model_validate(snap["consultant_profile"])
+    return read_consultant_profile(conn)
 
 
 def coverage_counts(conn: Connection, *, by: str = "key") -> dict[tuple[str, str, str], int]:
@@ -220,7 +252,20 @@ def batch_progress(conn: Connection, batch_id: str) -> dict[str, Any]:
             sa.func.coalesce(sa.func.sum(c.c.cost_usd), 0.0),
         ).where(c.c.batch_job_id == batch_id)
     ).one()
+    # Paid responses that stored nothing (duplicates, truncated / refused attempts): money too.
+    pr = t.paid_requests
+    extra = {o: (int(n), float(cost)) for o, n, cost in conn.execute(
+        sa.select(pr.c.outcome, sa.func.count(), sa.func.coalesce(sa.func.sum(pr.c.cost_usd), 0.0))
+        .where(pr.c.batch_job_id == batch_id, pr.c.outcome != "stored").group_by(pr.c.outcome))}
+    duplicate_n, duplicate_cost = extra.get("duplicate", (0, 0.0))
+    _, wasted_cost = extra.get("wasted", (0, 0.0))
+    stored_n = int(conn.execute(sa.select(sa.func.count()).select_from(c).where(c.c.batch_job_id == batch_id)).scalar())
     return {
+        "paid_responses": stored_n + duplicate_n,
+        "duplicate_responses": duplicate_n,
+        "duplicate_cost_usd": duplicate_cost,
+        "wasted_cost_usd": wasted_cost,
+        "stored_cost_usd": float(totals[4]),
         "items": {s.value: int(items.get(s.value, 0)) for s in ItemStatus},
         "parse": {s.value: int(parse.get(s.value, 0)) for s in ParseStatus},
         "enrichment": {s.value: int(enrich.get(s.value, 0)) for s in EnrichmentStatus},
@@ -228,7 +273,7 @@ def batch_progress(conn: Connection, batch_id: str) -> dict[str, Any]:
         "output_tokens": int(totals[1]),
         "cache_read_input_tokens": int(totals[2]),
         "cache_creation_input_tokens": int(totals[3]),
-        "cost_usd": float(totals[4]),
+        "cost_usd": float(totals[4]) + duplicate_cost + wasted_cost,
     }
 
 
@@ -261,19 +306,47 @@ def items_to_generate(conn: Connection, batch_id: str, *, include_submitted: boo
 
 
 def resolve_items(conn: Connection, items: Iterable[BatchItemPlan]) -> dict[str, ResolvedScaffolding]:
-    """Scaffolding of each item, from the IDs fixed at planning time."""
-    return _resolve(conn, [(i.id, i.persona_id, i.emotional_arc_id, i.training_topic_id, i.prompt_template_id) for i in items])
+    """Scaffolding of each item, from the IDs fixed at planning time, as it was at planning time
+    (the batch's snapshot; the current rows only for batches planned before snapshots existed)."""
+    items = list(items)
+    snapshots: dict[str, dict[str, Any] | None] = {}
+    for batch_id in {i.batch_job_id for i in items}:
+        snapshots[batch_id] = conn.execute(
+            sa.select(t.batch_jobs.c.scaffolding_snapshot).where(t.batch_jobs.c.id == batch_id)).scalar()
+    out: dict[str, ResolvedScaffolding] = {}
+    for batch_id, snap in snapshots.items():
+        entries = [(i.id, i.persona_id, i.emotional_arc_id, i.training_topic_id, i.prompt_template_id)
+                   for i in items if i.batch_job_id == batch_id]
+        out.update(_resolve(conn, entries, snap))
+    return out
 
 
 def resolve_conversations(conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, ResolvedScaffolding]:
-    """Scaffolding of each conversation row (by its id), read from the DB by the IDs on the row."""
-    return _resolve(
-        conn,
-        [(r["id"], r["persona_id"], r["emotional_arc_id"], r["training_topic_id"], r["prompt_template_id"]) for r in rows],
-    )
+    """Scaffolding of each conversation row (by its id): the snapshot stored on the row when it was
+    generated; the current rows by the row's IDs only for conversations stored without one."""
+    out: dict[str, ResolvedScaffolding] = {}
+    legacy = []
+    for r in rows:
+        if r.get("scaffolding_snapshot"):
+            out[r["id"]] = ResolvedScaffolding.model_validate(r["scaffolding_snapshot"])
+        else:
+            legacy.append((r["id"], r["persona_id"], r["emotional_arc_id"], r["training_topic_id"], r["prompt_template_id"]))
+    out.update(_resolve(conn, legacy))
+    return out
 
 
-def _resolve(conn: Connection, entries: list[tuple[str, str, str, str, str | None]]) -> dict[str, ResolvedScaffolding]:
+def _resolve(conn: Connection, entries: list[tuple[str, str, str, str, str | None]],
+             snapshot: dict[str, Any] | None = None) -> dict[str, ResolvedScaffolding]:
+    if not entries:
+        return {}
+    if snapshot:
+        personas, arcs, topics, templates = (snapshot.get(kind) or {} for kind in _SNAPSHOT_KINDS)
+        return {
+            key: ResolvedScaffolding.model_validate({
+                "persona": personas[p], "emotional_arc": arcs[a], "training_topic": topics[x],
+                "prompt_template": templates.get(tpl) if tpl else None})
+            for key, p, a, x, tpl in entries
+        }
     # Four queries for the whole set, whatever its size.
     personas = scaffolding_by_id(conn, (e[1] for e in entries), "personas")
     arcs = scaffolding_by_id(conn, (e[2] for e in entries), "emotional_arcs")
@@ -290,14 +363,72 @@ def _resolve(conn: Connection, entries: list[tuple[str, str, str, str, str | Non
 # --- generation ledger --------------------------------------------------------------------
 
 
+def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING for the connection's dialect."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+class SqlClaims:
+    """Leases in the `leases` table, shared by generation and the judge.
+
+    One upsert claims a set of keys atomically on PostgreSQL and SQLite alike: a key is inserted,
+    or taken over when its lease has expired or is already ours; a key another live run holds
+    is left alone (and not returned). On PostgreSQL a concurrent claim of the same key waits for
+    the other transaction and then sees its lease, so two runs never both hold one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def take(self, keys: list[str], run_id: str, ttl_s: float) -> set[str]:
+        """Claim `keys`; return those this run now holds."""
+        now = time.time()
+        held: set[str] = set()
+        with self.engine.begin() as conn:
+            # Sorted: every run locks keys in the same order, so two claims never deadlock on PostgreSQL.
+            for chunk in _chunks(sorted(set(keys))):
+                stmt = _insert_ignore(conn, t.leases).values(
+                    [{"key": k, "run_id": run_id, "expires_at": now + ttl_s} for k in chunk])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[t.leases.c.key],
+                    set_={"run_id": stmt.excluded.run_id, "expires_at": stmt.excluded.expires_at},
+                    where=(t.leases.c.expires_at < now) | (t.leases.c.run_id == stmt.excluded.run_id),
+                ).returning(t.leases.c.key)
+                held.update(conn.scalars(stmt))
+        return held
+
+    def drop(self, keys: Iterable[str], run_id: str) -> None:
+        """Release some of this run's leases."""
+        keys = list(keys)
+        with self.engine.begin() as conn:
+            for chunk in _chunks(keys):
+                conn.execute(sa.delete(t.leases).where(t.leases.c.key.in_(chunk), t.leases.c.run_id == run_id))
+
+    def renew(self, run_id: str, ttl_s: float) -> None:
+        """Extend every lease of `run_id`."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(t.leases).where(t.leases.c.run_id == run_id).values(expires_at=time.time() + ttl_s))
+
+    def release(self, run_id: str) -> None:
+        """Drop every lease of `run_id`."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(t.leases).where(t.leases.c.run_id == run_id))
+
+
 class SqlLedger:
-    """The generation runner's ledger over the domain DB + blob store.
+    """The generation runner's ledger over the domain DB + blob store (thread-safe: the runner
+    calls it from worker threads).
 
     record_success writes raw.json (the API response as returned, plus what we know about the
-    call) at a key derived from the item id, then the conversations row and the item status in
-    one transaction. The UNIQUE batch_item_id makes a second store of the same item impossible,
-    even from a concurrent run; `recover_stored_raw` turns a blob orphaned by a crash between
-    the two writes into its row, so it is never bought again."""
+    call) at a key derived from the item id, then the conversations row, the item status and the
+    paid-request row in one transaction. The UNIQUE batch_item_id makes a second store of the
+    same item impossible, even from a concurrent run; `recover_stored_raw` turns a blob orphaned
+    by a crash between the two writes into its row, so it is never bought again. Every paid
+    response lands in `paid_requests` (stored / duplicate / wasted), which is what a batch cost."""
 
     def __init__(
         self,
@@ -308,11 +439,13 @@ class SqlLedger:
         scaffolding: dict[str, ResolvedScaffolding] | None = None,
     ) -> None:
         self.engine = engine
-        # Item id -> its resolved scaffolding (the snapshot stored on the row); looked up when absent.
+        # Item id -> its resolved scaffolding (the planning snapshot stored on the row); looked up when absent.
         self.scaffolding = dict(scaffolding or {})
         self.blobs = blobs
         self.batch_job_id = batch_job_id
         self.user_id = user_id
+        self.claims = SqlClaims(engine)
+        self._lock = threading.Lock()
         self.stored = 0
         self.duplicates = 0
 
@@ -322,6 +455,28 @@ class SqlLedger:
 
     def raw_key(self, item_id: str) -> str:
         return conversation_key(self.user_id, conversation_id_for(item_id), "raw.json")
+
+    # --- claims ----------------------------------------------------------------------------------
+
+    def claim(self, item_ids: list[str], run_id: str, ttl_s: float) -> dict[str, str]:
+        """Lease the items; an item already generated is reported "stored" (and not kept leased)."""
+        held = self.claims.take(item_ids, run_id, ttl_s)
+        stored: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(held)):
+                stored.update(conn.scalars(sa.select(t.batch_items.c.id).where(
+                    t.batch_items.c.id.in_(chunk), t.batch_items.c.status == ItemStatus.GENERATED)))
+        if stored:
+            self.claims.drop(stored, run_id)
+        return {i: "stored" if i in stored else "held" if i in held else "claimed" for i in item_ids}
+
+    def renew_claims(self, run_id: str, ttl_s: float) -> None:
+        self.claims.renew(run_id, ttl_s)
+
+    def release_claims(self, run_id: str) -> None:
+        self.claims.release(run_id)
+
+    # --- outcomes --------------------------------------------------------------------------------
 
     def record_success(self, item_id: str, record: GenerationRecord) -> bool:
         key = self.raw_key(item_id)
@@ -333,20 +488,45 @@ class SqlLedger:
         if self.blobs.put_if_absent(key, json.dumps(payload, ensure_ascii=False).encode()):
             # Our blob is the item's stored answer. If a concurrent run already inserted the row,
             # it did so from this very blob: either way the item is stored as OUR answer.
-            self._insert_row(item_id, record, key)
-            self.stored += 1
+            self._insert_row(item_id, record, key, paid=record)
+            with self._lock:
+                self.stored += 1
             return True
-        # Another run (or one that crashed) already stored an answer for this item: that stored
-        # answer is the item's truth, so the row describes it, and this response is a duplicate.
-        self._insert_row(item_id, self._stored_record(key), key)
-        self.duplicates += 1
+        # An answer is stored already: this one (a spool replay after the row committed), or
+        # another run's, which is then the item's truth; the row describes the stored answer.
+        stored = self._stored_record(key)
+        inserted = self._insert_row(item_id, stored, key, paid=stored)
+        if stored.response.get("id") == record.response.get("id"):
+            return inserted
+        self._record_paid(record, "duplicate", record.cost_usd)
+        with self._lock:
+            self.duplicates += 1
         return False
 
     def _stored_record(self, key: str) -> GenerationRecord:
         payload = json.loads(self.blobs.get_bytes(key))
         return GenerationRecord.model_validate(payload["generation"] | {"response": payload["response"]})
 
-    def _insert_row(self, item_id: str, record: GenerationRecord, key: str) -> bool:
+    def _paid_rows(self, record: GenerationRecord, outcome: str, cost: float) -> list[dict[str, Any]]:
+        message_id = str(record.response.get("id") or uuid.uuid4())
+        rows = [{"id": message_id, "batch_job_id": self.batch_job_id, "item_id": record.batch_item_id,
+                 "outcome": outcome, "cost_usd": cost}]
+        wasted = float(record.extra.get("wasted_cost_usd") or 0.0)
+        if wasted > 0 and outcome == "stored":
+            # Truncated / refused attempts before this answer: paid, stored nowhere else.
+            rows.append({"id": f"waste:{message_id}", "batch_job_id": self.batch_job_id,
+                         "item_id": record.batch_item_id, "outcome": "wasted", "cost_usd": wasted})
+        return rows
+
+    def _record_paid(self, record: GenerationRecord, outcome: str, cost: float, conn: Connection | None = None) -> None:
+        rows = self._paid_rows(record, outcome, cost)
+        if conn is None:
+            with self.engine.begin() as c:
+                c.execute(_insert_ignore(c, t.paid_requests).values(rows).on_conflict_do_nothing())
+        else:
+            conn.execute(_insert_ignore(conn, t.paid_requests).values(rows).on_conflict_do_nothing())
+
+    def _insert_row(self, item_id: str, record: GenerationRecord, key: str, paid: GenerationRecord | None = None) -> bool:
         conv_id = conversation_id_for(item_id)
         try:
             with self.engine.begin() as conn:
@@ -389,6 +569,8 @@ class SqlLedger:
                         updated_at=now(),
                     )
                 )
+                if paid is not None:
+                    self._record_paid(paid, "stored", paid.cost_usd, conn)
         except IntegrityError:
             return False
         return True
@@ -401,8 +583,10 @@ class SqlLedger:
             key = self.raw_key(item_id)
             if not self.blobs.exists(key):
                 continue
-            if self._insert_row(item_id, self._stored_record(key), key):
-                self.stored += 1
+            stored = self._stored_record(key)
+            if self._insert_row(item_id, stored, key, paid=stored):
+                with self._lock:
+                    self.stored += 1
                 recovered.append(item_id)
         return recovered
 
@@ -418,39 +602,56 @@ class SqlLedger:
                     updated_at=now(),
                 )
             )
+            if cost_usd > 0:
+                conn.execute(sa.insert(t.paid_requests).values(
+                    id=f"failed:{uuid.uuid4().hex}", batch_job_id=self.batch_job_id, item_id=item_id,
+                    outcome="wasted", cost_usd=cost_usd))
 
-    def record_provider_batch(self, provider_batch_id: str, item_ids: list[str]) -> None:
+    # --- Message Batches bookkeeping -------------------------------------------------------------
+
+    def record_intent(self, token: str, item_ids: list[str]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.insert(t.provider_batches).values(
-                    id=provider_batch_id, batch_job_id=self.batch_job_id, status="in_progress", item_ids=item_ids
-                )
-            )
-            conn.execute(
-                sa.update(t.batch_items)
-                .where(t.batch_items.c.id.in_(item_ids), t.batch_items.c.status != ItemStatus.GENERATED)
-                .values(status=ItemStatus.SUBMITTED, updated_at=now())
-            )
+            conn.execute(sa.insert(t.provider_batches).values(
+                id=token, batch_job_id=self.batch_job_id, status="submitting", item_ids=item_ids))
 
-    def open_provider_batches(self) -> list[tuple[str, list[str]]]:
+    def record_provider_batch(self, token: str, provider_batch_id: str) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t.provider_batches.c.item_ids).where(t.provider_batches.c.id == token)).one()
+            conn.execute(sa.update(t.provider_batches).where(t.provider_batches.c.id == token)
+                         .values(provider_batch_id=provider_batch_id, status="in_progress", updated_at=now()))
+            for chunk in _chunks(list(row[0])):
+                conn.execute(
+                    sa.update(t.batch_items)
+                    .where(t.batch_items.c.id.in_(chunk), t.batch_items.c.status != ItemStatus.GENERATED)
+                    .values(status=ItemStatus.SUBMITTED, updated_at=now())
+                )
+
+    def open_provider_batches(self) -> list[OpenSubmission]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(t.provider_batches.c.id, t.provider_batches.c.item_ids)
+                sa.select(t.provider_batches.c.id, t.provider_batches.c.item_ids, t.provider_batches.c.created_at,
+                          t.provider_batches.c.provider_batch_id)
                 .where(
                     t.provider_batches.c.batch_job_id == self.batch_job_id,
-                    t.provider_batches.c.status == "in_progress",
+                    t.provider_batches.c.status.in_(["submitting", "in_progress"]),
                 )
                 .order_by(t.provider_batches.c.created_at)
             ).all()
-        return [(r[0], list(r[1])) for r in rows]
+        return [OpenSubmission(token=r[0], item_ids=list(r[1]), created_at=_epoch(r[2]), provider_batch_id=r[3])
+                for r in rows]
 
-    def close_provider_batch(self, provider_batch_id: str, status: str) -> None:
+    def close_provider_batch(self, token: str, status: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(t.provider_batches)
-                .where(t.provider_batches.c.id == provider_batch_id)
+                .where(t.provider_batches.c.id == token)
                 .values(status=status, updated_at=now())
             )
+
+
+def _epoch(value: datetime) -> float:
+    # SQLite hands back naive datetimes (stored as UTC by func.now()).
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 # --- parse / enrich bookkeeping -----------------------------------------------------------

@@ -105,6 +105,9 @@ batch_jobs = sa.Table(
     sa.Column("total_items", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_by", sa.String(36), nullable=False),
     sa.Column("error", sa.Text),
+    # The scaffolding rows (by id) and consultant profile as they were when the batch was planned:
+    # what every item is generated, parsed and enriched from, whatever changes in the tables later.
+    sa.Column("scaffolding_snapshot", Json),
     *_timestamps(),
 )
 
@@ -128,16 +131,45 @@ batch_items = sa.Table(
 )
 sa.Index("ix_batch_items_job_status", batch_items.c.batch_job_id, batch_items.c.status)
 
-# Message Batches API submissions. Persisted BEFORE polling, so a crash resumes the same batch.
+# Message Batches API submissions. The intent (id = our submission token, status `submitting`)
+# is written BEFORE `batches.create`, the provider's id right after; a crash between the two is
+# reconciled against the provider's batch list by the next run, never resubmitted blindly.
 provider_batches = sa.Table(
     "provider_batches",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),  # the provider's batch id (msgbatch_…)
+    sa.Column("id", sa.String(64), primary_key=True),  # submission token (intent_…); msgbatch_… on rows before 002
     sa.Column("batch_job_id", sa.String(36), sa.ForeignKey("batch_jobs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("status", sa.String(16), nullable=False, server_default="in_progress"),
     sa.Column("item_ids", Json, nullable=False),
+    sa.Column("provider_batch_id", sa.String(64), unique=True),
     *_timestamps(),
 )
+
+# Claims: an item (or judge item) is requested only by the run holding its lease. A dead run's
+# lease expires (epoch seconds) and is taken over; a live run renews its leases.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("key", sa.String(80), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+sa.Index("ix_leases_run", leases.c.run_id)
+
+# Every paid response, including the ones that bought nothing (duplicates, truncated and refused
+# answers): what a batch cost is the sum of this table. `id` is the provider's message id (so a
+# replay of a spooled answer is not counted twice), or a generated id for summed failure costs.
+paid_requests = sa.Table(
+    "paid_requests",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("batch_job_id", sa.String(36), sa.ForeignKey("batch_jobs.id", ondelete="CASCADE")),
+    sa.Column("item_id", sa.String(80), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # stored | duplicate | wasted
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("created_at", Ts, nullable=False, server_default=_now()),
+)
+sa.Index("ix_paid_requests_batch", paid_requests.c.batch_job_id, paid_requests.c.outcome)
 
 conversations = sa.Table(
     "conversations",

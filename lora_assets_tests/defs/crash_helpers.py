@@ -69,9 +69,26 @@ def run_env(*, data_dir: Path, db_url: str, dagster_home: Path, base_url: str, c
         DAGSTER_HOME=str(dagster_home),
         ANTHROPIC_BASE_URL=base_url,
         LORA_MAX_CONCURRENCY=str(concurrency),
+        # Short leases: a re-run after a kill takes over the dead run's items a few seconds later.
+        LORA_CLAIM_TTL_S=str(CLAIM_TTL_S),
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+#: Lease length of the runs these tests start (see `wait_claims_expired`).
+CLAIM_TTL_S = 3.0
+
+
+def wait_claims_expired(engine: Engine, timeout: float = 30.0) -> None:
+    """Wait until no lease in the domain DB is live: a killed run's claims have lapsed, so a
+    re-run takes its items over instead of skipping them as held by a live run."""
+    def expired() -> bool:
+        with engine.connect() as conn:
+            latest = conn.scalar(sa.select(sa.func.max(t.leases.c.expires_at)))
+        return latest is None or latest < time.time()
+
+    wait_until(expired, timeout=timeout, what="the killed run's claims to expire")
 
 
 @dataclass

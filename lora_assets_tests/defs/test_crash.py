@@ -41,6 +41,7 @@ from lora_assets_tests.defs.crash_helpers import (
     run_env,
     start_run,
     stored_raw,
+    wait_claims_expired,
     wait_until,
 )
 from lora_assets_tests.defs.helpers import (
@@ -135,6 +136,7 @@ def test_messages_mode_sigkill_mid_batch_rerun_pays_nothing_twice(
     lost_to_crash = {k for k in bill_1["delivered_by_key"] if k not in stored}  # answered, process died before storing
 
     sim.reset_stats()
+    wait_claims_expired(engine)
     second = start_run(batch_id, env, tmp_path / "run2.log")
     try:
         rc = second.wait(RUN_TIMEOUT_S)
@@ -175,14 +177,14 @@ def test_batches_mode_sigkill_after_submit_rerun_polls_instead_of_resubmitting(
 
     first = start_run(batch_id, env, tmp_path / "run1.log")
     try:
-        persisted = wait_until(lambda: provider_batches(engine, batch_id), timeout=RUN_TIMEOUT_S,
-                               what="the provider_batches row", run=first)
+        persisted = wait_until(lambda: [b for b in provider_batches(engine, batch_id) if b["provider_batch_id"]],
+                               timeout=RUN_TIMEOUT_S, what="the provider_batches row with its provider id", run=first)
         first.kill()
     finally:
         first.kill()
 
     assert len(persisted) == 1 and persisted[0]["status"] == "in_progress"
-    provider_batch_id = persisted[0]["id"]
+    provider_batch_id = persisted[0]["provider_batch_id"]
     assert sorted(persisted[0]["item_ids"]) == sorted(ids)
     stored_at_kill = count_conversations(engine, batch_id)
     statuses_at_kill = item_statuses(engine, batch_id)
@@ -192,6 +194,7 @@ def test_batches_mode_sigkill_after_submit_rerun_polls_instead_of_resubmitting(
     assert bill_1["attempts_by_key"] == {}, "Batches mode must not call the Messages API"
 
     sim.reset_stats()
+    wait_claims_expired(engine)
     second = start_run(batch_id, env, tmp_path / "run2.log")
     try:
         rc = second.wait(RUN_TIMEOUT_S)
@@ -205,7 +208,7 @@ def test_batches_mode_sigkill_after_submit_rerun_polls_instead_of_resubmitting(
     assert bill_2["attempts_by_key"] == {}
     _assert_each_item_stored_once(engine, batch_id, ids)
     closed = provider_batches(engine, batch_id)
-    assert [(b["id"], b["status"]) for b in closed] == [(provider_batch_id, "ended")]
+    assert [(b["provider_batch_id"], b["status"]) for b in closed] == [(provider_batch_id, "ended")]
     # Every stored answer is a result of the batch submitted before the crash.
     for item_id, raw in stored_raw(blobs, ids).items():
         assert json.loads(raw)["generation"]["extra"]["provider_batch_id"] == provider_batch_id, item_id
@@ -335,7 +338,7 @@ def test_batches_mode_crash_while_collecting_results_resumes_the_same_batch(
     after = stored_raw(blobs, ids)
     assert {i: after[i] for i in kept} == kept, "a raw response stored before the crash changed"
     for item_id in cut:
-        assert json.loads(after[item_id])["generation"]["extra"]["provider_batch_id"] == provider["id"]
+        assert json.loads(after[item_id])["generation"]["extra"]["provider_batch_id"] == provider["provider_batch_id"]
     print(f"\n[batches mid-collection {engine.dialect.name}] items={len(ids)}, {len(cut)} not collected; re-run: "
           f"0 batches created, {len(cut)} stored from the same batch {provider['id']}, "
           f"{len(ids) - len(cut)} duplicates refused, checks PASS")

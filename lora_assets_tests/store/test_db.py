@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from pathlib import Path
+
 import pytest
 
 from lora_assets.store import db as dbq
@@ -18,7 +20,7 @@ def test_sql_file_matches_table_definitions() -> None:
 def test_init_is_idempotent(db_url: str) -> None:
     engine = dbq.make_engine(db_url)
     bundle = load_bundle()
-    assert dbq.init_schema(engine) == ["001_schema"]
+    assert dbq.init_schema(engine) == [p.stem for p in dbq.migration_files()]
     first = dbq.load_scaffolding(engine, bundle)
     with engine.connect() as conn:
         before = {tb.name: conn.execute(sa.select(tb)).mappings().all() for tb in t.SCAFFOLDING_TABLES}
@@ -73,4 +75,25 @@ def test_updates_by_key_keep_ids(db_url: str) -> None:
     by_key = {p.persona_key: p for p in personas}
     assert by_key[bundle.personas[0].persona_key].communication_style == "Changed style"
     assert by_key[bundle.personas[0].persona_key].id == bundle.personas[0].id
+    engine.dispose()
+
+
+def test_a_database_created_before_002_is_upgraded_to_the_current_schema(pg_url: str) -> None:
+    """002 brings a database made by the first 001 (kept as test data) to exactly the columns
+    the code expects, and keys its old provider batches by their provider id."""
+    engine = dbq.make_engine(pg_url)
+    old = (Path(__file__).parent / "data" / "001_schema_before_002.sql").read_text()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(old)
+        t.schema_migrations.create(conn, checkfirst=True)
+        conn.execute(sa.insert(t.schema_migrations).values(version="001_schema"))
+        conn.exec_driver_sql("INSERT INTO batch_jobs (id, name, tier, model, selection, created_by) "
+                             "VALUES ('b1', 'old', 'template_a', 'm', '{}', 'u')")
+        conn.exec_driver_sql("INSERT INTO provider_batches (id, batch_job_id, item_ids) VALUES ('msgbatch_old', 'b1', '[]')")
+    assert dbq.init_schema(engine) == [p.stem for p in dbq.migration_files()[1:]]
+    inspector = sa.inspect(engine)
+    for table in t.metadata.sorted_tables:
+        assert {c["name"] for c in inspector.get_columns(table.name)} == {c.name for c in table.columns}, table.name
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.provider_batches.c.provider_batch_id)).scalar() == "msgbatch_old"
     engine.dispose()

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
 	total_items INTEGER DEFAULT '0' NOT NULL, 
 	created_by VARCHAR(36) NOT NULL, 
 	error TEXT, 
+	scaffolding_snapshot JSONB, 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	PRIMARY KEY (id)
@@ -37,6 +38,15 @@ CREATE TABLE IF NOT EXISTS emotional_arcs (
 	PRIMARY KEY (id), 
 	UNIQUE (arc_key)
 );
+
+CREATE TABLE IF NOT EXISTS leases (
+	key VARCHAR(80) NOT NULL, 
+	run_id VARCHAR(64) NOT NULL, 
+	expires_at FLOAT NOT NULL, 
+	PRIMARY KEY (key)
+);
+
+CREATE INDEX IF NOT EXISTS ix_leases_run ON leases (run_id);
 
 CREATE TABLE IF NOT EXISTS personas (
 	id VARCHAR(36) NOT NULL, 
@@ -139,15 +149,30 @@ CREATE TABLE IF NOT EXISTS batch_items (
 
 CREATE INDEX IF NOT EXISTS ix_batch_items_job_status ON batch_items (batch_job_id, status);
 
+CREATE TABLE IF NOT EXISTS paid_requests (
+	id VARCHAR(80) NOT NULL, 
+	batch_job_id VARCHAR(36), 
+	item_id VARCHAR(80) NOT NULL, 
+	outcome VARCHAR(16) NOT NULL, 
+	cost_usd FLOAT DEFAULT '0' NOT NULL, 
+	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
+	PRIMARY KEY (id), 
+	FOREIGN KEY(batch_job_id) REFERENCES batch_jobs (id) ON DELETE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS ix_paid_requests_batch ON paid_requests (batch_job_id, outcome);
+
 CREATE TABLE IF NOT EXISTS provider_batches (
 	id VARCHAR(64) NOT NULL, 
 	batch_job_id VARCHAR(36) NOT NULL, 
 	status VARCHAR(16) DEFAULT 'in_progress' NOT NULL, 
 	item_ids JSONB NOT NULL, 
+	provider_batch_id VARCHAR(64), 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	PRIMARY KEY (id), 
-	FOREIGN KEY(batch_job_id) REFERENCES batch_jobs (id) ON DELETE CASCADE
+	FOREIGN KEY(batch_job_id) REFERENCES batch_jobs (id) ON DELETE CASCADE, 
+	UNIQUE (provider_batch_id)
 );
 
 CREATE TABLE IF NOT EXISTS training_file_versions (
