@@ -99,6 +99,8 @@ class ClaudeResource(ConfigurableResource):
             **extra,
             spool_dir=self.spool_dir or None,
             claim_ttl_s=self.claim_ttl_s,
+            # Long enough to take over a killed run's items (its lease lapses within one TTL).
+            claim_wait_s=2.5 * self.claim_ttl_s,
             spool_scope=spool_scope,
             model=model or self.model,
             api_key=SecretStr(self.api_key or "simulator-key"),

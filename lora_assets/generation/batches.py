@@ -400,6 +400,10 @@ async def generate_batches(requests: list[GenerationRequest], ledger: BatchLedge
                  len(br.open), len(fresh), config.model)
         await br.submit(fresh)
         await br.drive()
+        # Items another run held: wait for it to store them, or take over a dead run's.
+        while run.abort is None and (taken := await run.retake()):
+            await br.submit([br.by_id[i] for i in sorted(taken) if i in br.by_id])
+            await br.drive()
         await run.drain()
         if run.abort is not None:
             raise run.abort

@@ -51,6 +51,9 @@ class RunConfig(BaseModel):
     backoff_base_s: float = Field(default=0.5, ge=0, description="First retry delay when the server names none.")
     backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of the exponential backoff.")
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Who holds the claims.")
+    claim_wait_s: float = Field(default=150.0, ge=0, description="After its own items, how long a run waits for "
+                                "items another run holds: stored by it, or taken over once its lease lapses (a "
+                                "killed run). Items still held after that are left to their run.")
     claim_ttl_s: float = Field(default=60.0, gt=0, description="Lease length; renewed every third of it. A killed "
                                "run's items are taken over by another run this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="Durable local copies of paid answers.")
@@ -64,13 +67,18 @@ class RunStats(BaseModel):
     """What a run did. `cost_usd` is everything billed (stored + duplicates + failed attempts);
     `wasted_cost_usd` is the part spent on attempts that produced nothing storable;
     `throughput_per_s` counts stored responses. In Batches mode `requests` counts requests
-    submitted inside batches. `claimed_elsewhere`: items another live run holds (skipped);
-    `recovered_from_spool`: answers stored from the local spool without a request."""
+    submitted inside batches. `claimed_elsewhere`: items another live run held when this run
+    first claimed them (never requested while held); `taken_over`: of those, items whose holder's
+    lease lapsed (a dead run) and this run generated; `left_to_other_runs`: items still held by
+    another live run when this run ended; `recovered_from_spool`: answers stored from the local
+    spool without a request."""
 
     done: int = 0
     failed: int = 0
     skipped: int = 0
     claimed_elsewhere: int = 0
+    taken_over: int = 0
+    left_to_other_runs: int = 0
     recovered_from_spool: int = 0
     requests: int = 0
     retries: int = 0
@@ -165,7 +173,8 @@ def summary(s: RunStats) -> str:
     """One log line for a finished run."""
     return (
         f"{s.done} stored ({s.recovered_from_spool} from the spool), {s.failed} failed {dict(s.failures_by_kind)}, "
-        f"{s.skipped} skipped, {s.claimed_elsewhere} claimed by another run; {s.requests} requests, "
+        f"{s.skipped} skipped, {s.claimed_elsewhere} claimed by another run ({s.taken_over} taken over, "
+        f"{s.left_to_other_runs} left to it); {s.requests} requests, "
         f"{s.retries} retries, {s.rate_limited} rate-limited; ${s.cost_usd:.4f} (${s.wasted_cost_usd:.4f} wasted); "
         f"{s.elapsed_s:.1f}s, {s.throughput_per_s:.2f}/s"
     )
@@ -191,6 +200,8 @@ class Run:
         self._backlog: asyncio.Semaphore | None = None
         self._lease_until = float("inf")
         self._heartbeat: asyncio.Task[None] | None = None
+        self.others: set[str] = set()  # items another live run held when we asked
+        self._waited = 0.0
 
     # --- threads -------------------------------------------------------------------------------
 
@@ -207,21 +218,46 @@ class Run:
     # --- claims ----------------------------------------------------------------------------------
 
     async def claim(self, item_ids: list[str]) -> set[str]:
-        """Lease `item_ids`; returns those held. Starts the lease heartbeat."""
+        """Lease `item_ids`; returns those held. Items another live run holds are remembered
+        (`others`) for `retake`. Starts the lease heartbeat."""
+        held, others = await self._claim(item_ids)
+        if others:
+            self.stats.claimed_elsewhere += len(others)
+            self.others.update(others)
+            log.warning("%d item(s) are claimed by another live run: this run does not request them while it "
+                        "holds them", len(others))
+        return held
+
+    async def _claim(self, item_ids: list[str]) -> tuple[set[str], set[str]]:
         ttl = self.config.claim_ttl_s
         asked = self.clock()
         outcome = await self.io(self.ledger.claim, item_ids, self.config.run_id, ttl) if item_ids else {}
         self._lease_until = asked + ttl
-        held = {i for i, o in outcome.items() if o == "held"}
-        stored = sum(1 for o in outcome.values() if o == "stored")
-        others = sum(1 for o in outcome.values() if o == "claimed")
-        self.stats.skipped += stored
-        if others:
-            self.stats.claimed_elsewhere += others
-            log.warning("%d item(s) are claimed by another live run: this run skips them", others)
+        self.stats.skipped += sum(1 for o in outcome.values() if o == "stored")
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._renew_forever())
-        return held
+        return {i for i, o in outcome.items() if o == "held"}, {i for i, o in outcome.items() if o == "claimed"}
+
+    async def retake(self) -> set[str]:
+        """Wait for items other runs hold (up to `claim_wait_s` in all): returns the ones whose
+        holder's lease lapsed and this run now holds (empty when none is left or time is up;
+        items stored by their holder meanwhile are counted as skipped)."""
+        poll = min(5.0, self.config.claim_ttl_s / 6)
+        while self.others and self.abort is None:
+            if self._waited >= self.config.claim_wait_s:
+                self.stats.left_to_other_runs = len(self.others)
+                log.warning("%d item(s) still held by another live run after waiting %.0fs: left to it",
+                            len(self.others), self._waited)
+                return set()
+            await asyncio.sleep(poll)
+            self._waited += poll
+            held, others = await self._claim(sorted(self.others))
+            self.others = others
+            if held:
+                self.stats.taken_over += len(held)
+                log.warning("%d item(s) taken over from a run whose claims lapsed (killed?)", len(held))
+                return held
+        return set()
 
     async def _renew_forever(self) -> None:
         ttl = self.config.claim_ttl_s

@@ -74,7 +74,8 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                 run.stats.skipped += 1
                 continue
             wanted.append(r)
-        held = await run.claim([r.item_id for r in wanted])
+        by_id = {r.item_id: r for r in wanted}
+        held = await run.claim(list(by_id))
         queue = deque(r for r in wanted if r.item_id in held)
         log.info("messages run %s: %d item(s), model %s, concurrency %d", config.run_id, len(queue), config.model,
                  config.max_concurrency)
@@ -88,8 +89,11 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                     log.exception("unexpected error on item %s", request.item_id)
                     run.stop(request.item_id, f"unexpected error: {exc!r}")
 
-        # More workers than slots: items waiting out their retry-after must not idle a slot.
-        await asyncio.gather(*(worker() for _ in range(2 * config.max_concurrency)))
+        while queue and run.abort is None:
+            # More workers than slots: items waiting out their retry-after must not idle a slot.
+            await asyncio.gather(*(worker() for _ in range(2 * config.max_concurrency)))
+            # Items another run held: wait for it to store them, or take over a dead run's.
+            queue.extend(by_id[i] for i in sorted(await run.retake()))
     finally:
         try:
             await run.close()
@@ -98,7 +102,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
     stats = run.finish()
     stats.concurrency_decreases = flow.decreases
     if run.abort is not None:
-        ended = stats.done + stats.failed + stats.skipped + stats.claimed_elsewhere
+        ended = stats.done + stats.failed + stats.skipped + stats.left_to_other_runs
         run.abort.reason += f"; {max(0, len(requests) - ended)} item(s) left unrecorded for a re-run"
         run.abort.args = (f"generation run aborted: {run.abort.reason}",)
         raise run.abort

@@ -284,6 +284,16 @@ def batch_generators(conn: Connection, batch_id: str) -> list[str]:
     return sorted(conn.scalars(q))
 
 
+def items_held_by_live_runs(conn: Connection, batch_id: str) -> int:
+    """Unfinished items of the batch whose claim is live: another run is generating them now."""
+    i, lease = t.batch_items, t.leases
+    return int(conn.execute(
+        sa.select(sa.func.count()).select_from(i.join(lease, lease.c.key == i.c.id))
+        .where(i.c.batch_job_id == batch_id, i.c.status.in_([ItemStatus.PENDING, ItemStatus.SUBMITTED]),
+               lease.c.expires_at > time.time())
+    ).scalar())
+
+
 def item_failures(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.select(t.batch_items.c.id, t.batch_items.c.position, t.batch_items.c.attempts, t.batch_items.c.error)

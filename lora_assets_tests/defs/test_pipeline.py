@@ -320,3 +320,41 @@ def _run_record_text(instance: DagsterInstance, run_id: str) -> str:
 
     run = instance.get_run_by_id(run_id)
     return serialize_value(run) + json.dumps(run.run_config, default=str) if run else ""
+
+
+def test_the_plan_is_what_gets_generated_whatever_init_changes_after_planning(
+    sim: ClaudeSimulator, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """Plan a batch, then re-init scaffolding with the persona renamed and the consultant changed
+    (what `lora-assets init --scaffolding-dir` does): the run generates, parses and enriches the
+    plan — every file and row carries the names the batch was planned with."""
+    from lora_assets.store import db as dbq
+    from lora_assets.store.scaffolding_files import load_bundle
+
+    db_url = f"sqlite:///{tmp_path / 'lora.db'}"
+    blobs = h.local_blobs(tmp_path / "blobs")
+    engine = h.setup_store(db_url)
+    batch_id = h.plan(engine, 1, 2, 1)  # 2 items, one persona
+    bundle = load_bundle()
+    (persona_id,) = {i["persona_id"] for i in h.items(engine, batch_id)}
+    (index,) = [k for k, p in enumerate(bundle.personas) if p.id == persona_id]
+    planned = bundle.personas[index]
+    changed = bundle.model_copy(deep=True)
+    changed.personas[index].name = "Renamed After Planning"
+    changed.consultant_profile.name = "Someone Else Entirely"
+    counts = dbq.load_scaffolding(engine, changed)
+    assert counts["personas"]["updated"] == 1
+
+    result = h.run_batch(h.make_defs(db_url, blobs, sim), instance, batch_id)
+    assert result.success
+
+    store = blobs.store()
+    text = h.all_blobs_text(store, "conversation-files")
+    assert planned.name in text and bundle.consultant_profile.name in text
+    assert "Renamed After Planning" not in text and "Someone Else Entirely" not in text
+    for row in h.conversations(engine, batch_id):
+        assert row["scaffolding_snapshot"]["persona"]["name"] == planned.name
+        parsed = h.read_json(store, row["file_path"])
+        assert parsed["input_parameters"]["persona_name"] == planned.name
+        enriched = h.read_json(store, row["enriched_file_path"])
+        assert planned.name in json.dumps(enriched) and "Renamed After Planning" not in json.dumps(enriched)
