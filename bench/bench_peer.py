@@ -261,7 +261,8 @@ def run_ours(base_url: str, requests: list[GenerationRequest], concurrency: int)
         "wall_s": wall, "cpu_s": cpu, "stored": len(ledger.successes), "lost": len(requests) - len(ledger.successes),
         "failed": stats.failed if stats else None, "client_requests": stats.requests if stats else None,
         "client_429s": stats.rate_limited if stats else None, "retries": stats.retries if stats else None,
-        "runner_elapsed_s": stats.elapsed_s if stats else None, "error": error,
+        "runner_elapsed_s": stats.elapsed_s if stats else None,
+        "concurrency_decreases": getattr(stats, "concurrency_decreases", None), "error": error,
     }
 
 
@@ -395,17 +396,20 @@ def refusals(requests: list[GenerationRequest], concurrency: int, repeats: int, 
 
 
 def profile(base_url: str, requests: list[GenerationRequest], concurrency: int, path: Path) -> None:
-    """One run of ours under cProfile; the top functions by own and by cumulative time."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run_ours(base_url, requests, concurrency)
-    profiler.disable()
+    """One run of ours and one of the minimal client under cProfile (wall clock, so the idle
+    event-loop wait shows as `select.epoll.poll`): top functions by own and cumulative time."""
     out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out).strip_dirs()
-    stats.sort_stats("tottime").print_stats(40)
-    stats.sort_stats("cumulative").print_stats(60)
+    for name, runner in (("ours", run_ours), ("minimal", run_minimal)):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        runner(base_url, requests, concurrency)
+        profiler.disable()
+        out.write(f"===== {name}, C={concurrency}, N={len(requests)} =====\n")
+        stats = pstats.Stats(profiler, stream=out).strip_dirs()
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(50)
     path.write_text(out.getvalue())
-    print(f"profile of ours at C={concurrency} written to {path}")
+    print(f"profiles of ours and minimal at C={concurrency} written to {path}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -450,6 +454,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "the server runs in another process and is not counted",
     }
     cpu["ratio_ours_to_minimal"] = round(cpu["ours_ms_per_request"] / cpu["minimal_ms_per_request"], 2)
+    # One event loop does all of a client's work: above C = latency / CPU-per-request it is busy
+    # the whole round trip, and throughput stops following C (the bound's assumption fails).
+    cpu["loop_saturation_concurrency"] = {
+        "ours": round(args.latency / (cpu["ours_ms_per_request"] / 1000)),
+        "minimal": round(args.latency / (cpu["minimal_ms_per_request"] / 1000)),
+    }
     results = {
         "requests": n,
         "latency_s": args.latency,

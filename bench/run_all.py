@@ -44,11 +44,27 @@ def markdown(r: dict) -> str:
     c = loc["cost"]
     lines.append(f"| cost per 1,000 pairs ({c['model']}) | ${c['ours_usd_per_1000_pairs']} | ${c['naive_usd_per_1000_pairs']} (naive) "
                  f"| {c['ratio_ours_to_naive']} | < 0.5 |")
+    p = r["peer"]
+    for row in p["concurrency"]:
+        o, m = row["ours"], row["minimal"]
+        lines.append(f"| generation vs minimal client, fixed-latency fake endpoint, C={row['concurrency']} "
+                     f"| {o['throughput_per_s']}/s | {m['throughput_per_s']}/s minimal client; bound {row['bound_per_s']}/s "
+                     f"(C / latency) | {row['ratio_ours_to_minimal']} (ours ÷ minimal) | ≥ {p['throughput_aim']} |")
+    rl = p["rate_limited"]
+    lines.append(f"| same, every {rl['refuse_every']}th request 429 (retry-after-ms {rl['retry_after_ms']}), "
+                 f"C={rl['concurrency']} | {rl['ours']['wall_s']} s, {rl['items_lost']} lost "
+                 f"| {rl['ours_fault_free_wall_s']} s own fault-free; minimal client {rl['minimal']['wall_s']} s "
+                 f"| {rl['ratio_ours_to_own_fault_free']} | ≤ {p['refusal_slowdown_aim']}, 0 lost |")
+    cpu = p["cpu_per_request"]
+    lines.append(f"| client CPU per request (fake endpoint) | {cpu['ours_ms_per_request']} ms | "
+                 f"{cpu['minimal_ms_per_request']} ms (minimal client) | {cpu['ratio_ours_to_minimal']} | — |")
     d = loc["dagster_overhead"]
     lines.append(f"| Dagster overhead per batch run ({d['items']} items, {d['steps']} steps) | {d['overhead_s']} s | "
                  f"{d['run_wall_s']} s run wall | {d['overhead_share']} of wall | — |")
     lines += ["", "Notes:", f"- local stages: {ls['note']}", f"- cost: {c['note']}", f"- Dagster: {d['note']}",
-              f"- Batches: {b.get('floor_explained', '')}", "", "Raw figures: `report.json` (and one file per benchmark)."]
+              f"- Batches: {b.get('floor_explained', '')}",
+              f"- fake endpoint: {p['note']}; N={p['requests']}, latency {p['latency_s']} s, medians of {p['repeats']}; "
+              f"{cpu['note']}", "", "Raw figures: `report.json` (and one file per benchmark)."]
     return "\n".join(lines) + "\n"
 
 
@@ -67,6 +83,8 @@ def main() -> None:
         "aggregate": _run("bench_aggregate.py", out / "aggregate.json", *(["--pairs", "5000"] if quick else [])),
         "local": _run("bench_local.py", out / "local.json",
                       *(["--conversations", "300", "--cost-items", "20", "--overhead-items", "10"] if quick else [])),
+        "peer": _run("bench_peer.py", out / "peer.json",
+                     *(["--requests", "100", "--repeats", "1", "--concurrency", "32,128"] if quick else [])),
     }
     report["total_s"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -8,8 +8,10 @@
 `stop()` closes the listening socket (new connects are refused) AND every open connection both
 ways (the client side gets a reset, the upstream side is closed), so a client in the middle of a
 request sees the connection break, exactly like a dead server or a network partition that the
-kernel reports. Bytes are forwarded unchanged; nothing is parsed. Threads only (one accept
-thread, two pump threads per connection); everything is joined by `stop()`.
+kernel reports. Bytes are forwarded unchanged; nothing is parsed (`cut_after(pattern)` only
+looks for a byte string in what the client sends, to lose the server's answer to that one
+request). Threads only (one accept thread, two pump threads per connection), daemon threads,
+joined by `stop()`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from types import TracebackType
 
 __all__ = ["TcpProxy"]
@@ -33,6 +36,7 @@ class _Pair:
         self.threads: list[threading.Thread] = []
         self._closed = False
         self._ended = 0
+        self.muted = False  # bytes from upstream are dropped (see TcpProxy.cut_after)
         self._lock = threading.Lock()
 
     def ended(self) -> bool:
@@ -78,6 +82,7 @@ class TcpProxy:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._pairs: set[_Pair] = set()
+        self._trap: tuple[bytes, float, threading.Event] | None = None
         self.connections = 0
         self.cut = 0
 
@@ -142,6 +147,34 @@ class TcpProxy:
         self.cut += len(pairs)
         return len(pairs)
 
+    def cut_after(self, pattern: bytes, *, hold_s: float = 0.2) -> threading.Event:
+        """Arm a one-shot trap: the next client chunk containing `pattern` is forwarded, but
+        nothing the server sends back on that connection reaches the client, and `hold_s` later
+        the connection is cut (reset). The server acts on the request; the client sees only a
+        broken connection (an answer lost in the network). Returns an event set once cut."""
+        fired = threading.Event()
+        with self._lock:
+            self._trap = (pattern, hold_s, fired)
+        return fired
+
+    def _spring(self, pair: _Pair, data: bytes) -> None:
+        """Called before forwarding a client chunk: mute the pair if the trap matches."""
+        with self._lock:
+            trap = self._trap
+            if trap is None or trap[0] not in data:
+                return
+            self._trap = None
+        pattern, hold_s, fired = trap
+        pair.muted = True
+
+        def cut() -> None:
+            time.sleep(hold_s)
+            pair.close(reset=True)
+            self._forget(pair)
+            fired.set()
+
+        threading.Thread(target=cut, daemon=True, name=f"tcp-proxy-{self._port}-trap").start()
+
     @property
     def open_connections(self) -> int:
         with self._lock:
@@ -202,6 +235,10 @@ class TcpProxy:
                     except OSError:
                         pass
                     break
+                if src is pair.client:
+                    self._spring(pair, data)
+                elif pair.muted:
+                    continue  # the trap swallows the server's answer
                 dst.sendall(data)
         except OSError:
             pair.close(reset=True)

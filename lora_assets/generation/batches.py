@@ -365,12 +365,14 @@ async def generate_batches(requests: list[GenerationRequest], ledger: BatchLedge
     run = br.run
     try:
         spooled = await run.replay_spool()
+        await run.drain()  # spooled answers stored before their batch's results are looked at
         open_subs = await br._ledger("open_provider_batches", ledger.open_provider_batches)
         known = {s.provider_batch_id for s in open_subs if s.provider_batch_id}
         now = time.monotonic()
         resumed_items: set[str] = set()
         for sub in open_subs:
             held = await run.claim(sub.item_ids)
+            stored = run.already_stored | spooled
             batch_id = sub.provider_batch_id
             if batch_id is None:
                 if not held:
@@ -390,6 +392,9 @@ async def generate_batches(requests: list[GenerationRequest], ledger: BatchLedge
                 log.warning("intent %s: adopted provider batch %s created before a crash (not submitted again)",
                             sub.token, batch_id)
             br._open(sub.token, batch_id, sub.item_ids, now)  # poll at once: it may have ended long ago
+            # Results of items already stored (by the crashed run, or from the spool just now) are
+            # not read again: they are paid for once and stored once.
+            br.open[sub.token].seen.update(stored & set(sub.item_ids))
             resumed_items.update(sub.item_ids)
             run.stats.provider_batches_resumed += 1
             log.info("resuming provider batch %s (%d request(s))", batch_id, len(sub.item_ids))

@@ -15,6 +15,9 @@ of a single Messages request, shared by both modes:
 from __future__ import annotations
 
 import email.utils
+import functools
+import json
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -290,6 +293,12 @@ def _timing(response: httpx2.Response) -> HttpTiming | None:
     return HttpTiming(sent, received) if sent is not None and received is not None else None
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~50 ms; every client of the process shares one context.
+    return httpx2.create_ssl_context()
+
+
 def make_client(api_key: str, base_url: str | None, timeout_s: float, *, max_connections: int = 16) -> AsyncAnthropic:
     """The official async client with its own retries off: we retry ourselves, within a budget
     and rate-limit aware (SDK retries would be invisible to both). Its HTTP client is the SDK's
@@ -298,9 +307,37 @@ def make_client(api_key: str, base_url: str | None, timeout_s: float, *, max_con
     round trip (see HttpTiming)."""
     limits = httpx2.Limits(max_connections=max(1, max_connections) + 4,
                            max_keepalive_connections=max(1, max_connections) + 4, keepalive_expiry=30.0)
-    http_client = DefaultAsyncHttpxClient(limits=limits,
+    http_client = DefaultAsyncHttpxClient(limits=limits, verify=_ssl_context(),
                                           event_hooks={"request": [_stamp_request], "response": [_stamp_response]})
     return AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s, http_client=http_client)
+
+
+class ClientPool:
+    """Several SDK clients, each with its own small connection pool, handed out least-loaded
+    first. httpx's pool checks every idle connection for expiry (a syscall each) whenever it
+    assigns or returns one, so one pool of C connections costs O(C) per request; pools of
+    `PER_POOL` keep that constant (at C = 128 it was half the client's CPU)."""
+
+    PER_POOL = 16
+
+    def __init__(self, api_key: str, base_url: str | None, timeout_s: float, concurrency: int) -> None:
+        n = max(1, -(-concurrency // self.PER_POOL))
+        per = -(-concurrency // n)
+        self.clients = [make_client(api_key, base_url, timeout_s, max_connections=per) for _ in range(n)]
+        self.load = [0] * n
+
+    def take(self) -> int:
+        """The index of the least-loaded client (call `give` with it when the request ends)."""
+        i = min(range(len(self.load)), key=self.load.__getitem__)
+        self.load[i] += 1
+        return i
+
+    def give(self, i: int) -> None:
+        self.load[i] -= 1
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
 
 
 def message_params(request: GenerationRequest, model: str) -> dict[str, Any]:
@@ -331,21 +368,31 @@ class SentMessage:
 async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "") -> SentMessage:
     """POST one Messages request. Raises the GenerationError subclass of the failure; `secret`
     (the API key) is scrubbed from any reason text, whatever a server echoes back."""
+    # The SDK's own client (auth, versions, timeouts, error types) posting a body we encoded once:
+    # `messages.create` deep-copies the body (our output schema is a large tree) and builds the
+    # Message with its generic constructor; together that was most of our CPU per request at high
+    # concurrency. pydantic-core validates the same Message from the bytes several times faster.
+    body = json.dumps(message_params(request, model), ensure_ascii=False).encode()
     try:
-        raw = await client.messages.with_raw_response.create(
-            **message_params(request, model), extra_headers={ITEM_ID_HEADER: request.item_id}
+        response = await client.post(
+            "/v1/messages", cast_to=httpx2.Response, content=body,
+            options={"headers": {ITEM_ID_HEADER: request.item_id, "content-type": "application/json"}},
         )
-        message = await raw.parse()
     except anthropic.APIError as exc:
         err = classify_error(exc, request.item_id, secret=secret)
         if isinstance(exc, anthropic.APIStatusError):
             err.timing = _timing(exc.response)
         raise err from None
+    try:
+        message = Message.model_validate_json(response.content)
+    except ValueError as exc:
+        raise ServerError(request.item_id, scrub(f"unreadable response: {type(exc).__name__}: "
+                                                 f"{' '.join(str(exc).split())[:200]}", secret)) from None
     return SentMessage(
         message=message,
-        request_id=raw.request_id or getattr(message, "_request_id", None),
-        rate_limit=rate_limit_snapshot(raw.headers),
-        timing=_timing(raw.http_response),
+        request_id=response.headers.get("request-id"),
+        rate_limit=rate_limit_snapshot(response.headers),
+        timing=_timing(response),
     )
 
 

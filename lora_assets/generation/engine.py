@@ -201,6 +201,8 @@ class Run:
         self._lease_until = float("inf")
         self._heartbeat: asyncio.Task[None] | None = None
         self.others: set[str] = set()  # items another live run held when we asked
+        self.already_stored: set[str] = set()  # items claims found stored (by an earlier run)
+        self.replayed: set[str] = set()  # items this run stored from the spool
         self._waited = 0.0
 
     # --- threads -------------------------------------------------------------------------------
@@ -233,7 +235,9 @@ class Run:
         asked = self.clock()
         outcome = await self.io(self.ledger.claim, item_ids, self.config.run_id, ttl) if item_ids else {}
         self._lease_until = asked + ttl
-        self.stats.skipped += sum(1 for o in outcome.values() if o == "stored")
+        stored = {i for i, o in outcome.items() if o == "stored"}
+        self.stats.skipped += len(stored - self.replayed)  # a spool replay of this run counts as done
+        self.already_stored |= stored
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._renew_forever())
         return {i for i, o in outcome.items() if o == "held"}, {i for i, o in outcome.items() if o == "claimed"}
@@ -347,7 +351,7 @@ class Run:
                         if self.spool is not None and what == "record_success" else ""
                     self.stop(item_id, f"ledger.{what} failed for {self.config.store_retry_s:.0f}s: {exc!r}{kept}")
                     return None
-                delay = min(backoff(attempt, 0.2, 5.0), max(0.0, deadline - self.clock()))
+                delay = min(backoff(attempt, 0.1, 2.0), max(0.0, deadline - self.clock()))
                 log.warning("ledger.%s(%s) failed (%s); retrying in %.1fs", what, item_id, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
@@ -360,6 +364,7 @@ class Run:
         found: set[str] = set()
         for item_id, record in await self.io(lambda: list(spool.pending())):
             found.add(item_id)
+            self.replayed.add(item_id)
             await self.backlog().acquire()
             await self.store(item_id, record, from_spool=True)
         if found:

@@ -41,8 +41,9 @@ class Ledger(Protocol):
         ...
 
     def record_success(self, item_id: str, record: GenerationRecord) -> bool:
-        """Store the answer (raw blob + row) in one step; False if the item was already stored.
-        Idempotent: storing the same answer again is a no-op that returns False."""
+        """Store the answer (raw blob + row) in one step. True when this answer is the item's
+        stored answer (idempotent: storing it again, e.g. after a lost COMMIT reply or from the
+        spool, returns True again); False when a different answer was stored first (a duplicate)."""
         ...
 
     def record_failure(self, item_id: str, kind: str, reason: str, attempts: int, cost_usd: float) -> None:
@@ -122,8 +123,9 @@ class MemoryLedger:
         """Store unless already stored."""
         with self._lock:
             if item_id in self.successes:
-                if self.successes[item_id].response.get("id") != record.response.get("id"):
-                    self.duplicate_successes += 1
+                if self.successes[item_id].response.get("id") == record.response.get("id"):
+                    return True
+                self.duplicate_successes += 1
                 return False
             self.successes[item_id] = record
             self.failures.pop(item_id, None)

@@ -14,8 +14,6 @@ import logging
 import random
 from collections import deque
 
-from anthropic import AsyncAnthropic
-
 from lora_assets.generation.client import (
     AuthError,
     GenerationError,
@@ -25,7 +23,7 @@ from lora_assets.generation.client import (
     build_record,
     check_message,
     kind_label,
-    make_client,
+    ClientPool,
     send_message,
 )
 from lora_assets.generation.engine import (
@@ -58,7 +56,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
     """
     check_run(requests, config)
     run = Run(config, ledger, RunStats(), RetryBudget(_budget(config, len(requests))))
-    client = make_client(run.secret, config.base_url, config.timeout_s, max_connections=config.max_concurrency)
+    client = ClientPool(run.secret, config.base_url, config.timeout_s, config.max_concurrency)
     flow = FlowControl(config.max_concurrency)
     try:
         spooled = await run.replay_spool()
@@ -89,11 +87,15 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                     log.exception("unexpected error on item %s", request.item_id)
                     run.stop(request.item_id, f"unexpected error: {exc!r}")
 
-        while queue and run.abort is None:
-            # More workers than slots: items waiting out their retry-after must not idle a slot.
-            await asyncio.gather(*(worker() for _ in range(2 * config.max_concurrency)))
+        while run.abort is None:
+            if queue:
+                # More workers than slots: items waiting out their retry-after must not idle a slot.
+                await asyncio.gather(*(worker() for _ in range(2 * config.max_concurrency)))
             # Items another run held: wait for it to store them, or take over a dead run's.
-            queue.extend(by_id[i] for i in sorted(await run.retake()))
+            taken = await run.retake()
+            if not taken:
+                break
+            queue.extend(by_id[i] for i in sorted(taken))
     finally:
         try:
             await run.close()
@@ -104,7 +106,8 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
     if run.abort is not None:
         ended = stats.done + stats.failed + stats.skipped + stats.left_to_other_runs
         run.abort.reason += f"; {max(0, len(requests) - ended)} item(s) left unrecorded for a re-run"
-        run.abort.args = (f"generation run aborted: {run.abort.reason}",)
+        where = f" (at item {run.abort.item_id})" if run.abort.item_id else ""
+        run.abort.args = (f"generation run aborted{where}: {run.abort.reason}",)
         raise run.abort
     log.info("messages run finished: %s", summary(stats))
     return stats
@@ -114,7 +117,7 @@ def _budget(config: RunConfig, items: int) -> int:
     return config.retry_budget if config.retry_budget is not None else 3 * items
 
 
-async def _generate_one(request: GenerationRequest, client: AsyncAnthropic, flow: FlowControl, run: Run) -> None:
+async def _generate_one(request: GenerationRequest, client: ClientPool, flow: FlowControl, run: Run) -> None:
     """Attempts for one item until it is stored, fails for good, or the run aborts."""
     config, stats = run.config, run.stats
     item_id = request.item_id
@@ -134,7 +137,11 @@ async def _generate_one(request: GenerationRequest, client: AsyncAnthropic, flow
         attempts += 1
         stats.requests += 1
         try:
-            sent = await send_message(client, request, config.model, secret=run.secret)
+            slot = client.take()
+            try:
+                sent = await send_message(client.clients[slot], request, config.model, secret=run.secret)
+            finally:
+                client.give(slot)
         except GenerationError as exc:
             backlog.release()
             err: GenerationError = exc

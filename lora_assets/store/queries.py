@@ -502,12 +502,13 @@ class SqlLedger:
             with self._lock:
                 self.stored += 1
             return True
-        # An answer is stored already: this one (a spool replay after the row committed), or
-        # another run's, which is then the item's truth; the row describes the stored answer.
+        # An answer is stored already: this one (a retry whose COMMIT reply was lost, a spool
+        # replay, results re-read), or another run's, which is then the item's truth; the row
+        # describes the stored answer either way.
         stored = self._stored_record(key)
-        inserted = self._insert_row(item_id, stored, key, paid=stored)
+        self._insert_row(item_id, stored, key, paid=stored)
         if stored.response.get("id") == record.response.get("id"):
-            return inserted
+            return True  # this very answer is the stored one
         self._record_paid(record, "duplicate", record.cost_usd)
         with self._lock:
             self.duplicates += 1
