@@ -194,7 +194,10 @@ class Run:
 
     def __post_init__(self) -> None:
         self.secret = self.config.api_key.get_secret_value()
-        self.spool = Spool(self.config.spool_dir, self.config.spool_scope) if self.config.spool_dir else None
+        self.spool = Spool(self.config.spool_dir, self.config.spool_scope, self.config.run_id) \
+            if self.config.spool_dir else None
+        self._spool_queue: list[tuple[str, GenerationRecord, asyncio.Future[None]]] = []
+        self._spool_writer: asyncio.Task[None] | None = None
         self._io = ThreadPoolExecutor(max_workers=self.config.store_threads, thread_name_prefix="ledger")
         self._stores: set[asyncio.Task[None]] = set()
         self._backlog: asyncio.Semaphore | None = None
@@ -300,21 +303,57 @@ class Run:
         return self._backlog
 
     async def store(self, item_id: str, record: GenerationRecord, *, from_spool: bool = False) -> None:
-        """Spool the paid answer durably, then store it in the background (retried through
-        outages). The caller holds one `backlog` slot, released when the store ends."""
-        if self.spool is not None and not from_spool:
-            await self.io(self.spool.put, item_id, record)
+        """Store a paid answer in the background: into the spool first (group commit), then the
+        ledger (retried through outages). The caller holds one `backlog` slot, released when the
+        store ends."""
         task = asyncio.create_task(self._store(item_id, record, from_spool))
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
 
+    async def _spooled(self, item_id: str, record: GenerationRecord) -> None:
+        """Returns once the answer is fsynced. Answers arriving while a write is under way go
+        into the next write together (one fsync for the group)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spool_queue.append((item_id, record, future))
+        if self._spool_writer is None:
+            self._spool_writer = asyncio.create_task(self._write_spool())
+        await future
+
+    async def _write_spool(self) -> None:
+        spool = self.spool
+        assert spool is not None
+        try:
+            while self._spool_queue:
+                group, self._spool_queue = self._spool_queue, []
+                try:
+                    await self.io(spool.put_many, [(i, r) for i, r, _ in group])
+                except Exception as exc:  # noqa: BLE001 - each waiting store reports it
+                    for _, _, future in group:
+                        future.set_exception(exc)
+                else:
+                    for _, _, future in group:
+                        future.set_result(None)
+        finally:
+            self._spool_writer = None
+
+    def _record(self, item_id: str, record: GenerationRecord) -> bool:
+        # One thread hop: the ledger write, then the spool's tombstone.
+        stored = self.ledger.record_success(item_id, record)
+        if self.spool is not None:
+            self.spool.mark_stored(item_id)
+        return stored
+
     async def _store(self, item_id: str, record: GenerationRecord, from_spool: bool) -> None:
         try:
-            stored = await self._with_retry(item_id, "record_success", self.ledger.record_success, item_id, record)
+            if self.spool is not None and not from_spool:
+                try:
+                    await self._spooled(item_id, record)
+                except Exception as exc:  # noqa: BLE001 - the spool is the last line: stop the run
+                    self.stop(item_id, f"could not write the answer to the local spool {self.spool.dir}: {exc!r}")
+                    return
+            stored = await self._with_retry(item_id, "record_success", self._record, item_id, record)
             if stored is None:
                 return  # kept in the spool; the run stops
-            if self.spool is not None:
-                await self.io(self.spool.remove, item_id)
             if stored:
                 self.stats.done += 1
                 if from_spool:
@@ -356,17 +395,24 @@ class Run:
                 await asyncio.sleep(delay)
 
     async def replay_spool(self) -> set[str]:
-        """Store the answers a previous run of this scope spooled but could not store (no
-        request is made). Returns their item ids: they must not be requested again."""
+        """Store the answers earlier runs of this scope spooled but could not store (no request
+        is made); journals of runs still alive are theirs. Returns the item ids found: they must
+        not be requested again."""
         if self.spool is None:
             return set()
         spool = self.spool
         found: set[str] = set()
-        for item_id, record in await self.io(lambda: list(spool.pending())):
-            found.add(item_id)
-            self.replayed.add(item_id)
-            await self.backlog().acquire()
-            await self.store(item_id, record, from_spool=True)
+        for path, fh, pending in await self.io(lambda: list(spool.orphans())):
+            for item_id, record in pending.items():
+                found.add(item_id)
+                self.replayed.add(item_id)
+                await self.backlog().acquire()
+                await self.store(item_id, record, from_spool=True)
+            await self.drain()
+            if self.abort is None:
+                spool.forget(path, fh)  # every answer in it is stored
+            else:
+                fh.close()  # kept for the next run
         if found:
             log.info("%d answer(s) found in the spool %s: stored without a request", len(found), spool.dir)
         return found
@@ -385,6 +431,8 @@ class Run:
                 await self._heartbeat
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        if self.spool is not None:
+            self.spool.close()
         try:
             await self.io(self.ledger.release_claims, self.config.run_id)
         except Exception as exc:  # noqa: BLE001 - they expire after claim_ttl_s

@@ -22,6 +22,7 @@ from dagster import AssetKey, DagsterInstance, instance_for_test
 
 from lora_assets.generation.client import build_record
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
+from lora_assets.generation.spool import Spool
 from lora_assets.settings import DEFAULT_USER_ID
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import LocalBlobStore
@@ -126,7 +127,7 @@ def test_messages_mode_sigkill_mid_batch_rerun_pays_nothing_twice(
     rows_before = set(conversation_item_ids(engine, batch_id))
     raw_before = stored_raw(blobs, ids)
     # Answers received and fsynced to the spool but not yet stored when the process died.
-    spooled = {p.stem for p in (data_dir / "spool" / batch_id).glob("*.json")}
+    spooled = set(Spool(data_dir / "spool", batch_id).item_ids())
     stored = rows_before | set(raw_before) | spooled  # S: everything the crashed run kept
     assert 0 < len(rows_before) < n, f"killed after {len(rows_before)} of {n}: not mid-batch"
     assert rows_before <= set(raw_before), "a conversations row without its raw blob"

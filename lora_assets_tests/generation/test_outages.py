@@ -402,7 +402,7 @@ def test_s3_outage_longer_than_store_retry_aborts_keeps_spool_and_rerun_buys_not
     assert stored1 <= set(bill1)
     assert spooled, "the outage left no answer in the spool"
     assert spooled == set(bill1) - stored1, "paid-but-unstored answers must be exactly the spool's content"
-    assert spool_files(spool_dir, st.batch_id) == sorted(f"{i}.json" for i in spooled)
+    assert len(spool_files(spool_dir, st.batch_id)) == 1  # the aborted run's journal, kept
     assert unrequested, "the first run requested every item (the spool cap should have paused sends)"
 
     stats2 = asyncio.run(generate_messages(st.requests, ledger_over_s3_proxy(st, s3_proxy), config))
