@@ -11,10 +11,14 @@ cores, so its CPU does not compete inside the client's event loop) on plain asyn
 Measured for each concurrency C (`--concurrency`, default 16,32,64,128), over N requests
 (`--requests`, default 200), medians of `--repeats` interleaved runs (runner, minimal, runner, ...):
 
-- ours: `generate_messages` with `max_concurrency=C` (the real SDK, flow control, ledger);
+- ours: `generate_messages` with `max_concurrency=C` (the real SDK, flow control, ledger, and
+  the durable spool in a fresh temp dir when RunConfig has `spool_dir`, as in production);
+  throughput counts stored items only, and items lost are reported;
 - minimal: the peer floor outside our code: `httpx2.AsyncClient` (the HTTP library of the
-  anthropic SDK) with C connections, an `asyncio.Semaphore(C)`, the same JSON body
-  (`message_params`), json-decoding each answer and sleeping `retry-after-ms` on a 429;
+  anthropic SDK) with one pool of C connections, an `asyncio.Semaphore(C)`, the same JSON body
+  (`message_params`), json-decoding each answer and sleeping `retry-after-ms` on a 429. It is
+  what a careful script would do, not a speed limit: httpcore checks every pooled connection on
+  each request, so at high C this client is CPU-bound too, and a runner may beat it;
 - bound: C / latency requests per second (no client can beat it). With N not a multiple of C the
   last wave is partly empty, so `bound_with_tail_per_s` = N / (ceil(N/C) x latency) is given too;
   both clients pay that tail, so the ratio ours / minimal is the figure (aim >= 0.95).
@@ -24,10 +28,12 @@ Then the 429 case at C = `--refuse-concurrency` (32): the server answers every
 `retry-after-ms: 200` and no `anthropic-ratelimit-*` headers. Reported: our wall time against our
 own fault-free wall time at the same C (aim <= 1.2), the minimal client's time in the same case,
 and items lost (aim 0). And the client process's CPU time per request (`time.process_time()`
-around each run / N), ours and minimal: on 2 cores this is what caps throughput at high C.
+around each run / N), ours and minimal: one event loop does all of a client's work, so above
+C = latency / CPU-per-request (`loop_saturation_concurrency`) it is busy for the whole round trip
+and throughput stops following C.
 
-`--profile PATH` also runs our runner once at the largest C under cProfile and writes the top
-functions there (diagnosis, not a figure).
+`--profile PATH` also runs ours and the minimal client once each at the largest C under cProfile
+and writes their top functions there (diagnosis, not a figure).
 
     .venv/bin/python bench/bench_peer.py [--requests 200] [--repeats 3] [--concurrency 16,32,64,128]
         [--latency 0.5] [--out bench/results/peer.json]
@@ -254,9 +260,10 @@ def run_ours(base_url: str, requests: list[GenerationRequest], concurrency: int)
         stats = asyncio.run(generate_messages(requests, ledger, config))
     except RunAbortedError as exc:  # reported as lost items, not a crash of the bench
         error, stats = str(exc), exc.stats
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    if spool:
-        shutil.rmtree(spool, ignore_errors=True)
+    finally:
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        if spool:
+            shutil.rmtree(spool, ignore_errors=True)
     return {
         "wall_s": wall, "cpu_s": cpu, "stored": len(ledger.successes), "lost": len(requests) - len(ledger.successes),
         "failed": stats.failed if stats else None, "client_requests": stats.requests if stats else None,

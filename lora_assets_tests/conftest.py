@@ -20,6 +20,44 @@ PG_ADMIN_URL = os.environ.get("LORA_TEST_PG_ADMIN_URL", "postgresql+psycopg2://p
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# --- parallel runs (pytest-xdist, `make test` uses `-n 3 --dist loadgroup --no-loadscope-reorder`) ---
+
+#: Modules that take minutes (a real deployment, a production scenario, subprocess runs killed
+#: mid-batch): under xdist they are handed out first, so the short tests fill in around them
+#: instead of one long module starting last. Order only; nothing else about a test changes.
+SLOW_FIRST = (
+    "lora_assets_tests/ui/test_restart.py",
+    "lora_assets_tests/ui/test_ui.py",
+    "lora_assets_tests/test_production.py",
+    "lora_assets_tests/defs/test_crash.py",
+    "lora_assets_tests/generation/test_outages.py",
+)
+_WIDER_THAN_A_TEST = ("class", "module", "package")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`: the tests of a module that use a fixture wider than one test (a
+    module-scoped database, bucket, deployment or scenario) are one xdist group, so that fixture is
+    built once, on one worker; every other test (its fixtures per test, or per session, i.e. per
+    worker) is handed out on its own. Then the slow modules go first (stable sort)."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        infos = getattr(item, "_fixtureinfo", None)
+        shares = infos is not None and any(
+            d.scope in _WIDER_THAN_A_TEST for defs in infos.name2fixturedefs.values() for d in defs
+        )
+        if shares and next(item.iter_markers("xdist_group"), None) is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::", 1)[0]
+        return SLOW_FIRST.index(module) if module in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)
+
+
 def service_missing(what: str) -> None:
     """Fail in CI, skip elsewhere: a missing service is never a silent pass in CI."""
     if IN_CI:

@@ -56,7 +56,8 @@ from lora_assets.generation.engine import (
     summary,
     why_stopped,
 )
-from lora_assets.generation.ledger import BatchLedger, OpenSubmission
+from lora_assets.generation.ledger import BatchLedger
+from lora_assets.schemas.rows import OpenSubmission
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_REQUESTS", "generate_batches"]
 
@@ -108,6 +109,7 @@ class _BatchRun:
         self.owner: dict[str, str] = {}  # item id -> the token of the newest open submission holding it
         self.attempts: Counter[str] = Counter()
         self.wasted: defaultdict[str, float] = defaultdict(float)
+        self.left_to_others: set[str] = set()  # items of open submissions another live run polls
 
     # --- control calls -------------------------------------------------------------------------
 
@@ -228,6 +230,46 @@ class _BatchRun:
         if not found:
             return None
         return min(found)[1]
+
+    async def resume(self, subs: list[OpenSubmission], spooled: set[str]) -> set[str]:
+        """Poll again the open submissions whose items this run can claim (adopting the provider
+        batch of an intent recorded before a crash, or abandoning an intent whose create never
+        happened). A submission whose items another live run holds is that run's to poll.
+        Returns the items of the submissions resumed."""
+        run, ledger = self.run, self.ledger
+        known = {s.provider_batch_id for s in await self._ledger("open_provider_batches", ledger.open_provider_batches)
+                 if s.provider_batch_id} | {b.id for b in self.open.values()}
+        resumed: set[str] = set()
+        for sub in subs:
+            if sub.token in self.open:
+                continue
+            if not await run.claim(sub.item_ids) and run.others & set(sub.item_ids):
+                # Its items are claimed by a live run that polls it (or is inside `create` right
+                # now: reconciling and resubmitting behind its back could pay twice).
+                log.info("submission %s belongs to another live run: left to it", sub.token)
+                self.left_to_others.update(sub.item_ids)
+                continue
+            batch_id = sub.provider_batch_id
+            if batch_id is None:
+                batch_id = await self.reconcile(sub, known)
+                if batch_id is None:
+                    log.warning("intent %s (%d item(s)) has no provider batch: the create never happened; "
+                                "its items are submitted again", sub.token, len(sub.item_ids))
+                    await self._ledger("close_provider_batch", ledger.close_provider_batch, sub.token, "abandoned")
+                    continue
+                known.add(batch_id)
+                await self._ledger("record_provider_batch", ledger.record_provider_batch, sub.token, batch_id)
+                run.stats.provider_batches_adopted += 1
+                log.warning("intent %s: adopted provider batch %s created before a crash (not submitted again)",
+                            sub.token, batch_id)
+            self._open(sub.token, batch_id, sub.item_ids, time.monotonic())  # poll at once: it may have ended
+            # Results of items already stored (by the crashed run, or from the spool just now) are
+            # not read again: they are paid for once and stored once.
+            self.open[sub.token].seen.update((run.already_stored | spooled) & set(sub.item_ids))
+            resumed.update(sub.item_ids)
+            run.stats.provider_batches_resumed += 1
+            log.info("resuming provider batch %s (%d request(s))", batch_id, len(sub.item_ids))
+        return resumed
 
     # --- polling and results ----------------------------------------------------------------------
 
@@ -367,47 +409,21 @@ async def generate_batches(requests: list[GenerationRequest], ledger: BatchLedge
         spooled = await run.replay_spool()
         await run.drain()  # spooled answers stored before their batch's results are looked at
         open_subs = await br._ledger("open_provider_batches", ledger.open_provider_batches)
-        known = {s.provider_batch_id for s in open_subs if s.provider_batch_id}
-        now = time.monotonic()
-        resumed_items: set[str] = set()
-        for sub in open_subs:
-            held = await run.claim(sub.item_ids)
-            stored = run.already_stored | spooled
-            batch_id = sub.provider_batch_id
-            if batch_id is None:
-                if not held:
-                    # Its items are claimed by a live run that may be inside `create` right now:
-                    # reconciling (and resubmitting) behind its back could pay twice.
-                    log.info("intent %s belongs to another live run: left to it", sub.token)
-                    continue
-                batch_id = await br.reconcile(sub, known)
-                if batch_id is None:
-                    log.warning("intent %s (%d item(s)) has no provider batch: the create never happened; "
-                                "its items are submitted again", sub.token, len(sub.item_ids))
-                    await br._ledger("close_provider_batch", ledger.close_provider_batch, sub.token, "abandoned")
-                    continue
-                known.add(batch_id)
-                await br._ledger("record_provider_batch", ledger.record_provider_batch, sub.token, batch_id)
-                run.stats.provider_batches_adopted += 1
-                log.warning("intent %s: adopted provider batch %s created before a crash (not submitted again)",
-                            sub.token, batch_id)
-            br._open(sub.token, batch_id, sub.item_ids, now)  # poll at once: it may have ended long ago
-            # Results of items already stored (by the crashed run, or from the spool just now) are
-            # not read again: they are paid for once and stored once.
-            br.open[sub.token].seen.update(stored & set(sub.item_ids))
-            resumed_items.update(sub.item_ids)
-            run.stats.provider_batches_resumed += 1
-            log.info("resuming provider batch %s (%d request(s))", batch_id, len(sub.item_ids))
-        candidates = [r for r in requests if r.item_id not in resumed_items and r.item_id not in spooled]
+        resumed = await br.resume(open_subs, spooled)
+        candidates = [r for r in requests if r.item_id not in resumed | br.left_to_others | spooled]
         held = await run.claim([r.item_id for r in candidates])
         fresh = [r for r in candidates if r.item_id in held]
         log.info("batches run %s: %d open batch(es) resumed, %d new request(s), model %s", config.run_id,
                  len(br.open), len(fresh), config.model)
         await br.submit(fresh)
         await br.drive()
-        # Items another run held: wait for it to store them, or take over a dead run's.
+        # Items another run held: wait for it to store them, or take over a dead run's — polling
+        # its open provider batch if it had one, submitting the rest.
         while run.abort is None and (taken := await run.retake()):
-            await br.submit([br.by_id[i] for i in sorted(taken) if i in br.by_id])
+            subs = [sub for sub in await br._ledger("open_provider_batches", ledger.open_provider_batches)
+                    if taken & set(sub.item_ids)]
+            resumed = await br.resume(subs, spooled)
+            await br.submit([br.by_id[i] for i in sorted(taken - resumed) if i in br.by_id])
             await br.drive()
         await run.drain()
         if run.abort is not None:

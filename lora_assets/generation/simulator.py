@@ -662,6 +662,8 @@ class ClaudeSimulator:
         self._port = port
         self._lock = threading.Lock()  # guards config, attempts, rate window, cache and batches
         self._stopping = threading.Event()
+        self._released = threading.Event()  # cleared by `hold()`: answers wait, batches do not end
+        self._released.set()
         self._server: _HTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._base_url: str | None = None
@@ -730,6 +732,15 @@ class ClaudeSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def hold(self) -> None:
+        """Tests: Messages answers wait (after being counted) and no batch ends until `release()`,
+        so a test can hold a run mid-batch for as long as it needs."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """End a `hold()`: waiting answers go out, due batches end."""
+        self._released.set()
 
     def reset_stats(self) -> None:
         """Zero every counter in `stats` (fault attempt indices are kept)."""
@@ -892,6 +903,10 @@ class ClaudeSimulator:
             if retry_after is not None
             else _pick(_unit(cfg.seed, "messages", key, attempt), _MESSAGE_FAULTS, cfg._message_rates())
         )
+        while not self._released.wait(0.02):
+            if self._stopping.is_set():
+                h.close_connection = True
+                return
         if cfg.latency_s and self._stopping.wait(cfg.latency_s):
             h.close_connection = True
             return
@@ -1109,7 +1124,7 @@ class ClaudeSimulator:
 
     def _advance(self, batch: _Batch, now: float) -> None:
         """Move a batch to `ended` when its time comes. Caller holds the lock."""
-        if batch.status == "in_progress" and now >= batch.created_at + batch.processing_s:
+        if batch.status == "in_progress" and now >= batch.created_at + batch.processing_s and self._released.is_set():
             self._end(batch, batch.created_at + batch.processing_s, canceled_from=None)
         elif batch.status == "canceling" and batch.cancel_initiated_at is not None:
             if now >= batch.cancel_initiated_at + _CANCEL_DELAY_S:
