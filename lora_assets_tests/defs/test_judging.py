@@ -66,3 +66,30 @@ def test_parse_judge_response_rejects_out_of_range_scores() -> None:
     with pytest.raises(JudgeError, match="conversation c1: judge response unusable"):
         parse_judge_response('{"empathy_score": 9, "clarity_score": 3, "appropriateness_score": 3, '
                              '"brand_voice_alignment": 3, "rationale": "x"}', conversation_id="c1")
+
+
+def test_conversations_another_live_judge_run_holds_are_not_judged_twice(
+    sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator
+) -> None:
+    """Judge items are claimed like generation items: what a live judge run holds is not
+    requested by a second one; once that run's claims are gone, the next run judges them."""
+    from lora_assets.store.queries import SqlClaims
+
+    engine = h.setup_store(sqlite_url)
+    blobs = h.local_blobs(tmp_path / "blobs")
+    defs = h.make_defs(sqlite_url, blobs, sim, claim_ttl_s=0.4)
+    batch_id = h.plan(engine, 2, 2, 1)
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_batch(defs, instance, batch_id).success
+        keys = [judge_item_id(r["id"]) for r in h.conversations(engine, batch_id)]
+        held_elsewhere = keys[:2]
+        claims = SqlClaims(engine)
+        assert claims.take(held_elsewhere, "another-live-judge-run", 600) == set(held_elsewhere)
+        first = _judge(defs, instance, batch_id)
+        assert first.success
+        assert h.metadata(first, "judged_conversations")["judged_this_run"] == 2
+        assert all(sim.stats.attempts_by_key.get(k, 0) == 0 for k in held_elsewhere)
+        claims.release("another-live-judge-run")
+        second = _judge(defs, instance, batch_id)
+        assert h.metadata(second, "judged_conversations")["judged_this_run"] == 2
+        assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
