@@ -369,6 +369,8 @@ def scenario(pg_admin_engine: sa.Engine, moto_endpoint: str, tmp_path_factory: p
             env.update({
                 "DAGSTER_HOME": str(home),
                 "LORA_DATA_DIR": str(tmp / "lora_data"),  # nothing may land here: all storage is remote
+                # The durable spool (a persistent volume in production): empty once all is stored.
+                "LORA_SPOOL_DIR": str(tmp / "spool"),
                 "LORA_DATABASE_URL": domain_url,
                 "LORA_S3_BUCKET": bucket,
                 "LORA_S3_PREFIX": prefix,
@@ -475,6 +477,7 @@ def scenario(pg_admin_engine: sa.Engine, moto_endpoint: str, tmp_path_factory: p
                 runs = _read_runs(instance)
             data_dir = tmp / "lora_data"
             leftovers = [str(p) for p in data_dir.rglob("*")] if data_dir.exists() else []
+            leftovers += [str(p) for p in (tmp / "spool").rglob("*.jsonl")]
             yield Scenario(
                 bucket=bucket, prefix=prefix, endpoint=moto_endpoint, instance_kind=instance_kind,
                 batch_ids=batch_ids, item_batch=item_batch, runs=runs, batch_outputs=batch_outputs,

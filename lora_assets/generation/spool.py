@@ -66,8 +66,7 @@ class Spool:
     locked on the first `put_many`); without, a reader of everything waiting in the scope."""
 
     def __init__(self, root: Path | str, scope: str, run_id: str | None = None) -> None:
-        self.dir = Path(root) / _safe("scope", scope)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(root) / _safe("scope", scope)  # made on the first write
         self.path = self.dir / f"{_safe('run id', run_id)}.jsonl" if run_id is not None else None
         self._fh: IO[bytes] | None = None
         self._unstored: set[str] = set()
@@ -87,6 +86,7 @@ class Spool:
         with self._lock:
             created = self._fh is None
             if self._fh is None:
+                self.dir.mkdir(parents=True, exist_ok=True)
                 self._fh = self.path.open("ab")
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._fh.write(data)
@@ -118,6 +118,7 @@ class Spool:
             fh, self._fh = self._fh, None
             if not self._unstored and self.path is not None:
                 self.path.unlink(missing_ok=True)
+                self._rmdir_if_empty()
             fh.close()  # releases the lock
 
     # --- replaying (journals of runs that are gone) -------------------------------------------------
@@ -142,11 +143,20 @@ class Spool:
                 continue
             yield path, fh, _read(path)
 
-    @staticmethod
-    def forget(path: Path, fh: IO[bytes]) -> None:
+    def forget(self, path: Path, fh: IO[bytes]) -> None:
         """Delete a replayed journal (all its answers are stored) and drop its lock."""
         path.unlink(missing_ok=True)
         fh.close()
+        if self._fh is None:
+            self._rmdir_if_empty()
+
+    def _rmdir_if_empty(self) -> None:
+        # A finished scope leaves nothing behind (a concurrent run may be creating its journal:
+        # then the directory is not empty, or mkdir on its next write brings it back).
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
 
     # --- inspection -----------------------------------------------------------------------------------
 
