@@ -403,8 +403,15 @@ class Run:
         spool = self.spool
         found: set[str] = set()
         for path, fh, pending in await self.io(lambda: list(spool.orphans())):
+            # An answer whose store committed although its tombstone was never written (the
+            # COMMIT reply was lost, or the process died right after) is stored already.
+            outcome = await self.io(self.ledger.claim, list(pending), self.config.run_id, self.config.claim_ttl_s)
             for item_id, record in pending.items():
                 found.add(item_id)
+                if outcome.get(item_id) == "stored":
+                    self.already_stored.add(item_id)
+                    self.stats.skipped += 1
+                    continue
                 self.replayed.add(item_id)
                 await self.backlog().acquire()
                 await self.store(item_id, record, from_spool=True)
