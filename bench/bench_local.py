@@ -103,7 +103,7 @@ def bench_local_stages(n: int) -> dict[str, Any]:
 def bench_cost(n: int) -> dict[str, Any]:
     """Usage of a real run against the simulator, priced both ways."""
     from lora_assets.core.prompt import render_user_prompt, system_prompt
-    from lora_assets.generation.runner import GenerationRequest, RunConfig, generate_messages
+    from lora_assets.generation.runner import GenerationRequest, MemoryLedger, RunConfig, generate_messages
     from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
     from pydantic import SecretStr
 
@@ -117,34 +117,14 @@ def bench_cost(n: int) -> dict[str, Any]:
         requests.append(GenerationRequest(item_id=key, system=system_prompt(bundle.consultant_profile),
                                           user=render_user_prompt(template, v)))
 
-    class Ledger:
-        def __init__(self) -> None:
-            self.records: list[Any] = []
-
-        def record_success(self, item_id, record):  # noqa: ANN001
-            self.records.append(record)
-            return True
-
-        def record_failure(self, *a, **k):  # noqa: ANN002, ANN003
-            pass
-
-        def record_provider_batch(self, *a):  # noqa: ANN002
-            pass
-
-        def open_provider_batches(self):
-            return []
-
-        def close_provider_batch(self, *a):  # noqa: ANN002
-            pass
-
-    ledger = Ledger()
+    ledger = MemoryLedger()
     with ClaudeSimulator(FaultConfig()) as sim:
         config = RunConfig(model="claude-haiku-5-5", api_key=SecretStr("bench"), base_url=sim.base_url, max_concurrency=8)
         asyncio.run(generate_messages(requests, ledger, config))
     model = "claude-haiku-5-5"
     pairs = 0
     naive = ours = 0.0
-    for r in ledger.records:
+    for r in ledger.successes.values():
         u = r.usage
         conv = json.loads(next(b["text"] for b in r.response["content"] if b["type"] == "text"))
         pairs += sum(1 for turn in conv["turns"] if turn["role"] == "user")
@@ -154,7 +134,7 @@ def bench_cost(n: int) -> dict[str, Any]:
         ours += cost_usd(model, u, batch=True)
     return {
         "model": model,
-        "conversations": len(ledger.records),
+        "conversations": len(ledger.successes),
         "training_pairs": pairs,
         "naive_usd_per_1000_pairs": round(naive / pairs * 1000, 5),
         "ours_usd_per_1000_pairs": round(ours / pairs * 1000, 5),
