@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -20,11 +21,11 @@ PG_ADMIN_URL = os.environ.get("LORA_TEST_PG_ADMIN_URL", "postgresql+psycopg2://p
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-# --- parallel runs (pytest-xdist, `make test` uses `-n 3 --dist loadgroup --no-loadscope-reorder`) ---
+# --- parallel runs: `make test` is `pytest -n 3 --dist loadscope` -----------------------------------
 
 #: Modules that take minutes (a real deployment, a production scenario, subprocess runs killed
-#: mid-batch): under xdist they are handed out first, so the short tests fill in around them
-#: instead of one long module starting last. Order only; nothing else about a test changes.
+#: mid-batch). Under xdist they are handed out first, so the short tests fill in around them
+#: instead of one long module starting last.
 SLOW_FIRST = (
     "lora_assets_tests/ui/test_restart.py",
     "lora_assets_tests/ui/test_ui.py",
@@ -32,30 +33,49 @@ SLOW_FIRST = (
     "lora_assets_tests/defs/test_crash.py",
     "lora_assets_tests/generation/test_outages.py",
 )
-_WIDER_THAN_A_TEST = ("class", "module", "package")
+#: Slow modules whose fixtures are all per test (or per session, i.e. per worker): their tests are
+#: handed out one by one. Every other module is one unit on one worker, so a module-scoped fixture
+#: (database, bucket, deployment, scenario) is built once. A module-scoped fixture added to one of
+#: these would be built once per worker that runs its tests: slower, never wrong.
+SPREAD_BY_TEST = (
+    "lora_assets_tests/ui/test_ui.py",
+    "lora_assets_tests/defs/test_crash.py",
+)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup`: the tests of a module that use a fixture wider than one test (a
-    module-scoped database, bucket, deployment or scenario) are one xdist group, so that fixture is
-    built once, on one worker; every other test (its fixtures per test, or per session, i.e. per
-    worker) is handed out on its own. Then the slow modules go first (stable sort)."""
-    if config.getoption("dist", "no") != "loadgroup":
-        return
-    for item in items:
-        infos = getattr(item, "_fixtureinfo", None)
-        shares = infos is not None and any(
-            d.scope in _WIDER_THAN_A_TEST for defs in infos.name2fixturedefs.values() for d in defs
-        )
-        if shares and next(item.iter_markers("xdist_group"), None) is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope`, with SPREAD_BY_TEST modules split per test and SLOW_FIRST units first.
+    (Not `--dist loadgroup` + xdist_group marks: pytest-xdist 3.8 tags the group onto
+    `item._nodeid`, which pytest 9 no longer reads, so the marks are silently ignored.)
+    Only which worker runs a test, and when, changes; never what a test does."""
+    if config.getoption("dist", "no") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
 
-    def rank(item: pytest.Item) -> int:
-        module = item.nodeid.split("::", 1)[0]
-        return SLOW_FIRST.index(module) if module in SLOW_FIRST else len(SLOW_FIRST)
+    class SlowFirstScheduling(LoadScopeScheduling):
+        _ordered = False
 
-    items.sort(key=rank)
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module in SPREAD_BY_TEST else module
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self._ordered:
+                self._ordered = True
+                first_seen = {scope: i for i, scope in reversed(list(enumerate(
+                    self._split_scope(nodeid) for nodeid in self.collection or [])))}
+
+                def rank(scope: str) -> tuple[int, int]:
+                    module = scope.split("::", 1)[0]
+                    slow = SLOW_FIRST.index(module) if module in SLOW_FIRST else len(SLOW_FIRST)
+                    return slow, first_seen.get(scope, 0)
+
+                for scope in sorted(self.workqueue, key=rank):
+                    self.workqueue.move_to_end(scope)
+            super()._assign_work_unit(node)
+
+    return SlowFirstScheduling(config, log)
 
 
 def service_missing(what: str) -> None:
