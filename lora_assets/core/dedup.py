@@ -22,8 +22,12 @@ import hashlib
 import re
 import unicodedata
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+
+if TYPE_CHECKING:
+    from datasketch import MinHash
 from pydantic import BaseModel, ConfigDict
 
 from lora_assets.core.aggregate import (
@@ -119,6 +123,10 @@ class Deduplicator:
         # Jaccard 0.85 becomes a candidate with p ~ 0.99; one at 0.5 with p ~ 0.06), capped at
         # 0.9, above which datasketch cannot form two bands.
         lsh_threshold = min(max(threshold - 0.1, threshold / 2), 0.9)
+        # Imported here: datasketch pulls in scipy (~0.7 s), which every process that merely
+        # loads the code location (code server, CLI, each run's steps) would otherwise pay.
+        from datasketch import MinHashLSH
+
         self._lsh = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=(0.2, 0.8))
         self._exact: dict[bytes, str] = {}
         self._signatures: dict[str, np.ndarray] = {}
@@ -131,6 +139,8 @@ class Deduplicator:
         self._empty = 0
 
     def _minhash(self, text: str) -> MinHash:
+        from datasketch import MinHash
+
         m = MinHash(num_perm=self.num_perm, seed=self.seed)
         shingles = sorted(word_shingles(text, self.shingle_size))
         if shingles:

@@ -19,7 +19,6 @@ from lora_assets.core.prompt import render_user_prompt, system_prompt, template_
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import failures_markdown, items_markdown
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
-from lora_assets.generation.runner import GenerationRequest, generate_batches, generate_messages
 from lora_assets.schemas import BatchJobStatus, ItemStatus
 from lora_assets.settings import Settings
 from lora_assets.store import queries as q
@@ -41,6 +40,10 @@ def raw_conversations(
     failures are recorded per item with their reason. A re-run skips stored items, recovers raw
     blobs a crash left without a row, and in Batches mode polls submitted batches again instead
     of resubmitting."""
+    # Imported here: the anthropic SDK costs ~2 s to import, which every process that merely
+    # loads the code location (code server, CLI, other steps) would otherwise pay.
+    from lora_assets.generation.runner import GenerationRequest, generate_batches, generate_messages
+
     batch_id = context.partition_key
     engine = db.engine()
     store = blobs.store()

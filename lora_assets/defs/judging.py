@@ -12,7 +12,6 @@ from lora_assets.defs.enrichment import enriched_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
-from lora_assets.generation.runner import GenerationRequest, generate_messages
 from lora_assets.schemas import EnrichmentStatus, GenerationRecord, ParsedConversation
 from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
@@ -89,6 +88,8 @@ def judged_conversations(
     the batch on empathy, clarity, appropriateness and brand voice; the scores and rationale are
     stored on the conversation (`judge_scores`) and the response as judge.json. Conversations
     already judged are skipped. Not part of the default batch job: materialise it when wanted."""
+    from lora_assets.generation.runner import GenerationRequest, generate_messages  # see raw_conversations
+
     batch_id = context.partition_key
     engine = db.engine()
     store = blobs.store()
