@@ -75,8 +75,6 @@ if TYPE_CHECKING:
 MODEL = "claude-haiku-5-5"
 THROUGHPUT_AIM = 0.95
 REFUSAL_SLOWDOWN_AIM = 1.2
-# Same shape as bench_generation.py: a static system prompt long enough to be cacheable.
-SYSTEM = "You write realistic financial-planning training conversations as one JSON object. " * 40
 
 
 # =============================================================================================
@@ -219,27 +217,11 @@ def _control(base_url: str, path: str, method: str = "GET") -> dict[str, Any]:
 
 
 def make_requests(n: int) -> list[GenerationRequest]:
-    """N items like bench_generation.py: the long system prompt and a scaffolded user prompt."""
-    from lora_assets.core.prompt import scaffolding_block
-    from lora_assets.generation.runner import GenerationRequest
+    """The same N requests bench_generation.py sends: its long system prompt, a scaffolded user
+    prompt (imported here so the fake server's process never loads lora_assets)."""
+    from bench_generation import make_requests as same_as_bench_generation
 
-    requests = []
-    for i in range(n):
-        variables = {
-            "persona_name": f"Client {i}",
-            "persona_archetype": "The Cautious Planner",
-            "persona_demographics": "Age 41, married, two children",
-            "persona_financial_background": "Household income $92,000; $14,000 in savings",
-            "arc_name": "Anxiety → Confidence",
-            "arc_starting_emotion": "anxiety",
-            "arc_ending_emotion": "confidence",
-            "topic_name": "Building an emergency fund",
-            "topic_description": "How much cash to keep for emergencies and where to hold it.",
-            "turn_count": "6",
-        }
-        user = "Write the conversation described below.\n\n" + scaffolding_block(variables)
-        requests.append(GenerationRequest(item_id=f"peer-{i:06d}", system=SYSTEM, user=user))
-    return requests
+    return same_as_bench_generation(n)
 
 
 def run_ours(base_url: str, requests: list[GenerationRequest], concurrency: int) -> dict[str, Any]:
