@@ -101,9 +101,7 @@ def _add_missing_columns(conn: Connection) -> None:
             if column.name not in have:
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
-    if "provider_batch_id" not in {c["name"] for c in inspector.get_columns("provider_batches")}:
-        return
-    # Rows written before the column existed are keyed by the provider's id.
+    # Rows written before the column existed are keyed by the provider's id (a no-op otherwise).
     conn.execute(sa.update(t.provider_batches).where(t.provider_batches.c.provider_batch_id.is_(None),
                                                      t.provider_batches.c.id.like("msgbatch%"))
                  .values(provider_batch_id=t.provider_batches.c.id))

@@ -97,3 +97,30 @@ def test_a_database_created_before_002_is_upgraded_to_the_current_schema(pg_url:
     with engine.connect() as conn:
         assert conn.execute(sa.select(t.provider_batches.c.provider_batch_id)).scalar() == "msgbatch_old"
     engine.dispose()
+
+
+def test_an_embedded_sqlite_database_from_before_002_is_upgraded_at_init(tmp_path: Path) -> None:
+    """SQLite has no migration files: `init` adds the missing columns and tables in place."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = dbq.make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE batch_jobs (id VARCHAR(36) PRIMARY KEY, name TEXT NOT NULL, "
+                             "status VARCHAR(16) NOT NULL DEFAULT 'queued', tier VARCHAR(16) NOT NULL, model TEXT NOT NULL, "
+                             "mode VARCHAR(16) NOT NULL DEFAULT 'messages', selection JSON NOT NULL, "
+                             "total_items INTEGER NOT NULL DEFAULT 0, created_by VARCHAR(36) NOT NULL, error TEXT, "
+                             "created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+                             "updated_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql("CREATE TABLE provider_batches (id VARCHAR(64) PRIMARY KEY, batch_job_id VARCHAR(36) NOT NULL "
+                             "REFERENCES batch_jobs(id), status VARCHAR(16) NOT NULL DEFAULT 'in_progress', "
+                             "item_ids JSON NOT NULL, created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+                             "updated_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql("INSERT INTO batch_jobs (id, name, tier, model, selection, created_by) "
+                             "VALUES ('b1', 'old', 'template_a', 'm', '{}', 'u')")
+        conn.exec_driver_sql("INSERT INTO provider_batches (id, batch_job_id, item_ids) VALUES ('msgbatch_old', 'b1', '[]')")
+    dbq.init_schema(engine)
+    inspector = sa.inspect(engine)
+    for table in t.metadata.sorted_tables:
+        assert {c.name for c in table.columns} <= {c["name"] for c in inspector.get_columns(table.name)}, table.name
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.provider_batches.c.provider_batch_id)).scalar() == "msgbatch_old"
+    engine.dispose()
