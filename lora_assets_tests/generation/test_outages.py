@@ -189,6 +189,19 @@ def live_leases(engine: Engine) -> int:
                                .where(t.leases.c.expires_at >= time.time())))
 
 
+def requests_added(bill1: dict[str, int], bill2: dict[str, int], ids: list[str]) -> dict[str, int]:
+    """Requests per item the second run made (items it did not request are left out)."""
+    return {i: bill2.get(i, 0) - bill1.get(i, 0) for i in ids if bill2.get(i, 0) != bill1.get(i, 0)}
+
+
+def assert_rerun_bought_only_the_unrequested(new: dict[str, int], bill2: dict[str, int], ids: list[str],
+                                             spooled: set[str], unrequested: set[str]) -> None:
+    """The re-run bought no spooled (paid) answer again, and each never-requested item once."""
+    assert {i: new[i] for i in spooled if i in new} == {}, "a spooled (paid) answer was bought again"
+    assert new == {i: 1 for i in unrequested}, "the re-run must request exactly the never-requested items, once"
+    assert bill2 == {i: 1 for i in ids} and sum(bill2.values()) == len(ids)
+
+
 def spool_files(spool_dir: Path, scope: str) -> list[str]:
     """Every file in the scope's spool directory (answers, temp files, set-aside .bad files)."""
     d = spool_dir / scope
@@ -407,15 +420,13 @@ def test_s3_outage_longer_than_store_retry_aborts_keeps_spool_and_rerun_buys_not
 
     stats2 = asyncio.run(generate_messages(st.requests, ledger_over_s3_proxy(st, s3_proxy), config))
     bill2 = bill(sim)["attempts_by_key"]
-    new = {i: bill2.get(i, 0) - bill1.get(i, 0) for i in st.ids if bill2.get(i, 0) != bill1.get(i, 0)}
+    new = requests_added(bill1, bill2, st.ids)
     print(f"\n[S3 outage > store_retry 1s] items={n}; run 1: requests={sum(bill1.values())}, stored={len(stored1)}, "
           f"spooled={len(spooled)}, unrequested={len(unrequested)}; abort: {err}\n"
           f"  run 2: recovered_from_spool={stats2.recovered_from_spool}, new requests={sum(new.values())} "
           f"(for spooled items: {sum(new.get(i, 0) for i in spooled)}), done={stats2.done}, skipped={stats2.skipped}; "
           f"total requests={sum(bill2.values())}")
-    assert {i: new[i] for i in spooled if i in new} == {}, "a spooled (paid) answer was bought again"
-    assert new == {i: 1 for i in unrequested}, "the re-run must request exactly the never-requested items, once"
-    assert bill2 == {i: 1 for i in st.ids} and sum(bill2.values()) == n
+    assert_rerun_bought_only_the_unrequested(new, bill2, st.ids, spooled, unrequested)
     assert stats2.recovered_from_spool == len(spooled)
     assert (stats2.done, stats2.failed, stats2.requests) == (len(spooled) + len(unrequested), 0, len(unrequested))
     assert stats2.skipped == len(stored1) and stats2.claimed_elsewhere == 0
@@ -521,16 +532,14 @@ def test_pg_outage_longer_than_store_retry_aborts_keeps_spool_and_rerun_buys_not
     finally:
         engine2.dispose()
     bill2 = bill(sim)["attempts_by_key"]
-    new = {i: bill2.get(i, 0) - bill1.get(i, 0) for i in st.ids if bill2.get(i, 0) != bill1.get(i, 0)}
+    new = requests_added(bill1, bill2, st.ids)
     print(f"\n[PG outage > store_retry 1s] items={n}; run 1: requests={sum(bill1.values())}, stored={len(stored1)}, "
           f"spooled={len(spooled)} (of which committed unheard: {len(both)}), unrequested={len(unrequested)}; "
           f"abort: {err}\n"
           f"  run 2: recovered_from_spool={stats2.recovered_from_spool}, new requests={sum(new.values())} "
           f"(for spooled items: {sum(new.get(i, 0) for i in spooled)}), done={stats2.done}, skipped={stats2.skipped}; "
           f"total requests={sum(bill2.values())}")
-    assert {i: new[i] for i in spooled if i in new} == {}, "a spooled (paid) answer was bought again"
-    assert new == {i: 1 for i in unrequested}, "the re-run must request exactly the never-requested items, once"
-    assert bill2 == {i: 1 for i in st.ids} and sum(bill2.values()) == n
+    assert_rerun_bought_only_the_unrequested(new, bill2, st.ids, spooled, unrequested)
     assert stats2.recovered_from_spool == len(spooled - stored1)
     assert (stats2.done, stats2.failed, stats2.requests) == (len(spooled - stored1) + len(unrequested), 0,
                                                              len(unrequested))
