@@ -358,6 +358,10 @@ class ExportWriter:
         self._counts["parquet_row_groups"] += 1
         self._columns = {name: [] for name in PARQUET_SCHEMA.names}
         self._buffered_bytes = 0
+        del table
+        # Arrow's allocator keeps freed row-group buffers for reuse and grows with every group it
+        # has written; handing them back keeps the writer's memory flat however many groups.
+        pa.default_memory_pool().release_unused()
 
     @property
     def stats(self) -> ExportStats:

@@ -1,12 +1,14 @@
 """enriched_conversations: v4.0 per-conversation training pairs, automatically after parsing."""
 
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
+    AssetKey,
     AutomationCondition,
     MaterializeResult,
     MetadataValue,
@@ -21,16 +23,71 @@ from lora_assets.core.validate import (
     enriched_input_parameter_problems,
     pair_scaffolding_problems,
 )
-from lora_assets.defs.parsing import parsed_conversations
+from lora_assets.defs import recorded_checks
 from lora_assets.defs.partitions import batch_jobs_partitions
-from lora_assets.defs.report import conversation_check_result, md_table
+from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
-from lora_assets.schemas import EnrichedConversation, EnrichmentStatus, ParsedConversation, ParseStatus
+from lora_assets.schemas import (
+    ConsultantProfile,
+    EnrichedConversation,
+    EnrichmentStatus,
+    ParsedConversation,
+    ParseStatus,
+    ResolvedScaffolding,
+)
 from lora_assets.store import queries as q
+from lora_assets.store.blobs import batched, bounded_map
+
+#: The file-reading checks of this stage, by name: computed on each conversation as it is enriched.
+RULES: recorded_checks.Rules = {
+    "enriched_has_input_parameters": lambda doc, _: enriched_input_parameter_problems(doc),
+    "training_pairs_have_scaffolding": lambda doc, _: pair_scaffolding_problems(doc),
+    "client_background_readable": lambda doc, _: client_background_problems(doc),
+}
+
+#: Conversations per DB transaction (and per wait for their writes).
+CHUNK = 200
+
+
+@dataclass
+class _Tally:
+    done: int = 0
+    pairs: int = 0
+    score_sum: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def enrich_row(row: dict[str, Any], data: bytes | BaseException, snapshot: ResolvedScaffolding,
+               consultant: ConsultantProfile, created_date: str, run_id: str) -> tuple[dict[str, Any], bytes | None]:
+    """One parsed conversation row → (the row's update, enriched.json bytes or None when it
+    failed). Any reason (the parsed file missing or invalid included) is stored on the row."""
+    try:
+        if isinstance(data, BaseException):
+            raise ValueError(f"conversation.json cannot be read ({type(data).__name__}: {data})")
+        parsed = ParsedConversation.model_validate_json(data)
+        persona = topic = None
+        if parsed.input_parameters is not None:
+            # As planned: the row's scaffolding snapshot, not today's rows.
+            if snapshot.persona.id == parsed.input_parameters.persona_id:
+                persona = snapshot.persona
+            if snapshot.training_topic.id == parsed.input_parameters.training_topic_id:
+                topic = snapshot.training_topic
+        enriched = enrich_conversation(parsed, conversation_id=row["id"], consultant=consultant, persona=persona,
+                                       training_topic=topic, created_date=created_date)
+    except (EnrichError, ValueError) as exc:
+        return {"id": row["id"], "enrichment_status": EnrichmentStatus.FAILED, "enrichment_error": str(exc)}, None
+    return {
+        "id": row["id"], "enrichment_status": EnrichmentStatus.COMPLETED, "enrichment_error": None,
+        "enriched_file_path": q.sibling_key(row["file_path"], "enriched.json"),
+        "training_pair_count": len(enriched.training_pairs),
+        "quality_score": conversation_quality(enriched),
+        "enrichment_checks": recorded_checks.findings(RULES, enriched, None, run_id),
+    }, enriched.model_dump_json(indent=2).encode()
+
 
 @asset(
     partitions_def=batch_jobs_partitions,
-    deps=[parsed_conversations],
+    deps=[AssetKey("parsed_conversations")],
     group_name="generation",
     automation_condition=AutomationCondition.eager(),
     kinds={"python", "sql"},
@@ -39,106 +96,80 @@ def enriched_conversations(context: AssetExecutionContext, db: DomainDB, blobs: 
     """Enrich every parsed conversation of the batch not yet enriched into the v4.0 individual
     JSON (one training pair per user turn, 5 scaffolding fields per pair, readable
     client_background, quality scores). Writes `enriched.json`, `enriched_file_path` and
-    `enrichment_status = completed`; failures are stored with their reason and retried from the
-    stored parsed file on the next run. Runs on its own after parsing (eager automation)."""
+    `enrichment_status = completed`, and records what this stage's checks find on each
+    conversation while it is in memory; failures are stored with their reason and retried from
+    the stored parsed file on the next run. One pass through a bounded blob pool, rows updated a
+    chunk per transaction. Runs on its own after parsing (eager automation)."""
     batch_id = context.partition_key
     engine = db.engine()
     store = blobs.store()
     with engine.connect() as conn:
-        rows = q.batch_conversations(
-            conn,
-            batch_id,
-            parse_status=ParseStatus.PARSED,
-            enrichment_status=[EnrichmentStatus.NOT_STARTED, EnrichmentStatus.FAILED, EnrichmentStatus.IN_PROGRESS],
-        )
-        # As planned: the batch's consultant and each row's scaffolding snapshot, not today's rows.
+        # As planned: the batch's consultant, not today's row.
         consultant = q.batch_consultant(conn, q.get_batch(conn, batch_id) or {})
-        snapshots = q.resolve_conversations(conn, rows)
     created_date = datetime.now(UTC).date().isoformat()
-    done = 0
-    pairs = 0
-    failures: list[tuple[str, str]] = []
-    scores: list[float] = []
-    for row in rows:
-        key = row["file_path"].rsplit("/", 1)[0] + "/enriched.json"
-        try:
-            parsed = ParsedConversation.model_validate_json(store.get_bytes(row["file_path"]))
-            persona = topic = None
-            if parsed.input_parameters is not None:
-                snap = snapshots[row["id"]]
-                if snap.persona.id == parsed.input_parameters.persona_id:
-                    persona = snap.persona
-                if snap.training_topic.id == parsed.input_parameters.training_topic_id:
-                    topic = snap.training_topic
-            enriched = enrich_conversation(
-                parsed,
-                conversation_id=row["id"],
-                consultant=consultant,
-                persona=persona,
-                training_topic=topic,
-                created_date=created_date,
-            )
-        except (EnrichError, ValueError) as exc:
-            failures.append((row["id"], str(exc)))
-            with engine.begin() as conn:
-                q.update_conversation(conn, row["id"], enrichment_status=EnrichmentStatus.FAILED, enrichment_error=str(exc))
-            continue
-        store.put_bytes(key, enriched.model_dump_json(indent=2).encode())
-        quality = conversation_quality(enriched)
-        with engine.begin() as conn:
-            q.update_conversation(
-                conn,
-                row["id"],
-                enrichment_status=EnrichmentStatus.COMPLETED,
-                enrichment_error=None,
-                enriched_file_path=key,
-                training_pair_count=len(enriched.training_pairs),
-                quality_score=quality,
-            )
-        done += 1
-        pairs += len(enriched.training_pairs)
-        scores.append(quality)
+    tally = _Tally()
+    todo = {"parse_status": ParseStatus.PARSED, "enrichment_status": [
+        EnrichmentStatus.NOT_STARTED, EnrichmentStatus.FAILED, EnrichmentStatus.IN_PROGRESS]}
+    with blobs.pool() as pool:
+        for page in q.iter_batch_conversations(engine, batch_id, **todo):
+            with engine.connect() as conn:
+                snapshots = q.resolve_conversations(conn, page)
+            reads = bounded_map(pool, lambda r: store.get_bytes(r["file_path"]), page, 2 * blobs.concurrency)
+            for chunk in batched(reads, CHUNK):
+                updates, writes = [], []
+                for row, data in chunk:
+                    update, out = enrich_row(row, data, snapshots[row["id"]], consultant, created_date, context.run_id)
+                    if out is None:
+                        updates.append(update)
+                    else:
+                        writes.append((update, pool.submit(store.put_bytes, update["enriched_file_path"], out)))
+                for update, written in writes:
+                    try:
+                        written.result()
+                        updates.append(update)
+                    except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
+                        updates.append({"id": update["id"], "enrichment_status": EnrichmentStatus.FAILED,
+                                        "enrichment_error": f"enriched.json could not be written "
+                                                            f"({type(exc).__name__}: {exc})"})
+                with engine.begin() as conn:
+                    q.update_conversations(conn, updates)
+                for u in updates:
+                    if u["enrichment_status"] == EnrichmentStatus.COMPLETED:
+                        tally.done += 1
+                        tally.pairs += u["training_pair_count"]
+                        tally.score_sum += u["quality_score"]
+                    else:
+                        tally.failures.append((u["id"], u["enrichment_error"]))
     with engine.connect() as conn:
         progress = q.batch_progress(conn, batch_id)
     return MaterializeResult(
         metadata={
-            "enriched_this_run": done,
-            "failed_this_run": len(failures),
-            "training_pairs_this_run": pairs,
+            "enriched_this_run": tally.done,
+            "failed_this_run": len(tally.failures),
+            "training_pairs_this_run": tally.pairs,
             "enriched_total": progress["enrichment"][EnrichmentStatus.COMPLETED],
-            "avg_quality_this_run": round(sum(scores) / len(scores), 3) if scores else 0.0,
-            "failures": MetadataValue.md(md_table(["conversation", "reason"], failures[:50], empty="No failures.")),
+            "avg_quality_this_run": round(tally.score_sum / tally.done, 3) if tally.done else 0.0,
+            "failures": MetadataValue.md(md_table(["conversation", "reason"], tally.failures[:50], empty="No failures.")),
         }
     )
 
 
-def _iter_enriched(conn: Any, store: Any, batch_id: str):
-    for row in q.batch_conversations(conn, batch_id, enrichment_status=EnrichmentStatus.COMPLETED):
-        try:
-            yield row, EnrichedConversation.model_validate_json(store.get_bytes(row["enriched_file_path"])), None
-        except Exception as exc:  # noqa: BLE001 - reported per conversation by the check
-            yield row, None, f"enriched.json unreadable: {exc}"
-
-
-def _enriched_check(context: Any, db: DomainDB, blobs: BlobStoreResource, rule: Any, what: str) -> AssetCheckResult:
-    # `what` completes "<ok> of <n> enriched conversations: …" (the check's description).
-    """Apply a core.validate rule to every enriched conversation of the partition."""
-    problems: dict[str, list[str]] = {}
-    checked = 0
-    with db.engine().connect() as conn:
-        for row, enriched, error in _iter_enriched(conn, blobs.store(), context.partition_key):
-            checked += 1
-            msgs = [error] if error else [str(p) for p in rule(enriched)]
-            if msgs:
-                problems[row["id"]] = msgs
-    return conversation_check_result(problems, checked, "{ok} of {n} enriched conversations: " + what)
+def _enriched_check(context: Any, db: DomainDB, blobs: BlobStoreResource, name: str, what: str) -> AssetCheckResult:
+    """`name` over every enriched conversation of the partition: from this run's records, and
+    from the file for conversations another run enriched."""
+    return recorded_checks.verify(
+        engine=db.engine(), blobs=blobs, batch_id=context.partition_key, run_id=context.run.run_id,
+        row_filter={"enrichment_status": EnrichmentStatus.COMPLETED}, column="enrichment_checks",
+        path_column="enriched_file_path", load=EnrichedConversation.model_validate_json, what="enriched.json",
+        rules=RULES, check_name=name, summary="{ok} of {n} enriched conversations: " + what, scaffolding=False,
+    )
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,
              description="enriched.json has input_parameters (copied from the parsed conversation).")
 def enriched_has_input_parameters(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug spec Test Case 2: input_parameters present in the enriched JSON."""
-    return _enriched_check(context, db, blobs, enriched_input_parameter_problems, "input_parameters present")
+    return _enriched_check(context, db, blobs, "enriched_has_input_parameters", "input_parameters present")
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,
@@ -146,14 +177,14 @@ def enriched_has_input_parameters(context, db: DomainDB, blobs: BlobStoreResourc
              "training_topic and training_topic_key.")
 def training_pairs_have_scaffolding(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug spec Test Case 2: the 5 scaffolding fields on every pair."""
-    return _enriched_check(context, db, blobs, pair_scaffolding_problems, "all pairs carry the 5 scaffolding fields")
+    return _enriched_check(context, db, blobs, "training_pairs_have_scaffolding", "all pairs carry the 5 scaffolding fields")
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,
              description="client_background is readable text (no '[object Object]', no JSON or Python repr).")
 def client_background_readable(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Bug #3 of the spec can never come back."""
-    return _enriched_check(context, db, blobs, client_background_problems, "client_background readable")
+    return _enriched_check(context, db, blobs, "client_background_readable", "client_background readable")
 
 
 @asset_check(asset=enriched_conversations, partitions_def=batch_jobs_partitions, blocking=True,

@@ -57,7 +57,7 @@ def raw_conversations(
     ledger = q.SqlLedger(engine, store, batch_id, user_id)
     with engine.connect() as conn:
         todo = q.items_to_generate(conn, batch_id, include_submitted=(mode == "messages"))
-    recovered = set(ledger.recover_stored_raw([i.id for i in todo]))
+    recovered = set(ledger.recover_stored_raw([i.id for i in todo], workers=blobs.concurrency))
     todo = [i for i in todo if i.id not in recovered]
     with engine.connect() as conn:
         # The scaffolding as it was when the batch was planned, whatever the tables say now.

@@ -1,13 +1,13 @@
 """parsed_conversations: validated conversation JSON + input_parameters resolved from the DB."""
 
-
 import json
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
+    AssetKey,
     AutomationCondition,
     MaterializeResult,
     MetadataValue,
@@ -16,20 +16,60 @@ from dagster import (
 )
 
 from lora_assets.core.parse import ParseError, parse_conversation
-from lora_assets.defs.generation import raw_conversations
-from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.core.validate import client_persona_problems, input_parameter_problems
-from lora_assets.defs.report import conversation_check_result, md_table
+from lora_assets.defs import recorded_checks
+from lora_assets.defs.partitions import batch_jobs_partitions
+from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
-from lora_assets.schemas import ParsedConversation, ParseStatus
+from lora_assets.schemas import ParsedConversation, ParseStatus, ResolvedScaffolding
 from lora_assets.store import queries as q
-from lora_assets.store.blobs import BlobStore
+from lora_assets.store.blobs import batched, bounded_map
 
+#: The checks of this stage, by name: computed on each conversation as it is parsed.
+RULES: recorded_checks.Rules = {
+    "input_parameters_complete": input_parameter_problems,
+    "client_persona_matches": client_persona_problems,
+}
+
+#: Conversations per DB transaction (and per wait for their writes).
+CHUNK = 200
+
+
+@dataclass
+class _Tally:
+    parsed: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def parse_row(row: dict[str, Any], raw: bytes | BaseException, scaffolding: ResolvedScaffolding,
+              run_id: str) -> tuple[dict[str, Any], bytes | None]:
+    """One conversation row → (the row's update, conversation.json bytes or None when it failed).
+    Any reason a row cannot be parsed (the raw file missing or unreadable included) is stored on
+    the row as `kind: reason`; it never stops the other rows."""
+    try:
+        if isinstance(raw, BaseException):
+            raise ParseError(row["id"], "unreadable", f"raw.json cannot be read ({type(raw).__name__}: {raw})")
+        try:
+            payload = json.loads(raw)
+            response = payload["response"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ParseError(row["id"], "unreadable", f"raw.json is not a stored response ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from exc
+        conversation = parse_conversation(response, conversation_id=row["id"], scaffolding=scaffolding,
+                                          stop_reason=row["stop_reason"])
+    except ParseError as exc:
+        return {"id": row["id"], "parse_status": ParseStatus.FAILED, "parse_error": f"{exc.kind}: {exc.reason}"}, None
+    return {
+        "id": row["id"], "parse_status": ParseStatus.PARSED, "parse_error": None,
+        "file_path": q.sibling_key(row["raw_response_path"], "conversation.json"),
+        "turn_count": len(conversation.turns),
+        "parse_checks": recorded_checks.findings(RULES, conversation, scaffolding, run_id),
+    }, conversation.model_dump_json(indent=2).encode()
 
 
 @asset(
     partitions_def=batch_jobs_partitions,
-    deps=[raw_conversations],
+    deps=[AssetKey("raw_conversations")],
     group_name="generation",
     automation_condition=AutomationCondition.eager(),
     kinds={"python", "sql"},
@@ -38,76 +78,65 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
     """Parse every stored raw response of the batch not yet parsed (re-runs retry only failures,
     from the stored raw file; Claude is never called again). Adds `input_parameters` (10 fields)
     from the DB scaffolding, overrides client_persona, writes `conversation.json` and the row's
-    `file_path`. A bad response is a stored, readable failure on its row, never a crash."""
+    `file_path`, and records what this stage's checks find on each conversation while it is in
+    memory. One pass: raw files are read and conversation files written through a bounded pool,
+    rows updated a chunk per transaction. A bad response is a stored, readable failure on its
+    row, never a crash."""
     batch_id = context.partition_key
     engine = db.engine()
     store = blobs.store()
-    with engine.connect() as conn:
-        rows = q.batch_conversations(conn, batch_id, parse_status=[ParseStatus.PENDING, ParseStatus.FAILED])
-        scaffolding = q.resolve_conversations(conn, rows)
-    parsed = failed = 0
-    failures: list[tuple[str, str, str]] = []
-    for row in rows:
-        key = row["raw_response_path"].rsplit("/", 1)[0] + "/conversation.json"
-        try:
-            payload = json.loads(store.get_bytes(row["raw_response_path"]))
-            conversation = parse_conversation(
-                payload["response"], conversation_id=row["id"], scaffolding=scaffolding[row["id"]],
-                stop_reason=row["stop_reason"],
-            )
-        except ParseError as exc:
-            failed += 1
-            failures.append((row["id"], exc.kind, exc.reason))
-            with engine.begin() as conn:
-                q.update_conversation(conn, row["id"], parse_status=ParseStatus.FAILED, parse_error=f"{exc.kind}: {exc.reason}")
-            continue
-        store.put_bytes(key, conversation.model_dump_json(indent=2).encode())
-        with engine.begin() as conn:
-            q.update_conversation(
-                conn,
-                row["id"],
-                parse_status=ParseStatus.PARSED,
-                parse_error=None,
-                file_path=key,
-                turn_count=len(conversation.turns),
-            )
-        parsed += 1
+    tally = _Tally()
+    with blobs.pool() as pool:
+        for page in q.iter_batch_conversations(engine, batch_id, parse_status=[ParseStatus.PENDING, ParseStatus.FAILED]):
+            with engine.connect() as conn:
+                scaffolding = q.resolve_conversations(conn, page)
+            reads = bounded_map(pool, lambda r: store.get_bytes(r["raw_response_path"]), page, 2 * blobs.concurrency)
+            for chunk in batched(reads, CHUNK):
+                updates, writes = [], []
+                for row, raw in chunk:
+                    update, data = parse_row(row, raw, scaffolding[row["id"]], context.run_id)
+                    if data is None:
+                        updates.append(update)
+                    else:
+                        writes.append((update, pool.submit(store.put_bytes, update["file_path"], data)))
+                for update, written in writes:
+                    try:
+                        written.result()
+                        updates.append(update)
+                    except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
+                        updates.append({"id": update["id"], "parse_status": ParseStatus.FAILED,
+                                        "parse_error": f"unstored: conversation.json could not be written "
+                                                       f"({type(exc).__name__}: {exc})"})
+                with engine.begin() as conn:
+                    q.update_conversations(conn, updates)
+                for u in updates:
+                    if u["parse_status"] == ParseStatus.PARSED:
+                        tally.parsed += 1
+                    else:
+                        kind, _, reason = u["parse_error"].partition(": ")
+                        tally.failures.append((u["id"], kind, reason))
     with engine.connect() as conn:
         progress = q.batch_progress(conn, batch_id)
     return MaterializeResult(
         metadata={
-            "parsed_this_run": parsed,
-            "failed_this_run": failed,
+            "parsed_this_run": tally.parsed,
+            "failed_this_run": len(tally.failures),
             "parsed_total": progress["parse"][ParseStatus.PARSED],
             "failed_total": progress["parse"][ParseStatus.FAILED],
             "failures": MetadataValue.md(
-                md_table(["conversation", "kind", "reason"], failures[:50], empty="No parse failures.")
+                md_table(["conversation", "kind", "reason"], tally.failures[:50], empty="No parse failures.")
             ),
         }
     )
 
 
-def iter_parsed(conn: Any, store: BlobStore, batch_id: str) -> Iterator[tuple[dict[str, Any], ParsedConversation | None, str | None]]:
-    """(row, parsed conversation or None, load error) for every parsed conversation of a batch."""
-    for row in q.batch_conversations(conn, batch_id, parse_status=ParseStatus.PARSED):
-        try:
-            yield row, ParsedConversation.model_validate_json(store.get_bytes(row["file_path"])), None
-        except Exception as exc:  # noqa: BLE001 - reported per conversation by the check
-            yield row, None, f"conversation.json unreadable: {' '.join(str(exc).split())[:300]}"
-
-
-def _parsed_check(context: Any, db: DomainDB, blobs: BlobStoreResource, rule: Any, summary: str) -> AssetCheckResult:
-    """Apply a core.validate rule (parsed conversation, DB scaffolding) to every parsed
-    conversation of the partition."""
-    problems: dict[str, list[str]] = {}
-    with db.engine().connect() as conn:
-        loaded = list(iter_parsed(conn, blobs.store(), context.partition_key))
-        scaffolding = q.resolve_conversations(conn, [row for row, _, _ in loaded])
-    for row, parsed, error in loaded:
-        msgs = [error] if error else [str(p) for p in rule(parsed, scaffolding[row["id"]])]
-        if msgs:
-            problems[row["id"]] = msgs
-    return conversation_check_result(problems, len(loaded), summary)
+def _parsed_check(context: Any, db: DomainDB, blobs: BlobStoreResource, name: str, summary: str) -> AssetCheckResult:
+    return recorded_checks.verify(
+        engine=db.engine(), blobs=blobs, batch_id=context.partition_key, run_id=context.run.run_id,
+        row_filter={"parse_status": ParseStatus.PARSED}, column="parse_checks", path_column="file_path",
+        load=ParsedConversation.model_validate_json, what="conversation.json", rules=RULES, check_name=name,
+        summary=summary, scaffolding=True,
+    )
 
 
 @asset_check(
@@ -118,8 +147,9 @@ def _parsed_check(context: Any, db: DomainDB, blobs: BlobStoreResource, rule: An
     "and they match the scaffolding its DB row names.",
 )
 def input_parameters_complete(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
-    """Bug spec Test Case 1: input_parameters present with 10 populated fields, from the DB."""
-    return _parsed_check(context, db, blobs, input_parameter_problems,
+    """Bug spec Test Case 1: input_parameters present with 10 populated fields, from the DB.
+    Reads what parsing recorded in this run; files another run wrote are read again."""
+    return _parsed_check(context, db, blobs, "input_parameters_complete",
                          "{ok} of {n} parsed conversations have complete input_parameters")
 
 
@@ -130,6 +160,7 @@ def input_parameters_complete(context, db: DomainDB, blobs: BlobStoreResource) -
     description="client_persona equals '<persona name> - <archetype>' of the scaffolding persona.",
 )
 def client_persona_matches(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
-    """The model's persona label is overridden by the DB persona: they must agree."""
-    return _parsed_check(context, db, blobs, client_persona_problems,
+    """The model's persona label is overridden by the DB persona: they must agree. Reads what
+    parsing recorded in this run; files another run wrote are read again."""
+    return _parsed_check(context, db, blobs, "client_persona_matches",
                          "{ok} of {n} conversations name their scaffolding persona")

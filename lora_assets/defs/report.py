@@ -45,11 +45,13 @@ def problems_markdown(problems: Mapping[str, list[str]], limit: int = 50) -> str
     return text
 
 
-def conversation_check_result(problems: Mapping[str, list[str]], checked: int, summary: str) -> AssetCheckResult:
+def conversation_check_result(problems: Mapping[str, list[str]], checked: int, summary: str,
+                              extra: Mapping[str, Any] | None = None) -> AssetCheckResult:
     """A per-conversation check's result: passed when no conversation has a problem; metadata
     names each failing conversation and its problems. `summary` is formatted with {ok} and {n}."""
     return AssetCheckResult(
         passed=not problems,
         description=summary.format(ok=checked - len(problems), n=checked),
-        metadata={"checked": checked, "failing": len(problems), "problems": MetadataValue.md(problems_markdown(problems))},
+        metadata={"checked": checked, "failing": len(problems), "problems": MetadataValue.md(problems_markdown(problems)),
+                  **(extra or {})},
     )

@@ -2,6 +2,7 @@
 
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
@@ -15,17 +16,21 @@ from lora_assets.store.db import make_engine
 _ENGINES: dict[str, Engine] = {}
 
 
-_S3_CLIENTS: dict[str, Any] = {}
+_S3_CLIENTS: dict[tuple[str, int], Any] = {}
 
 
-def _s3_client(endpoint_url: str) -> Any:
+def _s3_client(endpoint_url: str, connections: int) -> Any:
     """One boto3 client per endpoint per process (building one costs ~0.4 s of CPU; clients are
-    thread-safe), made through dagster-aws's S3Resource."""
-    if endpoint_url not in _S3_CLIENTS:
-        from dagster_aws.s3 import S3Resource
+    thread-safe), with a connection pool as large as the stages' blob concurrency (botocore's
+    default of 10 would make every call past the tenth open and drop a connection)."""
+    key = (endpoint_url, connections)
+    if key not in _S3_CLIENTS:
+        import boto3
+        from botocore.config import Config
 
-        _S3_CLIENTS[endpoint_url] = S3Resource(endpoint_url=endpoint_url or None).get_client()
-    return _S3_CLIENTS[endpoint_url]
+        config = Config(max_pool_connections=connections, retries={"max_attempts": 5, "mode": "standard"})
+        _S3_CLIENTS[key] = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+    return _S3_CLIENTS[key]
 
 
 class DomainDB(ConfigurableResource):
@@ -47,11 +52,16 @@ class BlobStoreResource(ConfigurableResource):
     s3_bucket: str = ""
     s3_prefix: str = ""
     s3_endpoint_url: str = ""
+    concurrency: int = 32
 
     def store(self) -> BlobStore:
         if self.s3_bucket:
-            return S3BlobStore(_s3_client(self.s3_endpoint_url), self.s3_bucket, self.s3_prefix)
+            return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix)
         return LocalBlobStore(self.local_dir)
+
+    def pool(self) -> ThreadPoolExecutor:
+        """A pool for one stage's blob reads and writes (`concurrency` in flight)."""
+        return ThreadPoolExecutor(self.concurrency, thread_name_prefix="blobs")
 
 
 class ClaudeResource(ConfigurableResource):
@@ -122,6 +132,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             s3_bucket=s.s3_bucket or "",
             s3_prefix=s.s3_prefix,
             s3_endpoint_url=s.s3_endpoint_url or "",
+            concurrency=s.blob_concurrency,
         ),
         "claude": ClaudeResource(
             # EnvVar keeps the key out of run config and the UI; only its name is shown.

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
+    AssetKey,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -26,7 +27,6 @@ from lora_assets.core.card import SourceBatch, dataset_card
 from lora_assets.core.dedup import Deduplicator, quality_filter
 from lora_assets.core.export import ExportWriter, axolotl_config
 from lora_assets.core.split import train_validation_split
-from lora_assets.defs.enrichment import enriched_conversations
 from lora_assets.defs.partitions import training_files_partitions
 from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
@@ -34,7 +34,7 @@ from lora_assets.schemas import EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
 from lora_assets.store import training_files as tfq
-from lora_assets.store.blobs import BlobStore
+from lora_assets.store.blobs import BlobStore, bounded_map
 
 VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 0
@@ -63,14 +63,13 @@ class MemberFileError(Exception):
     """A member's enriched.json cannot be used; names the conversation, the file and why."""
 
 
-def _load(store: BlobStore, row: dict[str, Any]) -> EnrichedConversation:
-    """A member's enriched conversation, or MemberFileError naming it (missing file, invalid
-    JSON, or pairs that belong to another conversation, e.g. a copied file)."""
+def _member(row: dict[str, Any], data: bytes | BaseException) -> EnrichedConversation:
+    """A member's enriched conversation from its file's bytes (or the error reading them), or
+    MemberFileError naming it (missing file, invalid JSON, or pairs that belong to another
+    conversation, e.g. a copied file)."""
     where = f"conversation {row['id']} ({row['enriched_file_path']})"
-    try:
-        data = store.get_bytes(row["enriched_file_path"])
-    except Exception as exc:  # noqa: BLE001 - any storage error: the file cannot be read
-        raise MemberFileError(f"{where}: enriched.json cannot be read ({exc.__class__.__name__}: {exc})") from exc
+    if isinstance(data, BaseException):
+        raise MemberFileError(f"{where}: enriched.json cannot be read ({data.__class__.__name__}: {data})") from data
     try:
         conv = EnrichedConversation.model_validate_json(data)
     except ValueError as exc:
@@ -83,6 +82,24 @@ def _load(store: BlobStore, row: dict[str, Any]) -> EnrichedConversation:
             "conversation (copied or overwritten); re-enrich it"
         )
     return conv
+
+
+class _LocalCopies:
+    """The kept members' enriched.json bytes in one local temp file, so the second pass reads
+    each member from local disk instead of from the blob store again (one GET per member)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._where: dict[str, tuple[int, int]] = {}
+
+    def put(self, conversation_id: str, data: bytes) -> None:
+        self._where[conversation_id] = (self._file.seek(0, 2), len(data))
+        self._file.write(data)
+
+    def get(self, conversation_id: str) -> bytes:
+        offset, size = self._where[conversation_id]
+        self._file.seek(offset)
+        return self._file.read(size)
 
 
 def _histogram_md(histogram: list[int] | dict[Any, int]) -> str:
@@ -115,7 +132,7 @@ def _distribution_md(dist: dict[str, dict[str, int]]) -> str:
 
 @asset(
     partitions_def=training_files_partitions,
-    deps=[enriched_conversations],
+    deps=[AssetKey("enriched_conversations")],
     group_name="training_files",
     kinds={"json", "parquet"},
 )
@@ -147,12 +164,18 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
     candidates = [m for m in members if quality_filter(tfq.summary_of(m), min_quality)]
     dedup = Deduplicator()
     kept, dropped = [], []
-    try:
-        for m in candidates:
-            decision = dedup.check(_load(store, m), conversation_id=m["id"])
-            (kept if decision.keep else dropped).append((m, decision))
-    except MemberFileError as exc:
-        raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
+    # Unlinked at creation (TemporaryFile): nothing is left behind whatever happens below.
+    copies = _LocalCopies()
+    with blobs.pool() as pool:
+        try:
+            for m, data in bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
+                                       2 * blobs.concurrency):
+                decision = dedup.check(_member(m, data), conversation_id=m["id"])
+                (kept if decision.keep else dropped).append((m, decision))
+                if decision.keep:
+                    copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
+        except MemberFileError as exc:
+            raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
     kept_rows = [m for m, _ in kept]
     if not kept_rows:
         raise Failure(f"training file {name!r}: no conversation left after quality filter ({len(filtered)}) and dedup ({len(dropped)})")
@@ -181,7 +204,7 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
                 parquet=handles["parquet"], min_trained_quality=min_quality,
             ))
             for m in kept_rows:
-                conv = _load(store, m)
+                conv = _member(m, copies.get(m["id"]))
                 aggregate.add(conv, conversation_id=m["id"])
                 exports.add(conv, split[m["id"]], conversation_id=m["id"])
             export_stats = exports.close()

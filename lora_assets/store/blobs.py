@@ -6,10 +6,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
 
@@ -119,6 +121,17 @@ class LocalBlobStore:
         return self._path(key)
 
 
+#: PUTs up to this size go without `Expect: 100-continue` (botocore adds it to every file-like
+#: body): it costs a second round trip, and a small body is cheaper to resend than to wait for.
+EXPECT_CONTINUE_MIN_BYTES = 1 << 20
+
+
+def _no_expect_for_small_bodies(request: Any, **_: Any) -> None:
+    length = request.headers.get("Content-Length")
+    if "Expect" in request.headers and length is not None and int(length) < EXPECT_CONTINUE_MIN_BYTES:
+        del request.headers["Expect"]
+
+
 class S3BlobStore:
     """Blobs in an S3 bucket under a prefix, through a boto3 client (dagster-aws's S3Resource
     builds the same client in the Dagster layer). Streams via multipart upload."""
@@ -128,6 +141,8 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies,
+                                    unique_id="lora-no-expect-small-put")
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -195,6 +210,43 @@ class S3BlobStore:
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_in
         )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[
+        tuple[T, R | BaseException]]:
+    """`fn` over `items` on `pool`, at most `window` calls in flight, results in input order as
+    (item, result or the exception it raised). Lazy on both ends: a stage streams a whole
+    partition through it without holding more than `window` results."""
+    pending: deque[tuple[T, Future[R]]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            yield _settle(*pending.popleft())
+    while pending:
+        yield _settle(*pending.popleft())
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _settle(item: T, future: Future[R]) -> tuple[T, R | BaseException]:
+    try:
+        return item, future.result()
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, per item
+        return item, exc
 
 
 def copy_blob(src: BlobStore, key: str, dest: Path) -> Path:

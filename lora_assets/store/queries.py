@@ -8,7 +8,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from lora_assets.schemas import (
     ResolvedScaffolding,
 )
 from lora_assets.store import tables as t
-from lora_assets.store.blobs import BlobStore
+from lora_assets.store.blobs import BlobStore, bounded_map
 from lora_assets.store.db import read_consultant_profile, scaffolding_by_id
 
 _ITEM_NS = uuid.UUID("0b8a9f55-1d3c-4c1e-8f0e-5a4b7e2d9c61")
@@ -53,6 +54,11 @@ def conversation_id_for(item_id: str) -> str:
 def conversation_key(user_id: str, conversation_id: str, name: str) -> str:
     """Blob key layout of the seeds: conversation-files/<user>/<conversation>/<name>."""
     return f"conversation-files/{user_id}/{conversation_id}/{name}"
+
+
+def sibling_key(key: str, name: str) -> str:
+    """The key of file `name` next to `key` (e.g. a conversation's enriched.json beside its raw.json)."""
+    return f"{key.rsplit('/', 1)[0]}/{name}"
 
 
 def now() -> datetime:
@@ -336,9 +342,15 @@ def resolve_conversations(conn: Connection, rows: Iterable[dict[str, Any]]) -> d
     generated; the current rows by the row's IDs only for conversations stored without one."""
     out: dict[str, ResolvedScaffolding] = {}
     legacy = []
+    # Rows of one batch planned from the same scaffolding carry equal snapshots: validate each once.
+    seen: dict[tuple[Any, ...], ResolvedScaffolding] = {}
     for r in rows:
         if r.get("scaffolding_snapshot"):
-            out[r["id"]] = ResolvedScaffolding.model_validate(r["scaffolding_snapshot"])
+            same = (r.get("batch_job_id"), r["persona_id"], r["emotional_arc_id"], r["training_topic_id"],
+                    r.get("prompt_template_id"))
+            if same not in seen:
+                seen[same] = ResolvedScaffolding.model_validate(r["scaffolding_snapshot"])
+            out[r["id"]] = seen[same]
         else:
             legacy.append((r["id"], r["persona_id"], r["emotional_arc_id"], r["training_topic_id"], r["prompt_template_id"]))
     out.update(_resolve(conn, legacy))
@@ -424,9 +436,18 @@ class SqlClaims:
             conn.execute(sa.update(t.leases).where(t.leases.c.run_id == run_id).values(expires_at=time.time() + ttl_s))
 
     def release(self, run_id: str) -> None:
-        """Drop every lease of `run_id`."""
+        """End every lease of `run_id`. The rows stay (expired): a key that was ever claimed may
+        have a paid answer in storage, and recovery looks only at such keys."""
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(t.leases).where(t.leases.c.run_id == run_id))
+            conn.execute(sa.update(t.leases).where(t.leases.c.run_id == run_id).values(expires_at=0.0))
+
+    def ever_claimed(self, keys: Iterable[str]) -> set[str]:
+        """The keys that some run has claimed (and so may have requested)."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(keys))):
+                found.update(conn.scalars(sa.select(t.leases.c.key).where(t.leases.c.key.in_(chunk))))
+        return found
 
 
 class SqlLedger:
@@ -586,14 +607,24 @@ class SqlLedger:
             return False
         return True
 
-    def recover_stored_raw(self, item_ids: Iterable[str]) -> list[str]:
+    def recover_stored_raw(self, item_ids: Iterable[str], workers: int = 32) -> list[str]:
         """Rows for raw blobs that were stored but whose DB step a crash cut off. Returns the
-        recovered item ids (they must not be requested again)."""
+        recovered item ids (they must not be requested again). Only items some run has claimed
+        can have been requested (a claim is taken before any request), so only their blobs are
+        looked for: a fresh partition costs no storage request at all."""
+        candidates = sorted(self.claims.ever_claimed(item_ids))
+        if not candidates:
+            return []
+        with ThreadPoolExecutor(workers, thread_name_prefix="recover") as pool:
+            found = []
+            for item_id, there in bounded_map(pool, lambda i: self.blobs.exists(self.raw_key(i)), candidates, 2 * workers):
+                if isinstance(there, BaseException):
+                    raise there  # not knowing is not "absent": requesting it again could pay twice
+                if there:
+                    found.append(item_id)
         recovered = []
-        for item_id in item_ids:
+        for item_id in found:
             key = self.raw_key(item_id)
-            if not self.blobs.exists(key):
-                continue
             stored = self._stored_record(key)
             if self._insert_row(item_id, stored, key, paid=stored):
                 with self._lock:
@@ -676,10 +707,44 @@ def batch_conversations(conn: Connection, batch_id: str, **filters: Any) -> list
     return [dict(r) for r in conn.execute(q.order_by(c.c.id)).mappings()]
 
 
+def iter_batch_conversations(engine: Engine, batch_id: str, page_size: int = 500,
+                             **filters: Any) -> Iterator[list[dict[str, Any]]]:
+    """`batch_conversations` a page at a time (keyset by id, a short connection per page), so a
+    stage never holds a whole partition's rows. Rows updated behind the cursor are not seen again."""
+    c = t.conversations
+    after = ""
+    while True:
+        stmt = sa.select(c).where(c.c.batch_job_id == batch_id, c.c.id > after)
+        for col, value in filters.items():
+            stmt = stmt.where(c.c[col].in_(value) if isinstance(value, (list, tuple, set)) else c.c[col] == value)
+        with engine.connect() as conn:
+            page = [dict(r) for r in conn.execute(stmt.order_by(c.c.id).limit(page_size)).mappings()]
+        if not page:
+            return
+        yield page
+        after = page[-1]["id"]
+
+
 def update_conversation(conn: Connection, conversation_id: str, **values: Any) -> None:
     conn.execute(
         sa.update(t.conversations).where(t.conversations.c.id == conversation_id).values(**values, updated_at=now())
     )
+
+
+def update_conversations(conn: Connection, updates: Iterable[dict[str, Any]]) -> int:
+    """Many row updates in few statements (one executemany per set of columns): what a stage
+    writes for a chunk of conversations. Each dict holds `id` and the columns to set."""
+    c = t.conversations
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in updates:
+        cols = tuple(sorted(k for k in u if k != "id"))
+        groups.setdefault(cols, []).append({"_id": u["id"], **{k: u[k] for k in cols}})
+    stamp = now()
+    for cols, rows in groups.items():
+        stmt = sa.update(c).where(c.c.id == sa.bindparam("_id")).values(
+            {k: sa.bindparam(k) for k in cols} | {"updated_at": stamp})
+        conn.execute(stmt, rows)
+    return sum(len(rows) for rows in groups.values())
 
 
 def get_conversation(conn: Connection, conversation_id: str) -> dict[str, Any] | None:

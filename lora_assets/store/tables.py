@@ -206,6 +206,11 @@ conversations = sa.Table(
     sa.Column("quality_score", sa.Float),
     sa.Column("judge_scores", Json),
     sa.Column("human_reviewed", sa.Boolean, nullable=False, server_default=sa.false()),
+    # What the stage's checks found while the conversation was in memory: {"run_id": the run
+    # that wrote the file, "problems": {check name: [messages]}}. Checks read these instead of
+    # every file again (and re-read only files another run wrote).
+    sa.Column("parse_checks", Json),
+    sa.Column("enrichment_checks", Json),
     *_timestamps(),
 )
 sa.Index("ix_conversations_batch", conversations.c.batch_job_id)

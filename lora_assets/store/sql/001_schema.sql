@@ -233,6 +233,8 @@ CREATE TABLE IF NOT EXISTS conversations (
 	quality_score FLOAT, 
 	judge_scores JSONB, 
 	human_reviewed BOOLEAN DEFAULT false NOT NULL, 
+	parse_checks JSONB, 
+	enrichment_checks JSONB, 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	PRIMARY KEY (id), 

@@ -1,0 +1,5 @@
+-- Upgrade for databases created before stages recorded their checks' findings per conversation.
+-- Written by hand; a no-op on a database created from the current 001_schema.sql.
+
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS parse_checks JSONB;
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS enrichment_checks JSONB;
