@@ -29,6 +29,8 @@ class Settings(BaseModel):
                                "killed run's items are taken over this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="LORA_SPOOL_DIR: durable local copies of paid answers "
                                    "until stored; <data_dir>/spool when unset. Put it on a persistent volume.")
+    blob_concurrency: int = Field(default=32, ge=1, le=256, description="LORA_BLOB_CONCURRENCY: blob reads/writes in "
+                                  "flight per stage (and S3 connections); 32 keeps S3 busy at tens of ms per round trip.")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -48,6 +50,7 @@ class Settings(BaseModel):
             user_id=e.get("LORA_USER_ID") or DEFAULT_USER_ID,
             claim_ttl_s=float(e.get("LORA_CLAIM_TTL_S") or 60.0),
             spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
+            blob_concurrency=int(e.get("LORA_BLOB_CONCURRENCY") or 32),
         )
 
     @cached_property
