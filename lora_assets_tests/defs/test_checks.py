@@ -222,6 +222,58 @@ def test_old_conversation_without_input_parameters_still_enriches(env: Env) -> N
     )
 
 
+# --- one pass: checks read what the stage recorded ---------------------------------------------
+
+
+FILE_CHECKS = ("input_parameters_complete", "client_persona_matches", "enriched_has_input_parameters",
+               "training_pairs_have_scaffolding", "client_background_readable")
+
+
+def test_checks_in_the_stage_run_read_no_file_again(env: Env, good: Batch) -> None:
+    """The pipeline run's checks use what parsing and enrichment recorded while each
+    conversation was in memory: not one file is read again."""
+    ev = h.check_evaluations(good.result)
+    for name in FILE_CHECKS:
+        assert ev[name].passed, name
+        assert ev[name].metadata["checked"].value == 4, name
+        assert ev[name].metadata["read_again_from_storage"].value == 0, name
+    rows = h.conversations(env.engine, good.id)
+    assert all(r["parse_checks"]["run_id"] == good.result.run_id for r in rows)
+    assert all(r["enrichment_checks"]["problems"] == {
+        "enriched_has_input_parameters": [], "training_pairs_have_scaffolding": [], "client_background_readable": []}
+        for r in rows)
+
+
+def test_a_check_run_alone_reads_the_files_again_and_records_them(env: Env, good: Batch) -> None:
+    """Another run wrote the files: a check run alone judges them as they are now, and records
+    that, so the stage's other check in the same run reads nothing again."""
+    result = h.run_checks(env.defs, env.instance, good.id, ["input_parameters_complete", "client_persona_matches"])
+    ev = h.check_evaluations(result)
+    reads = sorted(ev[n].metadata["read_again_from_storage"].value for n in ev)
+    assert reads == [0, 4] and all(e.passed for e in ev.values())
+
+
+def test_an_unreadable_raw_file_fails_its_row_not_the_partition(env: Env) -> None:
+    """A missing or corrupt raw.json is that conversation's failure, stated on its row; the other
+    conversations of the partition are parsed (once this aborted the whole partition)."""
+    batch_id = h.plan(env.engine, 2, 2, 1)
+    assert h.run_assets(env.defs, env.instance, batch_id, ["raw_conversations"], with_checks=False).success
+    rows = h.conversations(env.engine, batch_id)
+    env.store.delete(rows[0]["raw_response_path"])
+    env.store.put_bytes(rows[1]["raw_response_path"], b"\xff\xfe not json")
+
+    result = h.run_assets(env.defs, env.instance, batch_id, ["parsed_conversations"], with_checks=False)
+
+    assert result.success
+    md = h.metadata(result, "parsed_conversations")
+    assert md["parsed_this_run"] == 2 and md["failed_this_run"] == 2
+    after = {r["id"]: r for r in h.conversations(env.engine, batch_id)}
+    assert after[rows[0]["id"]]["parse_status"] == "failed"
+    assert after[rows[0]["id"]]["parse_error"].startswith("unreadable: raw.json cannot be read")
+    assert after[rows[1]["id"]]["parse_error"].startswith("unreadable: raw.json is not a stored response")
+    assert {after[r["id"]]["parse_status"] for r in rows[2:]} == {"parsed"}
+
+
 # --- each check fails, precisely, on data crafted to break it ---------------------------------
 
 
