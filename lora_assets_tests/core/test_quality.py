@@ -217,3 +217,21 @@ def test_conversation_quality_is_the_mean_of_answered_pairs() -> None:
     answered = [p.training_metadata.quality_score for p in enriched.training_pairs if p.target_response]
     assert len(answered) == 2 and len(enriched.training_pairs) == 3
     assert conversation_quality(enriched) == pytest.approx(sum(answered) / len(answered), abs=0.005)
+
+
+def test_one_regex_per_phrase_list_finds_exactly_what_the_phrase_by_phrase_test_finds() -> None:
+    """`_has` on a phrase tuple is one alternation regex; it must agree with testing each phrase
+    on word boundaries, including phrases glued to letters (no match) or to punctuation (match)."""
+    import random
+
+    from lora_assets.core import quality
+
+    rng = random.Random(7)
+    lists = [quality.ACKNOWLEDGEMENTS, quality.NORMALISING, quality.DISMISSIVE, quality.CAVEATS, quality.JARGON,
+             quality.PERMISSION, quality.PLATITUDES, quality.GUARANTEES]
+    words = [p for phrases in lists for p in phrases] + ["money", "plan", "okay", "x", "s"]
+    for _ in range(400):
+        text = "".join(rng.choice(words) + rng.choice([" ", "", ", ", "s ", ".", "\n"]) for _ in range(rng.randint(1, 6)))
+        for phrases in lists:
+            expected = any(quality._occurs(p, text) for p in phrases)
+            assert quality._has(text, phrases) == expected, (text, phrases)

@@ -66,3 +66,51 @@ def test_put_if_absent_never_overwrites(store) -> None:
     assert store.put_if_absent("conversation-files/u/c/raw.json", b"first") is True
     assert store.put_if_absent("conversation-files/u/c/raw.json", b"second") is False
     assert store.get_bytes("conversation-files/u/c/raw.json") == b"first"
+
+
+def test_bounded_map_keeps_order_bounds_what_is_in_flight_and_hands_back_errors() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lora_assets.store.blobs import bounded_map
+
+    running = peak = 0
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.002 * (i % 3))
+        with lock:
+            running -= 1
+        if i == 7:
+            raise KeyError(f"item {i}")
+        return i * i
+
+    with ThreadPoolExecutor(8) as pool:
+        out = list(bounded_map(pool, work, range(40), window=4))
+    assert [i for i, _ in out] == list(range(40))
+    assert [r for i, r in out if i != 7] == [i * i for i in range(40) if i != 7]
+    assert isinstance(out[7][1], KeyError)
+    assert peak <= 4
+
+
+def test_small_puts_go_without_expect_continue(s3_bucket: tuple[str, str]) -> None:
+    """botocore asks for `Expect: 100-continue` on every PutObject body, which costs a second
+    round trip; our store drops it below 1 MiB and keeps it for larger bodies."""
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint)
+    sent: list[tuple[int, bool]] = []
+    store = S3BlobStore(client, bucket)
+    # Registered after the store's handler: sees the headers as they go on the wire.
+    client.meta.events.register_last(
+        "before-send.s3.PutObject",
+        lambda request, **_: sent.append((int(request.headers["Content-Length"]), "Expect" in request.headers)))
+    store.put_bytes("a/small.json", b"x" * 6000)
+    store.put_if_absent("a/small2.json", b"y" * 100)
+    store.put_bytes("a/large.bin", b"z" * (2 << 20))
+    assert sent == [(6000, False), (100, False), (2 << 20, True)]
+    assert store.get_bytes("a/small.json") == b"x" * 6000
