@@ -1,0 +1,139 @@
+"""S3 requests per conversation, counted at the HTTP layer (a proxy in front of the real S3 API
+of moto), not inside our code: generate 1 PUT; parse 1 GET + 1 PUT; enrich 1 GET + 1 PUT; their
+checks none; the training-file build 1 GET per member: 6 per conversation end to end. A re-run
+after a crash looks only for the blobs of items a run had claimed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, materialize
+
+from lora_assets.defs.resources import BlobStoreResource, DomainDB
+from lora_assets.generation.simulator import ClaudeSimulator
+from lora_assets.store import tables as t
+from lora_assets.store import training_files as tfq
+from lora_assets_tests.defs import helpers as h
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CountingProxy:
+    """bench/latency_proxy.py (delay 0) in front of moto: HTTP requests by method."""
+
+    def __init__(self, upstream_port: int, stats: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.stats = stats
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "latency_proxy.py"), "--listen-port", str(self.port),
+             "--upstream-port", str(upstream_port), "--delay-ms", "0", "--stats-file", str(stats)])
+        deadline = time.monotonic() + 10
+        while not stats.exists():
+            assert time.monotonic() < deadline, "proxy did not start"
+            time.sleep(0.05)
+
+    def counts(self) -> dict[str, int]:
+        """Requests so far, by method (a fresh snapshot: asked for and waited on)."""
+        before = json.loads(self.stats.read_text())["seq"]
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        while (snap := json.loads(self.stats.read_text()))["seq"] <= before:
+            time.sleep(0.02)
+        return dict(snap["requests"]) | {"expect_100": snap["expect_100"]}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str, tmp_path: Path) -> Iterator[CountingProxy]:
+    p = CountingProxy(int(moto_endpoint.rsplit(":", 1)[1]), tmp_path / "stats.json")
+    yield p
+    p.stop()
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+def test_six_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bucket: tuple[str, str],
+                                                     sim: ClaudeSimulator, tmp_path: Path) -> None:
+    _, bucket = s3_bucket
+    url = f"sqlite:///{tmp_path / 'lora.db'}"
+    engine = h.setup_store(url)
+    blobs = BlobStoreResource(s3_bucket=bucket, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}", concurrency=8)
+    defs = h.make_defs(url, blobs, sim)
+    batch_id = h.plan(engine, 2, 2, 3)  # 12 conversations
+    n = 12
+    with DagsterInstance.ephemeral() as instance:
+        steps: dict[str, dict[str, int]] = {}
+        before = proxy.counts()
+        assert h.run_assets(defs, instance, batch_id, ["raw_conversations"], with_checks=False).success
+        steps["generate"], before = _delta(after := proxy.counts(), before), after
+        result = h.run_assets(defs, instance, batch_id, ["parsed_conversations", "enriched_conversations"])
+        assert result.success and all(ev.passed for ev in result.get_asset_check_evaluations())
+        steps["parse+enrich+checks"], before = _delta(after := proxy.counts(), before), after
+
+        with engine.connect() as conn:
+            ids = tfq.conversations_of_batches(conn, [batch_id])
+        tfq.create_training_file(engine, name="io-count", conversation_ids=ids, created_by="tests")
+        from lora_assets.defs.training_files import OUTPUTS, training_files
+
+        instance.add_dynamic_partitions("training_files", ["io-count"])
+        built = materialize([training_files], partition_key="io-count", instance=instance,
+                            resources={"db": DomainDB(database_url=url), "blobs": blobs}, raise_on_error=False)
+        assert built.success
+        steps["training-file build"] = _delta(proxy.counts(), before)
+
+    assert steps["generate"] == {"PUT": n}, steps  # no HEAD pass on a fresh partition
+    assert steps["parse+enrich+checks"] == {"GET": 2 * n, "PUT": 2 * n}, steps  # the checks read nothing
+    build = steps["training-file build"]
+    # Each member once, plus the version's JSONL read back to write its JSON; the version's
+    # files written and sized once each, not per member.
+    assert build.get("GET") == n + 1, steps
+    assert build.get("PUT", 0) <= len(OUTPUTS) and build.get("HEAD", 0) <= len(OUTPUTS), steps
+    per_conversation = (sum(v for k, v in steps["generate"].items() if k != "expect_100")
+                        + sum(v for k, v in steps["parse+enrich+checks"].items() if k != "expect_100")
+                        + build["GET"] - 1) / n
+    assert per_conversation == 6
+    assert all(s.get("expect_100", 0) == 0 for s in (steps["generate"], steps["parse+enrich+checks"])), steps
+
+
+def test_rerun_after_a_crash_looks_only_for_claimed_items(proxy: CountingProxy, s3_bucket: tuple[str, str],
+                                                          sim: ClaudeSimulator, tmp_path: Path) -> None:
+    """The state a crash between raw.json and its row leaves (blob stored, row missing, item
+    pending, its lease row expired): the re-run HEADs exactly those items and buys nothing."""
+    _, bucket = s3_bucket
+    url = f"sqlite:///{tmp_path / 'lora.db'}"
+    engine = h.setup_store(url)
+    blobs = BlobStoreResource(s3_bucket=bucket, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}", concurrency=8)
+    defs = h.make_defs(url, blobs, sim)
+    batch_id = h.plan(engine, 2, 2, 3)
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_assets(defs, instance, batch_id, ["raw_conversations"], with_checks=False).success
+        cut = [i["id"] for i in h.items(engine, batch_id)][:3]
+        with engine.begin() as conn:
+            conn.execute(sa.delete(t.conversations).where(t.conversations.c.batch_item_id.in_(cut)))
+            conn.execute(sa.update(t.batch_items).where(t.batch_items.c.id.in_(cut))
+                         .values(status="pending", conversation_id=None))
+        sim.reset_stats()
+        before = proxy.counts()
+        again = h.run_assets(defs, instance, batch_id, ["raw_conversations"], with_checks=False)
+        io: dict[str, Any] = _delta(proxy.counts(), before)
+    assert again.success
+    assert h.metadata(again, "raw_conversations")["recovered_from_raw"] == 3
+    assert io == {"HEAD": 3, "GET": 3}, io  # found, and read back for its row; nothing written
+    assert sim.stats.snapshot()["requests_total"] == 0
