@@ -346,19 +346,9 @@ def _count(text: str, phrases: Iterable[str]) -> int:
     return sum(1 for p in phrases if _occurs(p, text))
 
 
-@functools.lru_cache(maxsize=256)
-def _any_phrase_re(phrases: tuple[str, ...]) -> re.Pattern[str]:
-    # Longest first, so a phrase is not shadowed by a shorter one it starts with. An alternation
-    # tries every phrase at each position: it matches iff some phrase occurs on word boundaries.
-    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
-
-
 def _has(text: str, phrases: Iterable[str]) -> bool:
-    if isinstance(phrases, tuple):
-        # One regex pass instead of one test per phrase (scoring runs on every pair of every batch).
-        return _any_phrase_re(phrases).search(text) is not None
-    return _count(text, phrases) > 0
+    # Stops at the first phrase found (scoring runs on every pair of every batch).
+    return any(_occurs(p, text) for p in phrases)
 
 
 def _sentences(text: str) -> list[str]:
@@ -521,22 +511,23 @@ def _literal_detector(item: str) -> _Detector:
     return detect
 
 
+@functools.lru_cache(maxsize=1024)
+def _detector_for(item: str, themes: tuple[tuple[tuple[str, ...], _Detector], ...]) -> _Detector:
+    # The consultant's items are the same for every response: decide how to detect each once.
+    return _theme_detector(item, themes) or _literal_detector(item)
+
+
 def brand_voice_score(response: str, consultant: ConsultantProfile) -> float:
     """Share of the consultant's techniques shown, minus each `avoid` item the response does."""
     text = _norm(response)
     style = consultant.communication_style
     if style.techniques:
-        shown = sum(
-            1
-            for technique in style.techniques
-            if (_theme_detector(technique, _TECHNIQUE_THEMES) or _literal_detector(technique))(text, response)
-        )
+        shown = sum(1 for technique in style.techniques if _detector_for(technique, _TECHNIQUE_THEMES)(text, response))
         score = 1.5 + 3.5 * shown / len(style.techniques)
     else:
         score = 3.0
     for item in style.avoid:
-        detector = _theme_detector(item, _AVOID_THEMES) or _literal_detector(item)
-        if detector(text, response):
+        if _detector_for(item, _AVOID_THEMES)(text, response):
             score -= 1.0
     return _clamp(score)
 

@@ -219,8 +219,8 @@ def test_conversation_quality_is_the_mean_of_answered_pairs() -> None:
     assert conversation_quality(enriched) == pytest.approx(sum(answered) / len(answered), abs=0.005)
 
 
-def test_one_regex_per_phrase_list_finds_exactly_what_the_phrase_by_phrase_test_finds() -> None:
-    """`_has` on a phrase tuple is one alternation regex; it must agree with testing each phrase
+def test_has_finds_exactly_what_testing_every_phrase_finds() -> None:
+    """`_has` stops at the first phrase found; it must agree with testing every phrase
     on word boundaries, including phrases glued to letters (no match) or to punctuation (match)."""
     import random
 
