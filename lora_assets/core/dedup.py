@@ -22,7 +22,7 @@ import hashlib
 import re
 import unicodedata
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -137,11 +137,18 @@ class Deduplicator:
         self._exact_dups = 0
         self._near_dups = 0
         self._empty = 0
+        self._permutations: Any = None
+        self._scheme: Any = None
 
     def _minhash(self, text: str) -> MinHash:
         from datasketch import MinHash
 
-        m = MinHash(num_perm=self.num_perm, seed=self.seed)
+        if self._permutations is None:
+            first = MinHash(num_perm=self.num_perm, seed=self.seed)
+            self._permutations, self._scheme = first.permutations, first.scheme
+        # The same permutations a fresh MinHash(seed) draws, computed once: drawing them per
+        # conversation cost more than hashing its shingles.
+        m = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._permutations, scheme=self._scheme)
         shingles = sorted(word_shingles(text, self.shingle_size))
         if shingles:
             m.update_batch([s.encode() for s in shingles])
