@@ -192,7 +192,8 @@ def client_background_readable(context, db: DomainDB, blobs: BlobStoreResource) 
 def all_conversations_enriched(context, db: DomainDB) -> AssetCheckResult:
     """Bug #4 of the spec: enrichment always happens (or its failure is stated)."""
     with db.engine().connect() as conn:
-        rows = q.batch_conversations(conn, context.partition_key)
+        rows = q.batch_conversations(conn, context.partition_key, columns=(
+            "id", "parse_status", "enrichment_status", "enrichment_error", "parse_error"))
     not_enriched = [
         (r["id"], r["parse_status"], r["enrichment_status"], r["enrichment_error"] or r["parse_error"] or "")
         for r in rows

@@ -699,9 +699,12 @@ def _epoch(value: datetime) -> float:
 # --- parse / enrich bookkeeping -----------------------------------------------------------
 
 
-def batch_conversations(conn: Connection, batch_id: str, **filters: Any) -> list[dict[str, Any]]:
+def batch_conversations(conn: Connection, batch_id: str, *, columns: Iterable[str] | None = None,
+                        **filters: Any) -> list[dict[str, Any]]:
+    """Rows of a batch's conversations (only `columns` when given: a whole partition's rows with
+    their scaffolding snapshots are large), filtered by column values."""
     c = t.conversations
-    q = sa.select(c).where(c.c.batch_job_id == batch_id)
+    q = (sa.select(*(c.c[name] for name in columns)) if columns else sa.select(c)).where(c.c.batch_job_id == batch_id)
     for col, value in filters.items():
         q = q.where(c.c[col].in_(value) if isinstance(value, (list, tuple, set)) else c.c[col] == value)
     return [dict(r) for r in conn.execute(q.order_by(c.c.id)).mappings()]
