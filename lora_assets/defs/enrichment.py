@@ -36,7 +36,7 @@ from lora_assets.schemas import (
     ResolvedScaffolding,
 )
 from lora_assets.store import queries as q
-from lora_assets.store.blobs import batched, bounded_map
+from lora_assets.store.blobs import batched, bounded_map, release_freed_memory
 
 #: The file-reading checks of this stage, by name: computed on each conversation as it is enriched.
 RULES: recorded_checks.Rules = {
@@ -133,6 +133,7 @@ def enriched_conversations(context: AssetExecutionContext, db: DomainDB, blobs: 
                                                             f"({type(exc).__name__}: {exc})"})
                 with engine.begin() as conn:
                     q.update_conversations(conn, updates)
+                release_freed_memory()
                 for u in updates:
                     if u["enrichment_status"] == EnrichmentStatus.COMPLETED:
                         tally.done += 1

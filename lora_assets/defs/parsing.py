@@ -23,7 +23,7 @@ from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import ParsedConversation, ParseStatus, ResolvedScaffolding
 from lora_assets.store import queries as q
-from lora_assets.store.blobs import batched, bounded_map
+from lora_assets.store.blobs import batched, bounded_map, release_freed_memory
 
 #: The checks of this stage, by name: computed on each conversation as it is parsed.
 RULES: recorded_checks.Rules = {
@@ -109,6 +109,7 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
                                                        f"({type(exc).__name__}: {exc})"})
                 with engine.begin() as conn:
                     q.update_conversations(conn, updates)
+                release_freed_memory()
                 for u in updates:
                     if u["parse_status"] == ParseStatus.PARSED:
                         tally.parsed += 1

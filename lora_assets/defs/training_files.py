@@ -34,7 +34,7 @@ from lora_assets.schemas import EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import queries as q
 from lora_assets.store import training_files as tfq
-from lora_assets.store.blobs import BlobStore, bounded_map
+from lora_assets.store.blobs import BlobStore, bounded_map, release_freed_memory
 
 VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 0
@@ -91,10 +91,12 @@ class _LocalCopies:
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()
         self._where: dict[str, tuple[int, int]] = {}
+        self._end = 0
 
     def put(self, conversation_id: str, data: bytes) -> None:
-        self._where[conversation_id] = (self._file.seek(0, 2), len(data))
-        self._file.write(data)
+        self._where[conversation_id] = (self._end, len(data))
+        self._file.write(data)  # appends: every put happens before the first get
+        self._end += len(data)
 
     def get(self, conversation_id: str) -> bytes:
         offset, size = self._where[conversation_id]
@@ -168,12 +170,15 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
     copies = _LocalCopies()
     with blobs.pool() as pool:
         try:
-            for m, data in bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
-                                       2 * blobs.concurrency):
+            reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
+                                2 * blobs.concurrency)
+            for number, (m, data) in enumerate(reads, start=1):
                 decision = dedup.check(_member(m, data), conversation_id=m["id"])
                 (kept if decision.keep else dropped).append((m, decision))
                 if decision.keep:
                     copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
+                if number % 256 == 0:
+                    release_freed_memory()
         except MemberFileError as exc:
             raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
     kept_rows = [m for m, _ in kept]
