@@ -2,6 +2,8 @@
 
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -67,13 +69,14 @@ def raw_conversations(
     if consultant is None:
         raise Failure("no consultant profile in the domain DB: materialise the scaffolding assets first")
     system = system_prompt(consultant)
-    requests = []
-    for item in todo:
-        s = resolved[item.id]
-        variables = template_variables(s.persona, s.emotional_arc, s.training_topic, consultant, turn_count_for(item.id))
-        requests.append(
-            GenerationRequest(item_id=item.id, system=system, user=render_user_prompt(s.prompt_template, variables))
-        )
+
+    def prompt_of(s: Any, turns: int) -> Callable[[], str]:
+        # Rendered when the request is sent: a 10,000-item run holds no 10,000 prompts.
+        return lambda: render_user_prompt(
+            s.prompt_template, template_variables(s.persona, s.emotional_arc, s.training_topic, consultant, turns))
+
+    requests = [GenerationRequest.lazy(item.id, system, prompt_of(resolved[item.id], turn_count_for(item.id)))
+                for item in todo]
     context.log.info(
         f"batch {batch_id}: {len(requests)} item(s) to generate ({mode} mode, model {batch['model']}), "
         f"{len(recovered)} recovered from stored raw responses"

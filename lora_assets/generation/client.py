@@ -19,6 +19,7 @@ import functools
 import json
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ import anthropic
 import httpx2
 from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient, transform_schema
 from anthropic.types import Message
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.conversation import RawConversation
@@ -47,15 +48,29 @@ SIMULATOR_ID_PREFIX = "msg_sim_"
 
 
 class GenerationRequest(BaseModel):
-    """One item to generate: the (static, cached) system prompt and the item's user prompt."""
+    """One item to generate: the (static, cached) system prompt and the item's user prompt —
+    given as text, or as a function that renders it when the request is sent (`lazy`), so a
+    run of 10,000 items does not hold 10,000 rendered prompts."""
 
     item_id: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     system: str
-    user: str
+    user: str = ""
     max_tokens: int = Field(default=8192, ge=1)
     output_schema: dict[str, Any] | None = Field(
         default=None, description="Structured-output JSON schema; None = the raw-conversation schema."
     )
+    _render: Callable[[], str] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def lazy(cls, item_id: str, system: str, render: Callable[[], str], **kw: Any) -> GenerationRequest:
+        """A request whose user prompt is `render()`, called each time it is sent."""
+        request = cls(item_id=item_id, system=system, **kw)
+        request._render = render
+        return request
+
+    def user_prompt(self) -> str:
+        """The user prompt: rendered now for a `lazy` request."""
+        return self._render() if self._render is not None else self.user
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +365,7 @@ def message_params(request: GenerationRequest, model: str) -> dict[str, Any]:
         "model": model,
         "max_tokens": request.max_tokens,
         "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
-        "messages": [{"role": "user", "content": request.user}],
+        "messages": [{"role": "user", "content": request.user_prompt()}],
         "output_config": {"format": {"type": "json_schema", "schema": request.output_schema or OUTPUT_SCHEMA}},
     }
 

@@ -363,12 +363,17 @@ def _resolve(conn: Connection, entries: list[tuple[str, str, str, str, str | Non
         return {}
     if snapshot:
         personas, arcs, topics, templates = (snapshot.get(kind) or {} for kind in _SNAPSHOT_KINDS)
-        return {
-            key: ResolvedScaffolding.model_validate({
-                "persona": personas[p], "emotional_arc": arcs[a], "training_topic": topics[x],
-                "prompt_template": templates.get(tpl) if tpl else None})
-            for key, p, a, x, tpl in entries
-        }
+        # One object per combination, shared by its items: a batch's memory does not grow with
+        # conversations per combination.
+        combos: dict[tuple[str, str, str, str | None], ResolvedScaffolding] = {}
+        out: dict[str, ResolvedScaffolding] = {}
+        for key, p, a, x, tpl in entries:
+            if (p, a, x, tpl) not in combos:
+                combos[(p, a, x, tpl)] = ResolvedScaffolding.model_validate({
+                    "persona": personas[p], "emotional_arc": arcs[a], "training_topic": topics[x],
+                    "prompt_template": templates.get(tpl) if tpl else None})
+            out[key] = combos[(p, a, x, tpl)]
+        return out
     # Four queries for the whole set, whatever its size.
     personas = scaffolding_by_id(conn, (e[1] for e in entries), "personas")
     arcs = scaffolding_by_id(conn, (e[2] for e in entries), "emotional_arcs")
