@@ -1,12 +1,24 @@
-"""Settings from the environment: the one switch between embedded defaults and production."""
+"""Settings from the environment: the one switch between embedded defaults and production.
+
+Every field has an environment variable. A value that cannot become a setting (`abc` or `0`
+for a count, a base URL with a password in it) is refused by `Settings.from_env` with a
+`SettingsError` naming the variable and the reason, never with a traceback, and never echoing a
+value that may hold a credential.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from lora_assets.errors import SettingsError
 
 DEFAULT_USER_ID = "00000000-0000-0000-0000-000000000000"
 DEFAULT_MODEL = "claude-haiku-5-5"
@@ -21,9 +33,10 @@ class Settings(BaseModel):
     s3_prefix: str = Field(default="", description="LORA_S3_PREFIX: key prefix inside the bucket.")
     s3_endpoint_url: str | None = Field(default=None, description="LORA_S3_ENDPOINT_URL: any S3-compatible endpoint.")
     anthropic_api_key: SecretStr | None = Field(default=None, description="ANTHROPIC_API_KEY: real Claude; simulator when unset.")
-    anthropic_base_url: str | None = Field(default=None, description="ANTHROPIC_BASE_URL: override the API endpoint.")
+    anthropic_base_url: str | None = Field(default=None, description="ANTHROPIC_BASE_URL: override the API endpoint "
+                                           "(http or https, no user name or password in it).")
     model: str = Field(default=DEFAULT_MODEL, description="LORA_CLAUDE_MODEL: cheap bulk default.")
-    max_concurrency: int = Field(default=8, ge=1, description="LORA_MAX_CONCURRENCY: in-flight requests per run.")
+    max_concurrency: int = Field(default=8, ge=1, le=1024, description="LORA_MAX_CONCURRENCY: in-flight requests per run.")
     user_id: str = Field(default=DEFAULT_USER_ID, description="LORA_USER_ID: owner id in blob keys.")
     claim_ttl_s: float = Field(default=60.0, gt=0, description="LORA_CLAIM_TTL_S: lease on items a run requests; a "
                                "killed run's items are taken over this long after its last renewal.")
@@ -32,26 +45,55 @@ class Settings(BaseModel):
     blob_concurrency: int = Field(default=32, ge=1, le=256, description="LORA_BLOB_CONCURRENCY: blob reads/writes in "
                                   "flight per stage (and S3 connections); 32 keeps S3 busy at tens of ms per round trip.")
 
+    # --- limits: each refusal names its limit and the variable that raises it ----------------------
+    max_items_per_batch: int = Field(default=10_000, ge=1, description="LORA_MAX_ITEMS_PER_BATCH: items one "
+                                     "`batch create` may plan (persona × arc × topic × per-combination).")
+    max_scaffolding_record_bytes: int = Field(default=65_536, ge=256, description="LORA_MAX_SCAFFOLDING_RECORD_BYTES: "
+                                              "size of one scaffolding record as JSON; every byte is sent with "
+                                              "each request that uses it.")
+    max_template_chars: int = Field(default=20_000, ge=100, description="LORA_MAX_TEMPLATE_CHARS: length of one "
+                                    "prompt template body.")
+    max_input_file_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="LORA_MAX_INPUT_FILE_BYTES: "
+                                      "size of a file given to `parse`, `enrich` or `validate` (memory grows "
+                                      "with it: a 16 MiB file stays well under 1 GB).")
+    max_json_depth: int = Field(default=64, ge=8, le=512, description="LORA_MAX_JSON_DEPTH: nesting of objects and "
+                                "arrays in an input file (our documents nest under 10 levels).")
+    max_turns: int = Field(default=200, ge=2, description="LORA_MAX_TURNS: turns of one conversation read by "
+                           "`parse`, `enrich` and `validate` (enrichment copies the history into every pair).")
+    max_validation_lines: int = Field(default=200, ge=1, description="LORA_MAX_VALIDATION_LINES: problems "
+                                      "`validate` prints before summarising the rest as a count.")
+
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read settings from `env` (default: os.environ)."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default: os.environ). Raises `SettingsError` naming the
+        variable and the reason for a value that cannot be used."""
         e = os.environ if env is None else env
         data_dir = Path(e.get("LORA_DATA_DIR") or Path.cwd() / ".lora_data").expanduser().resolve()
-        return cls(
+        values: dict[str, Any] = dict(
             data_dir=data_dir,
             database_url=e.get("LORA_DATABASE_URL") or None,
             s3_bucket=e.get("LORA_S3_BUCKET") or None,
             s3_prefix=e.get("LORA_S3_PREFIX", ""),
             s3_endpoint_url=e.get("LORA_S3_ENDPOINT_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
-            anthropic_base_url=e.get("ANTHROPIC_BASE_URL") or None,
+            anthropic_base_url=_base_url(e.get("ANTHROPIC_BASE_URL") or None),
             model=e.get("LORA_CLAUDE_MODEL") or DEFAULT_MODEL,
-            max_concurrency=int(e.get("LORA_MAX_CONCURRENCY") or 8),
             user_id=e.get("LORA_USER_ID") or DEFAULT_USER_ID,
-            claim_ttl_s=float(e.get("LORA_CLAIM_TTL_S") or 60.0),
             spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
-            blob_concurrency=int(e.get("LORA_BLOB_CONCURRENCY") or 32),
         )
+        for name, field in cls.model_fields.items():
+            variable = env_var(name)
+            if field.annotation in (int, float) and e.get(variable):
+                values[name] = _number(variable, e[variable], int if field.annotation is int else float)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            name = str(error["loc"][0]) if error.get("loc") else ""
+            variable = env_var(name) if name in cls.model_fields else "settings"
+            shown = "" if name in _SECRET_FIELDS else f" (got {str(error.get('input'))[:40]!r})"
+            reason = error["msg"].rstrip(".").replace("Input should be", "must be").replace("Value error, ", "")
+            raise SettingsError(variable, f"{reason}{shown}") from None
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -69,3 +111,47 @@ class Settings(BaseModel):
     def uses_simulator(self) -> bool:
         """True when no API key is set: generation goes to the loopback simulator."""
         return self.anthropic_api_key is None
+
+
+_SECRET_FIELDS = frozenset({"anthropic_api_key", "anthropic_base_url", "database_url"})
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a settings field (from its description: 'LORA_X: ...')."""
+    description = Settings.model_fields[field].description or ""
+    return description.split(":", 1)[0]
+
+
+def _number(variable: str, raw: str, kind: Callable[[str], Any]) -> int | float:
+    """`raw` as an int or a finite float; SettingsError naming `variable` otherwise."""
+    text = raw.strip().replace("_", "")
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise SettingsError(variable, f"{raw[:40]!r} is not {noun}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(variable, f"{raw[:40]!r} is not a finite number")
+    return value
+
+
+def _base_url(url: str | None) -> str | None:
+    """ANTHROPIC_BASE_URL, checked: http(s), a host, and no user name or password. The SDK would
+    send userinfo as Basic auth instead of the API key, and the credential would then show up in
+    errors, rows and logs; it is refused without echoing the URL."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        _ = parts.port  # ValueError on a port that is not a number
+    except ValueError:
+        raise SettingsError("ANTHROPIC_BASE_URL", "is not a valid URL") from None
+    if "@" in parts.netloc:
+        raise SettingsError(
+            "ANTHROPIC_BASE_URL",
+            "has a user name or password in it (user:password@host); remove them: the API key goes in "
+            "ANTHROPIC_API_KEY, never in the URL (the value is not shown here)",
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("ANTHROPIC_BASE_URL", "must be an http:// or https:// URL with a host")
+    return url.strip()

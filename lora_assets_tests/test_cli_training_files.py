@@ -238,6 +238,32 @@ def test_add_then_build_makes_the_next_version(cli: Cli) -> None:
 # --- errors: non-zero, the reason, nothing written ----------------------------------------------
 
 
+def test_download_dest_keeps_an_existing_file_and_refuses_unwritable_places(cli: Cli, tmp_path: Path) -> None:
+    name = unique()
+    assert cli("training-file", "create", name, "--conversation", cli.conversation_ids[0], "--build").exit_code == 0
+    key = cli.version(name)["jsonl_file_path"]
+    stored, file_name = cli.store().get_bytes(key), key.rsplit("/", 1)[1]
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / file_name).write_bytes(b"mine, keep it")
+    kept = cli("training-file", "download", name, "--dest", str(dest))
+    assert kept.exit_code == 2 and "already exists; pass --force to replace it" in kept.output, kept.output
+    assert (dest / file_name).read_bytes() == b"mine, keep it"
+    forced = cli("training-file", "download", name, "--dest", str(dest), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert (dest / file_name).read_bytes() == stored
+    assert [p.name for p in dest.iterdir()] == [file_name]  # no temporary file left behind
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for where, reason in ((blocker, "is a file"), (blocker / "sub", "cannot write there: Not a directory")):
+        refused = cli("training-file", "download", name, "--dest", str(where))
+        assert refused.exit_code == 2, refused.output
+        assert str(where) in refused.output and reason in refused.output, refused.output
+        assert "Traceback" not in refused.output
+    assert blocker.read_text() == "x"
+
+
+
 def test_unknown_name_and_unknown_format(cli: Cli) -> None:
     for args, reason in (
         (["show", "no-such-file"], "no training file named 'no-such-file'"),

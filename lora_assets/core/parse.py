@@ -18,7 +18,9 @@ at planning time (design rule 1), never from anything the model wrote; the model
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -48,6 +50,7 @@ ParseErrorKind = Literal[
     "turns_not_alternating",  # roles are not user, assistant, user, … starting with the client
     "empty_content",  # a turn whose content is empty or whitespace
     "turn_numbers",  # turn_number is not 1..n in order
+    "unreadable",  # the stored raw.json is missing, unreadable, or not a stored response
 ]
 
 #: stop_reason values that mean the text is a complete answer (None: not recorded, e.g. a file).
@@ -81,6 +84,15 @@ class ParseError(ValueError):
         return (type(self), (self.conversation_id, self.kind, self.reason))
 
 
+class TooManyTurnsError(ValueError):
+    """A conversation with more turns than the caller's limit, found before any per-turn work
+    (whose cost grows with the square of the turns once enrichment copies the history)."""
+
+    def __init__(self, where: str, turns: int, limit: int) -> None:
+        self.where, self.turns, self.limit = where, turns, limit
+        super().__init__(f"{where} has {turns:,} turns, over the limit of {limit:,}")
+
+
 @dataclass(frozen=True)
 class TurnProblem:
     """One structural problem of a turn list: its kind, JSON path and a predicate phrase."""
@@ -88,6 +100,51 @@ class TurnProblem:
     kind: ParseErrorKind
     where: str
     message: str
+
+
+#: Deepest nesting of objects and arrays parsed by default (our documents nest under 10 levels;
+#: Python's JSON decoder and every recursive walk over the result fail somewhere near 1000).
+MAX_JSON_DEPTH = 64
+
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_STRUCTURE = b'"[]{}'
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
+_COMPLETE_STRING = re.compile(r'"[^"]*"')
+_CHUNK = 1 << 20
+
+
+def json_nesting_depth(text: str) -> int:
+    """How deeply the objects and arrays in `text` nest (brackets inside strings ignored), found
+    without decoding it, in bounded memory: escapes are dropped, then everything but quotes and
+    brackets, then the strings, a chunk at a time. A hostile `[[[[…` is measured, not recursed into."""
+    data = text.encode("utf-8", "surrogatepass").replace(b"\\\\", b"").replace(b'\\"', b"")
+    compact = data.translate(None, _NOT_STRUCTURE)
+    del data
+    depth = deepest = 0
+    inside = False  # in a string that started in an earlier chunk
+    for start in range(0, len(compact), _CHUNK):
+        chunk = compact[start : start + _CHUNK].decode("ascii")
+        if inside:
+            end = chunk.find('"')
+            if end == -1:
+                continue
+            chunk, inside = chunk[end + 1 :], False
+        chunk = _COMPLETE_STRING.sub("", chunk)
+        if (cut := chunk.find('"')) != -1:  # a string that goes on in the next chunk
+            chunk, inside = chunk[:cut], True
+        if chunk:
+            deepest = max(deepest, max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, chunk), initial=depth)))
+            depth += chunk.count("[") + chunk.count("{") - chunk.count("]") - chunk.count("}")
+    return deepest
+
+
+def check_json_depth(text: str, *, conversation_id: str, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """ParseError (kind invalid_json) when `text` nests deeper than `max_depth`."""
+    depth = json_nesting_depth(text)
+    if depth > max_depth:
+        raise ParseError(
+            conversation_id, "invalid_json", f"the JSON nests {depth:,} levels deep, deeper than the limit of {max_depth}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +220,9 @@ def _locate_object(text: str, conversation_id: str) -> str:
     without a failure, the longest object (it will then fail for having no turns).
     """
     decoder = json.JSONDecoder()
-    candidates: list[tuple[int, int, Any]] = []
+    # Only the spans are kept (never every decoded object: text may hold millions of "{}").
+    longest_with_turns: tuple[int, int] | None = None
+    longest: tuple[int, int] | None = None
     first_failure: tuple[int, json.JSONDecodeError] | None = None
     index = text.find("{")
     while index != -1:
@@ -177,19 +236,20 @@ def _locate_object(text: str, conversation_id: str) -> str:
                 first_failure = (index, exc)
             index = text.find("{", index + 1)
             continue
-        candidates.append((index, end, value))
+        span = (index, end)
+        if "turns" in value and (longest_with_turns is None or end - index > longest_with_turns[1] - longest_with_turns[0]):
+            longest_with_turns = span
+        if longest is None or end - index > longest[1] - longest[0]:
+            longest = span
         index = text.find("{", end)
-    with_turns = [c for c in candidates if "turns" in c[2]]
-    if with_turns:
-        start, end, _ = max(with_turns, key=lambda c: c[1] - c[0])
-        return text[start:end]
+    if longest_with_turns is not None:
+        return text[longest_with_turns[0] : longest_with_turns[1]]
     if first_failure is not None:
         raise _json_failure(text, first_failure[0], first_failure[1], conversation_id)
-    if candidates:
-        start, end, _ = max(candidates, key=lambda c: c[1] - c[0])
-        return text[start:end]
-    snippet = " ".join(text.split())[:80]
-    raise ParseError(conversation_id, "no_json", f"no JSON object in the response (it begins {snippet!r})")
+    if longest is not None:
+        return text[longest[0] : longest[1]]
+    # Never quote the text: a file handed to `lora-assets parse` may be anything (a secret too).
+    raise ParseError(conversation_id, "no_json", f"no JSON object in the response ({len(text):,} characters of text)")
 
 
 def extract_json_text(raw: Mapping[str, Any] | str, *, conversation_id: str = "unknown") -> str:
@@ -203,13 +263,17 @@ def extract_json_text(raw: Mapping[str, Any] | str, *, conversation_id: str = "u
     """
     if isinstance(raw, Mapping):
         if not is_message(raw):
-            return json.dumps(raw, ensure_ascii=False)
+            try:
+                return json.dumps(raw, ensure_ascii=False)
+            except (RecursionError, ValueError) as exc:
+                raise ParseError(conversation_id, "invalid_json", f"the object cannot be serialised: {type(exc).__name__}") from None
         text = _message_text(raw, conversation_id)
     elif isinstance(raw, str):
         text = raw
     else:
         raise ParseError(conversation_id, "no_json", f"expected a message dict or a string, got {type(raw).__name__}")
 
+    check_json_depth(text, conversation_id=conversation_id)
     stripped = text.strip()
     # Fast path: the whole text is one JSON value (structured output does exactly this).
     try:
@@ -339,34 +403,45 @@ def parse_conversation(
     conversation_id: str,
     scaffolding: ResolvedScaffolding | None,
     stop_reason: str | None = None,
+    max_turns: int | None = None,
 ) -> ParsedConversation:
     """Validate one response and attach its provenance.
 
     `stop_reason` defaults to the one in the Message dict when `raw` is one. With
     `scaffolding=None` (inspecting an orphan file) `input_parameters` stays None and the
-    model's client_persona is kept. Raises `ParseError` naming the conversation and the kind.
+    model's client_persona is kept. Raises `ParseError` naming the conversation and the kind,
+    and `TooManyTurnsError` for more than `max_turns` turns (no limit when None).
     """
     message: Mapping[str, Any] | None = None
     if isinstance(raw, str):
-        # A stored raw.json read as text is still a Message: treat it as one (stop_reason too).
+        check_json_depth(raw, conversation_id=conversation_id)
+        # A stored raw.json read as text is still a Message: treat it as one (stop_reason too);
+        # text that is a whole JSON object is used as decoded (decoded once: it may be large).
         try:
             decoded = json.loads(raw)
         except json.JSONDecodeError:
             decoded = None
-        if isinstance(decoded, dict) and is_message(decoded):
+        if isinstance(decoded, dict):
             raw = decoded
+        del decoded
     if isinstance(raw, Mapping) and is_message(raw):
         message = raw
     if stop_reason is None and message is not None:
         stop_reason = message.get("stop_reason")
     check_stop_reason(stop_reason, conversation_id=conversation_id)
 
-    text = extract_json_text(raw, conversation_id=conversation_id)
-    obj: dict[str, Any] = json.loads(text)  # extract_json_text only returns a decodable object
+    obj: dict[str, Any]
+    if isinstance(raw, Mapping) and message is None:
+        obj = dict(raw)  # the conversation object itself; a shallow copy (only its top level changes)
+    else:
+        obj = json.loads(extract_json_text(raw, conversation_id=conversation_id))  # always decodable
     # Provenance comes from the DB only: whatever the model (or an older file) put here is dropped.
     obj.pop("input_parameters", None)
+    turns = obj.get("turns")
+    if max_turns is not None and isinstance(turns, list) and len(turns) > max_turns:
+        raise TooManyTurnsError(f"conversation {conversation_id}: turns", len(turns), max_turns)
 
-    problems = turn_problems(obj.get("turns"))
+    problems = turn_problems(turns)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""

@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from lora_assets.core.parse import (
+    MAX_JSON_DEPTH,
     ParseError,
+    TooManyTurnsError,
     check_stop_reason,
     client_persona_for,
     extract_json_text,
     input_parameters_for,
     is_message,
+    json_nesting_depth,
     json_path,
     turn_problems,
 )
@@ -85,6 +88,40 @@ class DocumentKindError(ValueError):
     """Text whose kind of document cannot be recognised."""
 
 
+def _longest_conversation(doc: Any, *, enriched: bool = False) -> tuple[str, int]:
+    """(where, length) of the longest turn list, conversation history or (`enriched`: one
+    conversation's) pair list in a decoded document, read without validating it (so a limit is
+    enforced before the expensive work)."""
+    best = ("$", 0)
+    if not isinstance(doc, Mapping):
+        return best
+    if _is_raw_envelope(doc):
+        doc = doc["response"] if isinstance(doc["response"], Mapping) else {}
+    for where in ("turns", "conversation_history"):
+        value = doc.get(where)
+        if isinstance(value, list) and len(value) > best[1]:
+            best = (where, len(value))
+    pairs = doc.get("training_pairs")
+    if not isinstance(pairs, list):
+        return best
+    if enriched and len(pairs) > best[1]:
+        best = ("training_pairs", len(pairs))  # one conversation's pairs
+    for index, pair in enumerate(pairs):  # the index is formatted only for a new longest
+        history = pair.get("conversation_history") if isinstance(pair, Mapping) else None
+        if isinstance(history, list) and len(history) > best[1]:
+            best = (f"training_pairs[{index}].conversation_history", len(history))
+    return best
+
+
+def check_turn_limit(doc: Any, max_turns: int | None, *, where: str = "", enriched: bool = False) -> None:
+    """TooManyTurnsError when a conversation in the decoded `doc` exceeds `max_turns`."""
+    if max_turns is None:
+        return
+    at, turns = _longest_conversation(doc, enriched=enriched)
+    if turns > max_turns:
+        raise TooManyTurnsError(f"{where}: {at}" if where else at, turns, max_turns)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding: `where` is a JSON path ("training_pairs[3].conversation_metadata
@@ -115,7 +152,7 @@ def is_readable_text(s: str | None) -> bool:
 
 
 def _first_line_object(text: str) -> Any:
-    for line in jsonl_lines(text):
+    for line in _iter_lines(text):
         if line.strip():
             try:
                 return json.loads(line)
@@ -135,12 +172,18 @@ def _kind_of(doc: Any) -> DocumentKind | None:
         return "enriched"
     if "training_metadata" in doc and "current_user_input" in doc:
         return "jsonl"  # a single JSONL line
+    if _is_raw_envelope(doc):
+        return "raw"  # the pipeline's own raw.json: {"response": <Message>, "generation": {...}}
     if "turns" in doc:
         # A legacy parsed file (no input_parameters) has the raw shape: pass kind="parsed" to be strict.
         return "parsed" if "input_parameters" in doc else "raw"
     if is_message(doc):
         return "raw"
     return None
+
+
+def _is_raw_envelope(doc: Any) -> bool:
+    return isinstance(doc, Mapping) and "response" in doc and isinstance(doc.get("generation"), Mapping)
 
 
 def detect_kind(text: str) -> DocumentKind:
@@ -153,7 +196,7 @@ def detect_kind(text: str) -> DocumentKind:
     except json.JSONDecodeError as exc:
         # Several JSON values on several lines: JSONL.
         first = _first_line_object(stripped)
-        if isinstance(first, Mapping) and len(jsonl_lines(stripped)) > 1:
+        if isinstance(first, Mapping) and "\n" in stripped:
             return "jsonl"
         raise DocumentKindError(f"not JSON or JSONL ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
     kind = _kind_of(doc)
@@ -182,7 +225,8 @@ def _pydantic_message(error: Mapping[str, Any]) -> str:
         return "is missing"
     if kind == "extra_forbidden":
         return "is not a field of this document"
-    shown = repr(error.get("input"))
+    value = error.get("input")
+    shown = repr(value[:61] if isinstance(value, str) else value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return f"is invalid: {error['msg']} (got {shown})"
 
@@ -468,14 +512,21 @@ def _validate_parsed(doc: Any) -> list[Problem]:
     return _merge(problems, _input_parameter_problems(params))
 
 
-def _validate_raw(doc: Any) -> list[Problem]:
+def _validate_raw(doc: Any, max_turns: int | None = None) -> list[Problem]:
+    stop_reason = doc.get("stop_reason") if isinstance(doc, Mapping) else None
+    if _is_raw_envelope(doc):
+        stop_reason = doc["generation"].get("stop_reason")
+        doc = doc["response"]
+        if isinstance(doc, Mapping) and stop_reason is None:
+            stop_reason = doc.get("stop_reason")
     if isinstance(doc, Mapping) and is_message(doc):
         try:
-            check_stop_reason(doc.get("stop_reason"), conversation_id="-")
+            check_stop_reason(stop_reason, conversation_id="-")
             text = extract_json_text(doc, conversation_id="-")
         except ParseError as exc:
             return [Problem("stop_reason" if exc.kind in _STOP_KINDS else "content", exc.reason)]
         doc = json.loads(text)
+        check_turn_limit(doc, max_turns)
     if not isinstance(doc, Mapping):
         return [Problem("$", f"is a {type(doc).__name__}, not a conversation object")]
     problems = [Problem(p.where, p.message) for p in turn_problems(doc.get("turns"))]
@@ -486,23 +537,35 @@ def _validate_raw(doc: Any) -> list[Problem]:
     return _merge(problems, schema)
 
 
-def _validate_jsonl(text: str) -> list[Problem]:
+def _iter_lines(text: str) -> Iterator[str]:
+    """`jsonl_lines(text)` one at a time (a 16 MiB file of short lines is millions of them)."""
+    start = 0
+    while (end := text.find("\n", start)) != -1:
+        yield text[start:end].removesuffix("\r")
+        start = end + 1
+    yield text[start:].removesuffix("\r")
+
+
+def _validate_jsonl(text: str, max_turns: int | None = None, max_problems: int | None = None) -> list[Problem]:
     problems: list[Problem] = []
     pairs: list[TrainingPair] = []
     line_of: list[int] = []
-    lines = jsonl_lines(text)
-    last_content = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for number, line in enumerate(lines, start=1):
+    blank: list[int] = []  # blank lines so far: a problem once a training pair follows them
+    for number, line in enumerate(_iter_lines(text), start=1):
+        if max_problems is not None and len(problems) > max_problems:
+            return problems  # stopped: the caller shows the first ones and says there are more
         where = f"line {number}"
         if not line.strip():
-            if number - 1 < last_content:
-                problems.append(Problem(where, "is empty (JSONL has one training pair per line)"))
+            blank.append(number)
             continue
+        problems += [Problem(f"line {n}", "is empty (JSONL has one training pair per line)") for n in blank]
+        blank = []
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             problems.append(Problem(where, f"is not valid JSON: {exc.msg} at column {exc.colno}"))
             continue
+        check_turn_limit(data, max_turns, where=where)
         pair, schema = schema_problems(TrainingPair, data)
         problems += [Problem(where if p.where == "$" else f"{where}: {p.where}", p.message) for p in schema]
         if isinstance(pair, TrainingPair):
@@ -514,25 +577,67 @@ def _validate_jsonl(text: str) -> list[Problem]:
     return problems
 
 
-def validate_text(text: str, kind: str | None = None) -> list[Problem]:
+def _validate_training_file(doc: Any, max_problems: int | None) -> list[Problem]:
+    """With `max_problems`, the pairs are validated one by one and validation stops once more
+    than that many problems are found (a file of a million broken pairs is not held as a million
+    times eight pydantic errors); without it, the whole document at once."""
+    pairs = doc.get("training_pairs") if isinstance(doc, Mapping) else None
+    if max_problems is not None and isinstance(pairs, list):
+        problems: list[Problem] = []
+        for index, pair in enumerate(pairs):
+            _, found = schema_problems(TrainingPair, pair)
+            at = f"training_pairs[{index}]"
+            problems += [Problem(at if p.where == "$" else f"{at}.{p.where}", p.message) for p in found]
+            if len(problems) > max_problems:
+                return problems
+        if problems:
+            _, rest = schema_problems(TrainingFileDocument, {**doc, "training_pairs": []})
+            return rest + problems
+    training_file, problems = schema_problems(TrainingFileDocument, doc)
+    if isinstance(training_file, TrainingFileDocument):
+        problems += _training_file_problem_list(training_file)
+    return problems
+
+
+def validate_text(
+    text: str, kind: str | None = None, *, max_turns: int | None = None, max_depth: int = MAX_JSON_DEPTH,
+    max_problems: int | None = None,
+) -> list[Problem]:
     """Every problem of the document in `text` (empty list: valid). `kind` is one of
-    `DOCUMENT_KINDS`, or None to detect it from the shape."""
+    `DOCUMENT_KINDS`, or None to detect it from the shape.
+
+    Text nesting deeper than `max_depth` is one problem, found before decoding. With
+    `max_turns`, a conversation longer than it raises `TooManyTurnsError` before any per-turn
+    work (the caller turns it into a refusal that names the limit). With `max_problems`, a
+    JSONL or training file stops being validated once more than that many problems are found
+    (so more than `max_problems` problems returned means "and more"); memory stays bounded."""
     if kind is not None and kind not in DOCUMENT_KINDS:
         raise ValueError(f"unknown document kind {kind!r}; expected one of {', '.join(DOCUMENT_KINDS)}")
+    depth = json_nesting_depth(text)
+    if depth > max_depth:
+        return [Problem("$", f"nests {depth:,} levels deep, deeper than the limit of {max_depth}")]
     if kind is None:
         try:
             kind = detect_kind(text)
         except DocumentKindError as exc:
             return [Problem("$", f"cannot be validated: {exc}")]
+    try:
+        return _validate_kind(text, kind, max_turns, max_problems)
+    except RecursionError:  # pragma: no cover - the depth limit comes first
+        return [Problem("$", "nests too deeply to be validated")]
+
+
+def _validate_kind(text: str, kind: str, max_turns: int | None, max_problems: int | None) -> list[Problem]:
     if kind == "jsonl":
-        return _validate_jsonl(text)
+        return _validate_jsonl(text, max_turns, max_problems)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         return [Problem("$", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
+    check_turn_limit(doc, max_turns, enriched=kind == "enriched")
 
     if kind == "raw":
-        return _validate_raw(doc)
+        return _validate_raw(doc, max_turns)
     if kind == "parsed":
         return _validate_parsed(doc)
     if kind == "enriched":
@@ -540,7 +645,4 @@ def validate_text(text: str, kind: str | None = None) -> list[Problem]:
         if isinstance(enriched, EnrichedConversation):
             problems += _enriched_problem_list(enriched)
         return problems
-    training_file, problems = schema_problems(TrainingFileDocument, doc)
-    if isinstance(training_file, TrainingFileDocument):
-        problems += _training_file_problem_list(training_file)
-    return problems
+    return _validate_training_file(doc, max_problems)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from lora_assets.errors import ConflictError, NotInitialisedError, StoreSetupError
 from lora_assets.schemas import (
     ConsultantProfile,
     EmotionalArc,
@@ -64,14 +65,54 @@ def migration_files() -> list[Path]:
     return sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"))
 
 
+def _refuse_foreign_tables(conn: Connection) -> None:
+    """StoreSetupError when tables with our names exist but are not ours: `init` must not add
+    columns to, or write into, someone else's table. A table is ours when schema_migrations says
+    we made the schema, or (an old embedded file) when it has every NOT NULL column of ours (later
+    columns are all nullable) and no column we do not know."""
+    inspector = sa.inspect(conn)
+    existing = set(inspector.get_table_names())
+    if t.schema_migrations.name in existing:
+        columns = {c["name"] for c in inspector.get_columns(t.schema_migrations.name)}
+        if "version" in columns and conn.scalar(sa.select(sa.func.count()).select_from(t.schema_migrations)):
+            return
+    foreign = []
+    for table in t.metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        required = {c.name for c in table.columns if not c.nullable}
+        if not required <= have or not have <= {c.name for c in table.columns}:
+            foreign.append(table.name)
+    if foreign:
+        raise StoreSetupError(
+            f"the database already has table(s) {', '.join(foreign)} that lora-assets did not create (their "
+            "columns differ from ours); use an empty database or another schema (LORA_DATABASE_URL)"
+        )
+
+
+def require_schema(engine: Engine) -> None:
+    """NotInitialisedError unless `init` has created the schema (checked without creating
+    anything: an SQLite file that does not exist is not made by asking)."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not Path(url.database).is_file():
+            raise NotInitialisedError(f"no database file at {url.database}")
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(t.schema_migrations.name):
+            raise NotInitialisedError(engine.url.render_as_string(hide_password=True))
+
+
 def init_schema(engine: Engine) -> list[str]:
     """Create the schema if missing. PostgreSQL: apply each numbered sql/ file once (tracked in
-    schema_migrations). SQLite: create from the same metadata. Returns versions applied now."""
+    schema_migrations). SQLite: create from the same metadata. Returns versions applied now.
+    Refuses (StoreSetupError) a database holding tables of our names that we did not make."""
     applied: list[str] = []
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Serialise concurrent `init`s on one database.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7421001)"))
+            _refuse_foreign_tables(conn)
             t.schema_migrations.create(conn, checkfirst=True)
             done = set(conn.scalars(sa.select(t.schema_migrations.c.version)))
             for path in migration_files():
@@ -81,6 +122,7 @@ def init_schema(engine: Engine) -> list[str]:
                 conn.execute(sa.insert(t.schema_migrations).values(version=path.stem))
                 applied.append(path.stem)
         else:
+            _refuse_foreign_tables(conn)
             t.metadata.create_all(conn)
             _add_missing_columns(conn)
             done = set(conn.scalars(sa.select(t.schema_migrations.c.version)))
@@ -129,9 +171,50 @@ def _upsert(conn: Connection, table: sa.Table, key_col: str, rows: list[dict[str
     return counts
 
 
+class ScaffoldingIdError(ConflictError):
+    """Scaffolding whose explicit `id` would change an existing row's primary key, or take the id
+    of another record (ids are immutable: items and conversations point at them)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _id_problems(conn: Connection, table: sa.Table, key_col: str, label: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Each record whose id differs from its existing row's, or equals another key's row id."""
+    problems: list[str] = []
+    keys = [r[key_col] for r in rows]
+    ids = [r["id"] for r in rows]
+    by_key = dict(conn.execute(sa.select(table.c[key_col], table.c.id).where(table.c[key_col].in_(keys))).all())
+    by_id = dict(conn.execute(sa.select(table.c.id, table.c[key_col]).where(table.c.id.in_(ids))).all())
+    seen: dict[str, str] = {}
+    for row in rows:
+        key, rid = row[key_col], row["id"]
+        if key in by_key and by_key[key] != rid:
+            problems.append(f"{label} {key!r}: id {rid!r} would change its existing id {by_key[key]!r} "
+                            "(ids are immutable; drop the id field or use the existing one)")
+        elif rid in by_id and by_id[rid] != key:
+            problems.append(f"{label} {key!r}: id {rid!r} is already the id of {label} {by_id[rid]!r}")
+        elif rid in seen:
+            problems.append(f"{label} {key!r}: id {rid!r} is also given to {label} {seen[rid]!r}")
+        seen.setdefault(rid, key)
+    return problems
+
+
 def load_scaffolding(engine: Engine, bundle: ScaffoldingBundle) -> dict[str, dict[str, int]]:
-    """Upsert a validated bundle by key in ONE transaction: all of it or nothing."""
+    """Upsert a validated bundle by key in ONE transaction: all of it or nothing. Raises
+    ScaffoldingIdError (nothing written) when an explicit id would change a row's primary key."""
     with engine.begin() as conn:
+        problems = [
+            *_id_problems(conn, t.personas, "persona_key", "persona", [p.model_dump() for p in bundle.personas]),
+            *_id_problems(conn, t.emotional_arcs, "arc_key", "emotional arc", [a.model_dump() for a in bundle.emotional_arcs]),
+            *_id_problems(conn, t.training_topics, "topic_key", "training topic",
+                          [x.model_dump() for x in bundle.training_topics]),
+            *_id_problems(conn, t.prompt_templates, "template_key", "prompt template",
+                          [x.model_dump(exclude={"placeholders"}) for x in bundle.prompt_templates]),
+        ]
+        if problems:
+            raise ScaffoldingIdError(problems)
         return {
             "personas": _upsert(conn, t.personas, "persona_key", [p.model_dump() for p in bundle.personas]),
             "emotional_arcs": _upsert(conn, t.emotional_arcs, "arc_key", [a.model_dump() for a in bundle.emotional_arcs]),

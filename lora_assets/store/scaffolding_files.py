@@ -16,6 +16,11 @@ record (0-based index into the array, plus its key when it has one), field and r
     personas.json: record 3 (persona_key 'busy_parent'): field 'demographics': Input should be a valid dictionary
     personas.json: duplicate persona_key 'x' at records 2 and 5
 
+Beyond the record schemas, a file is refused for what would only fail (or cost money) later:
+a key twice in one JSON object (JSON would silently keep the last), a NUL character (PostgreSQL
+text cannot hold it), a record or template body over its size limit (`ScaffoldingLimits`: every
+byte of a record is sent with each request that uses it), a file over the input size limit.
+
 All problems of all five files are collected and raised together as one `ScaffoldingFileError`.
 """
 
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from lora_assets.errors import UserInputError
 
 from lora_assets.schemas import (
     ConsultantProfile,
@@ -59,7 +67,17 @@ _FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "any"})
 
 
-class ScaffoldingFileError(ValueError):
+@dataclass(frozen=True)
+class ScaffoldingLimits:
+    """Size limits of scaffolding input (defaults = the Settings defaults; the CLI passes the
+    configured ones). Each refusal names the environment variable that raises the limit."""
+
+    max_record_bytes: int = 65_536
+    max_template_chars: int = 20_000
+    max_file_bytes: int = 16 * 1024 * 1024
+
+
+class ScaffoldingFileError(UserInputError):
     """One or more scaffolding files are missing, unreadable or invalid.
 
     `problems` holds one line per problem; the message is those lines joined by newlines.
@@ -68,6 +86,41 @@ class ScaffoldingFileError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class _Object(dict):
+    """A decoded JSON object that remembers the keys it held more than once."""
+
+    duplicate_keys: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicate_keys = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def _content_problems(value: Any, path: str = "") -> list[str]:
+    """Duplicate keys and NUL characters anywhere in a decoded value, each with its field path."""
+    problems: list[str] = []
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            at = f"field '{where}': " if where else ""
+            for key in getattr(item, "duplicate_keys", ()):
+                problems.append(f"{at}key {key!r} appears more than once (JSON would keep only the last)")
+            for key, child in item.items():
+                if "\x00" in key:
+                    problems.append(f"{at}a key contains a NUL character (not allowed in text)")
+                stack.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
+        elif isinstance(item, str) and "\x00" in item:
+            problems.append(f"field '{where}': contains a NUL character (not allowed in text)")
+    return sorted(problems)
 
 
 def _json_type(value: Any) -> str:
@@ -111,21 +164,35 @@ def _validation_problems(prefix: str, error: ValidationError) -> list[str]:
     return lines
 
 
-def _read_json(directory: Path, name: str, problems: list[str]) -> tuple[bool, Any]:
-    """(ok, parsed JSON) of one file; on failure a problem naming the file is appended."""
+def _read_json(directory: Path, name: str, problems: list[str], limits: ScaffoldingLimits) -> tuple[bool, Any]:
+    """(ok, parsed JSON) of one file; on failure a problem naming the file is appended (never
+    quoting its content: only the file and the reason)."""
     path = directory / name
     if not path.is_file():
         problems.append(f"{name}: file not found (expected at {path})")
         return False, None
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{name}: cannot read file: {exc}")
+        size = path.stat().st_size
+        if size > limits.max_file_bytes:
+            problems.append(f"{name}: {size:,} bytes, over the limit of {limits.max_file_bytes:,} bytes "
+                            "(raise it with LORA_MAX_INPUT_FILE_BYTES=<n> if you mean it)")
+            return False, None
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.append(f"{name}: cannot read file: {exc.strerror or type(exc).__name__}")
         return False, None
     try:
-        return True, json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{name}: not UTF-8 text (invalid byte at offset {exc.start})")
+        return False, None
+    try:
+        return True, json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as exc:
         problems.append(f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
+        return False, None
+    except RecursionError:
+        problems.append(f"{name}: the JSON nests too deeply to read")
         return False, None
 
 
@@ -141,8 +208,22 @@ def _join_indices(indices: list[int]) -> str:
     return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " and " + text[-1]
 
 
+def _size_problems(label: str, raw: dict[str, Any], limits: ScaffoldingLimits) -> list[str]:
+    problems = []
+    size = len(json.dumps(raw, ensure_ascii=False).encode("utf-8"))
+    if size > limits.max_record_bytes:
+        problems.append(f"{label}: {size:,} bytes as JSON, over the limit of {limits.max_record_bytes:,} bytes per "
+                        "record (raise it with LORA_MAX_SCAFFOLDING_RECORD_BYTES=<n> if you mean it)")
+    body = raw.get("body")
+    if isinstance(body, str) and len(body) > limits.max_template_chars:
+        problems.append(f"{label}: field 'body': {len(body):,} characters, over the limit of "
+                        f"{limits.max_template_chars:,} (raise it with LORA_MAX_TEMPLATE_CHARS=<n> if you mean it)")
+    return problems
+
+
 def _load_records(
-    name: str, model: type[BaseModel], key_field: str, data: Any, problems: list[str]
+    name: str, model: type[BaseModel], key_field: str, data: Any, problems: list[str],
+    limits: ScaffoldingLimits = ScaffoldingLimits(),
 ) -> list[BaseModel]:
     if not isinstance(data, list):
         problems.append(f"{name}: expected a JSON array of records, got a JSON {_json_type(data)}")
@@ -156,6 +237,10 @@ def _load_records(
         if not isinstance(raw, dict):
             problems.append(f"{label}: expected a JSON object, got a JSON {_json_type(raw)}")
             continue
+        refused = [f"{label}: {p}" for p in _content_problems(raw)] + _size_problems(label, raw, limits)
+        if refused:
+            problems.extend(refused)
+            continue
         try:
             records.append(model.model_validate(raw))
         except ValidationError as exc:
@@ -166,27 +251,33 @@ def _load_records(
     return records
 
 
-def load_bundle(directory: Path | str = BUNDLED_DIR) -> ScaffoldingBundle:
+def load_bundle(directory: Path | str = BUNDLED_DIR, limits: ScaffoldingLimits | None = None) -> ScaffoldingBundle:
     """Read and validate the five scaffolding files of `directory` (default: the bundled data).
 
     Raises `ScaffoldingFileError` listing every problem found (missing file, invalid JSON, wrong
-    shape, invalid field, duplicate key), each naming its file, record and field.
+    shape, invalid field, duplicate record key, a key twice in one object, NUL characters, a
+    record or template over `limits`), each naming its file, record and field.
     """
     directory = Path(directory)
+    limits = limits or ScaffoldingLimits()
     problems: list[str] = []
     if not directory.is_dir():
         raise ScaffoldingFileError([f"scaffolding directory not found: {directory}"])
 
     parts: dict[str, Any] = {}
     for field, (name, model, key_field, _kind) in RECORD_FILES.items():
-        ok, data = _read_json(directory, name, problems)
+        ok, data = _read_json(directory, name, problems, limits)
         if ok:
-            parts[field] = _load_records(name, model, key_field, data, problems)
+            parts[field] = _load_records(name, model, key_field, data, problems, limits)
 
-    ok, data = _read_json(directory, CONSULTANT_FILE, problems)
+    ok, data = _read_json(directory, CONSULTANT_FILE, problems, limits)
     if ok:
         if not isinstance(data, dict):
             problems.append(f"{CONSULTANT_FILE}: expected a JSON object, got a JSON {_json_type(data)}")
+        elif refused := [f"{CONSULTANT_FILE}: {p}" for p in _content_problems(data)] + _size_problems(
+            CONSULTANT_FILE, data, limits
+        ):
+            problems.extend(refused)
         else:
             try:
                 parts["consultant_profile"] = ConsultantProfile.model_validate(data)

@@ -276,3 +276,37 @@ def test_parse_error_survives_pickling() -> None:
         "the model refused",
         "conversation abc: the model refused",
     )
+
+
+# --- hostile input: bounded, and never quoted back -------------------------------------------
+
+
+def test_text_without_json_is_refused_without_quoting_it() -> None:
+    secret = "root:$6$s3cr3t:19000:0:99999:7:::"
+    with pytest.raises(ParseError) as info:
+        parse(secret)
+    assert info.value.kind == "no_json" and "s3cr3t" not in str(info.value)
+    assert f"{len(secret)} characters of text" in str(info.value)
+
+
+@pytest.mark.parametrize("raw", ["[" * 50_000 + "]" * 50_000, make_message("[" * 50_000 + "]" * 50_000),
+                                 '{"turns": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_deeply_nested_json_is_a_parse_error_not_a_recursion_error(raw) -> None:
+    with pytest.raises(ParseError, match="nests .* levels deep, deeper than the limit of 64") as info:
+        parse(raw)
+    assert info.value.kind == "invalid_json"
+
+
+def test_json_nesting_depth_ignores_brackets_in_strings() -> None:
+    from lora_assets.core.parse import json_nesting_depth
+
+    assert json_nesting_depth('{"a": [1, {"b": "[[[[ \\" ]]"}]}') == 3
+    assert json_nesting_depth("plain text") == 0
+
+
+def test_more_turns_than_the_limit_are_refused_before_any_per_turn_work() -> None:
+    from lora_assets.core.parse import TooManyTurnsError
+
+    with pytest.raises(TooManyTurnsError, match="has 8 turns, over the limit of 6"):
+        parse(json.dumps(make_raw_dict(turn_count=8)), max_turns=6)
+    assert len(parse(json.dumps(make_raw_dict(turn_count=6)), max_turns=6).turns) == 6

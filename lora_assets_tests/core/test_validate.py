@@ -417,3 +417,32 @@ def test_turn_list_from_factory_is_consistent() -> None:
     turns = make_turns(5)
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "user"]
     assert [t.turn_number for t in turns] == [1, 2, 3, 4, 5]
+
+
+# --- the pipeline's own raw.json; limits ------------------------------------------------------
+
+
+def test_the_pipelines_raw_json_is_recognised_and_validated() -> None:
+    envelope = {"response": make_message(), "generation": {"stop_reason": "end_turn", "model": "claude-haiku-5-5"}}
+    assert detect_kind(json.dumps(envelope)) == "raw"
+    assert validate_text(json.dumps(envelope)) == []
+    cut = {"response": make_message(stop_reason="max_tokens"), "generation": {"stop_reason": "max_tokens"}}
+    assert [p.where for p in validate_text(json.dumps(cut))] == ["stop_reason"]
+
+
+def test_deep_nesting_is_one_problem_not_a_recursion_error() -> None:
+    assert validate_text("[" * 100_000 + "]" * 100_000) == [
+        Problem("$", "nests 100,000 levels deep, deeper than the limit of 64")
+    ]
+
+
+@pytest.mark.parametrize("kind", ["raw", "parsed", "jsonl"])
+def test_a_conversation_over_the_turn_limit_is_refused(kind: str) -> None:
+    from lora_assets.core.parse import TooManyTurnsError
+
+    parsed = json.loads(make_parsed(turn_count=12).model_dump_json())
+    text = json.dumps(parsed) if kind != "jsonl" else "\n".join(
+        json.dumps({"conversation_history": parsed["turns"], "training_metadata": {}, "current_user_input": "x"})
+        for _ in range(2))
+    with pytest.raises(TooManyTurnsError, match="12 turns, over the limit of 10"):
+        validate_text(text, kind, max_turns=10)

@@ -8,6 +8,7 @@ from dagster import DagsterInstance
 from lora_assets.core.judge import JudgeError, parse_judge_response
 from lora_assets.defs.judging import judge_item_id
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
+from lora_assets.store import queries as q
 from lora_assets_tests.defs import helpers as h
 
 
@@ -93,3 +94,44 @@ def test_conversations_another_live_judge_run_holds_are_not_judged_twice(
         second = _judge(defs, instance, batch_id)
         assert h.metadata(second, "judged_conversations")["judged_this_run"] == 2
         assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
+
+
+def test_an_unusable_judge_answer_is_paid_for_once(
+    sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole answer the judge cannot use (scores out of range, stop_reason end_turn) was paid
+    for: it is stored as judge.json, its failure and reason go on the row, and no later run
+    requests it again (before the fix every later run paid for it again, and never stored it)."""
+    from lora_assets.generation import simulator
+
+    engine = h.setup_store(sqlite_url)
+    blobs = h.local_blobs(tmp_path / "blobs")
+    defs = h.make_defs(sqlite_url, blobs, sim)
+    batch_id = h.plan(engine, 1, 2, 1)
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_batch(defs, instance, batch_id).success
+        keys = [judge_item_id(r["id"]) for r in h.conversations(engine, batch_id)]
+        usable = simulator._judge_scores
+        monkeypatch.setattr(simulator, "_judge_scores", lambda text, key: usable(text, key) | {"empathy_score": 9})
+        first = _judge(defs, instance, batch_id)
+        assert h.metadata(first, "judged_conversations")["failed_this_run"] == 2
+        assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
+        monkeypatch.setattr(simulator, "_judge_scores", usable)
+        for _ in range(2):
+            again = _judge(defs, instance, batch_id)
+            assert again.success
+            assert h.metadata(again, "judged_conversations")["cost_usd_this_run"] == 0
+        assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
+        for row in h.conversations(engine, batch_id):
+            scores = row["judge_scores"]
+            assert row["id"] in scores["error"] and "judge response unusable" in scores["error"]
+            assert "empathy_score" in scores["error"] and scores["cost_usd"] > 0
+            assert scores["answer_path"] == row["file_path"].rsplit("/", 1)[0] + "/judge.json"
+            assert blobs.store().exists(scores["answer_path"])
+        # A row that lost its outcome (a crash after judge.json was written) is made from storage.
+        with engine.begin() as conn:
+            for row in h.conversations(engine, batch_id):
+                q.update_conversation(conn, row["id"], judge_scores=None)
+        assert _judge(defs, instance, batch_id).success
+        assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
+        assert all("judge response unusable" in r["judge_scores"]["error"] for r in h.conversations(engine, batch_id))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_assets.errors import StoreSetupError
 from lora_assets.store import db as dbq
 from lora_assets.store import tables as t
 from lora_assets.store.scaffolding_files import load_bundle
@@ -45,19 +46,60 @@ def test_schema_from_sql_files_equals_metadata_on_postgres(pg_url: str) -> None:
     engine.dispose()
 
 
-def test_scaffolding_load_is_one_transaction(db_url: str) -> None:
+def test_scaffolding_load_is_one_transaction(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure mid-load leaves nothing partial behind."""
     engine = dbq.make_engine(db_url)
     dbq.init_schema(engine)
     bundle = load_bundle()
-    broken = bundle.model_copy(deep=True)
-    # Same id as another topic under a different key: the upsert of topics violates the PK
-    # after personas and arcs were already written in this transaction.
-    broken.training_topics[1].id = broken.training_topics[0].id
+    upsert = dbq._upsert
+
+    def failing_on_topics(conn, table, key_col, rows):
+        if table is t.training_topics:  # after personas and arcs were written in this transaction
+            conn.execute(sa.insert(table).values(**rows[0]))
+            conn.execute(sa.insert(table).values(**rows[0]))  # the primary key is violated
+        return upsert(conn, table, key_col, rows)
+
+    monkeypatch.setattr(dbq, "_upsert", failing_on_topics)
     with pytest.raises(sa.exc.IntegrityError):
-        dbq.load_scaffolding(engine, broken)
+        dbq.load_scaffolding(engine, bundle)
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(t.personas)).scalar() == 0
+    engine.dispose()
+
+
+def test_an_explicit_id_never_changes_or_takes_a_primary_key(db_url: str) -> None:
+    """Ids are immutable (items and conversations point at them): a record whose explicit id
+    differs from its row's, or is another record's, is refused with its key, and nothing is written."""
+    engine = dbq.make_engine(db_url)
+    dbq.init_schema(engine)
+    bundle = load_bundle()
+    dbq.load_scaffolding(engine, bundle)
+    moved = bundle.model_copy(deep=True)
+    moved.personas[0].id = "11111111-2222-3333-4444-555555555555"
+    moved.personas[1].communication_style = "Changed style"
+    with pytest.raises(dbq.ScaffoldingIdError, match=f"persona {bundle.personas[0].persona_key!r}: id .* would change"):
+        dbq.load_scaffolding(engine, moved)
+    newcomer = bundle.training_topics[1].model_copy(update={"topic_key": "brand_new_topic", "id": bundle.training_topics[0].id})
+    taken = bundle.model_copy(update={"training_topics": [*bundle.training_topics, newcomer]})
+    with pytest.raises(dbq.ScaffoldingIdError, match="is already the id of training topic"):
+        dbq.load_scaffolding(engine, taken)
+    with engine.connect() as conn:
+        by_key = {p.persona_key: p for p in dbq.read_personas(conn)}
+    assert by_key[bundle.personas[0].persona_key].id == bundle.personas[0].id
+    assert by_key[bundle.personas[1].persona_key].communication_style == bundle.personas[1].communication_style
+    engine.dispose()
+
+
+def test_init_refuses_a_database_with_unrelated_tables_of_our_names(db_url: str) -> None:
+    engine = dbq.make_engine(db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE personas (id INTEGER PRIMARY KEY, nickname TEXT)")
+        conn.exec_driver_sql("INSERT INTO personas (id, nickname) VALUES (1, 'theirs')")
+    with pytest.raises(StoreSetupError, match="already has table.* personas .*did not create"):
+        dbq.init_schema(engine)
+    inspector = sa.inspect(engine)
+    assert {c["name"] for c in inspector.get_columns("personas")} == {"id", "nickname"}
+    assert not inspector.has_table("batch_jobs")
     engine.dispose()
 
 

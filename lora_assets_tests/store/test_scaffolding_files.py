@@ -152,3 +152,28 @@ def test_all_problems_reported_together(scaffold_dir: Path) -> None:
 
 def test_missing_directory(tmp_path: Path) -> None:
     assert "not found" in str(_error(tmp_path / "nope"))
+
+
+def test_duplicate_keys_nul_and_sizes_are_refused_with_their_place(scaffold_dir: Path) -> None:
+    from lora_assets.store.scaffolding_files import ScaffoldingLimits
+
+    path = scaffold_dir / "personas.json"
+    text = path.read_text(encoding="utf-8")
+    # A key twice inside the nested demographics object of record 0 (JSON alone keeps the last).
+    path.write_text(text.replace('"demographics": {', '"demographics": {"age": 1, "age": 2, ', 1), encoding="utf-8")
+    _edit(scaffold_dir, "training_topics.json", lambda d: d[2]["key_concepts"].append("bad\u0000text"))
+    problems = _error(scaffold_dir).problems
+    assert any(p.startswith("personas.json: record 0") and "field 'demographics': key 'age' appears more than once" in p
+               for p in problems), problems
+    assert any(p.startswith("training_topics.json: record 2") and "field 'key_concepts[" in p and "NUL" in p
+               for p in problems), problems
+
+    small = ScaffoldingLimits(max_record_bytes=300, max_template_chars=100, max_file_bytes=1_000_000)
+    path.write_text(text, encoding="utf-8")
+    _edit(scaffold_dir, "training_topics.json", lambda d: d[2]["key_concepts"].pop())
+    with pytest.raises(ScaffoldingFileError) as info:
+        load_bundle(scaffold_dir, small)
+    assert any("over the limit of 300 bytes per record" in p for p in info.value.problems)
+    assert any("field 'body'" in p and "LORA_MAX_TEMPLATE_CHARS" in p for p in info.value.problems)
+    with pytest.raises(ScaffoldingFileError, match="over the limit of 100 bytes.*LORA_MAX_INPUT_FILE_BYTES"):
+        load_bundle(scaffold_dir, ScaffoldingLimits(max_file_bytes=100))
