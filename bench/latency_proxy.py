@@ -7,7 +7,9 @@ arrives, per connection and in order (each chunk's deadline is its own arrival +
 read in several chunks pays D once, and connections never wait for each other); server→client
 bytes pass at once. A client sends only after it has heard back, so each HTTP round trip pays D:
 a request head, and again the body a client sends after `100 Continue` (boto3's PUT with
-`Expect: 100-continue` pays two).
+`Expect: 100-continue` pays two). Connection set-up is not delayed: moto's server closes every
+connection after one response, where S3 keeps them alive, so charging the handshake would
+charge moto's quirk to the client.
 
 Counted at the HTTP layer (what reached the server, whatever the client library does):
 requests per method (a chunk that starts with `GET|PUT|HEAD|POST|DELETE <path> HTTP/1.x`),
@@ -29,7 +31,6 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 65536
 _REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) \S+ HTTP/1\.[01]\r\n")
 
 
@@ -254,11 +255,14 @@ async def serve(listen_port: int, upstream_port: int, delay_ms: float, stats: St
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
-    server = await loop.create_server(lambda: _ClientSide(stats, delay_ms / 1000, upstream_port, tasks),
-                                      "127.0.0.1", listen_port)
+    # Handlers first: a reader may send SIGUSR1 as soon as the port accepts, and SIGUSR1's default
+    # action would end the process.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, stats.write)
+    stats.write()
+    server = await loop.create_server(lambda: _ClientSide(stats, delay_ms / 1000, upstream_port, tasks),
+                                      "127.0.0.1", listen_port)
 
     async def periodic() -> None:
         while True:

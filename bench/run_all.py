@@ -61,17 +61,95 @@ def markdown(r: dict) -> str:
     d = loc["dagster_overhead"]
     lines.append(f"| Dagster overhead per batch run ({d['items']} items, {d['steps']} steps) | {d['overhead_s']} s | "
                  f"{d['run_wall_s']} s run wall | {d['overhead_share']} of wall | — |")
+    lines += scale_rows(r.get("scale"))
     lines += ["", "Notes:", f"- local stages: {ls['note']}", f"- cost: {c['note']}", f"- Dagster: {d['note']}",
               f"- Batches: {b.get('floor_explained', '')}",
               f"- fake endpoint: {p['note']}; N={p['requests']}, latency {p['latency_s']} s, medians of {p['repeats']}; "
-              f"{cpu['note']}", "", "Raw figures: `report.json` (and one file per benchmark)."]
+              f"{cpu['note']}"]
+    lines += scale_section(r.get("scale"))
+    lines += ["", "Raw figures: `report.json` (and one file per benchmark)."]
     return "\n".join(lines) + "\n"
+
+
+def _per_conv(by_method: dict[str, float]) -> str:
+    return " + ".join(f"{v:g} {m}" for m, v in sorted(by_method.items())) or "0"
+
+
+def scale_rows(sc: dict | None) -> list[str]:
+    """The scale benchmark's acceptance figures, as rows of the main table."""
+    if not sc:
+        return []
+    acc, lines = sc["acceptance"], []
+    for run in sc["runs"]:
+        t, nt = run["acceptance_total"], run["normal_path_total"]
+        aim = "≤ 8 s/1,000" if run["delay_ms"] == max(sc["delays_ms"]) else "—"
+        lines.append(f"| scale N={run['n']}, +{run['delay_ms']:g} ms/round trip: parse + enrich + all checks + training-file "
+                     f"build, stage by stage | {t['s_per_1000']} s/1,000 ({t['seconds']} s) | {t['floor_s_per_1000']} s/1,000 "
+                     f"floor (I/O bound {t['io_bound_s']} s, S3-server bound {t['s3_server_bound_s']} s) | {t['ratio_to_floor']} | {aim} |")
+        lines.append(f"| same, normal path (parse + enrich with checks in one run, then the build) | {nt['s_per_1000']} s/1,000 "
+                     f"({nt['seconds']} s) | {nt['floor_s_per_1000']} s/1,000 floor (I/O {nt['io_bound_s']} s, "
+                     f"S3 server {nt['s3_server_bound_s']} s) | {nt['ratio_to_floor']} | {aim} |")
+    rq = acc["requests_per_conv_end_to_end"]
+    lines.append(f"| scale: S3 requests per conversation end to end (generate → … → build), counted at the proxy "
+                 f"| {rq['normal_path']} (normal path); {rq['staged']} stage by stage | — | — | ≤ {rq['aim']:g} |")
+    rss = acc["peak_rss_mb"]
+    small = acc.get("peak_rss_mb_small")
+    ratio = acc.get("rss_ratio_n_to_small", {})
+    for key, label in (("batch_run (combined)", "batch run"), ("training_file_build", "training-file build")):
+        vs = (f"{small[key]} MB at N={small['n']}" if small else "—")
+        lines.append(f"| scale: peak RSS of the {label}, N={rss['n']} | {rss[key]} MB | {vs} | "
+                     f"{ratio.get(key, '—')} | ≤ {rss['aim_mb']} MB, ratio 0.9–1.1 |")
+    return lines
+
+
+def scale_section(sc: dict | None) -> list[str]:
+    """One table per delay: each stage beside its I/O bound and the S3 server's bound."""
+    if not sc:
+        return []
+    lines = ["", "## Scale benchmark (bench/bench_scale.py)", "",
+             f"One partition through the Dagster assets on PostgreSQL + moto S3 behind a loopback proxy adding a fixed "
+             f"delay per round trip. Pool size {sc['pool_size']} ({sc['pool_size_source']}). Each stage in a fresh "
+             f"process; seconds = its materialisation call. I/O bound = round trips × delay ÷ pool size; S3-server "
+             f"bound = requests ÷ the server's own rate below; floor = the larger.", ""]
+    for run in [*sc["runs"], *([sc["rss_run"]] if sc.get("rss_run") else [])]:
+        cap = run["s3_capacity"]
+        what = " (RSS comparison: the batch run and the build only)" if run.get("rss_only") else ""
+        lines += [f"### N = {run['n']}, +{run['delay_ms']:g} ms per round trip{what}", "",
+                  f"S3 server capacity in this run (boto3, {cap['threads']} threads, 6 KB objects, through the proxy): "
+                  f"{cap['put_per_s']} PUT/s, {cap['get_per_s']} GET/s. "
+                  + (f"A run's fixed cost (raw_checks: one check, no S3): {run['run_fixed_cost_s']} s. "
+                     if run.get("run_fixed_cost_s") is not None else "")
+                  + f"Highest 1-minute load average seen after a stage: {run.get('load_1m_max')} ({run['cores']} cores).", "",
+                  "| stage | s (whole process) | s per 1,000 | S3 requests / conv. | round trips / conv. | I/O bound s | S3-server bound s "
+                  f"| ratio to floor | CPU s (stage + moto + proxy; {run['cores']} cores) | peak RSS MB | checks |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for st in run["stages"]:
+            checks = ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in st["checks"].items()) or "—"
+            failed = "" if st["success"] else " **FAILED**"
+            delay = "" if st["delay_ms"] in (None, run["delay_ms"]) else f" (+{st['delay_ms']:g} ms)"
+            lines.append(f"| {st['stage']}{delay}{failed} | {st['seconds']} ({st['subprocess_wall_s']}) | {st['s_per_1000']} | "
+                         f"{_per_conv(st['requests_per_conv_by_method'])} | {st['round_trips_per_conv']} | {st['io_bound_s']} "
+                         f"| {st['s3_server_bound_s']} | {st['ratio_to_floor'] or '—'} | {st['cpu_s_stage_moto_proxy']} "
+                         f"| {st['rss_peak_mb']} | {checks} |")
+        t, nt = run["acceptance_total"], run["normal_path_total"]
+        totals = [("normal path (combined + build)", nt)]
+        if not run.get("rss_only"):
+            totals.insert(0, ("parse + enrich + all checks + build (stage by stage)", t))
+        for label, tot in totals:
+            lines.append(f"| **{label}** | {tot['seconds']} | {tot['s_per_1000']} | {tot['requests_per_conv']} | "
+                         f"{tot['round_trips_per_conv']} | {tot['io_bound_s']} | {tot['s3_server_bound_s']} | "
+                         f"{tot['ratio_to_floor'] or '—'} | {tot['cpu_s_stage_moto_proxy']} | {tot['rss_peak_mb']} | |")
+        lines.append("")
+    lines.append(f"Note: {sc['note']}")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--quick", action="store_true", help="Smaller sizes (for a smoke run).")
+    parser.add_argument("--scale-n", type=int, default=2000,
+                        help="Conversations in the scale benchmark's partition (it also runs N=500 for the RSS comparison).")
     args = parser.parse_args()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +163,8 @@ def main() -> None:
                       *(["--conversations", "300", "--cost-items", "20", "--overhead-items", "10"] if quick else [])),
         "peer": _run("bench_peer.py", out / "peer.json",
                      *(["--requests", "100", "--repeats", "1", "--concurrency", "32,128"] if quick else [])),
+        "scale": _run("bench_scale.py", out / "scale.json",
+                      *(["--n", "200", "--rss-n", "100"] if quick else ["--n", str(args.scale_n)])),
     }
     report["total_s"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
