@@ -276,6 +276,7 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
             },
             "conversation_ids": [m["id"] for m in kept_rows],
             "split": split,
+            "built_by_run": context.run.run_id,
         }
         with engine.begin() as conn:
             tfq.record_version(conn, tf["id"], version_row, values)
@@ -322,10 +323,12 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
 
 
 def _latest(context: Any, db: DomainDB) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version this run built (two builds at once: each run's checks judge its own), or,
+    for a check run on its own, the latest."""
     name = context.partition_key
     with db.engine().connect() as conn:
         tf = tfq.get_training_file(conn, name)
-        version = tfq.get_version(conn, name)
+        version = tfq.get_version(conn, name, built_by_run=context.run.run_id) or tfq.get_version(conn, name)
     if tf is None or version is None:
         raise Failure(f"training file {name!r} has no built version")
     return tf, version

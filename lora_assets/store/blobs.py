@@ -132,6 +132,14 @@ def _no_expect_for_small_bodies(request: Any, **_: Any) -> None:
         del request.headers["Expect"]
 
 
+def _upload_config() -> Any:
+    """Multipart uploads with at most two 8 MiB parts in memory: boto3's default (ten parts in
+    flight) made a training-file build's memory grow with the size of its outputs."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_chunksize=8 << 20, max_concurrency=2)
+
+
 class S3BlobStore:
     """Blobs in an S3 bucket under a prefix, through a boto3 client (dagster-aws's S3Resource
     builds the same client in the Dagster layer). Streams via multipart upload."""
@@ -204,7 +212,7 @@ class S3BlobStore:
         with tempfile.TemporaryFile() as spool:
             yield spool
             spool.seek(0)
-            self.client.upload_fileobj(spool, self.bucket, s3_key)
+            self.client.upload_fileobj(spool, self.bucket, s3_key, Config=_upload_config())
 
     def url(self, key: str, expires_in: int = 3600) -> str:
         return self.client.generate_presigned_url(

@@ -281,6 +281,7 @@ training_file_versions = sa.Table(
     sa.Column("stats", Json),  # filtering / dedup / split figures
     sa.Column("conversation_ids", Json),  # exactly which conversations this version holds
     sa.Column("split", Json),  # conversation id -> train | validation
+    sa.Column("built_by_run", sa.String(64)),  # the Dagster run that built it: its checks judge this version
     sa.Column("created_at", Ts, nullable=False, server_default=_now()),
     sa.UniqueConstraint("training_file_id", "version", name="uq_training_file_version"),
 )

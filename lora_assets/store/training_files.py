@@ -198,13 +198,17 @@ def versions(conn: Connection, training_file_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def get_version(conn: Connection, name: str, version: int | None = None) -> dict[str, Any] | None:
-    """A version of a training file by name (latest when `version` is None)."""
+def get_version(conn: Connection, name: str, version: int | None = None, *,
+                built_by_run: str | None = None) -> dict[str, Any] | None:
+    """A version of a training file by name: the given `version`, else the one the Dagster run
+    `built_by_run` built, else the latest."""
     tf = get_training_file(conn, name)
     if tf is None:
         return None
     v = t.training_file_versions
     q = sa.select(v).where(v.c.training_file_id == tf["id"], v.c.status == "active")
+    if built_by_run is not None:
+        q = q.where(v.c.built_by_run == built_by_run)
     q = q.where(v.c.version == version) if version is not None else q.order_by(v.c.version.desc())
     row = conn.execute(q.limit(1)).mappings().first()
     return dict(row) if row else None

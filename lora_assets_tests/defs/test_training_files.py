@@ -416,6 +416,14 @@ def test_v2_after_add_members_leaves_v1_untouched(world: World) -> None:
     assert tf["current_version"] == 2 and tf["conversation_count"] == v2["conversation_count"]
     assert tf["json_file_path"] == v2["json_file_path"] == f"{version_prefix(name, 2)}/{name}.json"
 
+    # Each version names the run that built it, and that run's checks judge it, not the newest
+    # (two builds at once: the first build's checks once evaluated the second's version).
+    assert (v1["built_by_run"], v2["built_by_run"]) == (r1.run_id, r2.run_id)
+    with w.engine.connect() as conn:
+        assert tfq.get_version(conn, name, built_by_run=r1.run_id)["version"] == 1
+        assert tfq.get_version(conn, name)["version"] == 2
+    assert {e.metadata["version"].value for e in r1.get_asset_check_evaluations() if "version" in e.metadata} == {1}
+
 
 def test_messages_export_loads_with_hf_datasets(
     world: World, built_a: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

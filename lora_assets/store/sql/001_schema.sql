@@ -195,6 +195,7 @@ CREATE TABLE IF NOT EXISTS training_file_versions (
 	stats JSONB, 
 	conversation_ids JSONB, 
 	split JSONB, 
+	built_by_run VARCHAR(64), 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	PRIMARY KEY (id), 
 	CONSTRAINT uq_training_file_version UNIQUE (training_file_id, version), 
