@@ -372,7 +372,7 @@ def batch_list() -> None:
     from lora_assets.store.queries import list_batches
 
     with _engine().connect() as conn:
-        rows = list_batches(conn)
+        rows = list_batches(conn, with_snapshot=False)
     if not rows:
         click.echo("no batch jobs")
     for r in rows:

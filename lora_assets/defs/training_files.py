@@ -153,7 +153,7 @@ def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStor
             raise Failure(f"no training file named {name!r} in the domain DB (create it with `lora-assets training-file create`)")
         members = tfq.member_rows(conn, tf["id"])
         consultant = dbq.read_consultant_profile(conn)
-        batches = {b["id"]: b for b in q.list_batches(conn)}
+        batches = {b["id"]: b for b in q.list_batches(conn, with_snapshot=False)}
     if not members:
         raise Failure(f"training file {name!r} has no members")
     stale = {m["id"]: m["enrichment_status"] for m in members if m["enrichment_status"] != EnrichmentStatus.COMPLETED or not m["enriched_file_path"]}

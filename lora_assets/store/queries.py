@@ -212,8 +212,12 @@ def get_batch(conn: Connection, batch_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def list_batches(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(sa.select(t.batch_jobs).order_by(t.batch_jobs.c.created_at.desc())).mappings()
+def list_batches(conn: Connection, *, with_snapshot: bool = True) -> list[dict[str, Any]]:
+    """Every batch job, newest first; without their scaffolding snapshots (megabytes each) when
+    `with_snapshot` is False."""
+    b = t.batch_jobs
+    columns = list(b.c) if with_snapshot else [c for c in b.c if c.name != "scaffolding_snapshot"]
+    rows = conn.execute(sa.select(*columns).order_by(b.c.created_at.desc())).mappings()
     return [dict(r) for r in rows]
 
 
