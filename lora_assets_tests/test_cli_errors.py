@@ -205,7 +205,7 @@ def test_an_unexpected_exception_is_one_line_unless_debug(store: Path, monkeypat
 
     _environment(store, monkeypatch)
 
-    def broken(conn: Any) -> list[Any]:
+    def broken(conn: Any, **_: Any) -> list[Any]:
         raise RuntimeError("the disk is on fire\nsecond line")
 
     monkeypatch.setattr(queries, "list_batches", broken)
