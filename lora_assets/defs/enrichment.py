@@ -36,7 +36,6 @@ from lora_assets.schemas import (
     ResolvedScaffolding,
 )
 from lora_assets.store import queries as q
-from lora_assets.store.blobs import batched, bounded_map, release_freed_memory
 
 #: The file-reading checks of this stage, by name: computed on each conversation as it is enriched.
 RULES: recorded_checks.Rules = {
@@ -44,10 +43,6 @@ RULES: recorded_checks.Rules = {
     "training_pairs_have_scaffolding": lambda doc, _: pair_scaffolding_problems(doc),
     "client_background_readable": lambda doc, _: client_background_problems(doc),
 }
-
-#: Conversations per DB transaction (and per wait for their writes).
-CHUNK = 200
-
 
 @dataclass
 class _Tally:
@@ -102,7 +97,6 @@ def enriched_conversations(context: AssetExecutionContext, db: DomainDB, blobs: 
     chunk per transaction. Runs on its own after parsing (eager automation)."""
     batch_id = context.partition_key
     engine = db.engine()
-    store = blobs.store()
     with engine.connect() as conn:
         # As planned: the batch's consultant, not today's row.
         consultant = q.batch_consultant(conn, q.get_batch(conn, batch_id) or {})
@@ -110,37 +104,19 @@ def enriched_conversations(context: AssetExecutionContext, db: DomainDB, blobs: 
     tally = _Tally()
     todo = {"parse_status": ParseStatus.PARSED, "enrichment_status": [
         EnrichmentStatus.NOT_STARTED, EnrichmentStatus.FAILED, EnrichmentStatus.IN_PROGRESS]}
-    with blobs.pool() as pool:
-        for page in q.iter_batch_conversations(engine, batch_id, **todo):
-            with engine.connect() as conn:
-                snapshots = q.resolve_conversations(conn, page)
-            reads = bounded_map(pool, lambda r: store.get_bytes(r["file_path"]), page, 2 * blobs.concurrency)
-            for chunk in batched(reads, CHUNK):
-                updates, writes = [], []
-                for row, data in chunk:
-                    update, out = enrich_row(row, data, snapshots[row["id"]], consultant, created_date, context.run_id)
-                    if out is None:
-                        updates.append(update)
-                    else:
-                        writes.append((update, pool.submit(store.put_bytes, update["enriched_file_path"], out)))
-                for update, written in writes:
-                    try:
-                        written.result()
-                        updates.append(update)
-                    except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
-                        updates.append({"id": update["id"], "enrichment_status": EnrichmentStatus.FAILED,
-                                        "enrichment_error": f"enriched.json could not be written "
-                                                            f"({type(exc).__name__}: {exc})"})
-                with engine.begin() as conn:
-                    q.update_conversations(conn, updates)
-                release_freed_memory()
-                for u in updates:
-                    if u["enrichment_status"] == EnrichmentStatus.COMPLETED:
-                        tally.done += 1
-                        tally.pairs += u["training_pair_count"]
-                        tally.score_sum += u["quality_score"]
-                    else:
-                        tally.failures.append((u["id"], u["enrichment_error"]))
+    for u in recorded_checks.stream_stage(
+        engine=engine, blobs=blobs, batch_id=batch_id, row_filter=todo, read_column="file_path",
+        process=lambda row, data, snapshot: enrich_row(row, data, snapshot, consultant, created_date, context.run_id),
+        out_column="enriched_file_path",
+        unstored=lambda cid, exc: {"id": cid, "enrichment_status": EnrichmentStatus.FAILED, "enrichment_error":
+                                   f"enriched.json could not be written ({type(exc).__name__}: {exc})"},
+    ):
+        if u["enrichment_status"] == EnrichmentStatus.COMPLETED:
+            tally.done += 1
+            tally.pairs += u["training_pair_count"]
+            tally.score_sum += u["quality_score"]
+        else:
+            tally.failures.append((u["id"], u["enrichment_error"]))
     with engine.connect() as conn:
         progress = q.batch_progress(conn, batch_id)
     return MaterializeResult(

@@ -23,17 +23,12 @@ from lora_assets.defs.report import md_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import ParsedConversation, ParseStatus, ResolvedScaffolding
 from lora_assets.store import queries as q
-from lora_assets.store.blobs import batched, bounded_map, release_freed_memory
 
 #: The checks of this stage, by name: computed on each conversation as it is parsed.
 RULES: recorded_checks.Rules = {
     "input_parameters_complete": input_parameter_problems,
     "client_persona_matches": client_persona_problems,
 }
-
-#: Conversations per DB transaction (and per wait for their writes).
-CHUNK = 200
-
 
 @dataclass
 class _Tally:
@@ -84,38 +79,20 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
     row, never a crash."""
     batch_id = context.partition_key
     engine = db.engine()
-    store = blobs.store()
     tally = _Tally()
-    with blobs.pool() as pool:
-        for page in q.iter_batch_conversations(engine, batch_id, parse_status=[ParseStatus.PENDING, ParseStatus.FAILED]):
-            with engine.connect() as conn:
-                scaffolding = q.resolve_conversations(conn, page)
-            reads = bounded_map(pool, lambda r: store.get_bytes(r["raw_response_path"]), page, 2 * blobs.concurrency)
-            for chunk in batched(reads, CHUNK):
-                updates, writes = [], []
-                for row, raw in chunk:
-                    update, data = parse_row(row, raw, scaffolding[row["id"]], context.run_id)
-                    if data is None:
-                        updates.append(update)
-                    else:
-                        writes.append((update, pool.submit(store.put_bytes, update["file_path"], data)))
-                for update, written in writes:
-                    try:
-                        written.result()
-                        updates.append(update)
-                    except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
-                        updates.append({"id": update["id"], "parse_status": ParseStatus.FAILED,
-                                        "parse_error": f"unstored: conversation.json could not be written "
-                                                       f"({type(exc).__name__}: {exc})"})
-                with engine.begin() as conn:
-                    q.update_conversations(conn, updates)
-                release_freed_memory()
-                for u in updates:
-                    if u["parse_status"] == ParseStatus.PARSED:
-                        tally.parsed += 1
-                    else:
-                        kind, _, reason = u["parse_error"].partition(": ")
-                        tally.failures.append((u["id"], kind, reason))
+    for u in recorded_checks.stream_stage(
+        engine=engine, blobs=blobs, batch_id=batch_id,
+        row_filter={"parse_status": [ParseStatus.PENDING, ParseStatus.FAILED]}, read_column="raw_response_path",
+        process=lambda row, raw, scaffolding: parse_row(row, raw, scaffolding, context.run_id),
+        out_column="file_path",
+        unstored=lambda cid, exc: {"id": cid, "parse_status": ParseStatus.FAILED, "parse_error":
+                                   f"unstored: conversation.json could not be written ({type(exc).__name__}: {exc})"},
+    ):
+        if u["parse_status"] == ParseStatus.PARSED:
+            tally.parsed += 1
+        else:
+            kind, _, reason = u["parse_error"].partition(": ")
+            tally.failures.append((u["id"], kind, reason))
     with engine.connect() as conn:
         progress = q.batch_progress(conn, batch_id)
     return MaterializeResult(

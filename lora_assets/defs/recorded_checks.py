@@ -1,4 +1,5 @@
-"""Per-conversation checks that a stage computes while the conversation is in memory.
+"""One pass per stage: the streaming loop of the per-conversation stages, and the checks they
+compute while each conversation is in memory.
 
 A stage (parse, enrich) applies every rule of its checks to each conversation it writes and
 records the findings on the row (`{"run_id": …, "problems": {check: [messages]}}`). The asset
@@ -7,7 +8,7 @@ file written by another run (an earlier partial run, or one tampered with since)
 and its record refreshed, so a check run alone still judges the files as they are now.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from dagster import AssetCheckResult
@@ -16,7 +17,7 @@ from sqlalchemy.engine import Engine
 from lora_assets.defs.report import conversation_check_result
 from lora_assets.defs.resources import BlobStoreResource
 from lora_assets.store import queries as q
-from lora_assets.store.blobs import BlobStore, bounded_map
+from lora_assets.store.blobs import BlobStore, batched, bounded_map, release_freed_memory
 
 #: check name -> rule(document, row's scaffolding or None) -> problems (stringified on record).
 Rules = Mapping[str, Callable[[Any, Any], list[Any]]]
@@ -89,3 +90,49 @@ def _reread(engine: Engine, store: BlobStore, pool: Any, rows: list[dict[str, An
     with engine.begin() as conn:
         q.update_conversations(conn, ({"id": cid, column: rec} for cid, rec in records.items()))
     return records
+
+
+#: Conversations per DB transaction (and per wait for their writes).
+CHUNK = 200
+
+
+def stream_stage(
+    *,
+    engine: Engine,
+    blobs: BlobStoreResource,
+    batch_id: str,
+    row_filter: dict[str, Any],
+    read_column: str,
+    process: Callable[[dict[str, Any], bytes | BaseException, Any], tuple[dict[str, Any], bytes | None]],
+    out_column: str,
+    unstored: Callable[[str, Exception], dict[str, Any]],
+) -> Iterator[dict[str, Any]]:
+    """One pass of a per-conversation stage over a partition: pages of rows matching
+    `row_filter`, each row's blob (`read_column`) read through the pool, `process(row, bytes or
+    the read error, the row's scaffolding)` → (the row's update, bytes to store at the update's
+    `out_column` or None), writes through the pool, one transaction per chunk. Yields each
+    committed update (a write that failed becomes `unstored(row id, error)`)."""
+    store = blobs.store()
+    with blobs.pool() as pool:
+        for page in q.iter_batch_conversations(engine, batch_id, **row_filter):
+            with engine.connect() as conn:
+                scaffolding = q.resolve_conversations(conn, page)
+            reads = bounded_map(pool, lambda r: store.get_bytes(r[read_column]), page, 2 * blobs.concurrency)
+            for chunk in batched(reads, CHUNK):
+                updates, writes = [], []
+                for row, data in chunk:
+                    update, out = process(row, data, scaffolding[row["id"]])
+                    if out is None:
+                        updates.append(update)
+                    else:
+                        writes.append((update, pool.submit(store.put_bytes, update[out_column], out)))
+                for update, written in writes:
+                    try:
+                        written.result()
+                        updates.append(update)
+                    except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
+                        updates.append(unstored(update["id"], exc))
+                with engine.begin() as conn:
+                    q.update_conversations(conn, updates)
+                release_freed_memory()
+                yield from updates
