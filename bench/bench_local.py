@@ -158,14 +158,14 @@ def bench_dagster_overhead(items: int) -> dict[str, Any]:
         from lora_assets.definitions import build_defs
         from lora_assets.schemas import BatchSelection
         from lora_assets.store import db as dbq
-        from lora_assets.store.queries import plan_batch
+        from lora_assets.store.batches import plan_batch
 
         resources = build_resources()
         defs = build_defs(resources)
         engine = resources["db"].engine()
         dbq.init_schema(engine)
         dbq.load_scaffolding(engine, load_bundle())
-        from lora_assets.store.queries import least_covered_combinations
+        from lora_assets.store.batches import least_covered_combinations
 
         with engine.connect() as conn:
             combos = least_covered_combinations(conn, items)

@@ -112,7 +112,7 @@ def _child_setup(spec: dict[str, Any]) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from lora_assets.schemas import BatchSelection
-    from lora_assets.store import queries as q
+    from lora_assets.store import batches as bq
     from lora_assets.store import tables as t
     from lora_assets_tests.defs.helpers import setup_store
 
@@ -125,9 +125,9 @@ def _child_setup(spec: dict[str, Any]) -> dict[str, Any]:
     combos = [distinct[i % len(distinct)] for i in range(n)]
     batches = {}
     for name in spec["batches"]:
-        batch_id, planned = q.plan_batch(engine, selection=BatchSelection(), combinations=combos,
-                                         model="claude-haiku-5-5", mode="messages", created_by="bench",
-                                         name=f"bench-scale-{name}")
+        batch_id, planned = bq.plan_batch(engine, selection=BatchSelection(), combinations=combos,
+                                          model="claude-haiku-5-5", mode="messages", created_by="bench",
+                                          name=f"bench-scale-{name}")
         assert planned == n, (planned, n)
         batches[name] = batch_id
     engine.dispose()

@@ -4,7 +4,8 @@ from typing import Any
 
 from dagster import Definitions
 
-from lora_assets.defs import automation, enrichment, generation, judging, parsing, scaffolding, training_files
+from lora_assets.defs import automation, planning, enrichment, generation, judging, parsing, scaffolding, training_files
+from lora_assets.defs import review
 from lora_assets.defs.resources import build_resources
 
 ASSETS = [
@@ -28,6 +29,8 @@ ASSET_CHECKS = [
     training_files.training_file_metadata_matches,
     training_files.training_file_members_valid,
     training_files.training_file_exports_consistent,
+    training_files.training_file_lengths,
+    training_files.training_file_leakage,
 ]
 
 
@@ -36,7 +39,8 @@ def build_defs(resources: dict[str, Any]) -> Definitions:
     return Definitions(
         assets=ASSETS,
         asset_checks=ASSET_CHECKS,
-        jobs=[automation.batch_pipeline_job, automation.training_file_job, automation.judge_job],
+        jobs=[automation.batch_pipeline_job, automation.training_file_job, automation.judge_job,
+              planning.plan_batch, planning.cancel_batch, review.review_export_job, review.review_import_job],
         sensors=[automation.queued_batches_sensor, automation.automation_sensor],
         schedules=[automation.nightly_coverage_batch],
         resources=resources,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -18,20 +19,14 @@ from lora_assets.settings import Settings
 def demo(personas: int, arcs: int, topics: int) -> None:
     """Init the store, materialise scaffolding (+ completeness check), plan a small batch and run
     generate → parse → enrich with every check; print counts, tokens, cost and paths."""
-    from dagster import AssetSelection
-
-    from lora_assets.cli import QUIET, _print_checks
-    from lora_assets.defs.partitions import batch_jobs_partitions
-    from lora_assets.definitions import defs
+    # The CLI package imports this module to register the command: imported here, not above.
+    from lora_assets.cli.runs import defs_resource
     from lora_assets.instance import get_instance
-    from lora_assets.schemas import BatchSelection
-    from lora_assets.store import db as dbq
-    from lora_assets.store import queries as q
 
     started = time.monotonic()
     settings = Settings.from_env()
     instance = get_instance(settings)
-    engine = dbq.make_engine(settings.resolved_database_url)
+    engine = defs_resource("db").engine()
     click.echo(f"data dir:        {settings.data_dir}")
     click.echo(f"domain DB:       {engine.url.render_as_string(hide_password=True)}")
     click.echo(f"blob store:      {settings.s3_bucket and f's3://{settings.s3_bucket}/{settings.s3_prefix}' or settings.data_dir / 'blobs'}")
@@ -39,6 +34,27 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     click.echo(f"claude:          {'simulator (no ANTHROPIC_API_KEY set)' if settings.uses_simulator else settings.model}")
 
     click.echo("\n1. scaffolding assets + completeness check")
+    _scaffolding(instance)
+    click.echo(f"\n2. plan a batch: {personas} personas × {arcs} arcs × {topics} topics")
+    batch_id = _plan(engine, instance, settings, personas, arcs, topics)
+    click.echo("\n3. generate → parse → enrich (batch_pipeline job) with checks")
+    run = _generate(engine, instance, settings, batch_id)
+    name = f"demo-{batch_id[:8]}"
+    click.echo(f"\n4. training file {name!r} from the batch, version 1, with checks")
+    build = _training_file(engine, instance, settings, batch_id, name)
+    ok = run.success and build.success
+    click.echo(f"\n{'done' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s; see it in the UI: make ui")
+    if not ok:
+        sys.exit(1)
+
+
+def _scaffolding(instance: Any) -> None:
+    """Materialise the scaffolding assets (and their checks); exit when that fails."""
+    from dagster import AssetSelection
+
+    from lora_assets.cli.runs import QUIET, print_checks
+    from lora_assets.definitions import defs
+
     scaffold_job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=set(AssetSelection.groups("scaffolding").resolve(defs.resolve_asset_graph()))
     )
@@ -47,16 +63,23 @@ def demo(personas: int, arcs: int, topics: int) -> None:
         md = mat.materialization.metadata
         click.echo(f"  {mat.asset_key.to_user_string():<20} records={md['records'].value} inserted={md['inserted'].value} "
                    f"updated={md['updated'].value} unchanged={md['unchanged'].value}")
-    _print_checks(result.get_asset_check_evaluations())
+    print_checks(result.get_asset_check_evaluations())
     if not result.success:
         sys.exit("scaffolding failed; see above")
 
-    click.echo(f"\n2. plan a batch: {personas} personas × {arcs} arcs × {topics} topics")
+
+def _plan(engine: Any, instance: Any, settings: Settings, personas: int, arcs: int, topics: int) -> str:
+    """Plan the demo batch from the first scaffolding keys and register its partition; its id."""
+    from lora_assets.defs.partitions import batch_jobs_partitions
+    from lora_assets.schemas import BatchSelection
+    from lora_assets.store import db as dbq
+    from lora_assets.store.batches import plan_batch
+
     with engine.connect() as conn:
         pk = [p.persona_key for p in dbq.read_personas(conn)][:personas]
         ak = [a.arc_key for a in dbq.read_emotional_arcs(conn)][:arcs]
         tk = [x.topic_key for x in dbq.read_training_topics(conn)][:topics]
-    batch_id, n = q.plan_batch(
+    batch_id, n = plan_batch(
         engine,
         selection=BatchSelection(persona_keys=pk, arc_keys=ak, topic_keys=tk),
         model=settings.model,
@@ -66,14 +89,20 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     )
     instance.add_dynamic_partitions(batch_jobs_partitions.name, [batch_id])
     click.echo(f"  batch {batch_id}: {n} items")
+    return batch_id
 
-    click.echo("\n3. generate → parse → enrich (batch_pipeline job) with checks")
-    job = defs.resolve_job_def("batch_pipeline")
-    run = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False, run_config=QUIET)
-    _print_checks(run.get_asset_check_evaluations())
+
+def _generate(engine: Any, instance: Any, settings: Settings, batch_id: str) -> Any:
+    """Run the batch pipeline and print its counts, tokens and cost; exit when the run failed."""
+    from lora_assets.cli.runs import print_checks, run_job
+    from lora_assets.store.batches import batch_progress
+    from lora_assets.store.conversations import batch_conversations
+
+    run = run_job("batch_pipeline", batch_id, instance)
+    print_checks(run.get_asset_check_evaluations())
     with engine.connect() as conn:
-        p = q.batch_progress(conn, batch_id)
-        rows = q.batch_conversations(conn, batch_id)
+        p = batch_progress(conn, batch_id)
+        rows = batch_conversations(conn, batch_id)
     click.echo(f"  items:      {p['items']}")
     click.echo(f"  parsed:     {p['parse']}")
     click.echo(f"  enriched:   {p['enrichment']}")
@@ -84,21 +113,22 @@ def demo(personas: int, arcs: int, topics: int) -> None:
         click.echo(f"  example:    {settings.data_dir / 'blobs' / (rows[0]['enriched_file_path'] or rows[0]['raw_response_path'])}")
     if not run.success:
         sys.exit(f"batch run {run.run_id} FAILED; see above")
+    return run
 
-    name = f"demo-{batch_id[:8]}"
-    click.echo(f"\n4. training file {name!r} from the batch, version 1, with checks")
+
+def _training_file(engine: Any, instance: Any, settings: Settings, batch_id: str, name: str) -> Any:
+    """Create training file `name` from the batch's eligible conversations, build version 1 and
+    print it; exit when nothing was built."""
+    from lora_assets.cli.runs import print_checks, run_job
+    from lora_assets.defs.partitions import training_files_partitions
     from lora_assets.store.training_files import conversations_of_batches, create_training_file, eligible_subset, get_version
 
     with engine.connect() as conn:
         ids, _ = eligible_subset(conn, conversations_of_batches(conn, [batch_id]))
     create_training_file(engine, name=name, conversation_ids=ids, created_by=settings.user_id, description="made by make demo")
-    from lora_assets.defs.partitions import training_files_partitions
-
     instance.add_dynamic_partitions(training_files_partitions.name, [name])
-    build = defs.resolve_job_def("training_file_build").execute_in_process(
-        partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
-    )
-    _print_checks(build.get_asset_check_evaluations())
+    build = run_job("training_file_build", name, instance)
+    print_checks(build.get_asset_check_evaluations())
     with engine.connect() as conn:
         v = get_version(conn, name)
     if v is None:
@@ -111,7 +141,4 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     base = settings.data_dir / "blobs" if not settings.s3_bucket else f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
     for fmt, o in v["outputs"].items():
         click.echo(f"  {fmt:<20} {base}/{o['path']}")
-    ok = run.success and build.success
-    click.echo(f"\n{'done' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s; see it in the UI: make ui")
-    if not ok:
-        sys.exit(1)
+    return build

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -19,19 +18,20 @@ nux:
 
 
 def dagster_home(settings: Settings | None = None) -> Path:
-    """$DAGSTER_HOME if set, else `<data_dir>/dagster_home` (created with telemetry off)."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    home = (settings or Settings.from_env()).data_dir / "dagster_home"
+    """`settings.dagster_home` (DAGSTER_HOME) if set, else `<data_dir>/dagster_home` (created
+    with telemetry off)."""
+    s = settings or Settings.from_env()
+    if s.dagster_home is not None:
+        return s.dagster_home
+    home = s.data_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(EMBEDDED_DAGSTER_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
 def get_instance(settings: Settings | None = None) -> DagsterInstance:
-    """The persistent instance (so runs made from the CLI show in `make ui`)."""
-    dagster_home(settings)
-    return DagsterInstance.get()
+    """The persistent instance (so runs made from the CLI show in `make ui`). Loaded from its
+    directory rather than through `DagsterInstance.get()`, so no process environment is changed."""
+    return DagsterInstance.from_config(str(dagster_home(settings)))

@@ -42,6 +42,14 @@ class Settings(BaseModel):
                                "killed run's items are taken over this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="LORA_SPOOL_DIR: durable local copies of paid answers "
                                    "until stored; <data_dir>/spool when unset. Put it on a persistent volume.")
+    simulator_latency_s: float = Field(default=0.0, ge=0, description="LORA_SIMULATOR_LATENCY_S: seconds the "
+                                       "loopback simulator waits per request when no API key is set (demos, "
+                                       "benchmarks).")
+    dagster_home: Path | None = Field(default=None, description="DAGSTER_HOME: the Dagster instance directory; "
+                                      "<data_dir>/dagster_home (SQLite, telemetry off) when unset.")
+    scaffolding_dir: str = Field(default="", description="LORA_SCAFFOLDING_DIR: where the scaffolding assets load "
+                                 "personas, arcs, topics, templates and the consultant profile from: a local directory "
+                                 "or an s3://bucket/prefix with the bundled layout; the bundled data when unset.")
     blob_concurrency: int = Field(default=32, ge=1, le=256, description="LORA_BLOB_CONCURRENCY: blob reads/writes in "
                                   "flight per stage (and S3 connections); 32 keeps S3 busy at tens of ms per round trip.")
 
@@ -80,6 +88,8 @@ class Settings(BaseModel):
             model=e.get("LORA_CLAUDE_MODEL") or DEFAULT_MODEL,
             user_id=e.get("LORA_USER_ID") or DEFAULT_USER_ID,
             spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
+            dagster_home=Path(e["DAGSTER_HOME"]) if e.get("DAGSTER_HOME") else None,
+            scaffolding_dir=(e.get("LORA_SCAFFOLDING_DIR") or "").strip(),
         )
         for name, field in cls.model_fields.items():
             variable = env_var(name)

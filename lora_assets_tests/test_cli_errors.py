@@ -201,14 +201,14 @@ def test_hostile_input_is_refused_with_its_reason_and_changes_nothing(
 
 
 def test_an_unexpected_exception_is_one_line_unless_debug(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lora_assets.store import queries
+    from lora_assets.store import batches
 
     _environment(store, monkeypatch)
 
     def broken(conn: Any, **_: Any) -> list[Any]:
         raise RuntimeError("the disk is on fire\nsecond line")
 
-    monkeypatch.setattr(queries, "list_batches", broken)
+    monkeypatch.setattr(batches, "list_batches", broken)
     result = _invoke("batch", "list")
     _assert_refused(result, 1, "error: RuntimeError: the disk is on fire", "run with --debug for the traceback")
     assert "second line" not in result.output

@@ -23,7 +23,7 @@ from lora_assets.defs.resources import _ENGINES, build_resources
 from lora_assets.defs.training_files import OUTPUTS
 from lora_assets.generation.simulator import ClaudeSimulator
 from lora_assets.store import db as dbq
-from lora_assets.store import queries as q
+from lora_assets.store.conversations import batch_conversations, update_conversation
 from lora_assets.store import tables as t
 from lora_assets.store import training_files as tfq
 from lora_assets.store.blobs import BlobStore
@@ -79,7 +79,7 @@ class Cli:
         engine = self.engine()
         try:
             with engine.begin() as conn:
-                q.update_conversation(conn, cid, enrichment_status=status)
+                update_conversation(conn, cid, enrichment_status=status)
         finally:
             engine.dispose()
 
@@ -141,7 +141,7 @@ def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         assert "success" in created.output.splitlines()[-1], created.output
         batch_id = created.output.split()[1].rstrip(":")
         with engine.connect() as conn:
-            rows = q.batch_conversations(conn, batch_id)
+            rows = batch_conversations(conn, batch_id)
         engine.dispose()
         assert len(rows) == 4 and {r["enrichment_status"] for r in rows} == {"completed"}
         assert {r["generator"] for r in rows} == {"simulator"}

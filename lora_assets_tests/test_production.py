@@ -37,24 +37,13 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from lora_assets_tests import check_names
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCAFFOLDING_ASSETS = ["personas", "emotional_arcs", "training_topics", "prompt_templates", "consultant_profile"]
-BATCH_CHECKS = {
-    "items_accounted_for",
-    "input_parameters_complete",
-    "client_persona_matches",
-    "enriched_has_input_parameters",
-    "training_pairs_have_scaffolding",
-    "client_background_readable",
-    "all_conversations_enriched",
-}
-TRAINING_FILE_CHECKS = {
-    "training_file_schema_valid",
-    "training_file_metadata_matches",
-    "training_file_members_valid",
-    "training_file_exports_consistent",
-}
+SCAFFOLDING_ASSETS = check_names.SCAFFOLDING_KEYS
+BATCH_CHECKS = set(check_names.PIPELINE_CHECKS)
+TRAINING_FILE_CHECKS = set(check_names.TRAINING_FILE_CHECKS)
 #: What a storage lock problem looks like in an event log or a process's output (SQLite and PostgreSQL).
 LOCK_ERRORS = re.compile(
     r"database is locked|deadlock detected|could not obtain lock|LockNotAvailable|lock timeout|"

@@ -11,6 +11,7 @@ No storage knowledge: callers hand in binary file handles and models.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -383,12 +384,6 @@ class AggregateWriter:
             counts[k] = counts.get(k, 0) + 1
         return cid
 
-    def add_all(self, conversations: Iterable[EnrichedConversation]) -> AggregateStats:
-        """`add` every conversation (one at a time, nothing held) and return the stats."""
-        for conv in conversations:
-            self.add(conv)
-        return self.stats
-
     @property
     def stats(self) -> AggregateStats:
         """A snapshot of the totals so far (distribution keys sorted, for stable output)."""
@@ -418,6 +413,8 @@ class AggregateWriter:
 # The aggregated document
 
 _COPY_CHUNK = 1 << 20  # write in ~1 MiB slabs: few calls, bounded memory
+#: Ends the header line of the aggregated document: the pairs follow, one per line.
+_PAIRS_OPENING = b',"training_pairs":['
 
 
 def write_training_json(
@@ -444,7 +441,7 @@ def write_training_json(
         + meta.model_dump_json().encode()
         + b',"consultant_profile":'
         + consultant.model_dump_json().encode()
-        + b',"training_pairs":['
+        + _PAIRS_OPENING
     )
 
     def emit(data: bytes) -> int:
@@ -482,3 +479,30 @@ def write_training_json(
             f"{stats.total_training_pairs}"
         )
     return written
+
+
+class TrainingJsonScan(BaseModel):
+    """What `scan_training_json` read back from an aggregated document."""
+
+    header: dict | None = Field(default=None, description="dataset_metadata + consultant_profile, as JSON.")
+    header_error: str | None = None
+    pairs: int = 0
+
+
+def scan_training_json(lines: Iterable[bytes]) -> TrainingJsonScan:
+    """Read back, streamed line by line, a document `write_training_json` wrote: its header
+    (everything but `training_pairs`) and how many pairs it holds. The one reader of that
+    layout, next to its writer, so callers (the checks) never depend on it."""
+    it = iter(lines)
+    head = next(it, b"").rstrip(b"\r\n")
+    scan = TrainingJsonScan()
+    if not head.endswith(_PAIRS_OPENING):
+        scan.header_error = "the first line is not the document header (it must open the training_pairs array)"
+    else:
+        try:
+            header = json.loads(head[: -len(_PAIRS_OPENING)] + b"}")
+            scan.header = header if isinstance(header, dict) else None
+        except ValueError as exc:
+            scan.header_error = str(exc).splitlines()[0]
+    scan.pairs = sum(1 for line in it if line.startswith(b"{"))
+    return scan

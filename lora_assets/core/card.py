@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from lora_assets.core.aggregate import QUALITY_BUCKET_WIDTH, QUALITY_BUCKETS, AggregateStats
 from lora_assets.core.dedup import DedupStats
 from lora_assets.core.export import ExportStats
+from lora_assets.core.leakage import LeakageReport
+from lora_assets.core.tokens import ESTIMATE_METHOD, LENGTH_MULTIPLE, LengthReport
+from lora_assets.core.text import md_cell
 
 SIMULATOR_NOTE = "simulator — not real Claude output"
 
@@ -59,7 +62,7 @@ def _y(value: str) -> str:
 
 def _cell(value: object) -> str:
     # Markdown table cell: no pipes or newlines may break the row.
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return md_cell(value)
 
 
 def _when(value: str | date | datetime) -> str:
@@ -103,6 +106,95 @@ def _generator_line(sources: Sequence[SourceBatch]) -> str:
     return f"Claude ({', '.join(claude_models)})"
 
 
+def _pct(part: int, whole: int) -> str:
+    return f"{part:,} of {whole:,} ({part / whole:.1%})" if whole else f"{part:,} of 0"
+
+
+def _token_lengths_section(lengths: LengthReport | None) -> list[str]:
+    """"Token lengths" section lines (empty when no report was passed)."""
+    if lengths is None:
+        return []
+    how = (
+        f"`{ESTIMATE_METHOD}` — an **estimate** (characters / 4), not a tokenizer count"
+        if lengths.method == ESTIMATE_METHOD
+        else f"the tokenizer `{lengths.method}`"
+    )
+    out = [
+        "",
+        "## Token lengths",
+        "",
+        f"Counted with {how}. Each example is counted as the messages export renders it (system + all "
+        f"turns), plus {lengths.message_overhead_tokens} chat-template tokens per message.",
+        "",
+        *_table(
+            ["tokens", "count", "p50", "p95", "p99", "max"],
+            [
+                [label, p.count, p.p50, p.p95, p.p99, p.max]
+                for label, p in (
+                    ("examples", lengths.examples),
+                    ("turns (user + assistant)", lengths.turns),
+                    ("assistant turns", lengths.assistant_turns),
+                )
+            ],
+        ),
+        "",
+        f"- **Recommended Axolotl `sequence_len`:** {lengths.recommended_sequence_len} "
+        f"(p99 rounded up to a multiple of {LENGTH_MULTIPLE})",
+        f"- **Recommended TRL `max_length`:** {lengths.recommended_max_length} "
+        f"(the longest example rounded up to a multiple of {LENGTH_MULTIPLE}: truncates nothing)",
+    ]
+    t = lengths.truncation
+    if t is not None:
+        out.append(
+            f"- **At max_length {t.max_length}:** {t.examples_over:,} example(s) exceed it; "
+            f"{_pct(t.assistant_tokens_cut, t.assistant_tokens_total)} assistant tokens would be cut (never trained)"
+        )
+    return out
+
+
+#: Cells shown on the card (lowest template rate first); the rest are counted.
+_CARD_CELLS = 20
+
+
+def _leakage_section(leakage: LeakageReport | None) -> list[str]:
+    """"Overlap and diversity" section lines (empty when no report was passed)."""
+    if leakage is None:
+        return []
+    o, d = leakage.overlap, leakage.diversity
+    rows: list[list[object]] = [
+        [f"validation assistant sentences found verbatim in train (≥ {leakage.min_sentence_words} words)",
+         _pct(o.verbatim_sentences, o.validation_sentences)],
+        [f"validation assistant turns identical to a train turn (≥ {leakage.min_turn_words} words)",
+         _pct(o.exact_duplicate_turns, o.validation_turns)],
+        [f"validation assistant turns near-duplicating a train turn (MinHash Jaccard ≥ {o.near_duplicate_jaccard:g})",
+         _pct(o.near_duplicate_turns, o.validation_turns)],
+        ["assistant tokens", f"{d.assistant_tokens:,}"],
+        ["distinct-1 / distinct-2 (assistant tokens)", f"{d.distinct_1:.3f} / {d.distinct_2:.3f}"],
+        ["template rate (distinct sentences after masking names and numbers / sentences)",
+         f"{d.template_rate:.2f} ({d.distinct_templates:,} of {d.sentences:,})"],
+        ["most repeated template", "—" if d.top_template is None else f"“{d.top_template}” ({d.top_template_count:,}×)"],
+    ]
+    out = ["", "## Overlap and diversity", "", *_table(["measure", "value"], rows)]
+    if leakage.cells:
+        cells = sorted(leakage.cells, key=lambda c: (c.template_rate, c.persona, c.arc, c.topic))
+        out += [
+            "",
+            "Per persona × arc × topic cell (lowest template rate first):",
+            "",
+            *_table(
+                ["persona", "arc", "topic", "conversations", "distinct-1", "distinct-2", "template rate"],
+                [
+                    [c.persona, c.arc, c.topic, c.conversations, f"{c.distinct_1:.3f}", f"{c.distinct_2:.3f}",
+                     f"{c.template_rate:.2f}"]
+                    for c in cells[:_CARD_CELLS]
+                ],
+            ),
+        ]
+        if len(cells) > _CARD_CELLS:
+            out += ["", f"… and {len(cells) - _CARD_CELLS} more cell(s)."]
+    return out
+
+
 def dataset_card(
     *,
     name: str,
@@ -112,6 +204,8 @@ def dataset_card(
     dedup: DedupStats | None = None,
     min_quality: float | None = None,
     quality_filtered_out: int = 0,
+    min_judge_score: float | None = None,
+    judge_filtered_out: int = 0,
     validation_fraction: float | None = None,
     split_seed: int | None = None,
     version: int | None = None,
@@ -122,14 +216,25 @@ def dataset_card(
     validation_file: str | None = "validation.messages.jsonl",
     language: str = "en",
     license: str | None = None,
+    lengths: LengthReport | None = None,
+    leakage: LeakageReport | None = None,
+    filters_run: Sequence[str] | None = None,
+    review_rejected_out: int | None = None,
 ) -> str:
     """The README.md of a training-file version.
 
     `stats` describes the aggregate, `export` the fine-tuning files (their split counts),
-    `dedup` / `min_quality` / `quality_filtered_out` the curation before aggregation, `sources`
+    `dedup` / `min_quality` / `quality_filtered_out` / `min_judge_score` / `judge_filtered_out`
+    the curation before aggregation (a member never judged counts as below `min_judge_score`), `sources`
     every batch that contributed conversations. `total_cost_usd` defaults to the sum of the
     batches' costs when all are known. When any source was produced by the simulator the card
     says so prominently: such a dataset must never be mistaken for Claude output.
+
+    Optional sections: `lengths` (token-length percentiles, how they were counted, recommended
+    `sequence_len` / `max_length`, and what a configured max_length cuts when the report carries
+    one), `leakage` (train/validation overlap and diversity figures), `filters_run` (the names of
+    the filters the build ran, listed under Curation), `review_rejected_out` (members left out
+    because a human reviewer rejected them).
     """
     simulated = any(s.generator == "simulator" for s in sources)
     examples = (
@@ -207,6 +312,7 @@ def dataset_card(
                 ["legacy conversations (no scaffolding recorded)", stats.legacy_conversations],
             ],
         ),
+        *_token_lengths_section(lengths),
         "",
         "## Quality",
         "",
@@ -240,10 +346,16 @@ def dataset_card(
 
     body += ["", "## Curation", ""]
     curation: list[list[object]] = []
+    if review_rejected_out is not None:
+        curation.append(["excluded: rejected in human review", review_rejected_out])
     if min_quality is not None:
         curation.append([f"excluded below quality {min_quality:g}", quality_filtered_out])
     else:
         curation.append(["quality filter", "none"])
+    if min_judge_score is not None:
+        curation.append([f"excluded below Claude-judge score {min_judge_score:g} or never judged", judge_filtered_out])
+    else:
+        curation.append(["Claude-judge score filter", "none"])
     if dedup is not None:
         curation += [
             ["conversations checked for duplicates", dedup.checked],
@@ -254,6 +366,8 @@ def dataset_card(
     else:
         curation.append(["deduplication", "not run"])
     body += _table(["step", "conversations"], curation)
+    if filters_run is not None:
+        body += ["", "Filters that ran: " + (", ".join(f"`{f}`" for f in filters_run) if filters_run else "none") + "."]
 
     body += ["", "## Split", ""]
     if export is not None:
@@ -284,6 +398,8 @@ def dataset_card(
         "Split by conversation (never one conversation on both sides), stratified by "
         "persona × arc × topic" + (f"; {', '.join(notes)}." if notes else "."),
     ]
+
+    body += _leakage_section(leakage)
 
     body += ["", "## Source batches", ""]
     if sources:

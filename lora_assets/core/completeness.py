@@ -15,6 +15,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, Field
 
 from lora_assets.core.prompt import KNOWN_PLACEHOLDERS, unknown_placeholders
+from lora_assets.core.text import md_cell
 from lora_assets.schemas import PromptTemplate
 from lora_assets.schemas.scaffolding import KEY_PATTERN, Tier
 
@@ -130,9 +131,7 @@ class CompletenessReport(BaseModel):
         return f"Scaffolding INCOMPLETE: {n} problem{'s' if n != 1 else ''}; {records}; {coverage}."
 
 
-def _md(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+_md = md_cell  # markdown table cells: the package's one escaper
 
 
 def _get(record: Any, name: str) -> Any:

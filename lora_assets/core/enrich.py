@@ -40,7 +40,16 @@ DIFFICULTY: dict[str, Literal["basic", "moderate", "advanced"]] = {
 }
 DEFAULT_DIFFICULTY: Literal["moderate"] = "moderate"
 
-#: Pairs at or above this quality score are proposed as seed examples (humans still review).
+#: Version of the enrichment logic, recorded in every enriched.json
+#: (`dataset_metadata.enrichment_version`) and on its row (`conversations.enrichment_version`).
+#: BUMP IT whenever a change here (or in core.quality / core.text / the training system prompt)
+#: changes what an enriched.json holds: rows with an older version are then known to be stale,
+#: and `lora-assets enrich --batch KEY --re-enrich` rewrites them from the stored parsed files.
+ENRICHMENT_VERSION = "2"
+
+#: Pairs at or above this quality score are proposed as seed examples: `use_as_seed_example`
+#: is a proposal for the reviewer (the review export counts them per conversation), not a
+#: decision; humans approve or reject the conversation.
 SEED_EXAMPLE_THRESHOLD = 4.0
 
 #: Used when no user turn of the conversation records an emotion.
@@ -238,6 +247,7 @@ def enrich_conversation(
                     human_reviewed=False,
                     reviewer_notes=None,
                     use_as_seed_example=score >= SEED_EXAMPLE_THRESHOLD,
+                    # 0 until variation planning exists (see the schema field's description).
                     generate_variations_count=0,
                 ),
             )
@@ -250,6 +260,8 @@ def enrich_conversation(
             total_conversations=1,
             # Turns of the conversation (client + advisor), as in the seed's example (7 turns).
             total_turns=len(turns),
+            # Read at call time (not bound at import) so a bump is seen by the next enrichment.
+            enrichment_version=ENRICHMENT_VERSION,
         ),
         consultant_profile=consultant,
         input_parameters=params,

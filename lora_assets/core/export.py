@@ -266,8 +266,9 @@ class ExportWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, conv: EnrichedConversation, split: Split, *, conversation_id: str | None = None) -> None:
-        """Write `conv` to every enabled format under `split`.
+    def add(self, conv: EnrichedConversation, split: Split, *, conversation_id: str | None = None) -> ChatExample | None:
+        """Write `conv` to every enabled format under `split`; returns its chat example (None when
+        it has no answered turn), so a caller can measure exactly what the messages export holds.
 
         Raises `DuplicateMemberError` for a conversation id already exported,
         `ConversationShapeError` for turns that do not form a chat, `InvalidSplitError`,
@@ -300,6 +301,7 @@ class ExportWriter:
 
         if self._parquet is not None:
             self._buffer_rows(conv, split)
+        return example
 
     def _write_chat(self, example: ChatExample, split: Split) -> None:
         c = self._counts
@@ -388,19 +390,62 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+#: Chat templates Axolotl 0.19 ships (`axolotl.utils.schemas.enums.ChatTemplate`); any
+#: `tokenizer_default_fallback_<name>` is accepted too.
+AXOLOTL_CHAT_TEMPLATES = frozenset(
+    {
+        "alpaca", "chatml", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "gemma",
+        "cohere", "llama3", "llama3_2_vision", "llama4", "phi_3", "phi_35", "deepseek_v2", "deepseek_v3",
+        "jamba", "jinja", "qwen_25", "qwen3", "tokenizer_default", "exaone", "metharme", "pixtral", "llava",
+        "qwen2_vl", "gemma3",
+    }
+)
+
+#: The default: the base tokenizer's own template, ChatML when it has none. Plain
+#: `tokenizer_default` fails outright on a base model without a template.
+DEFAULT_CHAT_TEMPLATE = "tokenizer_default_fallback_chatml"
+
+
+class AxolotlConfigError(ValueError):
+    """Axolotl settings that Axolotl itself would refuse (unknown template, jinja without text)."""
+
+
 def axolotl_config(
     *,
     train_path: str,
     validation_path: str | None = None,
-    chat_template: str = "tokenizer_default",
-    train_on_eos: Literal["turn", "last", "all", "none"] = "turn",
+    chat_template: str = DEFAULT_CHAT_TEMPLATE,
+    chat_template_jinja: str | None = None,
+    train_on_eos: Literal["turn", "last", "all"] = "turn",
+    sequence_len: int | None = None,
 ) -> str:
     """A YAML **snippet** (not a full Axolotl config) declaring the messages files as
     `type: chat_template` datasets: merge it into a config that sets `base_model`,
-    `adapter: lora`, `sequence_len`, … . The validation file, if any, goes to `test_datasets`
-    (a local JSON file loads as split "train", hence `split: train`) and `val_set_size: 0`
-    stops Axolotl from carving a second validation set out of the training data.
+    `adapter: lora`, … .
+
+    Works on any base: `chat_template` defaults to `tokenizer_default_fallback_chatml` (the
+    base tokenizer's template, ChatML when it has none); pass a built-in name (`chatml`,
+    `llama3`, …) or `chat_template_jinja` (sets `chat_template: jinja`) to choose one. Roles are
+    mapped explicitly (`message_property_mappings`, `roles`), only assistant turns are trained
+    and each trained turn's end-of-turn token with them (`train_on_eos: turn`). The validation
+    file, if any, goes to `test_datasets` (a local JSON file loads as split "train", hence
+    `split: train`) and `val_set_size: 0` stops Axolotl from carving a second validation set
+    out of the training data. `sequence_len` should come from the length statistics
+    (`LengthReport.recommended_sequence_len`); 2048 when unknown.
     """
+    if chat_template_jinja is not None:
+        chat_template = "jinja"
+    elif chat_template == "jinja":
+        raise AxolotlConfigError("chat_template 'jinja' needs chat_template_jinja (the template text or a path)")
+    if chat_template not in AXOLOTL_CHAT_TEMPLATES and not (
+        chat_template.startswith("tokenizer_default_fallback_")
+        and chat_template.removeprefix("tokenizer_default_fallback_") in AXOLOTL_CHAT_TEMPLATES
+    ):
+        raise AxolotlConfigError(f"chat_template {chat_template!r} is not one Axolotl knows")
+    if sequence_len is None:
+        sequence_len = 2048
+    if sequence_len < 1:
+        raise AxolotlConfigError(f"sequence_len {sequence_len!r} must be positive")
 
     def entry(path: str, *, eval_split: bool) -> list[str]:
         lines = [
@@ -415,6 +460,10 @@ def axolotl_config(
             "    message_property_mappings:",
             "      role: role",
             "      content: content",
+            "    roles:",
+            '      user: ["user"]',
+            '      assistant: ["assistant"]',
+            '      system: ["system"]',
             '    roles_to_train: ["assistant"]',
             f"    train_on_eos: {train_on_eos}",
         ]
@@ -422,10 +471,15 @@ def axolotl_config(
 
     out = [
         "# Axolotl dataset configuration — SNIPPET generated by lora_assets, not a complete config.",
-        "# Merge into your Axolotl YAML (base_model, adapter: lora, lora_r, sequence_len, ...).",
+        "# Merge into your Axolotl YAML (base_model, adapter: lora, lora_r, ...).",
         "# Files: Hugging Face conversational JSONL, one {\"messages\": [...]} per line;",
         "# only assistant turns are trained (roles_to_train).",
         f"chat_template: {_yaml_str(chat_template)}",
+    ]
+    if chat_template_jinja is not None:
+        out.append(f"chat_template_jinja: {_yaml_str(chat_template_jinja)}")
+    out += [
+        f"sequence_len: {sequence_len}",
         "datasets:",
         *entry(train_path, eval_split=False),
     ]

@@ -46,7 +46,7 @@ Every criterion is a number from 1.0 to 5.0, rounded to one decimal. "Response" 
 **Overall** = 0.30 × empathy + 0.25 × clarity + 0.25 × appropriateness + 0.20 × brand voice,
 rounded to one decimal (the seed's example 4 / 3.5 / 4 / 3.5 gives 3.8). A pair without a
 target response has nothing to learn from and scores 1.0 everywhere.
-`conversation_quality` is the mean overall score of the pairs that have a target response.
+A conversation's quality (the mean over its answered pairs) is `core.aggregate.conversation_quality`.
 """
 
 from __future__ import annotations
@@ -556,14 +556,6 @@ def overall(criteria: QualityCriteria) -> float:
     """Weighted mean of the four criteria (`WEIGHTS`), one decimal."""
     values = criteria.model_dump()
     return _round1(sum(weight * values[name] for name, weight in WEIGHTS.items()))
-
-
-def conversation_quality(enriched: EnrichedConversation) -> float:
-    """Mean quality score of the pairs with a target response, two decimals (0.0 if none)."""
-    scored = [p.training_metadata.quality_score for p in enriched.training_pairs if p.target_response is not None]
-    if not scored:
-        return 0.0
-    return float(Decimal(str(sum(scored) / len(scored))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 _SKILLS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (

@@ -66,3 +66,10 @@ def client_background(demographics: Any, financial_background: Any) -> str:
     """The `client_background` text of a training pair: demographics; financial background."""
     parts = [p for p in (render_demographics(demographics), render_financial_background(financial_background)) if p]
     return "; ".join(parts)
+
+
+def md_cell(value: Any) -> str:
+    """`value` as text safe inside a markdown table cell: backslashes and pipes escaped (a bare
+    `|` would end the cell), whitespace runs and newlines flattened to one space. The one
+    markdown escaper of the package."""
+    return " ".join(str(value).replace("\\", "\\\\").replace("|", "\\|").split())

@@ -19,20 +19,17 @@ from dagster import (
     sensor,
 )
 
-from lora_assets.defs.enrichment import enriched_conversations
-from lora_assets.defs.generation import raw_conversations
-from lora_assets.defs.judging import judged_conversations
-from lora_assets.defs.parsing import parsed_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
-from lora_assets.defs.resources import build_resources
-from lora_assets.defs.training_files import training_files
+from lora_assets.defs.resources import ClaudeResource, DomainDB
 from lora_assets.schemas import BatchJobStatus, BatchSelection
-from lora_assets.store import queries as q
+from lora_assets.store.batches import batch_key, batches_in_status, least_covered_combinations, plan_batch
+
+# Assets by key, not by object: jobs do not import (and so do not depend on) the modules defining them.
 
 #: One batch end to end: generate → parse → enrich, with every check of those assets.
 batch_pipeline_job = define_asset_job(
     "batch_pipeline",
-    selection=AssetSelection.assets(raw_conversations, parsed_conversations, enriched_conversations),
+    selection=AssetSelection.assets("raw_conversations", "parsed_conversations", "enriched_conversations"),
     description="Generate, parse and enrich one batch job (partition), with all their checks.",
 )
 
@@ -40,7 +37,7 @@ batch_pipeline_job = define_asset_job(
 #: Optional: the Claude judge over one batch's enriched conversations.
 judge_job = define_asset_job(
     "judge_batch",
-    selection=AssetSelection.assets(judged_conversations),
+    selection=AssetSelection.assets("judged_conversations"),
     description="Score one batch's enriched conversations with the Claude judge (optional; costs money).",
 )
 
@@ -48,7 +45,7 @@ judge_job = define_asset_job(
 #: Build the next version of one training file (partition = its name), with its checks.
 training_file_job = define_asset_job(
     "training_file_build",
-    selection=AssetSelection.assets(training_files),
+    selection=AssetSelection.assets("training_files"),
     description="Build the next version of a training file, with all its checks.",
 )
 
@@ -60,13 +57,13 @@ _LIVE_OR_DONE = [
 
 
 @sensor(job=batch_pipeline_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def queued_batches_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> SensorResult | SkipReason:
     """Pick up batch jobs created outside Dagster (rows in `queued` state): add their partitions
     and request one run each. The run key makes a batch start once."""
-    engine = build_resources()["db"].engine()
+    engine = db.engine()
     try:
         with engine.connect() as conn:
-            queued = q.batches_in_status(conn, BatchJobStatus.QUEUED)
+            queued = batches_in_status(conn, BatchJobStatus.QUEUED)
     except sa.exc.DBAPIError as exc:
         # Before `lora-assets init` the tables do not exist: say so instead of failing every tick.
         return SkipReason(f"domain DB not ready (run `lora-assets init`): {exc.__class__.__name__}")
@@ -77,7 +74,8 @@ def queued_batches_sensor(context: SensorEvaluationContext) -> SensorResult | Sk
             RunsFilter(job_name=batch_pipeline_job.name, statuses=_LIVE_OR_DONE), limit=5000
         )
     }
-    queued = [b for b in queued if b not in started]
+    # A run of a batch's partition may carry its slug or (legacy, `lora-assets run <id>`) its id.
+    queued = [key for batch_id, key in queued if batch_id not in started and key not in started]
     if not queued:
         return SkipReason("no queued batch jobs without a run")
     existing = set(context.instance.get_dynamic_partitions(batch_jobs_partitions.name))
@@ -97,27 +95,30 @@ NIGHTLY_BATCH_SIZE = 30
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.STOPPED,
 )
-def nightly_coverage_batch(context: ScheduleEvaluationContext):
+def nightly_coverage_batch(
+    context: ScheduleEvaluationContext, db: DomainDB, claude: ClaudeResource
+) -> RunRequest | SkipReason:
     """Every night, plan a batch that fills the persona × arc × topic combinations with the
     fewest conversations (coverage-driven), register its partition and run it. Stopped by
     default: turning it on is a spending decision."""
-    resources = build_resources()
-    engine = resources["db"].engine()
+    engine = db.engine()
     with engine.connect() as conn:
-        combos = q.least_covered_combinations(conn, NIGHTLY_BATCH_SIZE)
+        combos = least_covered_combinations(conn, NIGHTLY_BATCH_SIZE)
     if not combos:
         return SkipReason("no scaffolding loaded")
-    batch_id, _ = q.plan_batch(
+    batch_id, _ = plan_batch(
         engine,
         selection=BatchSelection(),
-        model=resources["claude"].model,
+        model=claude.model,
         mode="batches",
         created_by="nightly-schedule",
         name=f"nightly-{context.scheduled_execution_time:%Y%m%d}",
         combinations=combos,
     )
-    context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [batch_id])
-    return RunRequest(partition_key=batch_id, run_key=f"nightly-{batch_id}")
+    with engine.connect() as conn:
+        key = batch_key(conn, batch_id)
+    context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [key])
+    return RunRequest(partition_key=key, run_key=f"nightly-{key}")
 
 
 #: Runs the eager conditions (parse after generate, enrich after parse) without anyone clicking.

@@ -5,16 +5,19 @@ import json
 import uuid
 from typing import Any
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from lora_assets.core.judge import JudgeError, judge_output_schema, judge_system_prompt, judge_user_prompt, parse_judge_response
 from lora_assets.defs.enrichment import enriched_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
-from lora_assets.defs.report import md_table
+from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
 from lora_assets.schemas import EnrichmentStatus, GenerationRecord, ParsedConversation
 from lora_assets.store import db as dbq
-from lora_assets.store import queries as q
+from lora_assets.store.batches import get_batch
+from lora_assets.store.claims import SqlClaims
+from lora_assets.store.common import sibling_key
+from lora_assets.store.conversations import batch_conversations, update_conversation
 from lora_assets.store.blobs import BlobStore
 
 _JUDGE_NS = uuid.UUID("3f1d2a8e-4b7c-4e0a-9c55-2d8f6b1e7a90")
@@ -27,7 +30,7 @@ def judge_item_id(conversation_id: str) -> str:
 
 def judge_key(row: dict[str, Any]) -> str:
     """Where a conversation's judge answer is stored: judge.json next to its conversation.json."""
-    return q.sibling_key(row["file_path"], "judge.json")
+    return sibling_key(row["file_path"], "judge.json")
 
 
 class JudgeLedger:
@@ -39,7 +42,7 @@ class JudgeLedger:
 
     def __init__(self, engine: Any, store: BlobStore, rows: dict[str, dict[str, Any]]) -> None:
         self.engine, self.store, self.rows = engine, store, rows
-        self.claims = q.SqlClaims(engine)
+        self.claims = SqlClaims(engine)
         self.failures: list[tuple[str, str]] = []
         self.scores: list[float] = []
         self.unusable_stored: list[tuple[str, str]] = []
@@ -104,7 +107,7 @@ class JudgeLedger:
         }
         self.scores.append(scores.overall)
         with self.engine.begin() as conn:
-            q.update_conversation(conn, row["id"], judge_scores=value)
+            update_conversation(conn, row["id"], judge_scores=value)
 
     def _record_unusable(self, row: dict[str, Any], error: str, key: str, generation: dict[str, Any], *,
                          fresh: bool) -> None:
@@ -115,7 +118,7 @@ class JudgeLedger:
         if row.get("judge_scores") == value:
             return
         with self.engine.begin() as conn:
-            q.update_conversation(conn, row["id"], judge_scores=value)
+            update_conversation(conn, row["id"], judge_scores=value)
 
     def record_failure(self, item_id: str, kind: str, reason: str, attempts: int, cost_usd: float) -> None:
         """No whole answer (refusals, truncation, API errors): the next run may request it again."""
@@ -123,7 +126,7 @@ class JudgeLedger:
         error = f"conversation {row['id']}: judge failed after {attempts} attempt(s): {kind}: {reason}"
         self.failures.append((row["id"], error))
         with self.engine.begin() as conn:
-            q.update_conversation(conn, row["id"], judge_scores={"error": error, "cost_usd": cost_usd})
+            update_conversation(conn, row["id"], judge_scores={"error": error, "cost_usd": cost_usd})
 
 
 @asset(
@@ -145,14 +148,14 @@ def judged_conversations(
     wanted."""
     from lora_assets.generation.runner import GenerationRequest, generate_messages  # see raw_conversations
 
-    batch_id = context.partition_key
+    batch_id = db.batch_id(context.partition_key)
     engine = db.engine()
     store = blobs.store()
     with engine.connect() as conn:
-        rows = [r for r in q.batch_conversations(conn, batch_id, enrichment_status=EnrichmentStatus.COMPLETED)
+        rows = [r for r in batch_conversations(conn, batch_id, enrichment_status=EnrichmentStatus.COMPLETED)
                 if not r["judge_scores"] or "error" in r["judge_scores"]]
         consultant = dbq.read_consultant_profile(conn)
-        batch = q.get_batch(conn, batch_id)
+        batch = get_batch(conn, batch_id)
     if batch is None:
         raise Failure(f"batch job {batch_id!r} does not exist")
     by_item = {judge_item_id(r["id"]): r for r in rows}
@@ -175,7 +178,6 @@ def judged_conversations(
             "unusable_stored_answers": len(ledger.unusable_stored),
             "avg_judge_overall": round(sum(ledger.scores) / len(ledger.scores), 3) if ledger.scores else 0.0,
             "cost_usd_this_run": round(stats.cost_usd, 6),
-            "failures": MetadataValue.md(md_table(["conversation", "reason"],
-                                                  (ledger.failures + ledger.unusable_stored)[:50], empty="No failures.")),
+            "failures": reasons_table(ledger.failures + ledger.unusable_stored, "reason"),
         }
     )

@@ -10,19 +10,19 @@ from dagster import (
     AssetKey,
     AutomationCondition,
     MaterializeResult,
-    MetadataValue,
     asset,
     asset_check,
 )
 
 from lora_assets.core.parse import ParseError, parse_conversation
-from lora_assets.core.validate import client_persona_problems, input_parameter_problems
+from lora_assets.core.rules import client_persona_problems, input_parameter_problems
 from lora_assets.defs import recorded_checks
 from lora_assets.defs.partitions import batch_jobs_partitions
-from lora_assets.defs.report import md_table
+from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import ParsedConversation, ParseStatus, ResolvedScaffolding
-from lora_assets.store import queries as q
+from lora_assets.store.batches import batch_progress
+from lora_assets.store.common import sibling_key
 
 #: The checks of this stage, by name: computed on each conversation as it is parsed.
 RULES: recorded_checks.Rules = {
@@ -56,7 +56,7 @@ def parse_row(row: dict[str, Any], raw: bytes | BaseException, scaffolding: Reso
         return {"id": row["id"], "parse_status": ParseStatus.FAILED, "parse_error": f"{exc.kind}: {exc.reason}"}, None
     return {
         "id": row["id"], "parse_status": ParseStatus.PARSED, "parse_error": None,
-        "file_path": q.sibling_key(row["raw_response_path"], "conversation.json"),
+        "file_path": sibling_key(row["raw_response_path"], "conversation.json"),
         "turn_count": len(conversation.turns),
         "parse_checks": recorded_checks.findings(RULES, conversation, scaffolding, run_id),
     }, conversation.model_dump_json(indent=2).encode()
@@ -77,7 +77,7 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
     memory. One pass: raw files are read and conversation files written through a bounded pool,
     rows updated a chunk per transaction. A bad response is a stored, readable failure on its
     row, never a crash."""
-    batch_id = context.partition_key
+    batch_id = db.batch_id(context.partition_key)
     engine = db.engine()
     tally = _Tally()
     for u in recorded_checks.stream_stage(
@@ -94,23 +94,21 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
             kind, _, reason = u["parse_error"].partition(": ")
             tally.failures.append((u["id"], kind, reason))
     with engine.connect() as conn:
-        progress = q.batch_progress(conn, batch_id)
+        progress = batch_progress(conn, batch_id)
     return MaterializeResult(
         metadata={
             "parsed_this_run": tally.parsed,
             "failed_this_run": len(tally.failures),
             "parsed_total": progress["parse"][ParseStatus.PARSED],
             "failed_total": progress["parse"][ParseStatus.FAILED],
-            "failures": MetadataValue.md(
-                md_table(["conversation", "kind", "reason"], tally.failures[:50], empty="No parse failures.")
-            ),
+            "failures": reasons_table(tally.failures, "kind", "reason"),
         }
     )
 
 
 def _parsed_check(context: Any, db: DomainDB, blobs: BlobStoreResource, name: str, summary: str) -> AssetCheckResult:
     return recorded_checks.verify(
-        engine=db.engine(), blobs=blobs, batch_id=context.partition_key, run_id=context.run.run_id,
+        engine=db.engine(), blobs=blobs, batch_id=db.batch_id(context.partition_key), run_id=context.run.run_id,
         row_filter={"parse_status": ParseStatus.PARSED}, column="parse_checks", path_column="file_path",
         load=ParsedConversation.model_validate_json, what="conversation.json", rules=RULES, check_name=name,
         summary=summary, scaffolding=True,

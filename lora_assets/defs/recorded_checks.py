@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 
 from lora_assets.defs.report import conversation_check_result
 from lora_assets.defs.resources import BlobStoreResource
-from lora_assets.store import queries as q
+from lora_assets.store.conversations import iter_batch_conversations, update_conversations
+from lora_assets.store.scaffolding import resolve_conversations
 from lora_assets.store.blobs import BlobStore, batched, bounded_map, release_freed_memory
 
 #: check name -> rule(document, row's scaffolding or None) -> problems (stringified on record).
@@ -57,7 +58,7 @@ def verify(
     checked = reread = 0
     store = blobs.store()
     with blobs.pool() as pool:
-        for page in q.iter_batch_conversations(engine, batch_id, **row_filter):
+        for page in iter_batch_conversations(engine, batch_id, **row_filter):
             stale = [r for r in page if (r[column] or {}).get("run_id") != run_id]
             fresh = _reread(engine, store, pool, stale, run_id, column, path_column, load, what, rules, scaffolding,
                             2 * blobs.concurrency)
@@ -76,7 +77,7 @@ def _reread(engine: Engine, store: BlobStore, pool: Any, rows: list[dict[str, An
     if not rows:
         return {}
     with engine.connect() as conn:
-        resolved = q.resolve_conversations(conn, rows) if scaffolding else {}
+        resolved = resolve_conversations(conn, rows) if scaffolding else {}
     records: dict[str, dict[str, Any]] = {}
     for row, data in bounded_map(pool, lambda r: store.get_bytes(r[path_column]), rows, window):
         try:
@@ -88,7 +89,7 @@ def _reread(engine: Engine, store: BlobStore, pool: Any, rows: list[dict[str, An
             continue
         records[row["id"]] = findings(rules, document, resolved.get(row["id"]), run_id)
     with engine.begin() as conn:
-        q.update_conversations(conn, ({"id": cid, column: rec} for cid, rec in records.items()))
+        update_conversations(conn, ({"id": cid, column: rec} for cid, rec in records.items()))
     return records
 
 
@@ -114,9 +115,9 @@ def stream_stage(
     committed update (a write that failed becomes `unstored(row id, error)`)."""
     store = blobs.store()
     with blobs.pool() as pool:
-        for page in q.iter_batch_conversations(engine, batch_id, **row_filter):
+        for page in iter_batch_conversations(engine, batch_id, **row_filter):
             with engine.connect() as conn:
-                scaffolding = q.resolve_conversations(conn, page)
+                scaffolding = resolve_conversations(conn, page)
             reads = bounded_map(pool, lambda r: store.get_bytes(r[read_column]), page, 2 * blobs.concurrency)
             for chunk in batched(reads, CHUNK):
                 updates, writes = [], []
@@ -133,6 +134,6 @@ def stream_stage(
                     except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
                         updates.append(unstored(update["id"], exc))
                 with engine.begin() as conn:
-                    q.update_conversations(conn, updates)
+                    update_conversations(conn, updates)
                 release_freed_memory()
                 yield from updates

@@ -1,7 +1,6 @@
 """Resources, chosen from settings in one place: embedded defaults or PostgreSQL + S3 + Claude."""
 
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -9,13 +8,16 @@ from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import PrivateAttr, SecretStr
 from sqlalchemy.engine import Engine
 
-from lora_assets.settings import Settings
+from lora_assets.settings import DEFAULT_MODEL, DEFAULT_USER_ID, Settings
 from lora_assets.store.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from lora_assets.store.db import make_engine
 
+# Process-level caches, on purpose, not resource state: Dagster builds a new resource instance
+# for every run, step, sensor tick and `build_defs` call, while an engine's connection pool and
+# a boto3 client are meant to live as long as the process (one per URL / endpoint). Tying them to
+# a resource's lifetime would open a pool per step and leak its connections until GC. Tests that
+# drop a throwaway database pop and dispose its engine here.
 _ENGINES: dict[str, Engine] = {}
-
-
 _S3_CLIENTS: dict[tuple[str, int], Any] = {}
 
 
@@ -34,9 +36,12 @@ def _s3_client(endpoint_url: str, connections: int) -> Any:
 
 
 class DomainDB(ConfigurableResource):
-    """The domain database (SQLite file by default, PostgreSQL in production)."""
+    """The domain database (SQLite file by default, PostgreSQL in production). `user_id` is who
+    plans batches and reviews conversations; `max_items_per_batch` caps one plan."""
 
     database_url: str
+    user_id: str = DEFAULT_USER_ID
+    max_items_per_batch: int = 10_000
 
     def engine(self) -> Engine:
         """One engine (and pool) per URL per process."""
@@ -44,20 +49,40 @@ class DomainDB(ConfigurableResource):
             _ENGINES[self.database_url] = make_engine(self.database_url)
         return _ENGINES[self.database_url]
 
+    def batch_id(self, partition_key: str) -> str:
+        """The id of the batch whose partition key (slug) or id is `partition_key` (the key
+        itself when none matches, so the asset's "does not exist" error names it)."""
+        from lora_assets.store.batches import batch_id_for_key
+
+        with self.engine().connect() as conn:
+            return batch_id_for_key(conn, partition_key)
+
 
 class BlobStoreResource(ConfigurableResource):
-    """Blob store: a local directory, or an S3 bucket (+prefix, +endpoint) via dagster-aws."""
+    """Blob store: a local directory, or an S3 bucket (+prefix, +endpoint) via dagster-aws.
+    `user_id` is the owner id in conversation keys (`conversation-files/<user_id>/…`)."""
 
     local_dir: str = ""
+    user_id: str = DEFAULT_USER_ID
     s3_bucket: str = ""
     s3_prefix: str = ""
     s3_endpoint_url: str = ""
     concurrency: int = 32
+    scaffolding_dir: str = ""
 
     def store(self) -> BlobStore:
+        """The configured store (S3 when a bucket is set, else the local directory)."""
         if self.s3_bucket:
             return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix)
         return LocalBlobStore(self.local_dir)
+
+    def load_scaffolding(self, limits: Any = None) -> Any:
+        """The scaffolding bundle from `scaffolding_dir` (a local directory or an s3:// prefix, read
+        with this store's S3 endpoint), or the bundled data when it is empty."""
+        from lora_assets.store.scaffolding_files import load_scaffolding
+
+        client = _s3_client(self.s3_endpoint_url, self.concurrency) if self.scaffolding_dir.startswith("s3://") else None
+        return load_scaffolding(self.scaffolding_dir, limits, s3_client=client)
 
     def pool(self) -> ThreadPoolExecutor:
         """A pool for one stage's blob reads and writes (`concurrency` in flight)."""
@@ -70,7 +95,7 @@ class ClaudeResource(ConfigurableResource):
 
     api_key: str = ""
     base_url: str = ""
-    model: str = "claude-haiku-5-5"
+    model: str = DEFAULT_MODEL
     max_concurrency: int = 8
     max_attempts_per_item: int = 4
     timeout_s: float = 120.0
@@ -81,29 +106,53 @@ class ClaudeResource(ConfigurableResource):
 
     _simulator: Any = PrivateAttr(default=None)
 
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        if not self.api_key and not self.base_url:
+    def _simulator_url(self) -> str:
+        """Start the loopback simulator on first use. Lazy, so a sensor or schedule that only
+        reads `model` starts no server; stopped when the resource is torn down."""
+        if self._simulator is None:
             from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
 
             self._simulator = ClaudeSimulator(
                 FaultConfig(latency_s=self.simulator_latency_s, batch_processing_s=0.5)
             ).start()
+        return self._simulator.base_url
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Stop the simulator if this run started one."""
         if self._simulator is not None:
             self._simulator.stop()
             self._simulator = None
 
     @property
     def uses_simulator(self) -> bool:
-        return self._simulator is not None
+        """True when no API key and no base URL are set: requests go to the loopback simulator."""
+        return not self.api_key and not self.base_url
+
+    def token_counter(self, model: str) -> Any:
+        """count_tokens for `model` as a function (system, user prompts) -> (system tokens, per
+        prompt tokens), against the API or the loopback simulator."""
+        from lora_assets.generation.count_tokens import count_prompt_tokens
+
+        base_url = self.base_url or (self._simulator_url() if self.uses_simulator else None)
+        return lambda system, users: count_prompt_tokens(
+            api_key=self.api_key or "simulator-key", base_url=base_url, model=model, system=system, users=users,
+            timeout_s=min(self.timeout_s, 60.0))
+
+    def provider_batches(self) -> Any:
+        """A function cancelling one Message Batch by its provider id (the SDK's `batches.cancel`)."""
+        import anthropic
+
+        base_url = self.base_url or (self._simulator_url() if self.uses_simulator else None)
+        client = anthropic.Anthropic(api_key=self.api_key or "simulator-key", base_url=base_url,
+                                     timeout=min(self.timeout_s, 60.0))
+        return lambda provider_batch_id: client.messages.batches.cancel(provider_batch_id)
 
     def run_config(self, *, model: str | None = None, run_id: str | None = None, spool_scope: str = "default") -> Any:
         """The generation runner's config (the key stays a SecretStr end to end). `run_id` holds
         the claims (the Dagster run id); `spool_scope` names the spool sub-directory."""
         from lora_assets.generation.runner import RunConfig
 
-        base_url = self.base_url or (self._simulator.base_url if self._simulator else None)
+        base_url = self.base_url or (self._simulator_url() if self.uses_simulator else None)
         extra: dict[str, Any] = {"run_id": run_id} if run_id else {}
         return RunConfig(
             **extra,
@@ -118,7 +167,7 @@ class ClaudeResource(ConfigurableResource):
             max_concurrency=self.max_concurrency,
             max_attempts_per_item=self.max_attempts_per_item,
             timeout_s=self.timeout_s,
-            poll_interval_s=self.poll_interval_s if not self._simulator else 0.2,
+            poll_interval_s=self.poll_interval_s if not self.uses_simulator else 0.2,
         )
 
 
@@ -126,21 +175,24 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     """All resources from settings (environment): the one local/production switch."""
     s = settings or Settings.from_env()
     return {
-        "db": DomainDB(database_url=s.resolved_database_url),
+        "db": DomainDB(database_url=s.resolved_database_url, user_id=s.user_id,
+                       max_items_per_batch=s.max_items_per_batch),
         "blobs": BlobStoreResource(
             local_dir=str(s.data_dir / "blobs"),
+            user_id=s.user_id,
             s3_bucket=s.s3_bucket or "",
             s3_prefix=s.s3_prefix,
             s3_endpoint_url=s.s3_endpoint_url or "",
             concurrency=s.blob_concurrency,
+            scaffolding_dir=s.scaffolding_dir,
         ),
         "claude": ClaudeResource(
             # EnvVar keeps the key out of run config and the UI; only its name is shown.
-            api_key=EnvVar("ANTHROPIC_API_KEY") if os.environ.get("ANTHROPIC_API_KEY") else "",
+            api_key=EnvVar("ANTHROPIC_API_KEY") if s.anthropic_api_key else "",
             base_url=s.anthropic_base_url or "",
             model=s.model,
             max_concurrency=s.max_concurrency,
-            simulator_latency_s=float(os.environ.get("LORA_SIMULATOR_LATENCY_S", "0") or 0),
+            simulator_latency_s=s.simulator_latency_s,
             spool_dir=str(s.resolved_spool_dir),
             claim_ttl_s=s.claim_ttl_s,
         ),

@@ -7,17 +7,20 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    Failure,
     MaterializeResult,
     MetadataValue,
+    TableMetadataValue,
     asset_check,
     multi_asset,
 )
 
-from lora_assets.core.completeness import completeness_report
-from lora_assets.defs.resources import DomainDB
+from lora_assets.core.completeness import CompletenessReport, completeness_report
+from lora_assets.defs.report import TABLE_LIMIT, table
+from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.store import db as dbq
-from lora_assets.store.queries import coverage_counts
-from lora_assets.store.scaffolding_files import load_bundle
+from lora_assets.store.batches import coverage_counts
+from lora_assets.store.scaffolding_files import ScaffoldingFileError
 
 SCAFFOLDING_KEYS = ["personas", "emotional_arcs", "training_topics", "prompt_templates", "consultant_profile"]
 
@@ -29,12 +32,18 @@ SCAFFOLDING_KEYS = ["personas", "emotional_arcs", "training_topics", "prompt_tem
     ],
     can_subset=False,
 )
-def scaffolding(context: AssetExecutionContext, db: DomainDB):
-    """Load the bundled scaffolding files into the domain DB: validated as one bundle, upserted by
-    key in one transaction (idempotent), schema created first if missing."""
+def scaffolding(context: AssetExecutionContext, db: DomainDB, blobs: BlobStoreResource):
+    """Load the scaffolding files into the domain DB: from LORA_SCAFFOLDING_DIR (a local directory
+    or an s3:// prefix with the bundled layout) or the bundled data, validated as one bundle
+    (every problem named by file, record and field), upserted by key in one transaction
+    (idempotent), schema created first if missing."""
     engine = db.engine()
     dbq.init_schema(engine)
-    bundle = load_bundle()
+    try:
+        bundle = blobs.load_scaffolding()
+    except ScaffoldingFileError as exc:
+        raise Failure(f"scaffolding at {blobs.scaffolding_dir or 'the bundled data'} was not loaded:\n{exc}",
+                      allow_retries=False) from None
     counts = dbq.load_scaffolding(engine, bundle)
     sizes = {
         "personas": len(bundle.personas),
@@ -48,8 +57,35 @@ def scaffolding(context: AssetExecutionContext, db: DomainDB):
         c = counts[table_of.get(key, key)]
         yield MaterializeResult(
             asset_key=key,
-            metadata={"records": sizes[key], "inserted": c["inserted"], "updated": c["updated"], "unchanged": c["unchanged"]},
+            metadata={"source": blobs.scaffolding_dir or "bundled data", "records": sizes[key], "inserted": c["inserted"], "updated": c["updated"], "unchanged": c["unchanged"]},
         )
+
+
+def coverage_table(report: CompletenessReport, limit: int = TABLE_LIMIT) -> TableMetadataValue:
+    """Persona × arc conversation counts (summed over topics): one row per persona (first
+    `limit`), a column per arc, and the row total."""
+    by_pa: dict[tuple[str, str], int] = {}
+    for cell in report.coverage:
+        by_pa[(cell.persona_key, cell.arc_key)] = by_pa.get((cell.persona_key, cell.arc_key), 0) + cell.conversations
+    columns: dict[str, type] = {"persona": str, **dict.fromkeys(report.arc_keys, int), "total": int}
+    rows = []
+    for persona in report.persona_keys:
+        counts = [by_pa.get((persona, arc), 0) for arc in report.arc_keys]
+        rows.append([persona, *counts, sum(counts)])
+    return table(columns, rows, limit)
+
+
+def coverage_summary(report: CompletenessReport) -> str:
+    """Conversations per topic and how many persona × arc × topic combinations are covered."""
+    by_topic = dict.fromkeys(report.topic_keys, 0)
+    for cell in report.coverage:
+        by_topic[cell.topic_key] = by_topic.get(cell.topic_key, 0) + cell.conversations
+    text = (f"{report.counts.get('combinations_covered', 0)} of {report.counts.get('combinations', 0)} combinations "
+            "covered. Conversations per topic: " + (", ".join(f"{k} {n}" for k, n in by_topic.items()) or "none") + ".")
+    if report.unmatched_conversations:
+        text += (f" {report.unmatched_conversations} conversation(s) reference a persona, arc or topic that is not in "
+                 "the current scaffolding.")
+    return text
 
 
 @asset_check(
@@ -77,8 +113,10 @@ def scaffolding_completeness(db: DomainDB) -> AssetCheckResult:
         description=report.summary(),
         metadata={
             "problems": len(report.problems),
-            "missing_fields": MetadataValue.md(report.missing_fields_markdown()),
-            "coverage_matrix": MetadataValue.md(report.coverage_markdown()),
+            "missing_fields": table({"kind": str, "key": str, "field": str, "problem": str},
+                                    ((p.kind, p.key, p.field, p.reason) for p in report.problems)),
+            "coverage_matrix": coverage_table(report),
+            "coverage": MetadataValue.text(coverage_summary(report)),
             **{f"count_{k}": v for k, v in report.counts.items()},
         },
     )

@@ -1,135 +1,290 @@
-"""training_files: named, versioned aggregates with fine-tuning exports, and their checks."""
+"""training_files: named, versioned aggregates with fine-tuning exports, and their checks.
 
-import json
+The build itself lives in `lora_assets.training_build` (plain Python); this module reads the
+partition, the launch config and the resources, applies the launch's membership request, calls
+the build and shows what it made as metadata a person acts on (tables, paths, links)."""
+
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
     asset_check,
 )
+from pydantic import Field, ValidationError
 
-from lora_assets.core.aggregate import AggregateWriter, write_training_json
+from lora_assets.core.aggregate import QUALITY_BUCKET_WIDTH, TrainingFileNameError, scan_training_json
 from lora_assets.core.audit import audit_jsonl, member_problems, metadata_problems
-from lora_assets.core.card import SourceBatch, dataset_card
-from lora_assets.core.dedup import Deduplicator, quality_filter
-from lora_assets.core.export import ExportWriter, axolotl_config
-from lora_assets.core.split import train_validation_split
+from lora_assets.core.leakage import LeakageThresholds
 from lora_assets.defs.partitions import training_files_partitions
-from lora_assets.defs.report import md_table
+from lora_assets.defs.report import check_result, table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
-from lora_assets.schemas import EnrichedConversation, EnrichmentStatus
-from lora_assets.store import db as dbq
-from lora_assets.store import queries as q
 from lora_assets.store import training_files as tfq
-from lora_assets.store.blobs import BlobStore, bounded_map, release_freed_memory
+from lora_assets.store.blobs import BlobStore, LocalBlobStore
+from lora_assets.training_build import (  # noqa: F401 - OUTPUTS / version_prefix: imported from here by callers
+    OUTPUTS,
+    BuildError,
+    BuildPlan,
+    BuildResult,
+    KeptMember,
+    build_training_file,
+    version_prefix,
+)
+from lora_assets.training_stats import NotRecordedError, cell_rows, leakage_problems, length_problems, recorded
 
-VALIDATION_FRACTION = 0.1
-SPLIT_SEED = 0
-
-#: Output files of a version, by format name (what `training-file download --format` takes).
-OUTPUTS = {
-    "json": "{name}.json",
-    "jsonl": "{name}.jsonl",
-    "messages-train": "train.messages.jsonl",
-    "messages-validation": "validation.messages.jsonl",
-    "openai-train": "openai.train.jsonl",
-    "openai-validation": "openai.validation.jsonl",
-    "sharegpt-train": "sharegpt.train.jsonl",
-    "sharegpt-validation": "sharegpt.validation.jsonl",
-    "parquet": "pairs.parquet",
-    "axolotl": "axolotl.yml",
-    "card": "README.md",
-}
+#: Rows of the `members` table (a UI table of tens of thousands of rows helps nobody).
+MEMBERS_SHOWN = 500
+#: Presigned S3 download links in the metadata stay valid this long.
+DOWNLOAD_LINK_TTL = timedelta(days=1)
 
 
-def version_prefix(name: str, version: int) -> str:
-    return f"training-files/{name}/v{version}"
+class LeakageThresholdsConfig(Config):
+    """When train/validation leakage and diversity figures fail the `training_file_leakage` check
+    (`lora_assets.core.leakage.LeakageThresholds`; null switches a rule off)."""
+
+    max_exact_duplicate_turns: int | None = Field(
+        default=0, description="Blocking above this many validation assistant turns found verbatim in train.")
+    block_verbatim_sentence_rate: float | None = Field(
+        default=None, description="Blocking above this share of validation sentences found verbatim in train.")
+    warn_verbatim_sentence_rate: float | None = Field(default=0.10, description="Warn above this verbatim share.")
+    warn_near_duplicate_turn_rate: float | None = Field(
+        default=0.05, description="Warn above this share of near-duplicate validation turns.")
+    min_template_rate: float | None = Field(default=0.5, description="Warn below this template rate.")
+    max_top_template_share: float | None = Field(
+        default=0.02, description="Warn when one template is more than this share of sentences…")
+    min_top_template_count: int = Field(default=5, description="…and occurs at least this often.")
+    min_cell_template_rate: float | None = Field(default=0.5, description="Warn for cells below this template rate.")
+    min_cell_sentences: int = Field(default=20, description="Cells with fewer sentences are not judged.")
+    min_distinct_2: float | None = Field(default=None, description="Warn below this distinct-2 (off by default).")
 
 
-class MemberFileError(Exception):
-    """A member's enriched.json cannot be used; names the conversation, the file and why."""
+class TrainingFileLaunch(Config):
+    """Run config of a `training_files` launch. With `batches` or `conversations` the training
+    file is created (if new) or those conversations are added (seed rules: a duplicate, unknown
+    or not enriched conversation is refused with its reason and nothing is written); without
+    them the current membership is rebuilt. Thresholds given here are stored on the file."""
+
+    description: str | None = Field(default=None, description="Description of the training file (shown in its card).")
+    batches: list[str] = Field(default=[], description="Batch job ids: add every conversation of each.")
+    conversations: list[str] = Field(default=[], description="Conversation ids to add (instead of batches).")
+    min_quality: float | None = Field(default=None, description="Leave out conversations with quality below this (0-5).")
+    min_judge_score: float | None = Field(
+        default=None, description="Leave out conversations whose Claude-judge score is below this (0-5), or never judged.")
+    skip_ineligible: bool = Field(default=False, description="Add only enriched conversations, listing the others.")
+    tokenizer: str | None = Field(
+        default=None, description="Local tokenizer.json or HF tokenizer directory to count tokens with (default: "
+        "the labelled chars/4 estimate).")
+    max_length: int | None = Field(
+        default=None, description="Training max_length: the lengths check warns when examples exceed it (default: "
+        "the recommended one).")
+    leakage_thresholds: LeakageThresholdsConfig = Field(
+        default_factory=LeakageThresholdsConfig, description="Thresholds of the training_file_leakage check.")
+
+    def plan(self, name: str) -> BuildPlan:
+        """The build plan of this launch for training file `name` (ValidationError naming a bad field)."""
+        return BuildPlan(name=name, tokenizer=self.tokenizer, max_length=self.max_length,
+                         leakage_thresholds=LeakageThresholds(**self.leakage_thresholds.model_dump()))
 
 
-def _member(row: dict[str, Any], data: bytes | BaseException) -> EnrichedConversation:
-    """A member's enriched conversation from its file's bytes (or the error reading them), or
-    MemberFileError naming it (missing file, invalid JSON, or pairs that belong to another
-    conversation, e.g. a copied file)."""
-    where = f"conversation {row['id']} ({row['enriched_file_path']})"
-    if isinstance(data, BaseException):
-        raise MemberFileError(f"{where}: enriched.json cannot be read ({data.__class__.__name__}: {data})") from data
-    try:
-        conv = EnrichedConversation.model_validate_json(data)
-    except ValueError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise MemberFileError(f"{where}: enriched.json is not a valid v4.0 enriched conversation: {first}") from exc
-    foreign = {p.conversation_id for p in conv.training_pairs} - {row["id"]}
-    if foreign:
-        raise MemberFileError(
-            f"{where}: its training pairs carry conversation_id {sorted(foreign)} — the file belongs to another "
-            "conversation (copied or overwritten); re-enrich it"
-        )
-    return conv
+# --- metadata tables ----------------------------------------------------------------------------
 
 
-class _LocalCopies:
-    """The kept members' enriched.json bytes in one local temp file, so the second pass reads
-    each member from local disk instead of from the blob store again (one GET per member)."""
-
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
-        self._where: dict[str, tuple[int, int]] = {}
-        self._end = 0
-
-    def put(self, conversation_id: str, data: bytes) -> None:
-        self._where[conversation_id] = (self._end, len(data))
-        self._file.write(data)  # appends: every put happens before the first get
-        self._end += len(data)
-
-    def get(self, conversation_id: str) -> bytes:
-        offset, size = self._where[conversation_id]
-        self._file.seek(offset)
-        return self._file.read(size)
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> MetadataValue:
+    """A UI table: `columns` as (name, type); each row a dict of plain values by column name."""
+    return MetadataValue.table(
+        records=[TableRecord(data={c: r.get(c) for c, _ in columns}) for r in rows],
+        schema=TableSchema(columns=[TableColumn(name=c, type=kind) for c, kind in columns]),
+    )
 
 
-def _histogram_md(histogram: list[int] | dict[Any, int]) -> str:
-    counts = list(histogram.values()) if isinstance(histogram, dict) else list(histogram)
-    peak = max(counts) if counts and max(counts) else 1
-    rows = [(f"{i * 0.5:.1f}–{i * 0.5 + 0.5:.1f}", n, "█" * round(20 * n / peak)) for i, n in enumerate(counts)]
-    return md_table(["quality", "conversations", ""], [r for r in rows if r[1]], empty="No scores.")
+def _download(store: BlobStore, key: str) -> tuple[str, MetadataValue]:
+    """Where to get a blob: its path for a local store, else a presigned URL."""
+    if isinstance(store, LocalBlobStore):
+        path = store.url(key)  # a local store's "url" is the file's absolute path
+        return path, MetadataValue.path(path)
+    url = store.url(key, expires_in=int(DOWNLOAD_LINK_TTL.total_seconds()))
+    return url, MetadataValue.url(url)
 
 
-def coverage_matrix_md(rows: list[dict[str, Any]]) -> str:
-    """Persona × emotional arc matrix of conversations (cells summed over topics), plus the
-    number of distinct topics per cell: where the file is thin at a glance."""
+def _outputs_metadata(result: BuildResult, store: BlobStore) -> dict[str, Any]:
+    """The `outputs` table (one row per format) and an `output/<format>` path or link each."""
+    rows, entries = [], {}
+    for fmt, out in result.outputs.items():
+        where, value = _download(store, out.path)
+        entries[f"output/{fmt}"] = value
+        rows.append({"format": fmt, "file": out.path.rsplit("/", 1)[-1], "bytes": out.bytes,
+                     "lines_or_rows": out.lines if out.lines is not None else out.rows, "location": where})
+    entries["outputs"] = _table([("format", "string"), ("file", "string"), ("bytes", "int"),
+                                 ("lines_or_rows", "int"), ("location", "string")], rows)
+    if not isinstance(store, LocalBlobStore):
+        expires = datetime.now(UTC) + DOWNLOAD_LINK_TTL
+        entries["download_links_expire"] = MetadataValue.text(
+            f"{expires.isoformat(timespec='seconds')} (presigned S3 links, valid {DOWNLOAD_LINK_TTL}; "
+            "rematerialise or use `lora-assets training-file download` after that)")
+    return entries
+
+
+def _members_table(kept: list[KeptMember]) -> MetadataValue:
+    """The kept members (first MEMBERS_SHOWN)."""
+    rows = [{"conversation_id": m.conversation_id, "batch": m.batch_name or m.batch_id, "persona": m.persona_key,
+             "arc": m.arc_key, "topic": m.topic_key, "quality": m.quality_score, "judge_score": m.judge_score,
+             "human_reviewed": m.human_reviewed} for m in kept[:MEMBERS_SHOWN]]
+    return _table([("conversation_id", "string"), ("batch", "string"), ("persona", "string"), ("arc", "string"),
+                   ("topic", "string"), ("quality", "float"), ("judge_score", "float"), ("human_reviewed", "bool")], rows)
+
+
+def _histogram_table(histogram: list[int]) -> MetadataValue:
+    """Conversations per quality bucket (empty buckets left out)."""
+    rows = [{"quality": f"{i * QUALITY_BUCKET_WIDTH:.1f}–{(i + 1) * QUALITY_BUCKET_WIDTH:.1f}", "conversations": n}
+            for i, n in enumerate(histogram) if n]
+    return _table([("quality", "string"), ("conversations", "int")], rows)
+
+
+def _distribution_table(dist: dict[str, dict[str, int]]) -> MetadataValue:
+    """Conversations per scaffolding key (personas, emotional arcs, training topics)."""
+    rows = [{"scaffolding": kind, "key": key, "conversations": n}
+            for kind, counts in dist.items() for key, n in sorted(counts.items())]
+    return _table([("scaffolding", "string"), ("key", "string"), ("conversations", "int")], rows)
+
+
+def _coverage(rows: Sequence[Any]) -> tuple[list[str], list[str], Counter, dict[tuple[str, str], set[str]]]:
+    """Persona × arc cells of conversations (and their distinct topics); `rows` are dicts or
+    KeptMember models with persona/arc/topic keys (None: a legacy conversation)."""
     cells: Counter[tuple[str, str]] = Counter()
     topics: dict[tuple[str, str], set[str]] = {}
     for r in rows:
-        cell = (r["persona_key"] or "(legacy)", r["arc_key"] or "(legacy)")
+        get = r.get if isinstance(r, dict) else lambda k, r=r: getattr(r, k)
+        cell = (get("persona_key") or "(legacy)", get("arc_key") or "(legacy)")
         cells[cell] += 1
-        topics.setdefault(cell, set()).add(r["topic_key"] or "(legacy)")
-    personas = sorted({p for p, _ in cells})
-    arcs = sorted({a for _, a in cells})
-    body = [[p] + [f"{cells[(p, a)]} ({len(topics.get((p, a), ()))}t)" if cells[(p, a)] else "·" for a in arcs]
-            for p in personas]
-    return md_table(["persona \\ arc"] + arcs, body, empty="No conversations.") + "\n\nCells: conversations (distinct topics)."
+        topics.setdefault(cell, set()).add(get("topic_key") or "(legacy)")
+    return sorted({p for p, _ in cells}), sorted({a for _, a in cells}), cells, topics
 
 
-def _distribution_md(dist: dict[str, dict[str, int]]) -> str:
-    rows = [(kind, key, n) for kind, counts in dist.items() for key, n in sorted(counts.items())]
-    return md_table(["scaffolding", "key", "conversations"], rows)
+def _coverage_table(kept: list[KeptMember]) -> MetadataValue:
+    """Every persona × arc cell (empty ones too: where the file is thin), with its conversations
+    and distinct topics."""
+    personas, arcs, cells, topics = _coverage(kept)
+    rows = [{"persona": p, "arc": a, "conversations": cells[(p, a)], "distinct_topics": len(topics.get((p, a), ()))}
+            for p in personas for a in arcs]
+    return _table([("persona", "string"), ("arc", "string"), ("conversations", "int"), ("distinct_topics", "int")], rows)
+
+
+def coverage_matrix_md(rows: list[dict[str, Any]]) -> str:
+    """Persona × emotional arc matrix of conversations (cells summed over topics) as markdown,
+    plus the number of distinct topics per cell (kept for text reports; the asset shows a table)."""
+    personas, arcs, cells, topics = _coverage(rows)
+    if not personas:
+        return "No conversations."
+    lines = ["| persona \\ arc | " + " | ".join(arcs) + " |", "|" + "---|" * (len(arcs) + 1)]
+    for p in personas:
+        body = [f"{cells[(p, a)]} ({len(topics.get((p, a), ()))}t)" if cells[(p, a)] else "·" for a in arcs]
+        lines.append(f"| {p} | " + " | ".join(body) + " |")
+    return "\n".join(lines) + "\n\nCells: conversations (distinct topics)."
+
+
+def _lengths_metadata(result: BuildResult) -> dict[str, Any]:
+    """Token-length percentiles (and how they were counted), the recommended lengths, the cut."""
+    lengths, cut = result.lengths, result.lengths.truncation
+    rows = [(label, p.count, p.p50, p.p95, p.p99, p.max, p.mean) for label, p in (
+        ("examples", lengths.examples), ("turns", lengths.turns), ("assistant_turns", lengths.assistant_turns))]
+    return {
+        "token_count_method": MetadataValue.text(lengths.method),
+        "tokens_p50": lengths.examples.p50, "tokens_p95": lengths.examples.p95, "tokens_max": lengths.examples.max,
+        "token_lengths": table({"unit": str, "count": int, "p50": int, "p95": int, "p99": int, "max": int,
+                                "mean": float}, rows),
+        "recommended_sequence_len": lengths.recommended_sequence_len,
+        "recommended_max_length": lengths.recommended_max_length,
+        "max_length": MetadataValue.text("recommended" if result.max_length is None else str(result.max_length)),
+        **({"examples_over_max_length": cut.examples_over, "assistant_tokens_cut": cut.assistant_tokens_cut}
+           if cut is not None else {}),
+    }
+
+
+def _leakage_metadata(result: BuildResult) -> dict[str, Any]:
+    """Train/validation overlap and diversity figures, per cell as a table, and what they fail."""
+    o, d = result.leakage.overlap, result.leakage.diversity
+    columns = {"persona": str, "arc": str, "topic": str, "conversations": int, "distinct_1": float,
+               "distinct_2": float, "template_rate": float, "sentences": int}
+    return {
+        "validation_sentences_verbatim_in_train": o.verbatim_sentences,
+        "validation_verbatim_sentence_rate": round(o.verbatim_rate, 4),
+        "exact_duplicate_turns_across_split": o.exact_duplicate_turns,
+        "near_duplicate_turns_across_split": o.near_duplicate_turns,
+        "distinct_1": d.distinct_1, "distinct_2": d.distinct_2, "template_rate": round(d.template_rate, 4),
+        "top_template": MetadataValue.text(f"{d.top_template} ({d.top_template_count}×)" if d.top_template else "none"),
+        "diversity_by_cell": table(columns, [[r[c] for c in columns] for r in cell_rows(result.leakage)], limit=500),
+        "leakage_problems": MetadataValue.md("\n".join(
+            [f"- **blocking:** {p}" for p in result.leakage_blocking] + [f"- warning: {p}" for p in result.leakage_warnings])
+            or "None."),
+    }
+
+
+def _metadata(result: BuildResult, store: BlobStore) -> dict[str, Any]:
+    """Materialisation metadata of a build: figures, tables, paths or links, the card."""
+    return {
+        "version": result.version, "conversations": result.conversations, "training_pairs": result.training_pairs,
+        "members": result.members, "review_rejected_out": result.review_rejected_out,
+        "quality_filtered_out": result.quality_filtered_out,
+        "judge_filtered_out": result.judge_filtered_out,
+        "filters_run": MetadataValue.text(", ".join(result.filters_run)),
+        "quality_threshold": MetadataValue.text("none" if result.min_quality is None else f"{result.min_quality:g}"),
+        "judge_score_threshold": MetadataValue.text(
+            "none" if result.min_judge_score is None else f"{result.min_judge_score:g} (never judged: left out)"),
+        "exact_duplicates_removed": result.exact_duplicates, "near_duplicates_removed": result.near_duplicates,
+        "train_conversations": result.train_conversations, "validation_conversations": result.validation_conversations,
+        "estimated_tokens": result.estimated_tokens, "avg_quality": result.avg_quality,
+        "min_quality": result.min_quality_score, "max_quality": result.max_quality_score,
+        "human_reviewed_count": MetadataValue.int(result.human_reviewed_count),
+        "location": result.location,
+        "members_table": _members_table(result.kept),
+        "members_not_listed": MetadataValue.int(max(0, len(result.kept) - MEMBERS_SHOWN)),
+        "quality_histogram": _histogram_table(result.quality_histogram),
+        "scaffolding_distribution": _distribution_table(result.scaffolding_distribution),
+        "coverage_matrix": _coverage_table(result.kept),
+        **_lengths_metadata(result),
+        **_leakage_metadata(result),
+        **_outputs_metadata(result, store),
+        "dataset_card": MetadataValue.md(result.card),
+    }
+
+
+# --- the asset ------------------------------------------------------------------------------------
+
+
+def _apply_launch(context: AssetExecutionContext, config: TrainingFileLaunch, db: DomainDB) -> dict[str, Any]:
+    """Create the training file / add members / update its settings as the run config asks;
+    every refusal is a run failure naming each id and its reason. Returns metadata to show."""
+    name = context.partition_key
+    request = tfq.LaunchRequest(**config.model_dump(include=set(tfq.LaunchRequest.model_fields)))
+    try:
+        outcome = tfq.apply_launch_request(db.engine(), name, request, by=f"dagster-run-{context.run.run_id[:8]}")
+    except (tfq.TrainingFileError, TrainingFileNameError) as exc:
+        raise Failure(description=str(exc)) from None
+    for cid, reason in outcome.skipped.items():
+        context.log.warning(f"training file {name!r}: skipped {cid}: {reason}")
+    if not (request.selects or request.changes_settings):
+        return {}
+    return {
+        "created": outcome.created, "members_added": outcome.added,
+        "skipped_ineligible": _table([("conversation_id", "string"), ("reason", "string")],
+                                     [{"conversation_id": c, "reason": r} for c, r in outcome.skipped.items()]),
+    }
 
 
 @asset(
@@ -138,185 +293,28 @@ def _distribution_md(dist: dict[str, dict[str, int]]) -> str:
     group_name="training_files",
     kinds={"json", "parquet"},
 )
-def training_files(context: AssetExecutionContext, db: DomainDB, blobs: BlobStoreResource) -> MaterializeResult:
+def training_files(context: AssetExecutionContext, config: TrainingFileLaunch, db: DomainDB,
+                   blobs: BlobStoreResource) -> MaterializeResult:
     """Build the next version (v1, v2, …) of the training file named by the partition: quality
-    filter → exact/near-duplicate removal → seeded stratified train/validation split by
-    conversation → the v4.0 aggregated JSON + JSONL, HF/TRL messages, OpenAI chat, ShareGPT,
-    Parquet, an Axolotl config snippet and a dataset card. Streams conversation by conversation;
-    either every output of the version is stored and recorded, or none is."""
-    name = context.partition_key
-    engine = db.engine()
+    and Claude-judge filters → exact/near-duplicate removal → seeded stratified train/validation
+    split by conversation → the v4.0 aggregated JSON + JSONL, HF/TRL messages, OpenAI chat,
+    ShareGPT, Parquet, an Axolotl config snippet and a dataset card (see
+    `lora_assets.training_build`), measuring the exported examples' token lengths and
+    train/validation leakage on the way. With run config (`batches` or `conversations`) the file is
+    created or extended first; without, its current membership is rebuilt. Either every output
+    of the version is stored and recorded, or none is."""
+    try:
+        plan = config.plan(context.partition_key)
+    except ValidationError as exc:
+        raise Failure(description=f"training file {context.partition_key!r}: invalid run config: {exc}") from None
+    launched = _apply_launch(context, config, db)
     store = blobs.store()
-    with engine.connect() as conn:
-        tf = tfq.get_training_file(conn, name)
-        if tf is None:
-            raise Failure(f"no training file named {name!r} in the domain DB (create it with `lora-assets training-file create`)")
-        members = tfq.member_rows(conn, tf["id"])
-        consultant = dbq.read_consultant_profile(conn)
-        batches = {b["id"]: b for b in q.list_batches(conn, with_snapshot=False)}
-    if not members:
-        raise Failure(f"training file {name!r} has no members")
-    stale = {m["id"]: m["enrichment_status"] for m in members if m["enrichment_status"] != EnrichmentStatus.COMPLETED or not m["enriched_file_path"]}
-    if stale:
-        raise Failure(f"training file {name!r}: members no longer enriched: {stale}")
-
-    # Pass 1 (metadata + target texts only): quality filter and dedup decide who is in.
-    min_quality = tf["min_quality"]
-    filtered = [m for m in members if not quality_filter(tfq.summary_of(m), min_quality)]
-    candidates = [m for m in members if quality_filter(tfq.summary_of(m), min_quality)]
-    dedup = Deduplicator()
-    kept, dropped = [], []
-    # Unlinked at creation (TemporaryFile): nothing is left behind whatever happens below.
-    copies = _LocalCopies()
-    with blobs.pool() as pool:
-        try:
-            reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
-                                2 * blobs.concurrency)
-            for number, (m, data) in enumerate(reads, start=1):
-                decision = dedup.check(_member(m, data), conversation_id=m["id"])
-                (kept if decision.keep else dropped).append((m, decision))
-                if decision.keep:
-                    copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
-                if number % 256 == 0:
-                    release_freed_memory()
-        except MemberFileError as exc:
-            raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
-    kept_rows = [m for m, _ in kept]
-    if not kept_rows:
-        raise Failure(f"training file {name!r}: no conversation left after quality filter ({len(filtered)}) and dedup ({len(dropped)})")
-    split = train_validation_split(
-        [tfq.summary_of(m) for m in kept_rows], validation_fraction=VALIDATION_FRACTION, seed=SPLIT_SEED
-    )
-
     try:
-        version_row, version = tfq.claim_version(engine, tf["id"], name)
-    except tfq.BuildInProgressError as exc:
-        raise Failure(str(exc)) from exc
-    prefix = version_prefix(name, version)
-    key = {fmt: f"{prefix}/{pattern.format(name=name)}" for fmt, pattern in OUTPUTS.items()}
-    created = datetime.now(UTC)
-    written: list[str] = []
-    try:
-        # Pass 2: every format at once, streamed.
-        with ExitStack() as stack:
-            handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in OUTPUTS if fmt not in ("json", "axolotl", "card")}
-            aggregate = AggregateWriter(handles["jsonl"])
-            # Entered after the handles, so it is closed (Parquet footer) before they are.
-            exports = stack.enter_context(ExportWriter(
-                messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
-                openai_train=handles["openai-train"], openai_validation=handles["openai-validation"],
-                sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
-                parquet=handles["parquet"], min_trained_quality=min_quality,
-            ))
-            for m in kept_rows:
-                conv = _member(m, copies.get(m["id"]))
-                aggregate.add(conv, conversation_id=m["id"])
-                exports.add(conv, split[m["id"]], conversation_id=m["id"])
-            export_stats = exports.close()
-            stats = aggregate.stats
-        written += [key[f] for f in handles]
-        with store.open_read(key["jsonl"]) as jsonl_in, store.writer(key["json"]) as json_out:
-            write_training_json(dataset_name=name, created_date=created, consultant=consultant, stats=stats,
-                                jsonl_in=jsonl_in, json_out=json_out)
-        written.append(key["json"])
-        store.put_bytes(key["axolotl"], axolotl_config(
-            train_path=OUTPUTS["messages-train"], validation_path=OUTPUTS["messages-validation"]).encode())
-        written.append(key["axolotl"])
-        by_batch = Counter(m["batch_job_id"] for m in kept_rows)
-        sources = [
-            SourceBatch(
-                batch_id=b, name=batches[b]["name"], model=batches[b]["model"],
-                generator="simulator" if any(m["generator"] == "simulator" for m in kept_rows if m["batch_job_id"] == b) else "claude",
-                created=batches[b]["created_at"], conversations=n,
-                cost_usd=round(sum(m["cost_usd"] or 0 for m in kept_rows if m["batch_job_id"] == b), 6),
-            )
-            for b, n in sorted(by_batch.items(), key=lambda kv: str(kv[0])) if b in batches
-        ]
-        card = dataset_card(
-            name=name, stats=stats, sources=sources, export=export_stats, dedup=dedup.stats, min_quality=min_quality,
-            quality_filtered_out=len(filtered), validation_fraction=VALIDATION_FRACTION, split_seed=SPLIT_SEED,
-            version=version, description=tf["description"], created_date=created,
-            train_file=OUTPUTS["messages-train"], validation_file=OUTPUTS["messages-validation"],
-        )
-        store.put_bytes(key["card"], card.encode())
-        written.append(key["card"])
-        outputs = {fmt: {"path": key[fmt], "bytes": store.size(key[fmt])} for fmt in OUTPUTS}
-        for fmt, split_name in (("messages", "train"), ("messages", "validation"), ("openai", "train"),
-                                ("openai", "validation"), ("sharegpt", "train"), ("sharegpt", "validation")):
-            outputs[f"{fmt}-{split_name}"]["lines"] = export_stats.lines(fmt, split_name)
-        outputs["jsonl"]["lines"] = stats.total_training_pairs
-        outputs["parquet"]["rows"] = export_stats.parquet_rows
-        qs = stats.quality_summary
-        dist = stats.dataset_metadata(dataset_name=name, created_date=created).scaffolding_distribution.model_dump()
-        values = {
-            "version": version,
-            "status": "active",
-            "json_file_path": key["json"],
-            "jsonl_file_path": key["jsonl"],
-            "conversation_count": stats.conversation_count,
-            "total_training_pairs": stats.total_training_pairs,
-            "json_file_size": outputs["json"]["bytes"],
-            "jsonl_file_size": outputs["jsonl"]["bytes"],
-            "avg_quality_score": qs.avg_quality_score,
-            "min_quality_score": qs.min_quality_score,
-            "max_quality_score": qs.max_quality_score,
-            "human_reviewed_count": qs.human_reviewed_count,
-            "scaffolding_distribution": dist,
-            "outputs": outputs,
-            "stats": {
-                "members": len(members),
-                "quality_filtered_out": len(filtered),
-                "exact_duplicates": dedup.stats.exact_duplicates,
-                "near_duplicates": dedup.stats.near_duplicates,
-                "train_conversations": export_stats.conversations_train,
-                "validation_conversations": export_stats.conversations_validation,
-                "estimated_tokens": stats.estimated_tokens,
-                "dropped": [{"conversation_id": m["id"], "reason": d.reason, "duplicate_of": d.duplicate_of} for m, d in dropped],
-                "filtered": [{"conversation_id": m["id"], "quality_score": m["quality_score"]} for m in filtered],
-            },
-            "conversation_ids": [m["id"] for m in kept_rows],
-            "split": split,
-            "built_by_run": context.run.run_id,
-        }
-        with engine.begin() as conn:
-            tfq.record_version(conn, tf["id"], version_row, values)
-    except BaseException as exc:
-        # No partial version: this build owns v<N> (claimed above), so removing its keys can
-        # never touch another build's files.
-        for k in key.values():
-            if store.exists(k):
-                store.delete(k)
-        tfq.release_version(engine, version_row)
-        if isinstance(exc, MemberFileError):
-            raise Failure(f"training file {name!r}: {exc}; no version was written") from exc
-        raise
-
-    return MaterializeResult(
-        metadata={
-            "version": version,
-            "conversations": stats.conversation_count,
-            "training_pairs": stats.total_training_pairs,
-            "members": len(members),
-            "quality_filtered_out": len(filtered),
-            "exact_duplicates_removed": dedup.stats.exact_duplicates,
-            "near_duplicates_removed": dedup.stats.near_duplicates,
-            "train_conversations": export_stats.conversations_train,
-            "validation_conversations": export_stats.conversations_validation,
-            "estimated_tokens": stats.estimated_tokens,
-            "avg_quality": qs.avg_quality_score,
-            "min_quality": qs.min_quality_score,
-            "max_quality": qs.max_quality_score,
-            "location": f"{store.location}/{prefix}",
-            "quality_histogram": MetadataValue.md(_histogram_md(stats.quality_histogram)),
-            "scaffolding_distribution": MetadataValue.md(_distribution_md(dist)),
-            "coverage_matrix": MetadataValue.md(coverage_matrix_md(kept_rows)),
-            "outputs": MetadataValue.md(md_table(
-                ["format", "path", "bytes", "lines/rows"],
-                [(f, o["path"], o["bytes"], o.get("lines", o.get("rows", ""))) for f, o in outputs.items()],
-            )),
-            "dataset_card": MetadataValue.md(card),
-        }
-    )
+        result = build_training_file(plan, engine=db.engine(), store=store, concurrency=blobs.concurrency,
+                                     run_id=context.run.run_id)
+    except BuildError as exc:
+        raise Failure(description=str(exc)) from exc
+    return MaterializeResult(metadata={**launched, **_metadata(result, store)})
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -346,12 +344,9 @@ def _lines(store: BlobStore, key: str) -> Iterator[bytes]:
             yield buffer
 
 
-def _result(problems: list[str], ok: str, metadata: dict[str, Any]) -> AssetCheckResult:
-    return AssetCheckResult(
-        passed=not problems,
-        description=ok if not problems else f"{len(problems)} problem(s): {problems[0]}",
-        metadata={**metadata, "problems": MetadataValue.md("\n".join(f"- {p}" for p in problems[:50]) or "None.")},
-    )
+def _summary(problems: list[str], ok: str) -> str:
+    """A check's description: `ok`, or how many problems and the first."""
+    return ok if not problems else f"{len(problems)} problem(s): {problems[0]}"
 
 
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,
@@ -366,18 +361,19 @@ def training_file_schema_valid(context, db: DomainDB, blobs: BlobStoreResource) 
     audit = audit_jsonl(_lines(store, v["jsonl_file_path"]))
     problems = [f"{v['jsonl_file_path']} {p}" for p in audit.invalid_lines]
     n = audit.pairs + len(audit.invalid_lines)
-    # write_training_json puts the header on the first line and one pair per following line.
-    json_lines = _lines(store, v["json_file_path"])
-    head = next(json_lines, b"")
+    # The JSON document's layout is core.aggregate's: it reads back the header and the pairs.
+    scan = scan_training_json(_lines(store, v["json_file_path"]))
     try:
-        header = json.loads(head.split(b',"training_pairs":[')[0] + b"}")
-        AggregateDatasetMetadata.model_validate(header["dataset_metadata"])
+        if scan.header is None:
+            raise ValueError(scan.header_error or "no header")
+        AggregateDatasetMetadata.model_validate(scan.header["dataset_metadata"])
     except (ValueError, KeyError) as exc:
         problems.append(f"{v['json_file_path']}: dataset_metadata invalid: {str(exc).splitlines()[0]}")
-    json_pairs = sum(1 for line in json_lines if line.startswith(b"{"))
+    json_pairs = scan.pairs
     if json_pairs != n:
         problems.append(f"{v['json_file_path']} holds {json_pairs} pairs, the JSONL {n}")
-    return _result(problems, f"v{v['version']}: {n} valid training pairs", {"version": v["version"], "pairs": n})
+    return check_result(problems, _summary(problems, f"v{v['version']}: {n} valid training pairs"),
+                        {"version": v["version"], "pairs": n})
 
 
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,
@@ -392,9 +388,9 @@ def training_file_metadata_matches(context, db: DomainDB, blobs: BlobStoreResour
     for label, key in (("jsonl_file_size", "jsonl_file_path"), ("json_file_size", "json_file_path")):
         if v[label] != store.size(v[key]):
             problems.append(f"{label}: DB says {v[label]!r}, file has {store.size(v[key])!r}")
-    return _result(problems, f"v{v['version']}: DB metadata matches {audit.pairs} pairs in "
-                   f"{len(audit.conversations)} conversations",
-                   {"version": v["version"], "pairs": audit.pairs, "conversations": len(audit.conversations)})
+    return check_result(problems, _summary(problems, f"v{v['version']}: DB metadata matches {audit.pairs} pairs in "
+                                           f"{len(audit.conversations)} conversations"),
+                        {"version": v["version"], "pairs": audit.pairs, "conversations": len(audit.conversations)})
 
 
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,
@@ -407,8 +403,8 @@ def training_file_members_valid(context, db: DomainDB, blobs: BlobStoreResource)
     with db.engine().connect() as conn:
         statuses = tfq.enrichment_statuses(conn, audit.conversations)
     problems = member_problems(audit, v["conversation_ids"] or [], statuses)
-    return _result(problems, f"v{v['version']}: {len(audit.conversations)} distinct, enriched conversations",
-                   {"conversations": len(audit.conversations)})
+    return check_result(problems, _summary(problems, f"v{v['version']}: {len(audit.conversations)} distinct, enriched "
+                                           "conversations"), {"conversations": len(audit.conversations)})
 
 
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,
@@ -442,5 +438,52 @@ def training_file_exports_consistent(context, db: DomainDB, blobs: BlobStoreReso
     recorded = v.get("split") or {}
     if recorded and any(recorded.get(c) not in s for c, s in sides.items()):
         problems.append("parquet split column differs from the recorded split")
-    return _result(problems, f"v{v['version']}: exports consistent, train/validation disjoint",
-                   {"train_examples": counts.get("messages-train", 0), "validation_examples": counts.get("messages-validation", 0)})
+    return check_result(problems, _summary(problems, f"v{v['version']}: exports consistent, train/validation disjoint"),
+                        {"train_examples": counts.get("messages-train", 0), "validation_examples": counts.get("messages-validation", 0)})
+
+
+@asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=False,
+             description="Warns when chat examples exceed the training max_length (the configured one, else the "
+             "recommended one, which cuts nothing): how many examples and how many assistant tokens would be cut.")
+def training_file_lengths(context, db: DomainDB) -> AssetCheckResult:
+    """Token lengths the build recorded on the version row, judged at its effective max_length."""
+    _, v = _latest(context, db)
+    try:
+        measured = recorded(v["stats"])
+    except NotRecordedError as exc:
+        return check_result([f"v{v['version']}: {exc}"], f"v{v['version']}: {exc}", severity=AssetCheckSeverity.WARN)
+    lengths, problems = measured.lengths, length_problems(measured)
+    ok = (f"v{v['version']}: no example exceeds max_length {measured.effective_max_length} "
+          f"(p50 {lengths.examples.p50}, p95 {lengths.examples.p95}, max {lengths.examples.max}; {lengths.method})")
+    cut = lengths.truncation
+    return check_result(problems, _summary(problems, ok), {
+        "version": v["version"], "method": MetadataValue.text(lengths.method),
+        "max_length": measured.effective_max_length, "examples_over": cut.examples_over if cut else 0,
+        "assistant_tokens_cut": cut.assistant_tokens_cut if cut else 0,
+        "recommended_max_length": lengths.recommended_max_length,
+        "recommended_sequence_len": lengths.recommended_sequence_len,
+    }, severity=AssetCheckSeverity.WARN)
+
+
+@asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=True,
+             description="Train/validation leakage and diversity: fails (blocking) when validation assistant turns "
+             "occur verbatim in train; warns on verbatim sentences, near-duplicate turns and templated answers "
+             "above the launch's leakage_thresholds.")
+def training_file_leakage(context, db: DomainDB) -> AssetCheckResult:
+    """The leakage report the build recorded on the version row, under the thresholds it recorded."""
+    _, v = _latest(context, db)
+    try:
+        measured = recorded(v["stats"])
+    except NotRecordedError as exc:
+        return check_result([f"v{v['version']}: {exc}"], f"v{v['version']}: {exc}", severity=AssetCheckSeverity.WARN)
+    blocking, warnings = leakage_problems(measured)
+    o, d = measured.leakage.overlap, measured.leakage.diversity
+    ok = (f"v{v['version']}: no validation assistant turn occurs in train ({o.verbatim_sentences} of "
+          f"{o.validation_sentences} validation sentences verbatim); template rate {d.template_rate:.2f}")
+    problems = [f"blocking: {p}" for p in blocking] + [f"warning: {p}" for p in warnings]
+    return check_result(problems, _summary(problems, ok), {
+        "version": v["version"], "blocking": len(blocking), "warnings": len(warnings),
+        "exact_duplicate_turns": o.exact_duplicate_turns, "near_duplicate_turns": o.near_duplicate_turns,
+        "verbatim_sentence_rate": round(o.verbatim_rate, 4), "template_rate": round(d.template_rate, 4),
+        "distinct_2": d.distinct_2,
+    }, severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN)

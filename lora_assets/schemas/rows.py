@@ -9,9 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lora_assets.schemas.scaffolding import Tier
 
-GenerationMode = Literal["messages", "batches"]
-
-
 class BatchJobStatus(StrEnum):
     QUEUED = "queued"
     PROCESSING = "processing"

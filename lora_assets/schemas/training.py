@@ -52,10 +52,20 @@ class TrainingMetadata(_Model):
     emotional_progression_target: str
     quality_score: float = Field(ge=0, le=5)
     quality_criteria: QualityCriteria
-    human_reviewed: bool = False
-    reviewer_notes: str | None = None
-    use_as_seed_example: bool = False
-    generate_variations_count: int = Field(default=0, ge=0)
+    human_reviewed: bool = Field(
+        default=False, description="In a training file: True when a person approved the conversation in a "
+        "review import (`lora-assets review import` / the `review_import` job). Always False in enriched.json "
+        "(review happens after enrichment; the build overlays the decision).")
+    reviewer_notes: str | None = Field(default=None, description="The reviewer's notes from the review CSV, if any.")
+    use_as_seed_example: bool = Field(
+        default=False, description="Proposed as a seed example: this pair's heuristic quality_score is at least "
+        "4.0. A proposal for the reviewer, not a decision: the review export (`lora-assets review export`, "
+        "`review_export` job) counts the proposed pairs per conversation so a person can look at them first. "
+        "Nothing is generated from it automatically.")
+    generate_variations_count: int = Field(
+        default=0, ge=0, description="Always 0: reserved for variation planning (generating N variations of a "
+        "seed example), which does not exist yet. No stage reads it; it stays in the v4.0 shape for "
+        "compatibility with the seed format.")
 
 
 class TrainingPair(_Model):
@@ -80,6 +90,9 @@ class IndividualDatasetMetadata(_Model):
     vertical: str = VERTICAL
     total_conversations: int = 1
     total_turns: int = Field(ge=0)
+    enrichment_version: str | None = Field(
+        default=None, description="The enrichment logic version that wrote this file (core.enrich."
+        "ENRICHMENT_VERSION); None in files written before it was recorded.")
 
 
 class EnrichedConversation(_Model):

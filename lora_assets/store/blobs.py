@@ -117,9 +117,6 @@ class LocalBlobStore:
     def url(self, key: str, expires_in: int = 3600) -> str:
         return str(self._path(key))
 
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
-
 
 #: PUTs up to this size go without `Expect: 100-continue` (botocore adds it to every file-like
 #: body): it costs a second round trip, and a small body is cheaper to resend than to wait for.

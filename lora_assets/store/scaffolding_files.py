@@ -317,3 +317,58 @@ def bundle_to_dir(bundle: ScaffoldingBundle, directory: Path | str) -> Path:
         _write_json(directory / name, [_record_json(r, key_field, kind) for r in getattr(bundle, field)])
     _write_json(directory / CONSULTANT_FILE, bundle.consultant_profile.model_dump(mode="json"))
     return directory
+
+
+def _split_s3(location: str) -> tuple[str, str]:
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ScaffoldingFileError([f"scaffolding location {location!r}: no bucket (expected s3://bucket/prefix)"])
+    return bucket, prefix.strip("/")
+
+
+def _download_s3(location: str, client: Any, target: Path) -> None:
+    """Copy the five files under `location` (s3://bucket/prefix) into `target`; every missing or
+    unreadable one is named in one ScaffoldingFileError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = _split_s3(location)
+    problems = []
+    for name in FILE_NAMES:
+        key = f"{prefix}/{name}" if prefix else name
+        try:
+            client.download_file(bucket, key, str(target / name))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            reason = "not found" if code in ("404", "NoSuchKey", "NoSuchBucket") else f"{code or 'error'}: {exc}"
+            problems.append(f"s3://{bucket}/{key}: {reason}")
+        except BotoCoreError as exc:
+            problems.append(f"s3://{bucket}/{key}: {exc.__class__.__name__}: {exc}")
+    if problems:
+        raise ScaffoldingFileError(problems)
+
+
+def load_scaffolding(location: str | Path | None, limits: ScaffoldingLimits | None = None,
+                     s3_client: Any = None) -> ScaffoldingBundle:
+    """The scaffolding bundle at `location`: the bundled data when empty, a local directory, or
+    an `s3://bucket/prefix` holding the same five files (read with `s3_client`). Problems are
+    named as `load_bundle` names them; S3 ones by their s3:// URL."""
+    if not location:
+        return load_bundle(BUNDLED_DIR, limits)
+    location = str(location)
+    if not location.startswith("s3://"):
+        return load_bundle(Path(location), limits)
+    if s3_client is None:
+        raise ScaffoldingFileError([f"scaffolding location {location}: an S3 location needs the S3 client "
+                                    "(LORA_S3_ENDPOINT_URL / AWS credentials)"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lora-scaffolding-") as tmp:
+        _download_s3(location, s3_client, Path(tmp))
+        try:
+            return load_bundle(Path(tmp), limits)
+        except ScaffoldingFileError as exc:
+            # Name the S3 objects, not the temporary directory they were copied to.
+            base = location.rstrip("/")
+            raise ScaffoldingFileError([
+                f"{base}/{p}" if p.split(":", 1)[0] in FILE_NAMES else p.replace(tmp, base) for p in exc.problems
+            ]) from None

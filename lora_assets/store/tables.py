@@ -97,6 +97,9 @@ batch_jobs = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
+    # The batch's Dagster partition key: a unique slug of its name (batches planned before slugs
+    # existed have none and keep their id as key).
+    sa.Column("slug", sa.String(80), unique=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
     sa.Column("tier", sa.String(16), nullable=False),
     sa.Column("model", sa.Text, nullable=False),
@@ -108,6 +111,8 @@ batch_jobs = sa.Table(
     # The scaffolding rows (by id) and consultant profile as they were when the batch was planned:
     # what every item is generated, parsed and enriched from, whatever changes in the tables later.
     sa.Column("scaffolding_snapshot", Json),
+    # The cost estimate made before planning (core.estimate.CostEstimate), shown beside the actual cost.
+    sa.Column("estimate", Json),
     *_timestamps(),
 )
 
@@ -206,6 +211,13 @@ conversations = sa.Table(
     sa.Column("quality_score", sa.Float),
     sa.Column("judge_scores", Json),
     sa.Column("human_reviewed", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Human review (core.review): approve | reject | NULL (not reviewed), the reviewer's notes, when.
+    # A rejected conversation never enters a training file.
+    sa.Column("review_decision", sa.String(16)),
+    sa.Column("reviewer_notes", sa.Text),
+    sa.Column("reviewed_at", Ts),
+    # The enrichment logic version its enriched.json was written by (core.enrich.ENRICHMENT_VERSION).
+    sa.Column("enrichment_version", sa.String(32)),
     # What the stage's checks found while the conversation was in memory: {"run_id": the run
     # that wrote the file, "problems": {check name: [messages]}}. Checks read these instead of
     # every file again (and re-read only files another run wrote).
@@ -229,11 +241,12 @@ training_files = sa.Table(
     sa.Column("description", sa.Text),
     sa.Column("status", sa.String(16), nullable=False, server_default="active"),
     sa.Column("min_quality", sa.Float),
+    # Leave out members whose Claude-judge overall score is below this, or who were never judged.
+    sa.Column("min_judge_score", sa.Float),
     sa.Column("current_version", sa.Integer, nullable=False, server_default="0"),
     # Metadata of the current version, as in the seed's training_files table.
     sa.Column("json_file_path", sa.Text),
     sa.Column("jsonl_file_path", sa.Text),
-    sa.Column("storage_bucket", sa.Text),
     sa.Column("conversation_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("total_training_pairs", sa.Integer, nullable=False, server_default="0"),
     sa.Column("json_file_size", sa.BigInteger),

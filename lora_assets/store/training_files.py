@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection, Engine
 
 from lora_assets.core.aggregate import MemberSummary, validate_training_file_name
@@ -38,14 +39,32 @@ def list_training_files(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(sa.select(t.training_files).order_by(t.training_files.c.name)).mappings()]
 
 
-def conversations_of_batches(conn: Connection, batch_ids: Sequence[str]) -> list[str]:
-    """Every conversation of the given batches (unknown batch ids are an error)."""
-    known = set(conn.scalars(sa.select(t.batch_jobs.c.id).where(t.batch_jobs.c.id.in_(batch_ids))))
-    missing = [b for b in batch_ids if b not in known]
+def resolve_batches(conn: Connection, refs: Sequence[str]) -> list[str]:
+    """The batch job ids that `refs` name, in order; TrainingFileError listing every unknown one.
+    The one lookup of a batch by what a person types (its id today; a slug can be added here)."""
+    known = set(conn.scalars(sa.select(t.batch_jobs.c.id).where(t.batch_jobs.c.id.in_(list(refs)))))
+    missing = [b for b in refs if b not in known]
     if missing:
         raise TrainingFileError(f"unknown batch job id(s): {missing}")
+    return list(dict.fromkeys(refs))
+
+
+def conversations_of_batches(conn: Connection, batch_ids: Sequence[str]) -> list[str]:
+    """Every conversation of the given batches (unknown batch ids are an error)."""
+    batch_ids = resolve_batches(conn, batch_ids)
     c = t.conversations
     return list(conn.scalars(sa.select(c.c.id).where(c.c.batch_job_id.in_(batch_ids)).order_by(c.c.batch_job_id, c.c.id)))
+
+
+def not_enriched_reason(row: Any) -> str | None:
+    """Why a conversation row is not usable as an enriched conversation (None when it is): the
+    one rule for "enriched", used by membership, the build and the enrichment check. `row` needs
+    parse_status, parse_error, enrichment_status, enrichment_error and enriched_file_path."""
+    if row["enrichment_status"] == EnrichmentStatus.COMPLETED and row["enriched_file_path"]:
+        return None
+    why = row["enrichment_error"] or row["parse_error"] or ""
+    return (f"not enriched (parse_status={row['parse_status']}, enrichment_status={row['enrichment_status']})"
+            + (f": {why}" if why else ""))
 
 
 def _membership_problems(conn: Connection, training_file_id: str | None, ids: Sequence[str]) -> dict[str, str]:
@@ -79,13 +98,8 @@ def _membership_problems(conn: Connection, training_file_id: str | None, ids: Se
             problems.setdefault(cid, "no such conversation")
         elif cid in existing:
             problems.setdefault(cid, "already a member of this training file")
-        elif row["enrichment_status"] != EnrichmentStatus.COMPLETED or not row["enriched_file_path"]:
-            why = row["enrichment_error"] or row["parse_error"] or ""
-            problems.setdefault(
-                cid,
-                f"not enriched (parse_status={row['parse_status']}, enrichment_status={row['enrichment_status']})"
-                + (f": {why}" if why else ""),
-            )
+        elif (reason := not_enriched_reason(row)) is not None:
+            problems.setdefault(cid, reason)
     return problems
 
 
@@ -93,6 +107,101 @@ def eligible_subset(conn: Connection, ids: Sequence[str]) -> tuple[list[str], di
     """Split `ids` into the enriched ones and the rest (with reasons), for `--skip-ineligible`."""
     problems = _membership_problems(conn, None, ids)
     return [i for i in dict.fromkeys(ids) if i not in problems], problems
+
+
+def _check_thresholds(name: str, min_quality: float | None, min_judge_score: float | None) -> None:
+    """Thresholds are scores on the 0-5 scale; refuse anything else, naming the setting."""
+    if min_quality is not None and not 0 <= min_quality <= 5:
+        raise TrainingFileError(f"training file {name!r}: --min-quality {min_quality} must be between 0 and 5")
+    if min_judge_score is not None and not 0 <= min_judge_score <= 5:
+        raise TrainingFileError(f"training file {name!r}: min_judge_score {min_judge_score} must be between 0 and 5")
+
+
+class Selection(BaseModel):
+    """Conversations a request selects, and those `skip_ineligible` left out (id -> reason)."""
+
+    conversation_ids: list[str]
+    skipped: dict[str, str] = Field(default_factory=dict)
+
+
+class SelectionError(TrainingFileError):
+    """A selection that names both batches and conversations, or neither."""
+
+
+def select_conversations(
+    conn: Connection, *, batches: Sequence[str] = (), conversations: Sequence[str] = (), skip_ineligible: bool = False,
+    labels: tuple[str, str] = ("batches", "conversations"),
+) -> Selection:
+    """The selection rule shared by the CLI and the launch config: either batches (every
+    conversation of each) or conversation ids, not both and not neither (SelectionError, naming
+    the two as `labels` say, e.g. the CLI's `("--batch", "--conversation")`); with
+    `skip_ineligible` the ones that cannot be members are left out and listed instead of refused."""
+    if bool(batches) == bool(conversations):
+        raise SelectionError(f"give either {labels[0]} or {labels[1]} (one of them, at least once)")
+    ids = list(conversations) if conversations else conversations_of_batches(conn, list(batches))
+    if not skip_ineligible:
+        return Selection(conversation_ids=ids)
+    kept, problems = eligible_subset(conn, ids)
+    return Selection(conversation_ids=kept, skipped=problems)
+
+
+class LaunchRequest(BaseModel):
+    """What a launch of a training file's build asks for besides the build (the run config)."""
+
+    description: str | None = None
+    batches: list[str] = Field(default_factory=list)
+    conversations: list[str] = Field(default_factory=list)
+    min_quality: float | None = None
+    min_judge_score: float | None = None
+    skip_ineligible: bool = False
+
+    @property
+    def selects(self) -> bool:
+        """Whether the request names members (else: rebuild the current membership)."""
+        return bool(self.batches or self.conversations)
+
+    @property
+    def changes_settings(self) -> bool:
+        """Whether the request sets the description or a threshold."""
+        return any(v is not None for v in (self.description, self.min_quality, self.min_judge_score))
+
+
+class LaunchOutcome(BaseModel):
+    """What `apply_launch_request` did to the training file."""
+
+    created: bool = False
+    added: int = 0
+    skipped: dict[str, str] = Field(default_factory=dict)
+
+
+def apply_launch_request(engine: Engine, name: str, request: LaunchRequest, *, by: str) -> LaunchOutcome:
+    """Create training file `name` from the request's selection if it is new, else add the
+    selection to it and update the settings the request gives (description, thresholds). All or
+    nothing: a refused member (MembershipError names each id and why) writes nothing. With an
+    empty request the file must exist (TrainingFileError saying how to create it)."""
+    with engine.connect() as conn:
+        tf = get_training_file(conn, name)
+        selection = select_conversations(conn, batches=request.batches, conversations=request.conversations,
+                                         skip_ineligible=request.skip_ineligible) if request.selects else None
+    if tf is None:
+        if selection is None:
+            raise TrainingFileError(
+                f"no training file named {name!r}: create it by launching this partition with run config "
+                "(`batches` or `conversations`, optionally `description`, `min_quality`, `min_judge_score`), "
+                f"or with `lora-assets training-file create {name} --batch BATCH_ID`"
+            )
+        create_training_file(engine, name=name, conversation_ids=selection.conversation_ids, created_by=by,
+                             description=request.description, min_quality=request.min_quality,
+                             min_judge_score=request.min_judge_score)
+        return LaunchOutcome(created=True, added=len(selection.conversation_ids), skipped=selection.skipped)
+    _check_thresholds(name, request.min_quality, request.min_judge_score)
+    added = add_members(engine, name=name, conversation_ids=selection.conversation_ids, added_by=by) if selection else 0
+    if request.changes_settings:
+        settings = {k: getattr(request, k) for k in ("description", "min_quality", "min_judge_score")}
+        with engine.begin() as conn:
+            conn.execute(sa.update(t.training_files).where(t.training_files.c.id == tf["id"])
+                         .values(**{k: v for k, v in settings.items() if v is not None}, updated_at=now()))
+    return LaunchOutcome(added=added, skipped=selection.skipped if selection else {})
 
 
 def create_training_file(
@@ -103,14 +212,14 @@ def create_training_file(
     created_by: str,
     description: str | None = None,
     min_quality: float | None = None,
+    min_judge_score: float | None = None,
 ) -> str:
     """Create a training file with its members, in one transaction; refuse (listing every
     offending id and why) rather than skip. Returns the training file id."""
     validate_training_file_name(name)
     if not conversation_ids:
         raise TrainingFileError(f"training file {name!r}: the selection is empty (no conversations)")
-    if min_quality is not None and not 0 <= min_quality <= 5:
-        raise TrainingFileError(f"training file {name!r}: --min-quality {min_quality} must be between 0 and 5")
+    _check_thresholds(name, min_quality, min_judge_score)
     with engine.begin() as conn:
         if get_training_file(conn, name) is not None:
             raise TrainingFileError(f"training file {name!r} already exists (use `training-file add`)")
@@ -121,7 +230,7 @@ def create_training_file(
         conn.execute(
             sa.insert(t.training_files).values(
                 id=file_id, name=name, description=description, min_quality=min_quality,
-                status=TrainingFileStatus.ACTIVE, created_by=created_by,
+                min_judge_score=min_judge_score, status=TrainingFileStatus.ACTIVE, created_by=created_by,
             )
         )
         _insert_members(conn, file_id, conversation_ids, created_by)
@@ -152,16 +261,19 @@ def _insert_members(conn: Connection, file_id: str, ids: Iterable[str], by: str)
 
 
 def member_rows(conn: Connection, training_file_id: str) -> list[dict[str, Any]]:
-    """Members in the order they were added, with what the build needs (no training text)."""
+    """Members in the order they were added, with what the build needs (no training text),
+    including their human review state (`review_decision`, `reviewer_notes`)."""
     c, m = t.conversations, t.training_file_conversations
     q = (
         sa.select(
             c.c.id, c.c.batch_job_id, c.c.enrichment_status, c.c.enriched_file_path, c.c.quality_score,
             c.c.training_pair_count, c.c.turn_count, c.c.human_reviewed, c.c.generator, c.c.model, c.c.cost_usd,
+            c.c.judge_scores, c.c.review_decision, c.c.reviewer_notes, t.batch_jobs.c.name.label("batch_name"),
             t.personas.c.persona_key, t.emotional_arcs.c.arc_key, t.training_topics.c.topic_key,
         )
         .select_from(
             m.join(c, c.c.id == m.c.conversation_id)
+            .outerjoin(t.batch_jobs, t.batch_jobs.c.id == c.c.batch_job_id)
             .outerjoin(t.personas, t.personas.c.id == c.c.persona_id)
             .outerjoin(t.emotional_arcs, t.emotional_arcs.c.id == c.c.emotional_arc_id)
             .outerjoin(t.training_topics, t.training_topics.c.id == c.c.training_topic_id)
@@ -170,6 +282,13 @@ def member_rows(conn: Connection, training_file_id: str) -> list[dict[str, Any]]
         .order_by(m.c.added_at, m.c.id)
     )
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def batch_rows(conn: Connection, batch_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """id -> {id, name, model, created_at} of the given batch jobs (no scaffolding snapshot)."""
+    b = t.batch_jobs
+    q = sa.select(b.c.id, b.c.name, b.c.model, b.c.created_at).where(b.c.id.in_(list(batch_ids)))
+    return {r["id"]: dict(r) for r in conn.execute(q).mappings()}
 
 
 def enrichment_statuses(conn: Connection, conversation_ids: Iterable[str]) -> dict[str, str]:
@@ -255,3 +374,17 @@ def record_version(conn: Connection, training_file_id: str, row_id: str, values:
         .where(t.training_files.c.id == training_file_id)
         .values(**current, current_version=values["version"], status=TrainingFileStatus.ACTIVE, updated_at=now())
     )
+
+
+def training_files_holding_batch(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
+    """Training files with members from batch `batch_id`: {name, current_version, members (from
+    that batch)}, by name. After the batch is re-enriched they are stale until rebuilt."""
+    f, m, c = t.training_files, t.training_file_conversations, t.conversations
+    q = (
+        sa.select(f.c.name, f.c.current_version, sa.func.count(m.c.conversation_id).label("members"))
+        .select_from(f.join(m, m.c.training_file_id == f.c.id).join(c, c.c.id == m.c.conversation_id))
+        .where(c.c.batch_job_id == batch_id)
+        .group_by(f.c.id, f.c.name, f.c.current_version)
+        .order_by(f.c.name)
+    )
+    return [dict(r) for r in conn.execute(q).mappings()]

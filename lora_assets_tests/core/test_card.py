@@ -128,3 +128,76 @@ def test_size_categories() -> None:
     assert size_category(999) == "n<1K"
     assert size_category(1000) == "1K<n<10K"
     assert size_category(250_000) == "100K<n<1M"
+
+
+def _length_and_leakage():
+    """Token-length and leakage reports of the `_inputs` conversations, as a build streams them."""
+    from lora_assets.core.aggregate import scaffolding_keys
+    from lora_assets.core.export import chat_example
+    from lora_assets.core.leakage import LeakageStats
+    from lora_assets.core.tokens import LengthStats
+
+    lengths, leakage = LengthStats(), LeakageStats()
+    convs = [
+        make_conversation("c1", pairs=3),
+        make_conversation("c2", pairs=2, persona="anxious_planner"),
+        make_conversation("c3", pairs=2, persona="anxious_planner", arc="fear_to_confidence"),
+    ]
+    for conv, split in zip(convs, ["train", "train", "validation"], strict=True):
+        example = chat_example(conv)
+        assert example is not None
+        lengths.add(example.messages)
+        leakage.add(example.messages, split, conversation_id=example.conversation_id, cell=scaffolding_keys(conv))
+    return lengths.result(max_length=128), leakage.result()
+
+
+def test_card_token_lengths_overlap_diversity_and_filters_sections() -> None:
+    stats, export, dedup = _inputs()
+    plain = dataset_card(name="x", stats=stats, export=export, sources=[CLAUDE])
+    assert "## Token lengths" not in plain and "## Overlap and diversity" not in plain
+    assert "Filters that ran" not in plain
+
+    lengths, leakage = _length_and_leakage()
+    card = dataset_card(
+        name="x", stats=stats, export=export, dedup=dedup, sources=[CLAUDE],
+        lengths=lengths, leakage=leakage, filters_run=["dedup", "quality ≥ 3.5"],
+    )
+    # Token lengths: method labelled as an estimate, percentiles, recommendations, truncation.
+    assert "## Token lengths" in card
+    assert "`estimate: chars/4` — an **estimate**" in card
+    e = lengths.examples
+    assert f"| examples | 3 | {e.p50} | {e.p95} | {e.p99} | {e.max} |" in card
+    assert f"Recommended Axolotl `sequence_len`:** {lengths.recommended_sequence_len} (p99 rounded up to a multiple of 64)" in card
+    assert f"Recommended TRL `max_length`:** {lengths.recommended_max_length}" in card
+    t = lengths.truncation
+    assert t is not None and t.examples_over == 3  # every example is longer than 128 tokens
+    assert f"At max_length 128:** 3 example(s) exceed it; {t.assistant_tokens_cut:,} of {t.assistant_tokens_total:,}" in card
+    # Overlap and diversity figures and the per-cell table.
+    assert "## Overlap and diversity" in card
+    assert "| validation assistant turns identical to a train turn (≥ 8 words) | 0 of 2 (0.0%) |" in card
+    assert f"{leakage.diversity.distinct_1:.3f} / {leakage.diversity.distinct_2:.3f}" in card
+    assert "| anxious_planner | fear_to_confidence | mortgage_payoff_strategy | 1 |" in card
+    assert "most repeated template" in card
+    # Filters, under Curation.
+    assert "Filters that ran: `dedup`, `quality ≥ 3.5`." in card
+    assert card.index("## Token lengths") < card.index("## Quality") < card.index("## Overlap and diversity") < card.index("## Source batches")
+
+
+def test_card_names_the_tokenizer_when_one_counted(tmp_path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from lora_assets.core.tokens import LengthStats, TokenizerCounter
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["a small corpus of words"] * 5, trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    lengths = LengthStats(TokenizerCounter(tmp_path))
+    lengths.add([{"role": "user", "content": "a small question"}, {"role": "assistant", "content": "a small answer"}])
+    stats, export, _ = _inputs()
+    card = dataset_card(name="x", stats=stats, export=export, sources=[CLAUDE], lengths=lengths.result(), filters_run=[])
+    assert f"Counted with the tokenizer `{tmp_path / 'tokenizer.json'}`" in card
+    assert "estimate" not in card.split("## Token lengths")[1].split("## Quality")[0]
+    assert "At max_length" not in card
+    assert "Filters that ran: none." in card

@@ -6,13 +6,17 @@ import io
 import json
 from pathlib import Path
 
+import jinja2
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from jinja2 import nodes
+from jinja2.ext import Extension
 
 from lora_assets.core.aggregate import DuplicateMemberError
 from lora_assets.core.export import (
     PARQUET_SCHEMA,
+    AxolotlConfigError,
     ConversationShapeError,
     ExportWriter,
     InvalidSplitError,
@@ -244,11 +248,60 @@ def test_history_out_of_order_or_contradicting_pairs_is_refused() -> None:
     assert writer.stats.messages_train == 0
 
 
+#: What Axolotl 0.19 documents for a `type: chat_template` dataset entry (`SFTDataset` in
+#: axolotl/utils/schemas/datasets.py), with the values it accepts where they are a closed set.
+AXOLOTL_SFT_DATASET_KEYS = {
+    "path", "split", "type", "input_transform", "shards", "shards_idx", "preprocess_shards", "conversation",
+    "chat_template", "chat_template_jinja", "data_files", "input_format", "name", "ds_type", "field",
+    "field_human", "field_model", "field_messages", "field_tools", "field_thinking", "template_thinking_key",
+    "message_field_role", "message_field_content", "message_property_mappings", "message_field_training",
+    "message_field_training_detail", "split_thinking", "logprobs_field", "temperature", "roles_to_train",
+    "train_on_eos", "roles", "drop_system_message", "trust_remote_code", "revision",
+}
+AXOLOTL_TRAIN_ON_EOS = {"all", "turn", "last"}
+#: Top-level keys the snippet may set (all documented in Axolotl's config reference).
+AXOLOTL_TOP_LEVEL_KEYS = {"chat_template", "chat_template_jinja", "sequence_len", "datasets", "test_datasets", "val_set_size"}
+#: Axolotl's `ChatTemplate` enum; `tokenizer_default_fallback_<name>` is accepted as well.
+AXOLOTL_CHAT_TEMPLATES = {
+    "alpaca", "chatml", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "gemma", "cohere",
+    "llama3", "llama3_2_vision", "llama4", "phi_3", "phi_35", "deepseek_v2", "deepseek_v3", "jamba", "jinja",
+    "qwen_25", "qwen3", "tokenizer_default", "exaone", "metharme", "pixtral", "llava", "qwen2_vl", "gemma3",
+}
+#: Axolotl's role names (target roles of `roles:`).
+AXOLOTL_ROLES = {"system", "user", "assistant", "tool"}
+
+
+def _assert_axolotl_schema(cfg: dict) -> None:
+    """The parsed snippet uses only documented Axolotl keys and values."""
+    assert set(cfg) <= AXOLOTL_TOP_LEVEL_KEYS
+    template = cfg["chat_template"]
+    assert template in AXOLOTL_CHAT_TEMPLATES or (
+        template.startswith("tokenizer_default_fallback_")
+        and template.removeprefix("tokenizer_default_fallback_") in AXOLOTL_CHAT_TEMPLATES
+    )
+    if template == "jinja":
+        assert isinstance(cfg["chat_template_jinja"], str) and cfg["chat_template_jinja"]
+    assert isinstance(cfg["sequence_len"], int) and cfg["sequence_len"] > 0
+    for section in ("datasets", "test_datasets"):
+        for ds in cfg.get(section, []):
+            assert set(ds) <= AXOLOTL_SFT_DATASET_KEYS, set(ds) - AXOLOTL_SFT_DATASET_KEYS
+            assert ds["type"] == "chat_template"
+            assert isinstance(ds["path"], str)
+            assert ds["train_on_eos"] in AXOLOTL_TRAIN_ON_EOS
+            assert all(isinstance(k, str) and isinstance(v, str) for k, v in ds["message_property_mappings"].items())
+            assert set(ds["roles"]) <= AXOLOTL_ROLES
+            assert all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in ds["roles"].values())
+            assert isinstance(ds["roles_to_train"], list)
+    if "test_datasets" in cfg:
+        assert cfg["val_set_size"] == 0
+
+
 def test_axolotl_config_snippet() -> None:
-    text = axolotl_config(train_path="train.messages.jsonl", validation_path="validation.messages.jsonl")
+    text = axolotl_config(train_path="train.messages.jsonl", validation_path="validation.messages.jsonl", sequence_len=1536)
     assert text.startswith("# Axolotl")
     assert "SNIPPET" in text
     cfg = yaml.safe_load(text)
+    _assert_axolotl_schema(cfg)
     [train] = cfg["datasets"]
     assert train == {
         "path": "train.messages.jsonl",
@@ -256,14 +309,97 @@ def test_axolotl_config_snippet() -> None:
         "type": "chat_template",
         "field_messages": "messages",
         "message_property_mappings": {"role": "role", "content": "content"},
+        "roles": {"user": ["user"], "assistant": ["assistant"], "system": ["system"]},
         "roles_to_train": ["assistant"],
         "train_on_eos": "turn",
     }
     [test] = cfg["test_datasets"]
     assert test["path"] == "validation.messages.jsonl" and test["split"] == "train"
-    assert cfg["chat_template"] == "tokenizer_default"
+    assert {k: v for k, v in test.items() if k not in ("path", "split")} == {k: v for k, v in train.items() if k != "path"}
+    # Works on a base without a chat template: its own if it has one, ChatML otherwise.
+    assert cfg["chat_template"] == "tokenizer_default_fallback_chatml"
     assert cfg["val_set_size"] == 0
+    assert cfg["sequence_len"] == 1536
 
     only_train = yaml.safe_load(axolotl_config(train_path='odd "name": x.jsonl'))
+    _assert_axolotl_schema(only_train)
     assert only_train["datasets"][0]["path"] == 'odd "name": x.jsonl'
-    assert "test_datasets" not in only_train
+    assert "test_datasets" not in only_train and "val_set_size" not in only_train
+    assert only_train["sequence_len"] == 2048  # unknown lengths: the default
+
+
+def test_axolotl_config_explicit_template_choices() -> None:
+    llama = yaml.safe_load(axolotl_config(train_path="t.jsonl", chat_template="llama3"))
+    _assert_axolotl_schema(llama)
+    assert llama["chat_template"] == "llama3"
+    jinja_text = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    custom = yaml.safe_load(axolotl_config(train_path="t.jsonl", chat_template_jinja=jinja_text))
+    _assert_axolotl_schema(custom)
+    assert custom["chat_template"] == "jinja" and custom["chat_template_jinja"] == jinja_text
+    for bad in ("chatml2", "tokenizer_default_fallback_nope", "jinja"):
+        with pytest.raises(AxolotlConfigError):
+            axolotl_config(train_path="t.jsonl", chat_template=bad)
+    with pytest.raises(AxolotlConfigError):
+        axolotl_config(train_path="t.jsonl", sequence_len=0)
+
+
+# ChatML as Axolotl's fallback applies it, with `{% generation %}` around what an assistant turn
+# trains (its content and, with train_on_eos: turn, its end-of-turn marker) — the convention
+# transformers uses for `return_assistant_tokens_mask`.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}"
+    "{{ '\\n' }}"
+    "{% endfor %}"
+)
+_OPEN, _CLOSE = "\x02", "\x03"
+
+
+class _GenerationMarks(Extension):
+    """`{% generation %}…{% endgeneration %}`: wraps the block in sentinel characters so the
+    trainable character spans can be read back from the rendered text."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):  # type: ignore[no-untyped-def]
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+    def _mark(self, caller):  # type: ignore[no-untyped-def]
+        return _OPEN + caller() + _CLOSE
+
+
+def _render_with_mask(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    marked = jinja2.Environment(extensions=[_GenerationMarks]).from_string(CHATML).render(messages=messages)
+    text, spans, start = [], [], None
+    for ch in marked:
+        if ch == _OPEN:
+            start = sum(map(len, text))
+        elif ch == _CLOSE:
+            spans.append((start, sum(map(len, text))))
+        else:
+            text.append(ch)
+    return "".join(text), spans
+
+
+def test_exported_messages_render_through_chatml_with_assistant_turns_trainable() -> None:
+    conv = make_conversation("c1", pairs=3)
+    handles, _ = _export([(conv, "train")])
+    [example] = _lines(handles["messages_train"])
+    messages = example["messages"]
+    text, spans = _render_with_mask(messages)
+
+    assert text.startswith("<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n")
+    assert text.count("<|im_start|>") == len(messages)
+    trained = "".join(text[a:b] for a, b in spans)
+    assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+    # One trainable span per assistant turn: exactly its content plus its end-of-turn marker.
+    assert [text[a:b] for a, b in spans] == [a + "<|im_end|>" for a in assistants]
+    for m in messages:
+        if m["role"] != "assistant":
+            assert m["content"] not in trained  # system/user text is context only
+    # Nothing else is trained: the role headers stay outside the spans.
+    assert "<|im_start|>" not in trained and "user\n" not in trained

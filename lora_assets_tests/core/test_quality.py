@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from lora_assets.core.aggregate import conversation_quality
 from lora_assets.core.quality import (
     appropriateness_score,
     brand_voice_score,
     clarity_score,
-    conversation_quality,
     detect_skills,
     empathy_score,
     overall,

@@ -7,15 +7,8 @@ from typing import Any
 
 import pytest
 
-from lora_assets.core.validate import (
-    DocumentKindError,
-    Problem,
-    detect_kind,
-    enriched_problems,
-    is_readable_text,
-    parsed_problems,
-    validate_text,
-)
+from lora_assets.core.rules import Problem, enriched_problems, is_readable_text, parsed_problems
+from lora_assets.core.validate import DocumentKindError, detect_kind, validate_text
 from lora_assets_tests.core.factories import (
     enrich_default,
     make_message,

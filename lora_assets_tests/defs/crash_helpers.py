@@ -22,7 +22,8 @@ from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.settings import DEFAULT_USER_ID
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import LocalBlobStore
-from lora_assets.store.queries import conversation_id_for, conversation_key
+from lora_assets_tests import check_names
+from lora_assets.store.common import conversation_id_for, conversation_key
 
 #: The console script of the project's venv (a test must run the product as a user would).
 LORA_ASSETS = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "lora-assets"
@@ -30,16 +31,8 @@ LORA_ASSETS = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "lora-asse
 #: Environment variables of the parent that must not leak into a run under test.
 _SCRUB = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "DAGSTER_HOME", "LORA_")
 
-#: The seven checks of the batch_pipeline job (raw / parsed / enriched).
-PIPELINE_CHECKS = {
-    "items_accounted_for",
-    "input_parameters_complete",
-    "client_persona_matches",
-    "enriched_has_input_parameters",
-    "training_pairs_have_scaffolding",
-    "client_background_readable",
-    "all_conversations_enriched",
-}
+#: The checks of the batch_pipeline job (raw / parsed / enriched).
+PIPELINE_CHECKS = set(check_names.PIPELINE_CHECKS)
 
 _CHECK_LINE = re.compile(r"^\s*check (PASS|FAIL)\s+(\S+):(\S+)", re.MULTILINE)
 

@@ -18,6 +18,7 @@ from dagster import (
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
+    TableMetadataValue,
 )
 from sqlalchemy.engine import Engine
 
@@ -25,24 +26,18 @@ from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
 from lora_assets.schemas import BatchSelection
 from lora_assets.store import db as dbq
-from lora_assets.store import queries as q
+from lora_assets.store.batches import batch_progress, plan_batch
+from lora_assets.store.conversations import batch_conversations, update_conversation
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import BlobStore
 from lora_assets.store.scaffolding_files import load_bundle
+from lora_assets_tests import check_names
 
 #: Console logger at WARNING: keeps in-process runs quiet (event log is unaffected).
 QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-#: Which asset each batch-level check hangs on.
-CHECK_ASSET = {
-    "items_accounted_for": "raw_conversations",
-    "input_parameters_complete": "parsed_conversations",
-    "client_persona_matches": "parsed_conversations",
-    "enriched_has_input_parameters": "enriched_conversations",
-    "training_pairs_have_scaffolding": "enriched_conversations",
-    "client_background_readable": "enriched_conversations",
-    "all_conversations_enriched": "enriched_conversations",
-}
+#: Which asset each batch-level check hangs on (derived from the Definitions).
+CHECK_ASSET = check_names.CHECK_ASSET
 
 
 # --- store -----------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ def plan(
         ak = [a.arc_key for a in dbq.read_emotional_arcs(conn)][:n_arcs]
         tk = [x.topic_key for x in dbq.read_training_topics(conn)][:n_topics]
     assert len(pk) == n_personas and len(ak) == n_arcs and len(tk) == n_topics, "not enough bundled scaffolding"
-    batch_id, n = q.plan_batch(
+    batch_id, n = plan_batch(
         engine,
         selection=BatchSelection(persona_keys=pk, arc_keys=ak, topic_keys=tk, conversations_per_combination=per),
         model=model,
@@ -173,14 +168,25 @@ def metadata(result: ExecuteInProcessResult, asset_name: str) -> dict[str, Any]:
     """Materialisation metadata of `asset_name` in a run, as plain values."""
     for ev in result.get_asset_materialization_events():
         if ev.asset_key.to_user_string() == asset_name:
-            return {k: v.value for k, v in ev.materialization.metadata.items()}
+            return {k: plain(v) for k, v in ev.materialization.metadata.items()}
     raise AssertionError(f"{asset_name} was not materialised in run {result.run_id}")
+
+
+def plain(value: Any) -> Any:
+    """A metadata value as a plain value; a table as markdown-style lines (`| a | b |`, header
+    first), so a test can search it for a row."""
+    if isinstance(value, TableMetadataValue):
+        names = [c.name for c in value.schema.columns]
+        lines = ["| " + " | ".join(names) + " |"]
+        lines += ["| " + " | ".join(str(r.data.get(n)) for n in names) + " |" for r in value.records]
+        return "\n".join(lines)
+    return value.value
 
 
 def check_text(evaluation: Any) -> str:
     """Description + every metadata value of a check evaluation, as one string to search."""
     parts = [evaluation.description or ""]
-    parts += [f"{k}: {v.value}" for k, v in evaluation.metadata.items()]
+    parts += [f"{k}: {plain(v)}" for k, v in evaluation.metadata.items()]
     return "\n".join(str(p) for p in parts)
 
 
@@ -196,12 +202,12 @@ def run_event_log_text(instance: DagsterInstance, run_id: str) -> str:
 
 def conversations(engine: Engine, batch_id: str, **filters: Any) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return q.batch_conversations(conn, batch_id, **filters)
+        return batch_conversations(conn, batch_id, **filters)
 
 
 def progress(engine: Engine, batch_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
-        return q.batch_progress(conn, batch_id)
+        return batch_progress(conn, batch_id)
 
 
 def items(engine: Engine, batch_id: str) -> list[dict[str, Any]]:
@@ -214,7 +220,7 @@ def items(engine: Engine, batch_id: str) -> list[dict[str, Any]]:
 
 def update_row(engine: Engine, conversation_id: str, **values: Any) -> None:
     with engine.begin() as conn:
-        q.update_conversation(conn, conversation_id, **values)
+        update_conversation(conn, conversation_id, **values)
 
 
 def read_json(store: BlobStore, key: str) -> Any:

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,7 +27,7 @@ from lora_assets.defs.automation import NIGHTLY_BATCH_SIZE, nightly_coverage_bat
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.generation.simulator import ClaudeSimulator
 from lora_assets.schemas import BatchSelection
-from lora_assets.store import queries as q
+from lora_assets.store.batches import coverage_counts, get_batch, plan_batch, set_batch_status
 from lora_assets.store import tables as t
 from lora_assets_tests.defs import helpers as h
 
@@ -45,13 +46,24 @@ def persistent_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
 
 
 @pytest.fixture
-def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str) -> str:
-    """Point the settings the sensor / schedule read (build_resources from env) at the test DB."""
-    monkeypatch.setenv("LORA_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("LORA_DATABASE_URL", sqlite_url)
-    for name in ("LORA_S3_BUCKET", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LORA_CLAUDE_MODEL"):
-        monkeypatch.delenv(name, raising=False)
+def settings_env(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> str:
+    """The test DB's URL. The sensor and schedule get their resources from the caller (here the
+    evaluation context), never from the environment: the environment points elsewhere."""
+    monkeypatch.setenv("LORA_DATABASE_URL", "sqlite:////nonexistent/not-this.db")
     return sqlite_url
+
+
+def sensor_context(instance: DagsterInstance, db_url: str) -> Any:
+    """A sensor evaluation context carrying the DomainDB resource of `db_url`."""
+    return build_sensor_context(instance=instance, resources={"db": h.DomainDB(database_url=db_url)})
+
+
+def run_schedule(instance: DagsterInstance, db_url: str, when: datetime) -> Any:
+    """Evaluate the nightly schedule with the DomainDB and Claude resources in its context (a
+    context manager: the Claude resource has a teardown)."""
+    resources = {"db": h.DomainDB(database_url=db_url), "claude": h.ClaudeResource()}
+    with build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources) as context:
+        return nightly_coverage_batch(context)
 
 
 def test_enrichment_is_requested_automatically_after_parsing(
@@ -103,15 +115,14 @@ def test_queued_batch_sensor_adds_partition_and_requests_a_run(
     settings_env: str, instance: DagsterInstance, sim: ClaudeSimulator, tmp_path: Path
 ) -> None:
     engine = h.setup_store(settings_env)
-    context = build_sensor_context(instance=instance)
-    skipped = queued_batches_sensor(context)
+    skipped = queued_batches_sensor(sensor_context(instance, settings_env))
     assert isinstance(skipped, SkipReason) and "no queued batch jobs" in skipped.skip_message
 
     # a batch created outside Dagster (e.g. `lora-assets batch create`): a queued row, no partition
     batch_id = h.plan(engine, 1, 2, 1)
     assert not instance.has_dynamic_partition(batch_jobs_partitions.name, batch_id)
 
-    result = queued_batches_sensor(build_sensor_context(instance=instance))
+    result = queued_batches_sensor(sensor_context(instance, settings_env))
 
     assert isinstance(result, SensorResult)
     [add] = result.dynamic_partitions_requests
@@ -121,7 +132,7 @@ def test_queued_batch_sensor_adds_partition_and_requests_a_run(
 
     # what the daemon does with the result: register the partition, launch the run
     instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
-    again = queued_batches_sensor(build_sensor_context(instance=instance))
+    again = queued_batches_sensor(sensor_context(instance, settings_env))
     assert isinstance(again, SensorResult)
     assert again.dynamic_partitions_requests == []  # partition exists: not added twice
     assert [r.run_key for r in again.run_requests] == [f"batch-{batch_id}"]  # same key: the daemon dedupes
@@ -129,14 +140,29 @@ def test_queued_batch_sensor_adds_partition_and_requests_a_run(
     defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
     assert h.run_batch(defs, instance, run.partition_key).success
     with engine.connect() as conn:
-        assert q.get_batch(conn, batch_id)["status"] == "completed"
-    after = queued_batches_sensor(build_sensor_context(instance=instance))
+        assert get_batch(conn, batch_id)["status"] == "completed"
+    after = queued_batches_sensor(sensor_context(instance, settings_env))
     assert isinstance(after, SkipReason)  # no longer queued
+
+
+def test_sensor_gets_its_resources_from_the_definitions(
+    settings_env: str, instance: DagsterInstance, sim: ClaudeSimulator, tmp_path: Path
+) -> None:
+    """The resources given to `build_defs` reach the sensor (nothing built from the environment,
+    which points at a database that does not exist)."""
+    engine = h.setup_store(settings_env)
+    batch_id = h.plan(engine, 1, 1, 1)
+    defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
+    # What the sensor daemon does: the repository's top-level resources go into the context.
+    resources = defs.get_repository_def().get_top_level_resources()
+    with build_sensor_context(instance=instance, resources=resources) as context:
+        result = defs.get_sensor_def("queued_batches_sensor")(context)
+    assert isinstance(result, SensorResult) and [r.partition_key for r in result.run_requests] == [batch_id]
 
 
 def test_queued_batch_sensor_skips_before_init(settings_env: str, instance: DagsterInstance) -> None:
     """No tables yet: a readable skip, not a failed tick every 30 s."""
-    result = queued_batches_sensor(build_sensor_context(instance=instance))
+    result = queued_batches_sensor(sensor_context(instance, settings_env))
     assert isinstance(result, SkipReason) and "lora-assets init" in result.skip_message
 
 
@@ -150,8 +176,8 @@ def test_queued_batch_sensor_never_starts_a_second_run(
     defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
     assert h.run_batch(defs, instance, batch_id).success
     with engine.begin() as conn:
-        q.set_batch_status(conn, batch_id, "queued")
-    result = queued_batches_sensor(build_sensor_context(instance=instance))
+        set_batch_status(conn, batch_id, "queued")
+    result = queued_batches_sensor(sensor_context(instance, settings_env))
     assert isinstance(result, SkipReason) and "without a run" in result.skip_message
 
 
@@ -177,23 +203,23 @@ def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinat
     assert len(every) > 2 * NIGHTLY_BATCH_SIZE + 4
     # cover the 4 combinations that would come first on a tie, with generated conversations
     covered = every[:4]
-    batch_id, _ = q.plan_batch(
+    batch_id, _ = plan_batch(
         engine, selection=BatchSelection(), model="claude-haiku-5-5", mode="messages", created_by="tests", combinations=covered
     )
     defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
     assert h.run_batch(defs, instance, batch_id).success
     with engine.connect() as conn:
-        assert q.coverage_counts(conn, by="id") == {c: 1 for c in covered}
+        assert coverage_counts(conn, by="id") == {c: 1 for c in covered}
 
     when = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
-    request = nightly_coverage_batch(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    request = run_schedule(instance, settings_env, when)
 
     assert isinstance(request, RunRequest)
     nightly = request.partition_key
     assert request.run_key == f"nightly-{nightly}"
     assert instance.has_dynamic_partition(batch_jobs_partitions.name, nightly)
     with engine.connect() as conn:
-        batch = q.get_batch(conn, nightly)
+        batch = get_batch(conn, nightly)
     assert batch["status"] == "queued" and batch["mode"] == "batches" and batch["name"] == "nightly-20261121"
     assert batch["total_items"] == NIGHTLY_BATCH_SIZE and batch["created_by"] == "nightly-schedule"
     planned = _batch_combinations(engine, nightly)
@@ -201,9 +227,7 @@ def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinat
     assert planned == every[4 : 4 + NIGHTLY_BATCH_SIZE]
 
     # the next night does not pick the same gaps: planned-but-pending items count as coverage
-    request2 = nightly_coverage_batch(
-        build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC))
-    )
+    request2 = run_schedule(instance, settings_env, datetime(2026, 11, 22, 2, tzinfo=UTC))
     assert isinstance(request2, RunRequest) and request2.partition_key != nightly
     assert _batch_combinations(engine, request2.partition_key) == every[4 + NIGHTLY_BATCH_SIZE : 4 + 2 * NIGHTLY_BATCH_SIZE]
 
@@ -219,6 +243,6 @@ def test_nightly_schedule_skips_without_scaffolding(settings_env: str, persisten
     from lora_assets.store import db as dbq
 
     dbq.init_schema(h.DomainDB(database_url=settings_env).engine())
-    result = nightly_coverage_batch(build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 21, 2, tzinfo=UTC)))
+    result = run_schedule(instance, settings_env, datetime(2026, 11, 21, 2, tzinfo=UTC))
     assert isinstance(result, SkipReason) and "no scaffolding" in result.skip_message
     assert instance.get_dynamic_partitions(batch_jobs_partitions.name) == []

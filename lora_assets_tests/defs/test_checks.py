@@ -75,7 +75,7 @@ def expected_scaffolding(env: Env, row: dict[str, Any]) -> dict[str, Any]:
 
 def problem_line(evaluation: Any, conversation_id: str) -> str:
     """The row of the check's problems table about `conversation_id` (exactly one)."""
-    table = evaluation.metadata["problems"].value
+    table = h.plain(evaluation.metadata["problems"])
     lines = [line for line in table.splitlines() if line.startswith(f"| {conversation_id} |")]
     assert len(lines) == 1, f"{conversation_id} not named once in:\n{table}"
     return lines[0]
@@ -287,7 +287,7 @@ def test_input_parameters_complete_fails_when_parsed_file_lacks_them(env: Env, g
     assert ev.description == "3 of 4 parsed conversations have complete input_parameters"
     assert ev.metadata["failing"].value == 1
     assert "input_parameters is missing" in problem_line(ev, target["id"])
-    assert all(r["id"] not in ev.metadata["problems"].value for r in good.rows if r is not target)
+    assert all(r["id"] not in h.plain(ev.metadata["problems"]) for r in good.rows if r is not target)
 
 
 def test_input_parameters_complete_fails_on_an_empty_field_and_a_wrong_id(env: Env, good: Batch) -> None:
@@ -381,7 +381,7 @@ def test_all_conversations_enriched_fails_on_a_not_started_row_and_enrichment_re
     assert ev.passed is False
     assert ev.metadata["parsed_not_enriched"].value == 1
     assert "1 parsed but not enriched" in ev.description
-    table = ev.metadata["not_enriched"].value
+    table = h.plain(ev.metadata["not_enriched"])
     assert f"| {target['id']} | parsed | not_started |" in table
 
     # the enrichment asset picks it up again and the check passes

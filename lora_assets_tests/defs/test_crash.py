@@ -26,7 +26,9 @@ from lora_assets.generation.spool import Spool
 from lora_assets.settings import DEFAULT_USER_ID
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import LocalBlobStore
-from lora_assets.store.queries import SqlLedger, batch_progress, conversation_id_for, conversation_key, get_batch
+from lora_assets.store.batches import batch_progress, get_batch
+from lora_assets.store.claims import SqlLedger
+from lora_assets.store.common import conversation_id_for, conversation_key
 from lora_assets_tests.defs.crash_helpers import (
     PIPELINE_CHECKS,
     RunProcess,

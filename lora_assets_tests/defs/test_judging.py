@@ -8,7 +8,7 @@ from dagster import DagsterInstance
 from lora_assets.core.judge import JudgeError, parse_judge_response
 from lora_assets.defs.judging import judge_item_id
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
-from lora_assets.store import queries as q
+from lora_assets.store.conversations import update_conversation
 from lora_assets_tests.defs import helpers as h
 
 
@@ -74,7 +74,7 @@ def test_conversations_another_live_judge_run_holds_are_not_judged_twice(
 ) -> None:
     """Judge items are claimed like generation items: what a live judge run holds is not
     requested by a second one; once that run's claims are gone, the next run judges them."""
-    from lora_assets.store.queries import SqlClaims
+    from lora_assets.store.claims import SqlClaims
 
     engine = h.setup_store(sqlite_url)
     blobs = h.local_blobs(tmp_path / "blobs")
@@ -131,7 +131,7 @@ def test_an_unusable_judge_answer_is_paid_for_once(
         # A row that lost its outcome (a crash after judge.json was written) is made from storage.
         with engine.begin() as conn:
             for row in h.conversations(engine, batch_id):
-                q.update_conversation(conn, row["id"], judge_scores=None)
+                update_conversation(conn, row["id"], judge_scores=None)
         assert _judge(defs, instance, batch_id).success
         assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
         assert all("judge response unusable" in r["judge_scores"]["error"] for r in h.conversations(engine, batch_id))

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
 from lora_assets.settings import DEFAULT_USER_ID
-from lora_assets.store import queries as q
+from lora_assets.store.batches import get_batch
 from lora_assets_tests.defs import helpers as h
 
 CONTENT_FAULTS = ("truncated", "malformed", "refusal", "wrapped", "thinking")
@@ -59,7 +59,7 @@ def test_batch_end_to_end_and_rerun_buys_nothing(
     assert p["items"]["generated"] == 6 and p["items"]["failed"] == 0
     assert p["parse"]["parsed"] == 6 and p["enrichment"]["completed"] == 6
     with engine.connect() as conn:
-        assert q.get_batch(conn, batch_id)["status"] == "completed"
+        assert get_batch(conn, batch_id)["status"] == "completed"
 
     store_ = blobs.store()
     rows = h.conversations(engine, batch_id)

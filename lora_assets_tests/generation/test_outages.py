@@ -39,7 +39,10 @@ from lora_assets.generation.runner import GenerationRequest, generate_batches, g
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
 from lora_assets.generation.spool import Spool
 from lora_assets.settings import DEFAULT_USER_ID
-from lora_assets.store import queries as q
+from lora_assets.store.batches import get_batch, items_to_generate
+from lora_assets.store.claims import SqlLedger
+from lora_assets.store.common import conversation_id_for, conversation_key
+from lora_assets.store.scaffolding import batch_consultant, resolve_items
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import S3BlobStore
 from lora_assets.store.db import make_engine
@@ -97,10 +100,10 @@ def build_requests(engine: Engine, batch_id: str) -> tuple[list[GenerationReques
     """The requests `raw_conversations` builds for a planned batch (scaffolding from the planning
     snapshot), and each item's resolved scaffolding for the ledger."""
     with engine.connect() as conn:
-        batch = q.get_batch(conn, batch_id)
-        todo = q.items_to_generate(conn, batch_id, include_submitted=True)
-        resolved = q.resolve_items(conn, todo)
-        consultant = q.batch_consultant(conn, batch)
+        batch = get_batch(conn, batch_id)
+        todo = items_to_generate(conn, batch_id, include_submitted=True)
+        resolved = resolve_items(conn, todo)
+        consultant = batch_consultant(conn, batch)
     assert consultant is not None
     system = system_prompt(consultant)
     requests = []
@@ -221,7 +224,7 @@ def assert_each_item_stored_once(engine: Engine, batch_id: str, ids: list[str], 
     assert len(stored) == len(set(stored)), "an item has two conversations rows"
     assert sorted(stored) == sorted(ids), f"{len(stored)} conversations rows for {len(ids)} items"
     assert item_statuses(engine, batch_id) == {"generated": len(ids)}
-    assert raw_keys_in_s3(s3, bucket) == sorted(q.conversation_key(DEFAULT_USER_ID, q.conversation_id_for(i), "raw.json")
+    assert raw_keys_in_s3(s3, bucket) == sorted(conversation_key(DEFAULT_USER_ID, conversation_id_for(i), "raw.json")
                                                  for i in ids)
     paid = paid_rows(engine, batch_id)
     assert sorted(paid) == sorted((i, "stored") for i in ids), "paid_requests must hold one `stored` row per item"
@@ -280,9 +283,9 @@ def pg_proxy(pg_url: str) -> Iterator[TcpProxy]:
         yield proxy
 
 
-def ledger_over_s3_proxy(store: Store, proxy: TcpProxy) -> q.SqlLedger:
+def ledger_over_s3_proxy(store: Store, proxy: TcpProxy) -> SqlLedger:
     blobs = S3BlobStore(s3_client(f"http://127.0.0.1:{proxy.port}"), store.bucket)
-    return q.SqlLedger(store.engine, blobs, store.batch_id, DEFAULT_USER_ID, scaffolding=store.scaffolding)
+    return SqlLedger(store.engine, blobs, store.batch_id, DEFAULT_USER_ID, scaffolding=store.scaffolding)
 
 
 def proxied_engine(store: Store, proxy: TcpProxy) -> Engine:
@@ -291,9 +294,9 @@ def proxied_engine(store: Store, proxy: TcpProxy) -> Engine:
     return make_engine(url.render_as_string(hide_password=False))
 
 
-def ledger_over_pg_proxy(store: Store, engine: Engine) -> q.SqlLedger:
+def ledger_over_pg_proxy(store: Store, engine: Engine) -> SqlLedger:
     blobs = S3BlobStore(store.s3_direct, store.bucket)
-    return q.SqlLedger(engine, blobs, store.batch_id, DEFAULT_USER_ID, scaffolding=store.scaffolding)
+    return SqlLedger(engine, blobs, store.batch_id, DEFAULT_USER_ID, scaffolding=store.scaffolding)
 
 
 def bill(sim: ClaudeSimulator) -> dict[str, Any]:
@@ -638,7 +641,7 @@ def test_batches_s3_outage_while_collecting_rerun_stores_from_spool_without_resu
     # The store: each item once (row, raw.json, one `stored` paid row), nothing left in the spool.
     assert sorted(o.stored2) == sorted(o.ids) and len(set(o.stored2)) == len(o.stored2)
     assert o.statuses2 == {"generated": o.n}
-    assert o.raw_keys2 == sorted(q.conversation_key(DEFAULT_USER_ID, q.conversation_id_for(i), "raw.json") for i in o.ids)
+    assert o.raw_keys2 == sorted(conversation_key(DEFAULT_USER_ID, conversation_id_for(i), "raw.json") for i in o.ids)
     assert sorted(o.paid2) == sorted((i, "stored") for i in o.ids)
     assert o.spool_files2 == []
 

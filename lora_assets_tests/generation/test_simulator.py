@@ -344,6 +344,40 @@ def test_thinking_block_comes_first(sim: ClaudeSimulator, client: anthropic.Anth
     assert sim.stats.delivered_by_key["th"] == 1
 
 
+@pytest.mark.xfail(raises=anthropic.InternalServerError, strict=True, reason="known bug: see issue 14 report")
+def test_thinking_fault_on_a_judge_request_still_answers(sim: ClaudeSimulator, client: anthropic.Anthropic) -> None:
+    """A thinking fault on a `<judge_request>` prompt has no conversation to think about: the
+    simulator fails with a 500 instead of answering. Strict xfail, so fixing it flags this test."""
+    sim.config = FaultConfig(thinking_rate=1.0)
+    judge = "<judge_request>\nCLIENT: hello\nADVISOR: I understand.\n</judge_request>"
+    message = create(client, "judge-th", messages=[{"role": "user", "content": judge}])
+    assert json.loads(text_of(message))["empathy_score"] >= 3.0
+
+
+def test_the_answer_is_the_composers_conversation(client: anthropic.Anthropic) -> None:
+    """The Messages text is exactly `content.compose_conversation` of the prompt's scaffolding
+    and the request key (pure, so benchmarks and tests can compose without HTTP)."""
+    from lora_assets.core.prompt import parse_scaffolding_block
+    from lora_assets.generation.simulator import compose_conversation
+
+    composed = compose_conversation(parse_scaffolding_block(prompt()), "same-as-http")
+    assert json.loads(text_of(create(client, "same-as-http"))) == composed
+    assert compose_conversation(parse_scaffolding_block(prompt()), "same-as-http") == composed
+
+
+def test_package_keeps_the_names_callers_import() -> None:
+    """The split package still offers every name other modules, benches and tests import,
+    including the private ones used before the split (aliases of the public names)."""
+    from lora_assets.generation import simulator
+    from lora_assets.generation.simulator import content, faults
+
+    assert simulator._compose_conversation is content.compose_conversation
+    assert simulator._judge_scores is content.judge_scores
+    assert simulator._MESSAGE_FAULTS is faults.MESSAGE_FAULTS
+    assert (simulator._pick, simulator._unit) == (faults.pick, faults.unit)
+    assert {"ClaudeSimulator", "FaultConfig", "SimulatorStats", "serve"} <= set(simulator.__all__)
+
+
 def test_rpm_limit_returns_429_with_retry_after(sim: ClaudeSimulator, client: anthropic.Anthropic) -> None:
     sim.config = FaultConfig(rpm_limit=3, rate_window_s=60.0)
     for i in range(3):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from lora_assets.store import db as dbq
 from lora_assets.store import tables as t
-from lora_assets.store.queries import SqlClaims
+from lora_assets.store.claims import SqlClaims
 
 
 def _claims(db_url: str) -> SqlClaims:

@@ -177,3 +177,50 @@ def test_duplicate_keys_nul_and_sizes_are_refused_with_their_place(scaffold_dir:
     assert any("field 'body'" in p and "LORA_MAX_TEMPLATE_CHARS" in p for p in info.value.problems)
     with pytest.raises(ScaffoldingFileError, match="over the limit of 100 bytes.*LORA_MAX_INPUT_FILE_BYTES"):
         load_bundle(scaffold_dir, ScaffoldingLimits(max_file_bytes=100))
+
+
+def _s3(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def test_load_scaffolding_reads_the_same_layout_from_an_s3_prefix(
+    s3_bucket: tuple[str, str], scaffold_dir: Path, bundle: ScaffoldingBundle
+) -> None:
+    from lora_assets.store.scaffolding_files import load_scaffolding
+
+    endpoint, bucket = s3_bucket
+    client = _s3(endpoint)
+    personas = json.loads((scaffold_dir / "personas.json").read_text())[:2]
+    (scaffold_dir / "personas.json").write_text(json.dumps(personas))
+    for name in FILE_NAMES:
+        client.upload_file(str(scaffold_dir / name), bucket, f"team/scaffolding/{name}")
+    loaded = load_scaffolding(f"s3://{bucket}/team/scaffolding/", s3_client=client)
+    assert [p.persona_key for p in loaded.personas] == [p["persona_key"] for p in personas]
+    assert len(loaded.training_topics) == len(bundle.training_topics)
+    # The default is the bundled data; a local directory is read as it is.
+    assert len(load_scaffolding("").personas) == len(bundle.personas)
+    assert len(load_scaffolding(scaffold_dir).personas) == 2
+
+
+def test_load_scaffolding_from_s3_names_each_missing_or_invalid_object(
+    s3_bucket: tuple[str, str], scaffold_dir: Path
+) -> None:
+    from lora_assets.store.scaffolding_files import load_scaffolding
+
+    endpoint, bucket = s3_bucket
+    client = _s3(endpoint)
+    for name in FILE_NAMES:
+        if name != "training_topics.json":
+            client.upload_file(str(scaffold_dir / name), bucket, f"p/{name}")
+    with pytest.raises(ScaffoldingFileError) as missing:
+        load_scaffolding(f"s3://{bucket}/p", s3_client=client)
+    assert missing.value.problems == [f"s3://{bucket}/p/training_topics.json: not found"]
+
+    client.put_object(Bucket=bucket, Key="p/training_topics.json", Body=b"[{]")
+    with pytest.raises(ScaffoldingFileError) as invalid:
+        load_scaffolding(f"s3://{bucket}/p", s3_client=client)
+    assert len(invalid.value.problems) == 1
+    assert invalid.value.problems[0].startswith(f"s3://{bucket}/p/training_topics.json: ")
+    assert "lora-scaffolding-" not in str(invalid.value)

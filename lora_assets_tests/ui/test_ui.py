@@ -19,19 +19,13 @@ import sqlalchemy as sa
 from lora_assets.defs.scaffolding import SCAFFOLDING_KEYS
 from lora_assets.schemas import ItemStatus
 from lora_assets.store import tables as t
+from lora_assets_tests import check_names
 from lora_assets_tests.ui.conftest import ARTIFACTS, REPO, DagsterServers
 
 pytestmark = pytest.mark.timeout(900)  # a loaded 2-CPU box can take minutes; normally ~3 min
 
 BATCH_ASSETS = ["raw_conversations", "parsed_conversations", "enriched_conversations"]
-CHECKS = {
-    "raw_conversations": ["items_accounted_for"],
-    "parsed_conversations": ["input_parameters_complete", "client_persona_matches"],
-    "enriched_conversations": [
-        "all_conversations_enriched", "client_background_readable",
-        "enriched_has_input_parameters", "training_pairs_have_scaffolding",
-    ],
-}
+CHECKS = {asset: [c for c, a in check_names.CHECK_ASSET.items() if a == asset] for asset in BATCH_ASSETS}
 AUTOMATION_SENSOR = "default_automation_condition_sensor"
 RUN_DEADLINE_S = 420.0
 #: Automation ticks are ~30 s apart, then a run with a process per step: allow several minutes.

@@ -3,6 +3,7 @@
 CREATE TABLE IF NOT EXISTS batch_jobs (
 	id VARCHAR(36) NOT NULL, 
 	name TEXT NOT NULL, 
+	slug VARCHAR(80), 
 	status VARCHAR(16) DEFAULT 'queued' NOT NULL, 
 	tier VARCHAR(16) NOT NULL, 
 	model TEXT NOT NULL, 
@@ -12,9 +13,11 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
 	created_by VARCHAR(36) NOT NULL, 
 	error TEXT, 
 	scaffolding_snapshot JSONB, 
+	estimate JSONB, 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	updated_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
-	PRIMARY KEY (id)
+	PRIMARY KEY (id), 
+	UNIQUE (slug)
 );
 
 CREATE TABLE IF NOT EXISTS consultant_profiles (
@@ -89,10 +92,10 @@ CREATE TABLE IF NOT EXISTS training_files (
 	description TEXT, 
 	status VARCHAR(16) DEFAULT 'active' NOT NULL, 
 	min_quality FLOAT, 
+	min_judge_score FLOAT, 
 	current_version INTEGER DEFAULT '0' NOT NULL, 
 	json_file_path TEXT, 
 	jsonl_file_path TEXT, 
-	storage_bucket TEXT, 
 	conversation_count INTEGER DEFAULT '0' NOT NULL, 
 	total_training_pairs INTEGER DEFAULT '0' NOT NULL, 
 	json_file_size BIGINT, 
@@ -234,6 +237,10 @@ CREATE TABLE IF NOT EXISTS conversations (
 	quality_score FLOAT, 
 	judge_scores JSONB, 
 	human_reviewed BOOLEAN DEFAULT false NOT NULL, 
+	review_decision VARCHAR(16), 
+	reviewer_notes TEXT, 
+	reviewed_at TIMESTAMP WITH TIME ZONE, 
+	enrichment_version VARCHAR(32), 
 	parse_checks JSONB, 
 	enrichment_checks JSONB, 
 	created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 

@@ -1,0 +1,46 @@
+"""Running a job of the one `Definitions` object in this process, on the persistent instance,
+and printing its check results: shared by `run`, `judge`, `training-file build` and `demo`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+#: In-process runs log warnings and errors only; the full event log is in the instance (UI).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_job(job_name: str, partition_key: str, instance: Any = None) -> Any:
+    """Execute job `job_name` of `lora_assets.definitions.defs` for one partition in this process
+    (on `instance`, default the persistent one), quietly, without raising on a failed step: the
+    caller reads `result.success` and the check evaluations."""
+    from lora_assets import definitions
+    from lora_assets.instance import get_instance
+
+    # Looked up now, not at import: tests swap `definitions.defs` for one with their resources.
+    job = definitions.defs.resolve_job_def(job_name)
+    return job.execute_in_process(partition_key=partition_key, instance=instance or get_instance(),
+                                  raise_on_error=False, run_config=QUIET)
+
+
+def defs_resource(name: str) -> Any:
+    """Resource `name` (`db`, `blobs`, `claude`) of `lora_assets.definitions.defs`: the CLI uses the
+    resources the code location runs with, never a second copy built from the environment."""
+    from lora_assets import definitions
+
+    return definitions.defs.resources[name]
+
+
+def print_checks(evaluations: list[Any]) -> None:
+    """One line per asset check evaluation: PASS / FAIL, asset:check, its description."""
+    for ev in evaluations:
+        mark = "PASS" if ev.passed else "FAIL"
+        desc = ev.description or ""
+        click.echo(f"  check {mark}  {ev.asset_key.to_user_string()}:{ev.check_name}  {desc}")
+
+
+def blocking_failures(evaluations: list[Any], *, with_asset: bool = True) -> list[str]:
+    """`asset:check` (or just `check`) of every blocking check that failed."""
+    return [f"{ev.asset_key.to_user_string()}:{ev.check_name}" if with_asset else ev.check_name
+            for ev in evaluations if ev.blocking and not ev.passed]

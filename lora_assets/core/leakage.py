@@ -1,0 +1,524 @@
+"""Train/validation leakage and diversity of a training file's chat examples.
+
+Computed from the examples as the messages export writes them, looking only at what a model
+learns from: the assistant turns.
+
+**Overlap** (validation measured against train):
+
+* *verbatim sentences* — assistant sentences of validation found word for word (after
+  `dedup.normalise_text`: NFKC, case-folded, whitespace collapsed) among train's assistant
+  sentences. Sentences shorter than `min_sentence_words` words ("I understand.") are skipped:
+  they recur in any conversation set and say nothing about leakage.
+* *exact duplicate turns* — a whole (normalised) assistant turn of validation identical to one
+  in train. Blocking by default: the validation loss on such a turn measures memorisation.
+  Turns shorter than `min_turn_words` words are skipped for the same reason as short sentences.
+* *near-duplicate turns* — validation turns (not exact duplicates) whose MinHash estimate of
+  word-shingle Jaccard similarity with some train turn reaches `near_duplicate_jaccard`; the
+  shingling is `dedup.word_shingles`, the signature datasketch's seeded MinHash (64
+  permutations by default: an estimate within about ±0.05 of the true similarity, at 256 bytes
+  per turn), the candidates come from LSH banding.
+
+**Diversity** (train and validation together, overall and per persona × arc × topic cell):
+
+* *distinct-1 / distinct-2* — distinct word unigrams / bigrams over all assistant tokens
+  (bigrams do not cross turns). Both fall as a corpus grows, so compare like with like.
+* *template rate* — assistant sentences with capitalised names, money and numbers masked
+  (`mask_template`), then distinct masked sentences / all sentences: 1.0 means no sentence is a
+  fill-in-the-blanks copy of another; the most repeated template is reported with its count.
+
+`LeakageStats` is a streaming accumulator (`add(messages, split, …)` per example in any order,
+`result()` at the end). It keeps hashes and MinHash sketches, never the text, except the text of
+templates that occur more than once (so the top one can be shown).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from array import array
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from lora_assets.core.aggregate import LEGACY_KEY
+from lora_assets.core.dedup import normalise_text, word_shingles
+
+Split = Literal["train", "validation"]
+
+_WORD = re.compile(r"\w+")
+# A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace,
+# or at a line break.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+_MONEY = re.compile(
+    r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]|thousand|million|billion)\b)?)"
+    r"|(?:\b\d[\d,]*(?:\.\d+)?\s?(?:dollars|USD|EUR|GBP)\b)"
+)
+_NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|th\b|[kK]\b)?")
+# A capitalised word (Title case, two letters or more; "I" and acronyms are not names).
+_NAME = re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
+_FIRST_WORD = re.compile(r"^\W*\w")
+
+#: Rows per LSH band (see `LeakageStats.__init__`).
+_BAND_ROWS = 4
+#: How many examples of a finding a result keeps for its messages.
+EXAMPLES_KEPT = 5
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` (split after . ! ? and at line breaks), stripped, empties dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def mask_template(sentence: str) -> str:
+    """The sentence as a template: money → <MONEY>, numbers (incl. percentages) → <NUM>,
+    capitalised words → <NAME> (the first word only when a comma follows it); then normalised
+    (case, whitespace), so "<NAME>" reads "<name>"."""
+    masked = _MONEY.sub("<MONEY>", sentence.strip())
+    masked = _NUMBER.sub("<NUM>", masked)
+    # The first word is capitalised anyway: masking it would erase real differences
+    # ("Let us…" / "Consider…"), so there a capitalised word counts as a name only when a comma
+    # follows — the advisor addressing the client ("David, …"). This also folds "Yes, …" into
+    # "Well, …", which only matters when the rest of the sentence is the same template anyway.
+    first = _FIRST_WORD.match(masked)
+    first_end = first.end() if first else 0
+    if first and re.match(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,", masked[first.end() - 1 :]):
+        first_end = 0
+    masked = _NAME.sub(lambda m: m.group(0) if m.start() < first_end else "<NAME>", masked)
+    return normalise_text(masked)
+
+
+def _digest(text: str) -> bytes:
+    # 16 bytes: collisions are negligible at any dataset size, and half the memory of SHA-256.
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _cell_key(cell: Sequence[str | None] | None) -> tuple[str, str, str]:
+    if cell is None:
+        return (LEGACY_KEY, LEGACY_KEY, LEGACY_KEY)
+    persona, arc, topic = cell
+    return (persona or LEGACY_KEY, arc or LEGACY_KEY, topic or LEGACY_KEY)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+class LeakageThresholds(BaseModel):
+    """When leakage/diversity figures become problems. `None` switches a rule off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_exact_duplicate_turns: int | None = Field(
+        default=0, ge=0, description="Blocking above this many validation assistant turns found verbatim in train."
+    )
+    block_verbatim_sentence_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Blocking above this share of validation sentences found verbatim in train."
+    )
+    warn_verbatim_sentence_rate: float | None = Field(default=0.10, ge=0, le=1)
+    warn_near_duplicate_turn_rate: float | None = Field(default=0.05, ge=0, le=1)
+    min_template_rate: float | None = Field(
+        default=0.5, ge=0, le=1, description="Warn when distinct masked sentences / sentences falls below this."
+    )
+    max_top_template_share: float | None = Field(
+        default=0.02, ge=0, le=1, description="Warn when one template is more than this share of all sentences…"
+    )
+    min_top_template_count: int = Field(default=5, ge=1, description="…and occurs at least this often.")
+    min_cell_template_rate: float | None = Field(default=0.5, ge=0, le=1)
+    min_cell_sentences: int = Field(default=20, ge=1, description="Cells with fewer sentences are not judged.")
+    min_distinct_2: float | None = Field(
+        default=None, ge=0, le=1, description="Off by default: distinct-2 falls with corpus size, so set it per dataset size."
+    )
+
+
+class DuplicateTurn(BaseModel):
+    """A validation assistant turn that also occurs in train."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_conversation_id: str
+    validation_turn: int = Field(description="1-based index among the example's assistant turns.")
+    train_conversation_id: str
+    similarity: float = 1.0
+
+
+class Overlap(BaseModel):
+    """Validation measured against train."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_sentences: int = 0
+    verbatim_sentences: int = 0
+    validation_turns: int = 0
+    short_turns_skipped: int = 0
+    exact_duplicate_turns: int = 0
+    near_duplicate_turns: int = 0
+    near_duplicate_jaccard: float
+    exact_examples: list[DuplicateTurn] = Field(default_factory=list)
+    near_examples: list[DuplicateTurn] = Field(default_factory=list)
+
+    @property
+    def verbatim_rate(self) -> float:
+        """Share of validation sentences found verbatim in train."""
+        return self.verbatim_sentences / self.validation_sentences if self.validation_sentences else 0.0
+
+    @property
+    def near_duplicate_rate(self) -> float:
+        """Share of compared validation turns that near-duplicate a train turn."""
+        return self.near_duplicate_turns / self.validation_turns if self.validation_turns else 0.0
+
+
+class Diversity(BaseModel):
+    """Lexical and template diversity of a set of assistant turns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conversations: int = 0
+    assistant_tokens: int = 0
+    distinct_1: float = 0.0
+    distinct_2: float = 0.0
+    sentences: int = 0
+    distinct_templates: int = 0
+    top_template: str | None = None
+    top_template_count: int = 0
+
+    @property
+    def template_rate(self) -> float:
+        """Distinct masked sentences / all sentences (1.0 when there are none)."""
+        return self.distinct_templates / self.sentences if self.sentences else 1.0
+
+
+class CellDiversity(Diversity):
+    """`Diversity` of one persona × arc × topic cell."""
+
+    persona: str
+    arc: str
+    topic: str
+
+
+class LeakageReport(BaseModel):
+    """Overlap between the splits and diversity of the assistant turns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_examples: int = 0
+    validation_examples: int = 0
+    min_sentence_words: int
+    min_turn_words: int
+    overlap: Overlap
+    diversity: Diversity
+    cells: list[CellDiversity] = Field(default_factory=list)
+
+    def problems(self, thresholds: LeakageThresholds | None = None) -> tuple[list[str], list[str]]:
+        """(blocking, warnings): readable findings under `thresholds` (defaults when None)."""
+        t = thresholds or LeakageThresholds()
+        blocking: list[str] = []
+        warnings: list[str] = []
+        o = self.overlap
+
+        def examples(items: list[DuplicateTurn]) -> str:
+            shown = "; ".join(
+                f"validation {d.validation_conversation_id} turn {d.validation_turn} ~ train {d.train_conversation_id}"
+                + ("" if d.similarity == 1.0 else f" ({d.similarity:.2f})")
+                for d in items
+            )
+            return f" (e.g. {shown})" if shown else ""
+
+        if t.max_exact_duplicate_turns is not None and o.exact_duplicate_turns > t.max_exact_duplicate_turns:
+            blocking.append(
+                f"{o.exact_duplicate_turns} validation assistant turn(s) occur verbatim in train "
+                f"(allowed {t.max_exact_duplicate_turns}){examples(o.exact_examples)}: the validation loss would "
+                "measure memorisation"
+            )
+        rate = o.verbatim_rate
+        verbatim = (
+            f"{o.verbatim_sentences} of {o.validation_sentences} validation assistant sentences ({rate:.1%}) occur "
+            "verbatim in train"
+        )
+        if t.block_verbatim_sentence_rate is not None and rate > t.block_verbatim_sentence_rate:
+            blocking.append(f"{verbatim} (blocking above {t.block_verbatim_sentence_rate:.1%})")
+        elif t.warn_verbatim_sentence_rate is not None and rate > t.warn_verbatim_sentence_rate:
+            warnings.append(f"{verbatim} (warning above {t.warn_verbatim_sentence_rate:.1%})")
+        if t.warn_near_duplicate_turn_rate is not None and o.near_duplicate_rate > t.warn_near_duplicate_turn_rate:
+            warnings.append(
+                f"{o.near_duplicate_turns} of {o.validation_turns} validation assistant turns ({o.near_duplicate_rate:.1%}) "
+                f"near-duplicate a train turn (MinHash Jaccard ≥ {o.near_duplicate_jaccard:g}; warning above "
+                f"{t.warn_near_duplicate_turn_rate:.1%}){examples(o.near_examples)}"
+            )
+
+        d = self.diversity
+        if t.min_template_rate is not None and d.sentences and d.template_rate < t.min_template_rate:
+            warnings.append(
+                f"template rate {d.template_rate:.2f} ({d.distinct_templates} distinct masked sentences of "
+                f"{d.sentences}) is below {t.min_template_rate:g}: answers are fill-in-the-blanks copies"
+            )
+        if (
+            t.max_top_template_share is not None
+            and d.sentences
+            and d.top_template_count >= t.min_top_template_count
+            and d.top_template_count / d.sentences > t.max_top_template_share
+        ):
+            warnings.append(
+                f"one template makes up {d.top_template_count / d.sentences:.1%} of assistant sentences "
+                f"({d.top_template_count}×): {d.top_template!r}"
+            )
+        if t.min_distinct_2 is not None and d.assistant_tokens and d.distinct_2 < t.min_distinct_2:
+            warnings.append(f"distinct-2 {d.distinct_2:.3f} is below {t.min_distinct_2:g}")
+        if t.min_cell_template_rate is not None:
+            low = sorted(
+                (c for c in self.cells if c.sentences >= t.min_cell_sentences and c.template_rate < t.min_cell_template_rate),
+                key=lambda c: (c.template_rate, c.persona, c.arc, c.topic),
+            )
+            if low:
+                shown = ", ".join(f"{c.persona} × {c.arc} × {c.topic} ({c.template_rate:.2f})" for c in low[:EXAMPLES_KEPT])
+                more = f" and {len(low) - EXAMPLES_KEPT} more" if len(low) > EXAMPLES_KEPT else ""
+                warnings.append(
+                    f"{len(low)} persona × arc × topic cell(s) have a template rate below {t.min_cell_template_rate:g}: "
+                    f"{shown}{more}"
+                )
+        return blocking, warnings
+
+
+# --------------------------------------------------------------------------------------------
+# Accumulators
+
+
+class _DiversityCounter:
+    """Distinct-n and template counts of one group of assistant turns."""
+
+    def __init__(self) -> None:
+        self.conversations = 0
+        self.tokens = 0
+        self.bigrams_total = 0
+        self.unigrams: set[str] = set()
+        # Python's hash of a word pair: salted per process, which is fine for counting distinct
+        # pairs inside one process, and far cheaper than a cryptographic hash per pair.
+        self.bigrams: set[int] = set()
+        self.templates: Counter[bytes] = Counter()
+        self.sentences = 0
+
+    def add_turn(self, words: list[str]) -> None:
+        self.tokens += len(words)
+        self.unigrams.update(words)
+        self.bigrams.update(map(hash, zip(words, words[1:])))
+        self.bigrams_total += max(0, len(words) - 1)
+
+    def add_template(self, digest: bytes) -> int:
+        self.sentences += 1
+        self.templates[digest] += 1
+        return self.templates[digest]
+
+    def figures(self, texts: Mapping[bytes, str]) -> dict[str, Any]:
+        top = self.templates.most_common(1)
+        return {
+            "conversations": self.conversations,
+            "assistant_tokens": self.tokens,
+            "distinct_1": round(len(self.unigrams) / self.tokens, 4) if self.tokens else 0.0,
+            "distinct_2": round(len(self.bigrams) / self.bigrams_total, 4) if self.bigrams_total else 0.0,
+            "sentences": self.sentences,
+            "distinct_templates": len(self.templates),
+            "top_template": texts.get(top[0][0]) if top else None,
+            "top_template_count": top[0][1] if top else 0,
+        }
+
+
+class LeakageStats:
+    """Streaming leakage and diversity accumulator: `add(messages, split, conversation_id=…,
+    cell=(persona, arc, topic))` per example, in any order of splits; `result()` at the end."""
+
+    def __init__(
+        self,
+        *,
+        near_duplicate_jaccard: float = 0.8,
+        num_perm: int = 64,
+        shingle_size: int = 3,
+        min_sentence_words: int = 4,
+        min_turn_words: int = 8,
+        seed: int = 1,
+    ) -> None:
+        if not 0.0 < near_duplicate_jaccard <= 1.0:
+            raise ValueError(f"near_duplicate_jaccard {near_duplicate_jaccard!r} must be in (0, 1]")
+        from datasketch import MinHash  # scipy behind it: paid only by a build that uses it
+
+        self.near_duplicate_jaccard = near_duplicate_jaccard
+        self.num_perm = num_perm
+        self.shingle_size = shingle_size
+        self.min_sentence_words = min_sentence_words
+        self.min_turn_words = min_turn_words
+        self.seed = seed
+        first = MinHash(num_perm=num_perm, seed=seed)
+        # Drawn once and reused (see dedup.Deduplicator._minhash): drawing per turn is the cost.
+        self._permutations, self._scheme = first.permutations, first.scheme
+        if num_perm % _BAND_ROWS:
+            raise ValueError(f"num_perm {num_perm!r} must be a multiple of {_BAND_ROWS}")
+        # Train signatures back to back (num_perm uint32 each: 256 bytes a turn at 64): the LSH
+        # index is built over the much smaller validation side in `result`, and train scanned.
+        self._train_signatures = array("I")
+        self._train_turn_owner: list[str] = []
+        self._validation_turns: list[tuple[str, int, bytes, np.ndarray]] = []
+        self._train_sentences: set[bytes] = set()
+        self._validation_sentences: list[bytes] = []
+        self._train_turns: dict[bytes, str] = {}
+        self._short_turns = 0
+        self._examples: Counter[str] = Counter()
+        self._overall = _DiversityCounter()
+        self._cells: dict[tuple[str, str, str], _DiversityCounter] = {}
+        self._template_texts: dict[bytes, str] = {}
+        self._first_template: tuple[bytes, str] | None = None
+
+    def _signature(self, text: str) -> np.ndarray:
+        from datasketch import MinHash
+
+        # CRC-32 instead of datasketch's default SHA-1 per shingle: deterministic too, and several
+        # times cheaper (hashing was most of a turn's cost); the permutations spread it anyway.
+        m = MinHash(
+            num_perm=self.num_perm, seed=self.seed, hashfunc=zlib.crc32, permutations=self._permutations, scheme=self._scheme
+        )
+        shingles = sorted(word_shingles(text, self.shingle_size))
+        if shingles:
+            m.update_batch([s.encode() for s in shingles])
+        return m.hashvalues.astype(np.uint32)  # values are < 2**32; halves the memory
+
+    def _band_keys(self, signature: np.ndarray) -> list[bytes]:
+        return [signature[i : i + _BAND_ROWS].tobytes() for i in range(0, self.num_perm, _BAND_ROWS)]
+
+    def add(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        split: Split,
+        *,
+        conversation_id: str,
+        cell: Sequence[str | None] | None = None,
+    ) -> None:
+        """Take one example's assistant turns into account. `cell` is its (persona, arc, topic)
+        keys; None or None keys count as the legacy cell."""
+        if split not in ("train", "validation"):
+            raise ValueError(f"split {split!r}: must be 'train' or 'validation'")
+        self._examples[split] += 1
+        key = _cell_key(cell)
+        group = self._cells.get(key)
+        if group is None:
+            group = self._cells[key] = _DiversityCounter()
+        group.conversations += 1
+        self._overall.conversations += 1
+
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        for turn_index, content in enumerate(answers, start=1):
+            text = normalise_text(content)
+            words = _WORD.findall(text)
+            self._overall.add_turn(words)
+            group.add_turn(words)
+            for sentence in split_sentences(content):
+                self._add_template(sentence, group)
+                normalised = normalise_text(sentence)
+                if len(_WORD.findall(normalised)) < self.min_sentence_words:
+                    continue
+                if split == "train":
+                    self._train_sentences.add(_digest(normalised))
+                else:
+                    self._validation_sentences.append(_digest(normalised))
+            if len(words) < self.min_turn_words:
+                if split == "validation":
+                    self._short_turns += 1
+                continue
+            digest = _digest(text)
+            signature = self._signature(text)
+            if split == "train":
+                self._train_turns.setdefault(digest, conversation_id)
+                self._train_signatures.frombytes(signature.tobytes())
+                self._train_turn_owner.append(conversation_id)
+            else:
+                self._validation_turns.append((conversation_id, turn_index, digest, signature))
+
+    def _add_template(self, sentence: str, group: _DiversityCounter) -> None:
+        template = mask_template(sentence)
+        digest = _digest(template)
+        count = self._overall.add_template(digest)
+        group.add_template(digest)
+        # Text is kept only for templates seen twice or more (plus the very first one, so an
+        # all-distinct corpus still names one): memory follows repetition, not corpus size.
+        if count == 2:
+            self._template_texts[digest] = template
+        if self._first_template is None:
+            self._first_template = (digest, template)
+
+    def _near_matches(self) -> dict[int, tuple[float, int]]:
+        """Validation turn index → (similarity, train turn index) of its most similar train turn
+        at or above the threshold (the earliest train turn among equals).
+
+        LSH banding: a pair is a candidate when all rows of one band agree. Bands of 4 rows (16
+        at 64 permutations) make a pair with Jaccard 0.7 a candidate with p ≈ 0.98, one at 0.3
+        with p ≈ 0.12; the signature comparison then decides. The index holds the validation
+        turns; every train signature is looked up once.
+        """
+        if not self._validation_turns or not self._train_signatures:
+            return {}
+        bands: list[dict[bytes, list[int]]] = [{} for _ in range(self.num_perm // _BAND_ROWS)]
+        for index, (*_, signature) in enumerate(self._validation_turns):
+            for band, key in zip(bands, self._band_keys(signature), strict=True):
+                band.setdefault(key, []).append(index)
+        train = np.frombuffer(self._train_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
+        best: dict[int, tuple[float, int]] = {}
+        for train_index, signature in enumerate(train):
+            candidates = {i for band, key in zip(bands, self._band_keys(signature), strict=True) for i in band.get(key, ())}
+            for candidate in candidates:
+                sim = float(np.count_nonzero(self._validation_turns[candidate][3] == signature)) / self.num_perm
+                # Train turns come in order, so a strictly greater similarity wins; ties keep the earliest.
+                if sim >= self.near_duplicate_jaccard and (candidate not in best or sim > best[candidate][0]):
+                    best[candidate] = (sim, train_index)
+        return best
+
+    def result(self) -> LeakageReport:
+        """The report over everything added so far."""
+        exact = near = 0
+        exact_examples: list[DuplicateTurn] = []
+        near_examples: list[DuplicateTurn] = []
+        best_match = self._near_matches()
+        for index, (cid, turn, digest, _) in enumerate(self._validation_turns):
+            owner = self._train_turns.get(digest)
+            if owner is not None:
+                exact += 1
+                if len(exact_examples) < EXAMPLES_KEPT:
+                    exact_examples.append(DuplicateTurn(validation_conversation_id=cid, validation_turn=turn, train_conversation_id=owner))
+                continue
+            best = best_match.get(index)
+            if best is not None:
+                near += 1
+                if len(near_examples) < EXAMPLES_KEPT:
+                    near_examples.append(
+                        DuplicateTurn(
+                            validation_conversation_id=cid,
+                            validation_turn=turn,
+                            train_conversation_id=self._train_turn_owner[best[1]],
+                            similarity=round(best[0], 3),
+                        )
+                    )
+        verbatim = sum(1 for d in self._validation_sentences if d in self._train_sentences)
+        texts = dict(self._template_texts)
+        if self._first_template is not None:
+            texts.setdefault(*self._first_template)
+        return LeakageReport(
+            train_examples=self._examples["train"],
+            validation_examples=self._examples["validation"],
+            min_sentence_words=self.min_sentence_words,
+            min_turn_words=self.min_turn_words,
+            overlap=Overlap(
+                validation_sentences=len(self._validation_sentences),
+                verbatim_sentences=verbatim,
+                validation_turns=len(self._validation_turns),
+                short_turns_skipped=self._short_turns,
+                exact_duplicate_turns=exact,
+                near_duplicate_turns=near,
+                near_duplicate_jaccard=self.near_duplicate_jaccard,
+                exact_examples=exact_examples,
+                near_examples=near_examples,
+            ),
+            diversity=Diversity(**self._overall.figures(texts)),
+            cells=[
+                CellDiversity(persona=p, arc=a, topic=t, **group.figures(texts))
+                for (p, a, t), group in sorted(self._cells.items())
+            ],
+        )

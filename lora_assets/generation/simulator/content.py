@@ -1,0 +1,291 @@
+"""What the simulator says: deterministic conversations and judge scores, the broken texts of
+the content faults, and the ~4-characters-per-token estimate. Pure functions, no HTTP, no state.
+
+Every choice is drawn from a `random.Random` seeded by a hash of the request key, so the same key
+always gets the same text and different keys vary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from lora_assets.schemas import RawConversation
+
+from .faults import digest
+from .phrases import (
+    ADVISOR_ACKS,
+    ADVISOR_CLOSERS,
+    ADVISOR_FACTS,
+    ADVISOR_QUESTIONS,
+    EARLY_EMOTIONS,
+    GENERIC,
+    LATE_EMOTIONS,
+    OUTCOMES,
+    PHASES,
+    SECONDARY,
+    SESSION_CONTEXTS,
+    USER_CLOSERS,
+    USER_FOLLOWUPS,
+    USER_OPENERS,
+)
+
+__all__ = [
+    "block_text",
+    "compose_conversation",
+    "content_text",
+    "judge_scores",
+    "last_user_text",
+    "malform",
+    "rfc3339",
+    "tokens",
+]
+
+_MONEY_RE = re.compile(r"\$\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmM]\b|thousand|million))?")
+
+# --------------------------------------------------------------------------------------------
+# Wire text: token estimates, timestamps, the text of message content
+
+
+def tokens(chars: int) -> int:
+    """The simulator's token estimate for `chars` characters (~4 characters per token)."""
+    return math.ceil(chars / 4)
+
+
+def rfc3339(ts: float) -> str:
+    """A Unix timestamp as the API writes it: `2026-11-02T10:00:00.123456Z`."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def block_text(block: Any) -> str:
+    """The text of one content block (a string, a text block, or any other block as JSON)."""
+    if isinstance(block, str):
+        return block
+    if isinstance(block, dict) and block.get("type") == "text":
+        return str(block.get("text", ""))
+    return json.dumps(block, ensure_ascii=False)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's `content` (a string or a list of blocks)."""
+    if isinstance(content, list):
+        return "".join(block_text(b) for b in content)
+    return block_text(content)
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last user message: the one the simulator answers."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return content_text(message.get("content", ""))
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Conversation composition (phrase banks chosen by a hash of the request key)
+
+
+def _money(x: float) -> str:
+    return f"${round(x):,}"
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _mid_sentence(name: str) -> str:
+    """A title for use mid-sentence: 'Building an emergency fund' -> 'building an emergency fund',
+    but proper nouns and acronyms ('Roth IRA conversions', 'Social Security timing') stay."""
+    words = name.split()
+    if not words or any(w[:1].isupper() for w in words[1:]) or not words[0][1:].islower():
+        return name
+    return words[0].lower() + name[len(words[0]) :]
+
+
+def _figures(rng: random.Random, background: str) -> dict[str, str]:
+    """Concrete numbers for the conversation: the persona's own figure when the background has one."""
+    income = rng.randrange(55_000, 190_000, 5_000)
+    balance = rng.randrange(6_000, 60_000, 500)
+    monthly = rng.randrange(150, 1_300, 50)
+    rate = rng.choice((3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0))
+    years = rng.choice((5, 7, 10, 12, 15, 20))
+    growth = (1 + rate / 100) ** years
+    projection = balance * growth + monthly * 12 * (growth - 1) / (rate / 100)
+    stated = _MONEY_RE.findall(background)
+    return {
+        "income": _money(income),
+        "amount": stated[-1].strip() if stated else _money(balance),
+        "monthly": _money(monthly),
+        "rate": f"{rate:g}%",
+        "years": str(years),
+        "projection": _money(round(projection, -2)),
+        "contributions": _money(monthly * 12 * years),
+        "share": f"{monthly * 12 / income:.0%}",
+    }
+
+
+def _turn_count(raw: str | None) -> int:
+    try:
+        return min(10, max(4, int(str(raw).strip())))
+    except (TypeError, ValueError):
+        return 6
+
+
+def _slots(s: dict[str, str], rng: random.Random) -> dict[str, str]:
+    """The `str.format` slots of every phrase (see `phrases`), from the completed scaffolding."""
+    name = s["persona_name"]
+    return {
+        "name": name,
+        "first": name.split()[0],
+        "topic": s["topic_name"],
+        "topic_l": _mid_sentence(s["topic_name"]),
+        "topic_desc": _sentence(s["topic_description"]),
+        "arc": s["arc_name"],
+        "start": s["arc_starting_emotion"].strip().lower(),
+        "end": s["arc_ending_emotion"].strip().lower(),
+        "demographics": s["persona_demographics"].rstrip("."),
+        "background": s["persona_financial_background"].rstrip("."),
+        **_figures(rng, s["persona_financial_background"]),
+    }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The draws made once per conversation, before its turns."""
+
+    turns: int
+    user_count: int
+    followups: list[str]
+    acks: list[str]
+    facts: list[str]
+    questions: list[str]
+    start_intensity: float
+    end_intensity: float
+
+
+def _plan(rng: random.Random, n: int) -> _Plan:
+    # The draw order below is part of the output: changing it changes every conversation.
+    user_count = (n + 1) // 2
+    followups = rng.sample(USER_FOLLOWUPS, k=min(len(USER_FOLLOWUPS), max(0, user_count - 2)))
+    acks = rng.sample(ADVISOR_ACKS, k=len(ADVISOR_ACKS))
+    facts = rng.sample(ADVISOR_FACTS, k=len(ADVISOR_FACTS))
+    questions = rng.sample(ADVISOR_QUESTIONS, k=len(ADVISOR_QUESTIONS))
+    start_intensity = rng.uniform(0.7, 0.92)
+    end_intensity = rng.uniform(0.55, 0.8)
+    return _Plan(n, user_count, followups, acks, facts, questions, start_intensity, end_intensity)
+
+
+def _user_turn(rng: random.Random, plan: _Plan, j: int, slots: dict[str, str]) -> dict[str, Any]:
+    """The client's `j`-th turn (0-based among the client turns)."""
+    start, end = slots["start"], slots["end"]
+    progress = j / (plan.user_count - 1) if plan.user_count > 1 else 1.0
+    if j == 0:
+        primary, secondary = start, rng.sample(SECONDARY, k=2)
+        text = rng.choice(USER_OPENERS)
+    elif j == plan.user_count - 1:
+        primary, secondary = end, [rng.choice(LATE_EMOTIONS)]
+        text = rng.choice(USER_CLOSERS)
+    else:
+        bank = EARLY_EMOTIONS if progress < 0.5 else LATE_EMOTIONS
+        primary = rng.choice(bank)
+        secondary = [start if progress < 0.5 else end]
+        text = plan.followups[(j - 1) % len(plan.followups)]
+    # Intensity eases from the starting emotion's peak to the ending emotion's level.
+    intensity = plan.start_intensity + (plan.end_intensity - plan.start_intensity) * progress
+    intensity -= 0.12 * math.sin(math.pi * progress)
+    return {
+        "turn_number": 2 * j + 1,
+        "role": "user",
+        "content": text.format(**slots, emotion=primary),
+        "emotional_context": {
+            "primary_emotion": primary,
+            "secondary_emotions": secondary,
+            "intensity": round(min(1.0, max(0.05, intensity)), 2),
+        },
+    }
+
+
+def _advisor_turn(rng: random.Random, plan: _Plan, i: int, slots: dict[str, str], emotion: str) -> dict[str, Any]:
+    """The advisor's answer at 0-based turn index `i`, to a client who last felt `emotion`."""
+    number, k = i + 1, i // 2
+    if number == plan.turns:
+        text = rng.choice(ADVISOR_CLOSERS)
+    else:
+        # Feelings first, then the facts, then a question back to the client.
+        ack, fact = plan.acks[k % len(plan.acks)], plan.facts[k % len(plan.facts)]
+        text = " ".join((ack, fact, plan.questions[k % len(plan.questions)]))
+    return {"turn_number": number, "role": "assistant", "content": text.format(**slots, emotion=emotion)}
+
+
+def compose_conversation(scaffolding: dict[str, str], key: str) -> dict[str, Any]:
+    """A schema-valid RawConversation dict, fully determined by (scaffolding, key)."""
+    s = {**GENERIC, **{k: v for k, v in scaffolding.items() if v}}
+    rng = random.Random(digest("compose", key))
+    slots = _slots(s, rng)
+    plan = _plan(rng, _turn_count(scaffolding.get("turn_count")))
+    turns: list[dict[str, Any]] = []
+    last_emotion = slots["start"]
+    for i in range(plan.turns):
+        if i % 2 == 0:
+            turn = _user_turn(rng, plan, i // 2, slots)
+            last_emotion = turn["emotional_context"]["primary_emotion"]
+        else:
+            turn = _advisor_turn(rng, plan, i, slots, last_emotion)
+        turns.append(turn)
+    conversation = {
+        "conversation_metadata": {
+            "client_persona": f"{slots['name']} - {s['persona_archetype']}",
+            "session_context": rng.choice(SESSION_CONTEXTS).format(**slots),
+            "conversation_phase": rng.choice(PHASES).format(**slots),
+            "expected_outcome": rng.choice(OUTCOMES).format(**slots),
+        },
+        "turns": turns,
+    }
+    RawConversation.model_validate(conversation)  # never send what the pipeline would reject
+    return conversation
+
+
+# --------------------------------------------------------------------------------------------
+# Judge answers and broken texts
+
+
+def judge_scores(transcript: str, key: str) -> dict[str, Any]:
+    """Deterministic judge scores for a `<judge_request>` transcript (the simulator's stand-in
+    for Claude-as-judge): varied per key, nudged by how much the advisor acknowledges feelings."""
+    rng = random.Random(digest("judge", key))
+    advisor = [line for line in transcript.splitlines() if "ADVISOR:" in line]
+    warmth = sum(w in line.lower() for line in advisor for w in ("understand", "normal", "feel", "makes sense"))
+    bump = min(0.6, 0.15 * warmth)
+
+    def score() -> float:
+        return round(min(5.0, rng.uniform(3.0, 4.4) + bump), 1)
+
+    return {
+        "empathy_score": score(),
+        "clarity_score": score(),
+        "appropriateness_score": score(),
+        "brand_voice_alignment": score(),
+        "rationale": f"Simulated judgement of {len(advisor)} advisor turns (loopback simulator, not Claude).",
+    }
+
+
+def malform(text: str, rng: random.Random) -> str:
+    """Broken JSON of the kinds models actually emit (trailing comma, missing comma, bad quotes)."""
+    candidates = [
+        text[:-2] + ",]}",  # trailing comma before the closing bracket
+        text.replace('},{"turn_number"', '}{"turn_number"', 1),  # missing comma between turns
+        text.replace('"content":"', '"content":"The "plan" is ', 1),  # unescaped quotes
+        text.replace('"intensity":', "'intensity':", 1),  # single-quoted key
+    ]
+    broken = rng.choice(candidates)
+    try:
+        json.loads(broken)
+    except ValueError:
+        return broken
+    return text + "\n}"

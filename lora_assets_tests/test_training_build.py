@@ -1,0 +1,164 @@
+"""`lora_assets.training_build` called directly, without Dagster: a batch is generated (real SDK
+against the loopback simulator) and enriched once, then training files are built by the plain
+function on SQLite + a local directory. Also the shared selection rule of store.training_files.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance
+from sqlalchemy.engine import Engine
+
+from lora_assets.core.aggregate import scan_training_json
+from lora_assets.defs.resources import _ENGINES
+from lora_assets.generation.simulator import ClaudeSimulator
+from lora_assets.store import tables as t
+from lora_assets.store import training_files as tfq
+from lora_assets.store.blobs import BlobStore
+from lora_assets.training_build import (
+    OUTPUTS,
+    BuildError,
+    BuildPlan,
+    build_training_file,
+    judge_score_of,
+    version_prefix,
+)
+from lora_assets_tests.defs import helpers as h
+
+
+@dataclass
+class Data:
+    engine: Engine
+    store: BlobStore
+    batch_id: str
+    ids: list[str]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+    """One enriched batch (2 personas × 2 arcs × 1 topic) on SQLite + a local blob directory."""
+    root = tmp_path_factory.mktemp("build")
+    db_url, blobs = f"sqlite:///{root / 'lora.db'}", h.local_blobs(root / "blobs")
+    engine = h.setup_store(db_url)
+    with ClaudeSimulator() as sim, DagsterInstance.ephemeral() as instance:
+        batch_id = h.plan(engine, 2, 2, 1, name="direct")
+        assert h.run_batch(h.make_defs(db_url, blobs, sim), instance, batch_id).success
+    yield Data(engine, blobs.store(), batch_id, [r["id"] for r in h.conversations(engine, batch_id)])
+    _ENGINES.pop(db_url, None)
+    engine.dispose()
+
+
+def new_file(d: Data, ids: list[str], **kw: object) -> str:
+    name = f"direct-{uuid.uuid4().hex[:8]}"
+    tfq.create_training_file(d.engine, name=name, conversation_ids=ids, created_by="tests", **kw)
+    return name
+
+
+def versions(d: Data, name: str) -> list[tuple[int, str]]:
+    v = t.training_file_versions
+    with d.engine.connect() as conn:
+        tf = tfq.get_training_file(conn, name)
+        return [tuple(r) for r in conn.execute(sa.select(v.c.version, v.c.status).where(v.c.training_file_id == tf["id"]))]
+
+
+def test_build_without_dagster_stores_and_records_the_version(data: Data) -> None:
+    name = new_file(data, data.ids, description="built directly")
+    result = build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=4,
+                                 run_id="run-direct-1")
+    assert result.version == 1 and result.prefix == version_prefix(name, 1)
+    assert result.members == result.conversations == len(data.ids)
+    assert {m.conversation_id for m in result.kept} == set(data.ids)
+    assert all(m.batch_name == "direct" and m.judge_score is None for m in result.kept)
+    assert set(result.outputs) == set(OUTPUTS)
+    assert set(data.store.list(result.prefix)) == {o.path for o in result.outputs.values()}
+    assert all(data.store.size(o.path) == o.bytes for o in result.outputs.values())
+    assert sum(result.quality_histogram) == len(data.ids)
+    assert "built directly" in result.card and result.card == data.store.get_bytes(result.outputs["card"].path).decode()
+
+    with data.engine.connect() as conn:
+        v = tfq.get_version(conn, name)
+    assert v["built_by_run"] == "run-direct-1" and v["total_training_pairs"] == result.training_pairs
+    assert v["outputs"]["jsonl"] == result.outputs["jsonl"].model_dump(exclude_none=True)
+    # the JSON document read back through its writer's module: header + every pair
+    with data.store.open_read(v["json_file_path"]) as fh:
+        scan = scan_training_json(fh)
+    assert scan.header_error is None and scan.pairs == result.training_pairs
+    assert scan.header["dataset_metadata"]["dataset_name"] == name
+
+    again = build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=1,
+                                run_id="run-direct-2")
+    assert again.version == 2 and versions(data, name) == [(1, "active"), (2, "active")]
+
+
+def test_user_errors_are_build_errors_naming_the_file_and_leave_nothing(data: Data) -> None:
+    with pytest.raises(BuildError, match="no training file named 'nobody'.*launch dialog"):
+        build_training_file(BuildPlan(name="nobody"), engine=data.engine, store=data.store, concurrency=2, run_id="r")
+
+    name = new_file(data, data.ids[:2], min_quality=5.0)
+    with pytest.raises(BuildError, match=rf"training file '{name}': no conversation left after quality filter \(2\)"):
+        build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=2, run_id="r")
+    assert versions(data, name) == [] and data.store.list(version_prefix(name, 1)) == []
+
+
+def test_an_unusable_member_file_rolls_back_every_key(data: Data) -> None:
+    name = new_file(data, data.ids)
+    with data.engine.connect() as conn:
+        victim = tfq.member_rows(conn, tfq.get_training_file(conn, name)["id"])[2]
+    original = data.store.get_bytes(victim["enriched_file_path"])
+    data.store.put_bytes(victim["enriched_file_path"], b'{"dataset_metadata": {"truncated')
+    try:
+        with pytest.raises(BuildError) as err:
+            build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=2, run_id="r")
+    finally:
+        data.store.put_bytes(victim["enriched_file_path"], original)
+    message = str(err.value)
+    assert f"training file {name!r}" in message and victim["id"] in message
+    assert "not a valid v4.0 enriched conversation" in message and "no version was written" in message
+    assert versions(data, name) == [] and data.store.list(version_prefix(name, 1)) == []
+
+
+def test_judge_filter_counts_the_unjudged_separately_from_low_quality(data: Data) -> None:
+    judged = data.ids[0]
+    h.update_row(data.engine, judged, judge_scores={"overall": 4.2})
+    try:
+        name = new_file(data, data.ids, min_judge_score=4.0)
+        result = build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=2,
+                                     run_id="r")
+    finally:
+        h.update_row(data.engine, judged, judge_scores=None)
+    assert [m.conversation_id for m in result.kept] == [judged] and result.kept[0].judge_score == 4.2
+    assert (result.judge_filtered_out, result.quality_filtered_out) == (len(data.ids) - 1, 0)
+    assert f"| excluded below Claude-judge score 4 or never judged | {len(data.ids) - 1} |" in result.card
+
+
+def test_judge_score_of_reads_only_usable_judgements() -> None:
+    assert judge_score_of({"overall": 3.5, "empathy_score": 4}) == 3.5
+    assert judge_score_of({"error": "judge response unusable", "overall": 5}) is None
+    assert judge_score_of(None) is None and judge_score_of({}) is None
+
+
+def test_selection_rule_is_batches_or_conversations(data: Data) -> None:
+    with data.engine.connect() as conn:
+        for kw in ({}, {"batches": [data.batch_id], "conversations": data.ids[:1]}):
+            with pytest.raises(tfq.TrainingFileError, match="give either batches or conversations"):
+                tfq.select_conversations(conn, **kw)
+        assert sorted(tfq.select_conversations(conn, batches=[data.batch_id]).conversation_ids) == sorted(data.ids)
+        with pytest.raises(tfq.TrainingFileError, match=r"unknown batch job id\(s\): \['nope'\]"):
+            tfq.select_conversations(conn, batches=["nope"])
+        picked = tfq.select_conversations(conn, conversations=[data.ids[0], "ghost"], skip_ineligible=True)
+    assert picked.conversation_ids == [data.ids[0]] and picked.skipped == {"ghost": "no such conversation"}
+
+
+def test_launch_request_thresholds_are_checked_before_anything_is_written(data: Data, tmp_path: Path) -> None:
+    name = new_file(data, data.ids[:1])
+    bad = tfq.LaunchRequest(conversations=data.ids[1:2], min_judge_score=7)
+    with pytest.raises(tfq.TrainingFileError, match="min_judge_score 7.0 must be between 0 and 5"):
+        tfq.apply_launch_request(data.engine, name, bad, by="tests")
+    with data.engine.connect() as conn:
+        assert [m["id"] for m in tfq.member_rows(conn, tfq.get_training_file(conn, name)["id"])] == data.ids[:1]
