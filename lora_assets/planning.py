@@ -94,14 +94,15 @@ def estimate(engine: Engine, request: PlanRequest, counter: TokenCounter, *, con
 
 
 def plan(engine: Engine, request: PlanRequest, *, created_by: str, max_items: int,
-         counter: TokenCounter | None, concurrency: int) -> PlannedBatch:
+         counter: TokenCounter | None, concurrency: int, model_label: str = "model") -> PlannedBatch:
     """Check `request`, estimate it (when `counter` is given), refuse it above `max_cost_usd`,
     then write the batch (scaffolding snapshot fixed now) under a unique slug of its name.
-    PlanRefusedError / LimitExceededError name the reason; nothing is written then."""
+    PlanRefusedError / LimitExceededError name the reason (`model_label`: how the caller names
+    the model field, e.g. `--model`); nothing is written then."""
     try:
         price_for(request.model)
     except UnknownModelError as exc:
-        raise PlanRefusedError(f"model {request.model!r}: {exc}") from None
+        raise PlanRefusedError(f"{model_label} {request.model!r}: {exc}") from None
     selection = _selection(request)
     with engine.connect() as conn:
         p, a, x = q.selection_size(conn, request.personas, request.arcs, request.topics)

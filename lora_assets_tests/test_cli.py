@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import shutil
 from pathlib import Path
@@ -103,11 +105,14 @@ def test_batch_create_list_status(env: Path) -> None:
     created = runner.invoke(main, ["batch", "create", "--persona", "pragmatic_optimist", "--per-combination", "1",
                                    "--arc", "confusion_to_clarity", "--topic", "mortgage_payoff_strategy"])
     assert created.exit_code == 0, created.output
-    batch_id = created.output.split()[1].rstrip(":")
+    batch_id = re.search(r"; id ([0-9a-f-]{36})", created.output).group(1)  # the line starts with its key (slug)
     assert batch_id in runner.invoke(main, ["batch", "list"]).output
     status = runner.invoke(main, ["batch", "status", batch_id])
     assert status.exit_code == 0 and "pending=1" in status.output
     from dagster import DagsterInstance
 
+    key = created.output.split()[1].rstrip(":")
+    assert key.startswith("batch-") and runner.invoke(main, ["batch", "status", key]).output == status.output
     with DagsterInstance.get() as instance:
-        assert batch_id in instance.get_dynamic_partitions("batch_jobs")
+        # The partition key is the batch's readable slug; the id stays the row id.
+        assert instance.get_dynamic_partitions("batch_jobs") == [key]

@@ -4,6 +4,8 @@ the reason, with its documented exit code (1 failed work, 2 bad input), no trace
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import json
 import os
@@ -245,7 +247,7 @@ def test_run_exit_code_follows_the_run_and_its_blocking_checks(
     _environment(store, monkeypatch)
     created = _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC)
     assert created.exit_code == 0, created.output
-    batch_id = created.output.split()[1].rstrip(":")
+    batch_id = re.search(r"; id ([0-9a-f-]{36})", created.output).group(1)  # the line starts with its key (slug)
     _fake_run(monkeypatch, success=success, blocking_passed=blocking_passed)
     result = _invoke("run", batch_id)
     assert result.exit_code == code, result.output

@@ -31,6 +31,26 @@ from lora_assets.training_build import (
 )
 from lora_assets_tests.defs import helpers as h
 
+_TOKENIZER_TEXTS = [
+    "I hear how worried you are about retirement; let us look at your savings together.",
+    "A budget is a plan for your money, not a punishment. What matters most to you?",
+    "Your emergency fund should cover three to six months of expenses before you invest more.",
+] * 20
+
+
+def tiny_tokenizer(path: Path) -> Path:
+    """A tiny byte-level BPE tokenizer trained here (nothing downloaded), saved as `path`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(_TOKENIZER_TEXTS, trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
 
 @dataclass
 class Data:
@@ -162,3 +182,59 @@ def test_launch_request_thresholds_are_checked_before_anything_is_written(data: 
         tfq.apply_launch_request(data.engine, name, bad, by="tests")
     with data.engine.connect() as conn:
         assert [m["id"] for m in tfq.member_rows(conn, tfq.get_training_file(conn, name)["id"])] == data.ids[:1]
+
+
+def test_a_named_tokenizer_changes_the_method_label_and_the_counts(data: Data, tmp_path: Path) -> None:
+    path = tiny_tokenizer(tmp_path / "tokenizer.json")
+    name = new_file(data, data.ids)
+    estimate = build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=2,
+                                   run_id="r")
+    counted = build_training_file(BuildPlan(name=name, tokenizer=str(path)), engine=data.engine, store=data.store,
+                                  concurrency=2, run_id="r")
+    assert estimate.lengths.method == "estimate: chars/4"
+    assert counted.lengths.method == str(path) and counted.lengths.examples.count == len(data.ids)
+    assert counted.lengths.examples.max != estimate.lengths.examples.max  # really counted with the tokenizer
+    assert f"Counted with the tokenizer `{path}`" in counted.card
+    with data.engine.connect() as conn:
+        stats = tfq.get_version(conn, name)["stats"]
+    assert stats["tokenizer"] == str(path) and stats["lengths"]["method"] == str(path)
+    axolotl = data.store.get_bytes(counted.outputs["axolotl"].path).decode()
+    assert f"sequence_len: {counted.lengths.recommended_sequence_len}\n" in axolotl
+
+
+def test_a_bad_tokenizer_is_a_build_error_naming_the_path(data: Data, tmp_path: Path) -> None:
+    name = new_file(data, data.ids[:1])
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("{not json")
+    for given, reason in ((tmp_path / "missing.json", "does not exist"), (broken, "cannot be loaded"),
+                          (tmp_path, "cannot be loaded")):
+        with pytest.raises(BuildError, match="no version was written") as err:
+            build_training_file(BuildPlan(name=name, tokenizer=str(given)), engine=data.engine, store=data.store,
+                                concurrency=2, run_id="r")
+        assert f"training file {name!r}" in str(err.value) and reason in str(err.value)
+        assert str(given) in str(err.value)
+    assert versions(data, name) == []
+
+
+def test_exact_duplicate_decision_blocks_and_thresholds_configure_it() -> None:
+    """The leakage check's decision on recorded figures, without a build."""
+    from lora_assets.core.leakage import LeakageStats, LeakageThresholds
+    from lora_assets.core.tokens import LengthStats
+    from lora_assets.training_stats import Measured, leakage_problems, length_problems, recorded
+
+    answer = "Let us look at what your emergency fund covers before we talk about investing any more of it."
+    stats = LeakageStats()
+    stats.add([{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}], "train", conversation_id="a")
+    stats.add([{"role": "user", "content": "hey"}, {"role": "assistant", "content": answer}], "validation",
+              conversation_id="b")
+    lengths = LengthStats()
+    lengths.add([{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}])
+    measured = Measured(lengths=lengths.result(8), max_length=8, leakage=stats.result(),
+                        leakage_thresholds=LeakageThresholds())
+    again = recorded({"max_length": 8, **measured.stats()})  # what the checks read back from the version row
+    blocking, _ = leakage_problems(again)
+    assert len(blocking) == 1 and "validation b turn 1 ~ train a" in blocking[0]
+    relaxed = again.model_copy(update={"leakage_thresholds": LeakageThresholds(max_exact_duplicate_turns=1)})
+    assert leakage_problems(relaxed)[0] == []
+    [cut] = length_problems(again)
+    assert cut.startswith("1 example(s) exceed max_length 8 (estimate: chars/4)")

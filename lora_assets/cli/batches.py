@@ -62,7 +62,7 @@ def batch_create(personas, arcs, topics, per_combination, tier, model, mode, nam
             return
         planned = planning.plan(domain, request, created_by=settings.user_id,
                                 max_items=settings.max_items_per_batch, counter=counter,
-                                concurrency=claude.max_concurrency)
+                                concurrency=claude.max_concurrency, model_label="--model")
     get_instance(settings).add_dynamic_partitions(batch_jobs_partitions.name, [planned.key])
     cost = f", estimated ${planned.estimate.total_usd:,.4f}" if planned.estimate else ""
     click.echo(f"batch {planned.key}: {planned.items} item(s) planned ({mode} mode{cost}); id {planned.batch_id}")

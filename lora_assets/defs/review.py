@@ -10,6 +10,8 @@ file's next build leaves rejected conversations out and marks approved ones huma
 
 import io
 import re
+import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from pydantic import Field
 from lora_assets.core.review import ReviewFileError, read_review_csv
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.errors import NotFoundError
-from lora_assets.store.blobs import LocalBlobStore
+from lora_assets.store.blobs import BlobKeyError, LocalBlobStore
 from lora_assets.store.reviews import apply_review, resolve_target, write_export
 
 #: Presigned S3 links to an exported CSV stay valid this long.
@@ -49,7 +51,7 @@ def export_key(kind: str, label: str, when: datetime) -> str:
     return f"reviews/{kind.replace('_', '-')}-{safe}/{when.strftime('%Y%m%dT%H%M%S%fZ')}.csv"
 
 
-@op(description="Write the review CSV of a batch or training file to the blob store (path or link in the metadata).")
+@op(name="review_export_op", description="Write the review CSV of a batch or training file to the blob store (path or link in the metadata).")
 def review_export(context: OpExecutionContext, config: ReviewExportConfig, db: DomainDB,
                   blobs: BlobStoreResource) -> Output[str]:
     """Export one row per conversation (scaffolding keys, quality, judge scores, transcript) to
@@ -85,7 +87,7 @@ def review_export(context: OpExecutionContext, config: ReviewExportConfig, db: D
     })
 
 
-@op(description="Apply an edited review CSV to the conversations (all or nothing).")
+@op(name="review_import_op", description="Apply an edited review CSV to the conversations (all or nothing).")
 def review_import(context: OpExecutionContext, config: ReviewImportConfig, db: DomainDB,
                   blobs: BlobStoreResource) -> Output[dict[str, int]]:
     """Read and check the whole CSV, then set review_decision, reviewer_notes, reviewed_at and
@@ -95,9 +97,15 @@ def review_import(context: OpExecutionContext, config: ReviewImportConfig, db: D
         raise Failure(description="review_import: give exactly one of `csv_key` or `csv_path` in the run config")
     where = config.csv_key or config.csv_path or ""
     try:
+        if config.csv_key and not blobs.store().exists(config.csv_key):
+            raise Failure(description=f"review_import: no object {config.csv_key!r} in the blob store")
         if config.csv_key:
-            with blobs.store().open_read(config.csv_key) as raw:
-                decisions = read_review_csv(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
+            # Spooled to a local temp file first: an S3 body closes itself at its end, which a
+            # text wrapper reading ahead trips over; the spool also keeps memory flat.
+            with blobs.store().open_read(config.csv_key) as raw, tempfile.TemporaryFile() as spool:
+                shutil.copyfileobj(raw, spool)
+                spool.seek(0)
+                decisions = read_review_csv(io.TextIOWrapper(spool, encoding="utf-8-sig", newline=""))
         else:
             with Path(where).open(encoding="utf-8-sig", newline="") as handle:
                 decisions = read_review_csv(handle)
@@ -105,7 +113,7 @@ def review_import(context: OpExecutionContext, config: ReviewImportConfig, db: D
     except ReviewFileError as exc:
         raise Failure(description=f"review_import: {where}: {exc}",
                       metadata={"problems": MetadataValue.md("\n".join(f"- {p}" for p in exc.problems))}) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, BlobKeyError) as exc:
         raise Failure(description=f"review_import: {where} cannot be read: {type(exc).__name__}: {exc}") from None
     context.log.info(f"review {where}: {outcome.approved} approved, {outcome.rejected} rejected, "
                      f"{outcome.undecided} undecided, by {outcome.reviewer}")
@@ -118,10 +126,11 @@ def review_import(context: OpExecutionContext, config: ReviewImportConfig, db: D
      "training_file).")
 def review_export_job() -> None:
     """One op: `review_export`."""
-    review_export()
+    # Step key `review_export`; the op def needs its own name (a job and an op may not share one).
+    review_export.alias("review_export")()
 
 
 @job(name="review_import", description="Import an edited review CSV (run config: csv_key or csv_path); all or nothing.")
 def review_import_job() -> None:
     """One op: `review_import`."""
-    review_import()
+    review_import.alias("review_import")()

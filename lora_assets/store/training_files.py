@@ -40,13 +40,20 @@ def list_training_files(conn: Connection) -> list[dict[str, Any]]:
 
 
 def resolve_batches(conn: Connection, refs: Sequence[str]) -> list[str]:
-    """The batch job ids that `refs` name, in order; TrainingFileError listing every unknown one.
-    The one lookup of a batch by what a person types (its id today; a slug can be added here)."""
-    known = set(conn.scalars(sa.select(t.batch_jobs.c.id).where(t.batch_jobs.c.id.in_(list(refs)))))
-    missing = [b for b in refs if b not in known]
+    """The batch job ids that `refs` name (each a batch's partition key (slug) or its id), in
+    order; TrainingFileError listing every unknown one. The one lookup of a batch by what a
+    person types."""
+    b = t.batch_jobs
+    rows = conn.execute(sa.select(b.c.id, b.c.slug).where(sa.or_(b.c.id.in_(list(refs)), b.c.slug.in_(list(refs)))))
+    by_ref: dict[str, str] = {}
+    for batch_id, slug in rows:
+        by_ref[batch_id] = batch_id
+        if slug:
+            by_ref.setdefault(slug, batch_id)
+    missing = [r for r in refs if r not in by_ref]
     if missing:
-        raise TrainingFileError(f"unknown batch job id(s): {missing}")
-    return list(dict.fromkeys(refs))
+        raise TrainingFileError(f"unknown batch job id(s): {missing} (give a batch's key or id; see `lora-assets batch list`)")
+    return list(dict.fromkeys(by_ref[r] for r in refs))
 
 
 def conversations_of_batches(conn: Connection, batch_ids: Sequence[str]) -> list[str]:

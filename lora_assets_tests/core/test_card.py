@@ -201,3 +201,13 @@ def test_card_names_the_tokenizer_when_one_counted(tmp_path) -> None:
     assert "estimate" not in card.split("## Token lengths")[1].split("## Quality")[0]
     assert "At max_length" not in card
     assert "Filters that ran: none." in card
+
+
+def test_card_counts_review_rejections_only_when_given() -> None:
+    stats, export, dedup = _inputs()
+    card = dataset_card(name="reviewed", stats=stats, export=export, dedup=dedup, sources=[CLAUDE],
+                        review_rejected_out=2, filters_run=["review-rejected", "dedup"])
+    assert "| excluded: rejected in human review | 2 |" in card
+    assert card.index("rejected in human review") < card.index("| quality filter | none |")
+    assert "Filters that ran: `review-rejected`, `dedup`." in card
+    assert "rejected in human review" not in dataset_card(name="plain", stats=stats, export=export, sources=[CLAUDE])

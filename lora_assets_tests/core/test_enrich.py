@@ -293,3 +293,20 @@ def test_emotions_on_user_turns_are_kept_verbatim() -> None:
     pair = enrich_default(make_parsed(turns=turns)).training_pairs[0]
     assert pair.emotional_context == emotion
     assert EMPATHETIC_ANSWER == pair.target_response
+
+
+def test_enrichment_version_is_recorded_and_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lora_assets.core import enrich
+
+    doc = enrich_default(make_parsed(turns=make_turns(4)))
+    assert doc.dataset_metadata.enrichment_version == enrich.ENRICHMENT_VERSION
+    # A bump is seen by the next enrichment, and the file still validates as v4.0.
+    monkeypatch.setattr(enrich, "ENRICHMENT_VERSION", "99")
+    bumped = enrich_default(make_parsed(turns=make_turns(4)))
+    assert bumped.dataset_metadata.enrichment_version == "99"
+    assert EnrichedConversation.model_validate_json(bumped.model_dump_json()) == bumped
+    assert enriched_problems(bumped) == []
+    # A file written before the version was recorded still validates (None).
+    legacy = json.loads(doc.model_dump_json())
+    del legacy["dataset_metadata"]["enrichment_version"]
+    assert EnrichedConversation.model_validate(legacy).dataset_metadata.enrichment_version is None

@@ -1040,8 +1040,7 @@ def test_an_exact_duplicate_answer_across_the_split_fails_the_leakage_check(worl
     v2 = version_row(w, name, 2)
     assert v2["split"] == split and v2["stats"]["exact_duplicates"] == v2["stats"]["near_duplicates"] == 0
     ev = h.check_evaluations(blocked)["training_file_leakage"]
-    assert ev.passed is False and ev.severity == AssetCheckSeverity.ERROR
-    assert blocked.get_asset_check_evaluations()[0].blocking is not None
+    assert ev.passed is False and ev.severity == AssetCheckSeverity.ERROR and ev.blocking
     text = h.check_text(ev)
     assert "1 validation assistant turn(s) occur verbatim in train (allowed 0)" in text, text
     assert f"validation {validation} turn 1 ~ train {train}" in text

@@ -344,10 +344,9 @@ def test_thinking_block_comes_first(sim: ClaudeSimulator, client: anthropic.Anth
     assert sim.stats.delivered_by_key["th"] == 1
 
 
-@pytest.mark.xfail(raises=anthropic.InternalServerError, strict=True, reason="known bug: see issue 14 report")
 def test_thinking_fault_on_a_judge_request_still_answers(sim: ClaudeSimulator, client: anthropic.Anthropic) -> None:
-    """A thinking fault on a `<judge_request>` prompt has no conversation to think about: the
-    simulator fails with a 500 instead of answering. Strict xfail, so fixing it flags this test."""
+    """A thinking fault on a `<judge_request>` prompt answers with a thinking block and the
+    scores (it used to fail with a 500: there was no conversation to think about)."""
     sim.config = FaultConfig(thinking_rate=1.0)
     judge = "<judge_request>\nCLIENT: hello\nADVISOR: I understand.\n</judge_request>"
     message = create(client, "judge-th", messages=[{"role": "user", "content": judge}])

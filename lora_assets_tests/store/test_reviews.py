@@ -10,7 +10,6 @@ import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,7 +158,7 @@ def test_unknown_conversation_is_refused_naming_the_row_and_nothing_is_written(w
     assert review_columns(world)[known]["review_decision"] is None
 
 
-def test_unreadable_file_is_said_in_the_transcript(world: World, tmp_path: Path) -> None:
+def test_unreadable_file_is_said_in_the_transcript(world: World) -> None:
     victim = sorted(world.ids)[0]
     row = next(r for r in h.conversations(world.engine, world.batch_id) if r["id"] == victim)
     saved = world.store.get_bytes(row["enriched_file_path"])

@@ -117,9 +117,15 @@ def _faulted_text(user_text: str, key: str, attempt: int, outcome: str) -> _Text
     """The answer for `outcome` (ok or a content fault), before `max_tokens` applies."""
     if "<judge_request>" in user_text:
         text = json.dumps(_judge(user_text, key), separators=(",", ":"))
+        thought = "I score the advisor's empathy, accuracy and structure from the transcript."
     else:
         conversation = compose_conversation(parse_scaffolding_block(user_text), key)
         text = json.dumps(conversation, separators=(",", ":"), ensure_ascii=False)
+        meta = conversation["conversation_metadata"]
+        thought = (
+            f"The client is {meta['client_persona']}. I need {len(conversation['turns'])} turns, "
+            "alternating client and advisor, with the advisor acknowledging feelings before facts."
+        )
     rng = random.Random(digest("fault", key, attempt))
     if outcome == "truncated":
         return _Text(text[: int(len(text) * rng.uniform(0.3, 0.8))], stop_reason="max_tokens")
@@ -131,14 +137,7 @@ def _faulted_text(user_text: str, key: str, attempt: int, outcome: str) -> _Text
     if outcome == "wrapped":
         return _Text(f"{rng.choice(WRAP_BEFORE)}\n\n```json\n{text}\n```\n\n{rng.choice(WRAP_AFTER)}")
     if outcome == "thinking":
-        # Known bug, kept as it was (see the issue 14 report): a judge request has no
-        # `conversation`, so a thinking fault on it raises UnboundLocalError -> a 500 answer.
-        meta = conversation["conversation_metadata"]
-        thinking = (
-            f"The client is {meta['client_persona']}. I need {len(conversation['turns'])} turns, "
-            "alternating client and advisor, with the advisor acknowledging feelings before facts."
-        )
-        return _Text(text, thinking=thinking)
+        return _Text(text, thinking=thought)
     return _Text(text)
 
 
