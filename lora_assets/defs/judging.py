@@ -5,10 +5,9 @@ import json
 import uuid
 from typing import Any
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, asset
 
 from lora_assets.core.judge import JudgeError, judge_output_schema, judge_system_prompt, judge_user_prompt, parse_judge_response
-from lora_assets.defs.enrichment import enriched_conversations
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
@@ -131,7 +130,7 @@ class JudgeLedger:
 
 @asset(
     partitions_def=batch_jobs_partitions,
-    deps=[enriched_conversations],
+    deps=[AssetKey("enriched_conversations")],
     group_name="quality",
     pool="claude_api",
     kinds={"anthropic"},

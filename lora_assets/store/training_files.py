@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from lora_assets.core.aggregate import MemberSummary, validate_training_file_name
 from lora_assets.schemas import EnrichmentStatus, TrainingFileStatus
 from lora_assets.store import tables as t
-from lora_assets.store.queries import now
+from lora_assets.store.common import now
 
 
 class TrainingFileError(ValueError):

@@ -131,3 +131,32 @@ def test_slugs_are_partition_safe_and_never_look_like_batch_ids() -> None:
     assert slugify("***") == "batch"
     assert slugify("31472a98-21a9-4c1e-9d1f-000000000000").startswith("b-")
     assert len(slugify("x" * 200)) <= 60
+
+
+def test_scaffolding_assets_load_the_teams_own_directory_and_name_what_is_wrong(
+    tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance
+) -> None:
+    import json
+
+    from dagster import AssetSelection, materialize
+
+    from lora_assets.defs.scaffolding import scaffolding
+    from lora_assets.store import db as dbq
+    from lora_assets.store.scaffolding_files import bundle_to_dir, load_bundle
+
+    own = bundle_to_dir(load_bundle(), tmp_path / "own")
+    personas = json.loads((own / "personas.json").read_text())[:3]
+    (own / "personas.json").write_text(json.dumps(personas))
+    db_url = f"sqlite:///{tmp_path / 'lora.db'}"
+    blobs = h.BlobStoreResource(local_dir=str(tmp_path / "blobs"), scaffolding_dir=str(own))
+    resources = h.make_resources(db_url, blobs, sim)
+    result = materialize([scaffolding], resources=resources, instance=instance, selection=AssetSelection.all())
+    assert result.success
+    with h.DomainDB(database_url=db_url).engine().connect() as conn:
+        assert [p.persona_key for p in dbq.read_personas(conn)] == sorted(p["persona_key"] for p in personas)
+    assert h.metadata(result, "personas")["source"] == str(own)
+
+    (own / "emotional_arcs.json").write_text("[{]")
+    broken = materialize([scaffolding], resources=resources, instance=instance, raise_on_error=False)
+    assert not broken.success
+    assert f"scaffolding at {own} was not loaded:\nemotional_arcs.json: " in _failure(broken)
