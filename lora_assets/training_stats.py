@@ -43,11 +43,12 @@ def with_review(conv: EnrichedConversation, row: Mapping[str, Any]) -> EnrichedC
     if row.get("review_decision") != APPROVE:
         return conv
     notes = row.get("reviewer_notes")
-    pairs = [
-        p.model_copy(update={"training_metadata": p.training_metadata.model_copy(
-            update={"human_reviewed": True, "reviewer_notes": notes if notes is not None else p.training_metadata.reviewer_notes})})
-        for p in conv.training_pairs
-    ]
+    pairs = []
+    for p in conv.training_pairs:
+        meta = p.training_metadata
+        reviewed = meta.model_copy(update={"human_reviewed": True,
+                                           "reviewer_notes": notes if notes is not None else meta.reviewer_notes})
+        pairs.append(p.model_copy(update={"training_metadata": reviewed}))
     return conv.model_copy(update={"training_pairs": pairs})
 
 

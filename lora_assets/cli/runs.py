@@ -32,15 +32,23 @@ def defs_resource(name: str) -> Any:
     return definitions.defs.resources[name]
 
 
+def _warned(ev: Any) -> bool:
+    from dagster import AssetCheckSeverity
+
+    return not ev.passed and ev.severity == AssetCheckSeverity.WARN
+
+
 def print_checks(evaluations: list[Any]) -> None:
-    """One line per asset check evaluation: PASS / FAIL, asset:check, its description."""
+    """One line per asset check evaluation: PASS / FAIL / WARN (a failed WARN-severity check:
+    it informs, it does not fail the run), asset:check, its description."""
     for ev in evaluations:
-        mark = "PASS" if ev.passed else "FAIL"
+        mark = "PASS" if ev.passed else "WARN" if _warned(ev) else "FAIL"
         desc = ev.description or ""
         click.echo(f"  check {mark}  {ev.asset_key.to_user_string()}:{ev.check_name}  {desc}")
 
 
 def blocking_failures(evaluations: list[Any], *, with_asset: bool = True) -> list[str]:
-    """`asset:check` (or just `check`) of every blocking check that failed."""
+    """`asset:check` (or just `check`) of every blocking check that failed at ERROR severity
+    (a failed WARN-severity check informs and blocks nothing)."""
     return [f"{ev.asset_key.to_user_string()}:{ev.check_name}" if with_asset else ev.check_name
-            for ev in evaluations if ev.blocking and not ev.passed]
+            for ev in evaluations if ev.blocking and not ev.passed and not _warned(ev)]

@@ -134,21 +134,9 @@ def _run_build(name: str, options: dict[str, Any]) -> Any:
                                   run_config=run_config)
 
 
-def _print_checks(evaluations: list[Any]) -> None:
-    """`print_checks`, with a failed WARN-severity check shown as WARN (it does not fail the build)."""
-    from dagster import AssetCheckSeverity
-
-    print_checks([ev for ev in evaluations if ev.passed or ev.severity != AssetCheckSeverity.WARN])
-    for ev in evaluations:
-        if not ev.passed and ev.severity == AssetCheckSeverity.WARN:
-            click.echo(f"  check WARN  {ev.asset_key.to_user_string()}:{ev.check_name}  {ev.description or ''}")
-
-
 def _build(name: str, options: dict[str, Any] | None = None) -> None:
     """Build the next version of NAME in this process; RunFailedError when the build or a blocking
     (ERROR-severity) check fails."""
-    from dagster import AssetCheckSeverity
-
     from lora_assets.core.aggregate import TrainingFileNameError, validate_training_file_name
     from lora_assets.store.training_files import get_training_file
 
@@ -166,8 +154,8 @@ def _build(name: str, options: dict[str, Any] | None = None) -> None:
         if ev.is_failure and ev.step_key and ev.event_specific_data and getattr(ev.event_specific_data, "error", None):
             click.echo(f"  {ev.step_key}: {ev.event_specific_data.error.message.strip().splitlines()[-1]}", err=True)
     evaluations = result.get_asset_check_evaluations()
-    _print_checks(evaluations)
-    blocking = blocking_failures([ev for ev in evaluations if ev.severity == AssetCheckSeverity.ERROR], with_asset=False)
+    print_checks(evaluations)
+    blocking = blocking_failures(evaluations, with_asset=False)
     failed = not result.success or bool(blocking)
     click.echo(f"run {result.run_id}: {'FAILED' if failed else 'success'}")
     if failed:

@@ -1030,7 +1030,8 @@ def test_an_exact_duplicate_answer_across_the_split_fails_the_leakage_check(worl
     name = create(w, w.ids_a)
     assert_built(w, build(w, name))
     split = version_row(w, name)["split"]
-    train, validation = next(c for c, s in split.items() if s == "train"), next(c for c, s in split.items() if s == "validation")
+    train = next(c for c, s in split.items() if s == "train")
+    validation = next(c for c, s in split.items() if s == "validation")
     undo = _share_first_answer(w, train, validation)
     try:
         blocked = build(w, name)
