@@ -143,3 +143,34 @@ def test_enrich_batch_re_enrich_makes_no_claude_request(cli: Cli) -> None:
     assert cli.sim.stats.snapshot()["requests_total"] == 0
     lone = cli("enrich", "--re-enrich")
     assert lone.exit_code == 2 and "give either PARSED_FILE or --batch KEY" in lone.output
+
+
+def test_review_round_trip_reaches_the_next_training_file_version(cli: Cli, tmp_path: Path) -> None:
+    """Export → approve one, reject the other → import → build: the rejected conversation is not in
+    the file and human_reviewed_count is 1 in the version (and its JSONL, which the checks audit)."""
+    from lora_assets.store.training_files import get_version
+
+    out = tmp_path / "round-trip.csv"
+    assert cli("review", "export", "--batch", cli.batch_id, "--out", str(out)).exit_code == 0
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig"), newline="")))
+    head = rows[0]
+    (approved, rejected) = (rows[1][head.index("conversation_id")], rows[2][head.index("conversation_id")])
+    rows[1][head.index("decision")], rows[1][head.index("notes")] = "approve", "keep: clear steps"
+    rows[2][head.index("decision")] = "reject"
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator="\r\n").writerows(rows)
+    out.write_text(buf.getvalue(), encoding="utf-8-sig", newline="")
+    assert cli("review", "import", str(out)).exit_code == 0
+
+    built = cli("training-file", "create", "reviewed", "--batch", cli.batch_id, "--build")
+    assert built.exit_code == 0, built.output
+    engine = make_engine(cli.db_url)
+    try:
+        with engine.connect() as conn:
+            version = get_version(conn, "reviewed")
+    finally:
+        engine.dispose()
+    assert version["conversation_ids"] == [approved] and rejected not in version["conversation_ids"]
+    assert version["human_reviewed_count"] == 1
+    assert version["stats"]["review_rejected_out"] == 1
+    assert "FAIL" not in built.output

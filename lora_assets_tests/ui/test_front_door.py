@@ -227,8 +227,15 @@ def _plan_batches(ui: DagsterServers, page: Any) -> str:
     page.goto(f"{ui.base_url}/runs/{good}")
     _see(page, "Success", f"planned batch '{BATCH_KEY}': 2 item(s), estimated $", "estimated_cost_usd",
          "estimated_output_usd")
-    page.get_by_text("estimated_cost_usd", exact=True).first.scroll_into_view_if_needed()
+    page.get_by_text(f"planned batch '{BATCH_KEY}'").first.evaluate("el => el.scrollIntoView({block: 'start'})")
     _shot(page, "05-plan-batch-estimate")
+    # The `estimate` entry (markdown): the one line a person reads before spending, and why.
+    page.get_by_text("[Show Markdown]").first.click()
+    estimate = page.get_by_role("dialog").filter(has_text="item(s) on")
+    estimate.get_by_text("2 item(s) on").wait_for()
+    assert "(messages): ≈ $" in estimate.inner_text(), estimate.inner_text()
+    _shot(page, "06-plan-batch-estimate-detail")
+    page.keyboard.press("Escape")
     return good
 
 
@@ -253,13 +260,13 @@ def _watch_batch(ui: DagsterServers, page: Any, plan_run: str) -> None:
 
     page.goto(f"{ui.base_url}/runs/{run['runId']}")
     _see(page, "Success", "queued_batches_sensor", "enriched_conversations")
-    _shot(page, "06-batch-pipeline-run")
+    _shot(page, "07-batch-pipeline-run")
 
     enriched_checks = [c for c, a in check_names.CHECK_ASSET.items() if a == "enriched_conversations"]
     page.goto(f"{ui.base_url}/assets/enriched_conversations?view=checks")
     _see(page, f"Checks ({len(enriched_checks)})", *enriched_checks)
     page.get_by_text("Succeeded", exact=True).nth(len(enriched_checks) - 1).wait_for(state="visible")
-    _shot(page, "07-batch-checks")
+    _shot(page, "08-batch-checks")
 
 
 def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> dict[str, Any]:
@@ -283,7 +290,7 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     editor_dialog.get_by_role("button", name="Save config").click()
     dialog.get_by_text("Config saved").wait_for()
     dialog.get_by_text(f"batches: [{BATCH_KEY}]").wait_for()
-    _shot(page, "08-training-file-launch")
+    _shot(page, "09-training-file-launch")
 
     before = _run_ids(ui)
     dialog.get_by_role("button", name="Launch 1 run").click()
@@ -306,12 +313,13 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     assert tf is not None and tf["description"] == "Built from the Dagster UI by the front-door test", tf
     assert version is not None and version["version"] == 1 and sorted(version["conversation_ids"]) == members, version
 
+    page.set_viewport_size({"width": 2000, "height": 1100})  # the tables are wide
     page.goto(f"{ui.base_url}/assets/training_files?view=events&partition={TRAINING_FILE}")
     _see(page, f"Partition {TRAINING_FILE} materialized in run {run['runId'][:8]}", "members_table", *members)
     text = page.inner_text("body")
     assert "pragmatic_optimist" in text and "confusion_to_clarity" in text and "estate_planning_basics" in text
     page.get_by_text("members_table", exact=True).first.evaluate("el => el.scrollIntoView({block: 'start'})")
-    _shot(page, "09-training-file-members")
+    _shot(page, "10-training-file-members")
 
     outputs_label = page.get_by_text("outputs", exact=True).first
     outputs_label.evaluate("el => el.scrollIntoView({block: 'start'})")
@@ -320,7 +328,7 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     for fmt in formats:
         page.get_by_text(f"output/{fmt}", exact=True).first.wait_for(state="attached")
         assert version["outputs"][fmt]["path"].rsplit("/", 1)[-1] in text, f"{fmt} file missing from the outputs table"
-    _shot(page, "10-training-file-outputs")
+    _shot(page, "11-training-file-outputs")
     return version
 
 
