@@ -36,9 +36,9 @@ def demo(personas: int, arcs: int, topics: int) -> None:
     click.echo("\n1. scaffolding assets + completeness check")
     _scaffolding(instance)
     click.echo(f"\n2. plan a batch: {personas} personas × {arcs} arcs × {topics} topics")
-    batch_id = _plan(engine, instance, settings, personas, arcs, topics)
+    key, batch_id = _plan(engine, instance, personas, arcs, topics)
     click.echo("\n3. generate → parse → enrich (batch_pipeline job) with checks")
-    run = _generate(engine, instance, settings, batch_id)
+    run = _generate(engine, instance, settings, key, batch_id)
     name = f"demo-{batch_id[:8]}"
     click.echo(f"\n4. training file {name!r} from the batch, version 1, with checks")
     build = _training_file(engine, instance, settings, batch_id, name)
@@ -68,37 +68,42 @@ def _scaffolding(instance: Any) -> None:
         sys.exit("scaffolding failed; see above")
 
 
-def _plan(engine: Any, instance: Any, settings: Settings, personas: int, arcs: int, topics: int) -> str:
-    """Plan the demo batch from the first scaffolding keys and register its partition; its id."""
-    from lora_assets.defs.partitions import batch_jobs_partitions
-    from lora_assets.schemas import BatchSelection
+def _plan(engine: Any, instance: Any, personas: int, arcs: int, topics: int) -> tuple[str, str]:
+    """Plan the demo batch from the first scaffolding keys with the `plan_batch` job (what the UI's
+    launchpad runs: count_tokens estimate, batch written, partition registered). Returns its
+    partition key and its id."""
+    from lora_assets.cli.runs import QUIET
+    from lora_assets.definitions import defs
     from lora_assets.store import db as dbq
-    from lora_assets.store.batches import plan_batch
+    from lora_assets.store.batches import batch_for_key
 
     with engine.connect() as conn:
-        pk = [p.persona_key for p in dbq.read_personas(conn)][:personas]
-        ak = [a.arc_key for a in dbq.read_emotional_arcs(conn)][:arcs]
-        tk = [x.topic_key for x in dbq.read_training_topics(conn)][:topics]
-    batch_id, n = plan_batch(
-        engine,
-        selection=BatchSelection(persona_keys=pk, arc_keys=ak, topic_keys=tk),
-        model=settings.model,
-        mode="messages",
-        created_by=settings.user_id,
-        name="demo",
-    )
-    instance.add_dynamic_partitions(batch_jobs_partitions.name, [batch_id])
-    click.echo(f"  batch {batch_id}: {n} items")
-    return batch_id
+        config = {
+            "name": "demo",
+            "personas": [p.persona_key for p in dbq.read_personas(conn)][:personas],
+            "arcs": [a.arc_key for a in dbq.read_emotional_arcs(conn)][:arcs],
+            "topics": [x.topic_key for x in dbq.read_training_topics(conn)][:topics],
+        }
+    result = defs.resolve_job_def("plan_batch").execute_in_process(
+        instance=instance, raise_on_error=False, run_config={**QUIET, "ops": {"plan_batch_op": {"config": config}}})
+    if not result.success:
+        sys.exit(f"plan_batch run {result.run_id} FAILED; see above")
+    key = result.output_for_node("plan_batch_op")
+    with engine.connect() as conn:
+        batch = batch_for_key(conn, key)
+    click.echo(f"  batch {key}: {batch['total_items']} items, estimated ${batch['estimate']['total_usd']:.6f} "
+               f"before spending (input tokens counted by count_tokens)")
+    return key, batch["id"]
 
 
-def _generate(engine: Any, instance: Any, settings: Settings, batch_id: str) -> Any:
-    """Run the batch pipeline and print its counts, tokens and cost; exit when the run failed."""
+def _generate(engine: Any, instance: Any, settings: Settings, key: str, batch_id: str) -> Any:
+    """Run the batch pipeline for partition `key` and print its counts, tokens and cost; exit
+    when the run failed."""
     from lora_assets.cli.runs import print_checks, run_job
     from lora_assets.store.batches import batch_progress
     from lora_assets.store.conversations import batch_conversations
 
-    run = run_job("batch_pipeline", batch_id, instance)
+    run = run_job("batch_pipeline", key, instance)
     print_checks(run.get_asset_check_evaluations())
     with engine.connect() as conn:
         p = batch_progress(conn, batch_id)
