@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_UP, Decimal
 
 from lora_assets.schemas import ConsultantProfile, EmotionalContext
-from lora_assets.schemas.training import EnrichedConversation, QualityCriteria
+from lora_assets.schemas.training import QualityCriteria
 
 #: Weights of `overall`; they sum to 1.
 WEIGHTS: dict[str, float] = {

@@ -4,8 +4,9 @@ Real dagster-webserver + dagster-daemon on PostgreSQL, the blob store on S3 (mot
 chromium through Playwright, and no CLI call anywhere:
 
 1. scaffolding materialised from its asset page (Materialize → confirm the multi-asset);
-2. the `plan_batch` launchpad: a bad persona key fails with a readable message in the run page,
-   a good config (2 conversations, messages mode) succeeds and shows its cost estimate;
+2. the `plan_batch` launchpad: mistyped config is refused there (each field named, Launch
+   disabled); a bad persona key fails the run with a readable message in the run page; a good
+   config (2 conversations, messages mode) succeeds and shows its cost estimate;
 3. the queued-batches sensor starts `batch_pipeline` for the new partition once; its run page and
    the checks page show it passed;
 4. the `training_files` asset: "Add a partition" (a new training-file name) and run config in the
@@ -60,6 +61,9 @@ GOOD_PLAN = ("ops:\n  plan_batch_op:\n    config:\n"
              "      topics: [mortgage_payoff_strategy, estate_planning_basics]\n"
              "      mode: messages\n"
              "      max_cost_usd: 1.0\n" + IN_PROCESS)
+#: Wrong types: the launchpad refuses these before any run, naming each field.
+MISTYPED_PLAN = ("ops:\n  plan_batch_op:\n    config:\n      name: ui typo\n      tier: gold\n"
+                 "      per_combination: two\n")
 TRAINING_CONFIG = ("ops:\n  training_files:\n    config:\n"
                    f"      batches: [{BATCH_KEY}]\n"
                    "      description: Built from the Dagster UI by the front-door test\n" + IN_PROCESS)
@@ -153,8 +157,9 @@ def _open_materialize_dialog(page: Any, ui: DagsterServers, asset: str) -> Any:
 # --- the test -----------------------------------------------------------------------------------
 
 
-def test_front_door(dagster_ui: DagsterServers, browser: Any, s3_bucket: tuple[str, str]) -> None:
-    """Plan, estimate, run, check and build a training file from the UI; find its files."""
+def test_front_door(browser: Any, dagster_ui: DagsterServers, s3_bucket: tuple[str, str]) -> None:
+    """Plan, estimate, run, check and build a training file from the UI; find its files.
+    (`browser` first: without chromium the test skips, or fails in CI, before the servers start.)"""
     ui = dagster_ui
     engine = sa.create_engine(ui.env["LORA_DATABASE_URL"])
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -195,15 +200,20 @@ def _materialize_scaffolding(ui: DagsterServers, page: Any) -> None:
     _shot(page, "02-scaffolding-done")
 
 
-def _launch_plan(ui: DagsterServers, page: Any, config: str, shot: str | None = None) -> str:
-    """Type `config` into the plan_batch launchpad and launch; returns the run id (from the run
-    page the launchpad navigates to)."""
+def _open_plan_launchpad(ui: DagsterServers, page: Any, config: str) -> None:
+    """Open the plan_batch launchpad and type `config` into it."""
     page.goto(f"{ui.base_url}/locations/lora_assets/jobs/plan_batch/playground")
     editor = page.locator(".CodeMirror").first
     # The launchpad fills the editor with its scaffold first: replace it only once it is there.
     page.wait_for_function("el => el.CodeMirror && el.CodeMirror.getValue().includes('plan_batch_op')",
                            arg=editor.element_handle())
     _type_config(page, editor, config)
+
+
+def _launch_plan(ui: DagsterServers, page: Any, config: str, shot: str | None = None) -> str:
+    """Type `config` into the plan_batch launchpad and launch; returns the run id (from the run
+    page the launchpad navigates to)."""
+    _open_plan_launchpad(ui, page, config)
     _see(page, "No errors")  # the launchpad validated the typed config
     if shot:
         _shot(page, shot)
@@ -213,28 +223,37 @@ def _launch_plan(ui: DagsterServers, page: Any, config: str, shot: str | None = 
 
 
 def _plan_batches(ui: DagsterServers, page: Any) -> str:
-    """2. plan_batch from the launchpad: bad persona key (readable failure), then a good plan
-    (estimate in the run's logs and output metadata). Returns the good run's id."""
+    """2. plan_batch from the launchpad: config of the wrong type is refused there (each field
+    named, Launch disabled); a bad persona key fails its run with a readable message; a good plan
+    shows its estimate in the run's logs and output metadata. Returns the good run's id."""
+    _open_plan_launchpad(ui, page, MISTYPED_PLAN)
+    _see(page, 'path root:ops:plan_batch_op:config:per_combination. Value "two"',
+         "path root:ops:plan_batch_op:config:tier not in enum type Literal['template', 'scenario', 'edge_case'] got gold")
+    assert page.get_by_role("button", name="Launch Run").is_disabled()
+    _shot(page, "03-plan-batch-config-error")
+
     bad = _launch_plan(ui, page, BAD_PLAN)
-    good = _launch_plan(ui, page, GOOD_PLAN, shot="03-plan-batch-launchpad")
+    good = _launch_plan(ui, page, GOOD_PLAN, shot="04-plan-batch-launchpad")
 
     assert ui.wait_run(bad, RUN_DEADLINE_S)["status"] == "FAILURE"
     page.goto(f"{ui.base_url}/runs/{bad}")
     _see(page, "Failure", f"unknown persona key(s) ['{BAD_PERSONA}']", "known persona keys: ['anxious_planner'")
-    _shot(page, "04-plan-batch-bad-config")
+    _shot(page, "05-plan-batch-bad-config")
 
     _succeeded(ui, good, "plan_batch")
     page.goto(f"{ui.base_url}/runs/{good}")
     _see(page, "Success", f"planned batch '{BATCH_KEY}': 2 item(s), estimated $", "estimated_cost_usd",
          "estimated_output_usd")
     page.get_by_text(f"planned batch '{BATCH_KEY}'").first.evaluate("el => el.scrollIntoView({block: 'start'})")
-    _shot(page, "05-plan-batch-estimate")
+    _shot(page, "06-plan-batch-estimate")
     # The `estimate` entry (markdown): the one line a person reads before spending, and why.
-    page.get_by_text("[Show Markdown]").first.click()
+    # The log cell is truncated and its "View full message" overlay covers the link's centre, so
+    # the click goes to the link itself.
+    page.get_by_text("[Show Markdown]").first.dispatch_event("click")
     estimate = page.get_by_role("dialog").filter(has_text="item(s) on")
     estimate.get_by_text("2 item(s) on").wait_for()
     assert "(messages): ≈ $" in estimate.inner_text(), estimate.inner_text()
-    _shot(page, "06-plan-batch-estimate-detail")
+    _shot(page, "07-plan-batch-estimate-detail")
     page.keyboard.press("Escape")
     return good
 
@@ -260,13 +279,13 @@ def _watch_batch(ui: DagsterServers, page: Any, plan_run: str) -> None:
 
     page.goto(f"{ui.base_url}/runs/{run['runId']}")
     _see(page, "Success", "queued_batches_sensor", "enriched_conversations")
-    _shot(page, "07-batch-pipeline-run")
+    _shot(page, "08-batch-pipeline-run")
 
     enriched_checks = [c for c, a in check_names.CHECK_ASSET.items() if a == "enriched_conversations"]
     page.goto(f"{ui.base_url}/assets/enriched_conversations?view=checks")
     _see(page, f"Checks ({len(enriched_checks)})", *enriched_checks)
     page.get_by_text("Succeeded", exact=True).nth(len(enriched_checks) - 1).wait_for(state="visible")
-    _shot(page, "08-batch-checks")
+    _shot(page, "09-batch-checks")
 
 
 def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> dict[str, Any]:
@@ -290,7 +309,7 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     editor_dialog.get_by_role("button", name="Save config").click()
     dialog.get_by_text("Config saved").wait_for()
     dialog.get_by_text(f"batches: [{BATCH_KEY}]").wait_for()
-    _shot(page, "09-training-file-launch")
+    _shot(page, "10-training-file-launch")
 
     before = _run_ids(ui)
     dialog.get_by_role("button", name="Launch 1 run").click()
@@ -319,7 +338,7 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     text = page.inner_text("body")
     assert "pragmatic_optimist" in text and "confusion_to_clarity" in text and "estate_planning_basics" in text
     page.get_by_text("members_table", exact=True).first.evaluate("el => el.scrollIntoView({block: 'start'})")
-    _shot(page, "10-training-file-members")
+    _shot(page, "11-training-file-members")
 
     outputs_label = page.get_by_text("outputs", exact=True).first
     outputs_label.evaluate("el => el.scrollIntoView({block: 'start'})")
@@ -328,7 +347,7 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     for fmt in formats:
         page.get_by_text(f"output/{fmt}", exact=True).first.wait_for(state="attached")
         assert version["outputs"][fmt]["path"].rsplit("/", 1)[-1] in text, f"{fmt} file missing from the outputs table"
-    _shot(page, "11-training-file-outputs")
+    _shot(page, "12-training-file-outputs")
     return version
 
 
