@@ -474,8 +474,20 @@ def axolotl_config(
         "# Merge into your Axolotl YAML (base_model, adapter: lora, lora_r, ...).",
         "# Files: Hugging Face conversational JSONL, one {\"messages\": [...]} per line;",
         "# only assistant turns are trained (roles_to_train).",
+        "# Paths are relative to the directory axolotl runs in: run it from this version's folder or",
+        "# make them absolute.",
         f"chat_template: {_yaml_str(chat_template)}",
     ]
+    if chat_template == "tokenizer_default_fallback_chatml":
+        # Checked with axolotl 0.19 (docs/axolotl-check.md): on a base tokenizer without a chat
+        # template the ChatML fallback's <|im_end|> is not a token, so the turn end is never trained
+        # unless it is added; on a base with its own template these lines would be wrong.
+        out += [
+            "# Base tokenizer WITHOUT a chat template (ChatML is used): uncomment so each assistant turn's",
+            "# <|im_end|> is trained (and train the new embeddings, e.g. lora_modules_to_save: [embed_tokens, lm_head]):",
+            '# tokens: ["<|im_start|>", "<|im_end|>"]',
+            '# eot_tokens: ["<|im_end|>"]',
+        ]
     if chat_template_jinja is not None:
         out.append(f"chat_template_jinja: {_yaml_str(chat_template_jinja)}")
     out += [

@@ -403,3 +403,16 @@ def test_exported_messages_render_through_chatml_with_assistant_turns_trainable(
             assert m["content"] not in trained  # system/user text is context only
     # Nothing else is trained: the role headers stay outside the spans.
     assert "<|im_start|>" not in trained and "user\n" not in trained
+
+
+def test_axolotl_snippet_says_how_to_train_the_chatml_turn_end_only_for_the_fallback() -> None:
+    """axolotl 0.19 on a base without a template (docs/axolotl-check.md) trains no <|im_end|>
+    unless it is added as a token: the snippet carries the lines to uncomment, commented out
+    (on a base with its own template they would be wrong), and only for the ChatML fallback."""
+    import yaml
+
+    fallback = axolotl_config(train_path="train.messages.jsonl", validation_path="validation.messages.jsonl")
+    uncommented = yaml.safe_load(fallback.replace("# tokens:", "tokens:").replace("# eot_tokens:", "eot_tokens:"))
+    assert uncommented["tokens"] == ["<|im_start|>", "<|im_end|>"] and uncommented["eot_tokens"] == ["<|im_end|>"]
+    assert "tokens" not in yaml.safe_load(fallback)
+    assert "eot_tokens" not in axolotl_config(train_path="t.jsonl", chat_template="llama3")
