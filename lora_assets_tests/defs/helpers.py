@@ -244,3 +244,19 @@ def all_table_rows_text(engine: Engine) -> str:
 def all_blobs_text(store: BlobStore, prefix: str = "") -> str:
     """Every blob's content, decoded leniently (to search for secrets)."""
     return "\n".join(store.get_bytes(k).decode("utf-8", "replace") for k in store.list(prefix))
+
+
+def batch_id_of(engine: Engine, key: str) -> str:
+    """The id of the batch whose partition key (slug) or id is `key`."""
+    from lora_assets.store.batches import batch_id_for_key
+
+    with engine.connect() as conn:
+        return batch_id_for_key(conn, key)
+
+
+def key_of(engine: Engine, batch_id: str) -> str:
+    """The partition key (slug) of batch `batch_id`."""
+    from lora_assets.store.batches import batch_key
+
+    with engine.connect() as conn:
+        return batch_key(conn, batch_id)

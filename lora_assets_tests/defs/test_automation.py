@@ -120,22 +120,23 @@ def test_queued_batch_sensor_adds_partition_and_requests_a_run(
 
     # a batch created outside Dagster (e.g. `lora-assets batch create`): a queued row, no partition
     batch_id = h.plan(engine, 1, 2, 1)
-    assert not instance.has_dynamic_partition(batch_jobs_partitions.name, batch_id)
+    key = h.key_of(engine, batch_id)  # the readable partition key (a slug of the batch's name)
+    assert key == "test-batch" and not instance.has_dynamic_partition(batch_jobs_partitions.name, key)
 
     result = queued_batches_sensor(sensor_context(instance, settings_env))
 
     assert isinstance(result, SensorResult)
     [add] = result.dynamic_partitions_requests
-    assert add.partitions_def_name == batch_jobs_partitions.name and list(add.partition_keys) == [batch_id]
+    assert add.partitions_def_name == batch_jobs_partitions.name and list(add.partition_keys) == [key]
     [run] = result.run_requests
-    assert run.partition_key == batch_id and run.run_key == f"batch-{batch_id}"
+    assert run.partition_key == key and run.run_key == f"batch-{key}"
 
     # what the daemon does with the result: register the partition, launch the run
     instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
     again = queued_batches_sensor(sensor_context(instance, settings_env))
     assert isinstance(again, SensorResult)
     assert again.dynamic_partitions_requests == []  # partition exists: not added twice
-    assert [r.run_key for r in again.run_requests] == [f"batch-{batch_id}"]  # same key: the daemon dedupes
+    assert [r.run_key for r in again.run_requests] == [f"batch-{key}"]  # same key: the daemon dedupes
 
     defs = h.make_defs(settings_env, h.local_blobs(tmp_path / "blobs"), sim)
     assert h.run_batch(defs, instance, run.partition_key).success
@@ -157,7 +158,7 @@ def test_sensor_gets_its_resources_from_the_definitions(
     resources = defs.get_repository_def().get_top_level_resources()
     with build_sensor_context(instance=instance, resources=resources) as context:
         result = defs.get_sensor_def("queued_batches_sensor")(context)
-    assert isinstance(result, SensorResult) and [r.partition_key for r in result.run_requests] == [batch_id]
+    assert isinstance(result, SensorResult) and [r.partition_key for r in result.run_requests] == [h.key_of(engine, batch_id)]
 
 
 def test_queued_batch_sensor_skips_before_init(settings_env: str, instance: DagsterInstance) -> None:
@@ -215,9 +216,10 @@ def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinat
     request = run_schedule(instance, settings_env, when)
 
     assert isinstance(request, RunRequest)
-    nightly = request.partition_key
-    assert request.run_key == f"nightly-{nightly}"
-    assert instance.has_dynamic_partition(batch_jobs_partitions.name, nightly)
+    nightly_key = request.partition_key
+    assert request.run_key == f"nightly-{nightly_key}" and nightly_key == "nightly-20261121"
+    assert instance.has_dynamic_partition(batch_jobs_partitions.name, nightly_key)
+    nightly = h.batch_id_of(engine, nightly_key)
     with engine.connect() as conn:
         batch = get_batch(conn, nightly)
     assert batch["status"] == "queued" and batch["mode"] == "batches" and batch["name"] == "nightly-20261121"
@@ -228,11 +230,11 @@ def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinat
 
     # the next night does not pick the same gaps: planned-but-pending items count as coverage
     request2 = run_schedule(instance, settings_env, datetime(2026, 11, 22, 2, tzinfo=UTC))
-    assert isinstance(request2, RunRequest) and request2.partition_key != nightly
-    assert _batch_combinations(engine, request2.partition_key) == every[4 + NIGHTLY_BATCH_SIZE : 4 + 2 * NIGHTLY_BATCH_SIZE]
+    assert isinstance(request2, RunRequest) and request2.partition_key != nightly_key
+    assert _batch_combinations(engine, h.batch_id_of(engine, request2.partition_key)) == every[4 + NIGHTLY_BATCH_SIZE : 4 + 2 * NIGHTLY_BATCH_SIZE]
 
     # the run it requests runs (Message Batches mode against the simulator)
-    result = h.run_batch(defs, instance, nightly)
+    result = h.run_batch(defs, instance, nightly_key)
     assert result.success
     assert h.progress(engine, nightly)["enrichment"]["completed"] == NIGHTLY_BATCH_SIZE
     assert sim.stats.batches_created >= 1

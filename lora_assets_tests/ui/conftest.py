@@ -432,3 +432,12 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+def batch_of(key: str) -> Any:
+    """A SQL expression for the id of the batch whose partition key (slug) or id is `key`
+    (`batch create` prints the key; the domain DB's rows carry the id)."""
+    from lora_assets.store import tables as t
+
+    b = t.batch_jobs
+    return sa.select(b.c.id).where(sa.or_(b.c.id == key, b.c.slug == key)).scalar_subquery()

@@ -21,7 +21,7 @@ import yaml
 
 from lora_assets.store import tables as t
 from lora_assets.store.blobs import LocalBlobStore
-from lora_assets_tests.ui.conftest import DagsterServers, dagster_deployment
+from lora_assets_tests.ui.conftest import batch_of, DagsterServers, dagster_deployment
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -52,7 +52,7 @@ class Crash:
 def _items(engine: sa.Engine, batch_id: str) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(t.batch_items.c.status, sa.func.count()).where(
-            t.batch_items.c.batch_job_id == batch_id).group_by(t.batch_items.c.status)).all()
+            t.batch_items.c.batch_job_id == batch_of(batch_id)).group_by(t.batch_items.c.status)).all()
     return {str(s): n for s, n in rows}
 
 
@@ -61,7 +61,7 @@ def _conversations(engine: sa.Engine, batch_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(sa.select(
             t.conversations.c.id, t.conversations.c.batch_item_id, t.conversations.c.raw_response_path,
             t.conversations.c.enrichment_status,
-        ).where(t.conversations.c.batch_job_id == batch_id)).mappings()]
+        ).where(t.conversations.c.batch_job_id == batch_of(batch_id))).mappings()]
 
 
 def _version_files(engine: sa.Engine, blobs: LocalBlobStore, name: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from lora_assets.defs.scaffolding import SCAFFOLDING_KEYS
 from lora_assets.schemas import ItemStatus
 from lora_assets.store import tables as t
 from lora_assets_tests import check_names
-from lora_assets_tests.ui.conftest import ARTIFACTS, REPO, DagsterServers
+from lora_assets_tests.ui.conftest import batch_of, ARTIFACTS, REPO, DagsterServers
 
 pytestmark = pytest.mark.timeout(900)  # a loaded 2-CPU box can take minutes; normally ~3 min
 
@@ -60,9 +60,9 @@ def test_repo_dagster_yaml_loads(tmp_path: Path, pg_url: str, monkeypatch: pytes
 def _batch_counts(engine: sa.Engine, batch_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         items = conn.execute(sa.select(t.batch_items.c.status, sa.func.count()).where(
-            t.batch_items.c.batch_job_id == batch_id).group_by(t.batch_items.c.status)).all()
+            t.batch_items.c.batch_job_id == batch_of(batch_id)).group_by(t.batch_items.c.status)).all()
         conv = conn.execute(sa.select(t.conversations.c.batch_item_id, t.conversations.c.enrichment_status).where(
-            t.conversations.c.batch_job_id == batch_id)).all()
+            t.conversations.c.batch_job_id == batch_of(batch_id))).all()
     return {
         "items": {str(s): n for s, n in items},
         "conversations": len(conv),
