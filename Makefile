@@ -9,8 +9,9 @@ export LORA_DATA_DIR ?= $(CURDIR)/.lora_data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# uv installs the pinned set in ~25 s where pip takes ~100 s (same PyPI, same pins).
+	$(BIN)/pip install --quiet uv==0.9.30
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

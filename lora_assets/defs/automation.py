@@ -56,7 +56,12 @@ _LIVE_OR_DONE = [
 ]
 
 
-@sensor(job=batch_pipeline_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+#: The batch pipeline's stages run one after another (generate → parse → enrich): a process per
+#: step would only add its start-up (seconds of CPU and ~200 MB each), so sensor runs use one.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+
+@sensor(job=batch_pipeline_job, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> SensorResult | SkipReason:
     """Pick up batch jobs created outside Dagster (rows in `queued` state): add their partitions
     and request one run each. The run key makes a batch start once."""
@@ -82,7 +87,7 @@ def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> Sen
     new = [b for b in queued if b not in existing]
     return SensorResult(
         dynamic_partitions_requests=[batch_jobs_partitions.build_add_request(new)] if new else [],
-        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}") for b in queued],
+        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}", run_config=IN_PROCESS) for b in queued],
     )
 
 
