@@ -44,6 +44,7 @@ def build_defs(resources: dict[str, Any]) -> Definitions:
         sensors=[automation.queued_batches_sensor, automation.automation_sensor],
         schedules=[automation.nightly_coverage_batch],
         resources=resources,
+        executor=automation.one_process_executor,
     )
 
 

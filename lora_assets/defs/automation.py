@@ -3,6 +3,9 @@
 
 import sqlalchemy as sa
 from dagster import (
+    ExecutorDefinition,
+    Field,
+    multi_or_in_process_executor,
     AssetSelection,
     DagsterRunStatus,
     RunsFilter,
@@ -56,9 +59,18 @@ _LIVE_OR_DONE = [
 ]
 
 
-#: The batch pipeline's stages run one after another (generate → parse → enrich): a process per
-#: step would only add its start-up (seconds of CPU and ~200 MB each), so sensor runs use one.
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+#: Every run of the location executes in one process unless its run config asks for
+#: `multiprocess`: the stages run one after another (generate → parse → enrich, then checks), so a
+#: process per step would only add its start-up (seconds of CPU and ~200 MB each). Same config as
+#: Dagster's default executor; only the default differs.
+one_process_executor = ExecutorDefinition(
+    name="one_process_unless_configured",
+    config_schema=Field(multi_or_in_process_executor.config_schema.config_type, default_value={"in_process": {}},
+                        is_required=False),
+    requirements=multi_or_in_process_executor.get_requirements,
+    executor_creation_fn=multi_or_in_process_executor.executor_creation_fn,
+    description="in_process by default; `execution: {config: {multiprocess: {...}}}` for a process per step.",
+)
 
 
 @sensor(job=batch_pipeline_job, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
@@ -87,7 +99,7 @@ def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> Sen
     new = [b for b in queued if b not in existing]
     return SensorResult(
         dynamic_partitions_requests=[batch_jobs_partitions.build_add_request(new)] if new else [],
-        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}", run_config=IN_PROCESS) for b in queued],
+        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}") for b in queued],
     )
 
 
