@@ -271,8 +271,11 @@ def _watch_batch(ui: DagsterServers, page: Any, plan_run: str) -> None:
     _succeeded(ui, run["runId"], "batch_pipeline")
     for name, asset in check_names.CHECK_ASSET.items():
         execs = ui.check_executions(asset, name, BATCH_KEY)
-        assert execs and execs[0]["runId"] == run["runId"], f"{asset}:{name} did not run in {run['runId']}: {execs}"
-        assert execs[0]["status"] == "SUCCEEDED" and execs[0]["evaluation"]["success"], (asset, name, execs[0])
+        # The daemon's eager automation may re-run parse/enrich of the partition afterwards (seen
+        # under load); the sensor's run must have evaluated every check, and every run passed it.
+        mine = [e for e in execs if e["runId"] == run["runId"]]
+        assert mine, f"{asset}:{name} did not run in {run['runId']}: {execs}"
+        assert all(e["status"] == "SUCCEEDED" and e["evaluation"]["success"] for e in execs), (asset, name, execs)
     batch_runs = [r["runId"] for r in ui.runs() if r["jobName"] == "batch_pipeline"]
     assert batch_runs == [run["runId"]], f"the sensor started the batch more than once: {batch_runs}"
     assert plan_run not in batch_runs
