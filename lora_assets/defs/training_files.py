@@ -442,16 +442,24 @@ def training_file_exports_consistent(context, db: DomainDB, blobs: BlobStoreReso
                         {"train_examples": counts.get("messages-train", 0), "validation_examples": counts.get("messages-validation", 0)})
 
 
+def _recorded_stats(context: Any, db: DomainDB) -> tuple[dict[str, Any], Any]:
+    """The version this check judges and what its build measured, or (version, a WARN result)
+    for a version built before builds recorded lengths and leakage."""
+    _, v = _latest(context, db)
+    try:
+        return v, recorded(v["stats"])
+    except NotRecordedError as exc:
+        return v, check_result([f"v{v['version']}: {exc}"], f"v{v['version']}: {exc}", severity=AssetCheckSeverity.WARN)
+
+
 @asset_check(asset=training_files, partitions_def=training_files_partitions, blocking=False,
              description="Warns when chat examples exceed the training max_length (the configured one, else the "
              "recommended one, which cuts nothing): how many examples and how many assistant tokens would be cut.")
 def training_file_lengths(context, db: DomainDB) -> AssetCheckResult:
     """Token lengths the build recorded on the version row, judged at its effective max_length."""
-    _, v = _latest(context, db)
-    try:
-        measured = recorded(v["stats"])
-    except NotRecordedError as exc:
-        return check_result([f"v{v['version']}: {exc}"], f"v{v['version']}: {exc}", severity=AssetCheckSeverity.WARN)
+    v, measured = _recorded_stats(context, db)
+    if isinstance(measured, AssetCheckResult):
+        return measured
     lengths, problems = measured.lengths, length_problems(measured)
     ok = (f"v{v['version']}: no example exceeds max_length {measured.effective_max_length} "
           f"(p50 {lengths.examples.p50}, p95 {lengths.examples.p95}, max {lengths.examples.max}; {lengths.method})")
@@ -471,11 +479,9 @@ def training_file_lengths(context, db: DomainDB) -> AssetCheckResult:
              "above the launch's leakage_thresholds.")
 def training_file_leakage(context, db: DomainDB) -> AssetCheckResult:
     """The leakage report the build recorded on the version row, under the thresholds it recorded."""
-    _, v = _latest(context, db)
-    try:
-        measured = recorded(v["stats"])
-    except NotRecordedError as exc:
-        return check_result([f"v{v['version']}: {exc}"], f"v{v['version']}: {exc}", severity=AssetCheckSeverity.WARN)
+    v, measured = _recorded_stats(context, db)
+    if isinstance(measured, AssetCheckResult):
+        return measured
     blocking, warnings = leakage_problems(measured)
     o, d = measured.leakage.overlap, measured.leakage.diversity
     ok = (f"v{v['version']}: no validation assistant turn occurs in train ({o.verbatim_sentences} of "
