@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from lora_assets_tests.conftest import PG_ADMIN_URL, free_port, service_missing
 
@@ -57,9 +58,16 @@ STOP_DEADLINE_S = 30.0
 # --- the instance config ------------------------------------------------------------------------
 
 
-def write_instance_yaml(home: Path) -> None:
-    """The instance config: the repo's dagster.yaml, verbatim."""
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None) -> None:
+    """The instance config: the repo's dagster.yaml, verbatim unless a test overrides top-level
+    sections (e.g. shorter run-monitoring intervals, so a test need not wait out production's)."""
+    if not overrides:
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        return
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    for section, value in overrides.items():
+        config[section] = {**config.get(section, {}), **value} if isinstance(value, dict) else value
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
 
 
 # --- the servers --------------------------------------------------------------------------------
@@ -363,10 +371,11 @@ def _drop_db(admin: sa.Engine, name: str) -> None:
 
 
 @contextmanager
-def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dict[str, str]) -> Iterator[DagsterServers]:
+def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dict[str, str],
+                       instance_overrides: dict[str, Any] | None = None) -> Iterator[DagsterServers]:
     """Webserver + daemon on a fresh Postgres-backed instance (two throwaway databases, a temp
     DAGSTER_HOME and data dir under `tmp`); stopped, copied to test-artifacts/ui/logs/NAME and
-    dropped on exit."""
+    dropped on exit. `instance_overrides` replaces sections of the repo's dagster.yaml."""
     for exe in ("dagster-webserver", "dagster-daemon", "lora-assets"):
         if not (BIN / exe).exists():
             service_missing(f"{exe} in {BIN}")
@@ -375,7 +384,7 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
     domain_db, domain_url = _create_db(pg_admin, "lora_ui_domain")
     home = tmp / "dagster_home"
     home.mkdir()
-    write_instance_yaml(home)
+    write_instance_yaml(home, instance_overrides)
     log_dir = tmp / "logs"
     log_dir.mkdir()
     env = {k: v for k, v in os.environ.items()

@@ -26,8 +26,14 @@ from lora_assets_tests.ui.conftest import batch_of, DagsterServers, dagster_depl
 pytestmark = pytest.mark.timeout(900)
 
 #: Every simulated API call takes 4 s and a run keeps 2 in flight: 8 items take ~16 s to
-#: generate — long enough to be killed mid-way.
-ENV = {"LORA_SIMULATOR_LATENCY_S": "4", "LORA_MAX_CONCURRENCY": "2"}
+#: generate — long enough to be killed mid-way. Claims are renewed every third of their TTL, so
+#: a 15 s lease outlives any call; the re-run takes over the killed run's items 15 s after the
+#: kill instead of production's 60 s.
+ENV = {"LORA_SIMULATOR_LATENCY_S": "4", "LORA_MAX_CONCURRENCY": "2", "LORA_CLAIM_TTL_S": "15"}
+#: Run monitoring as in the repo's dagster.yaml (enabled, frees a dead run's pool slots), with
+#: shorter intervals than production's 30 s poll + 60 s grace so the test does not wait them out.
+INSTANCE_OVERRIDES = {"run_monitoring": {"enabled": True, "poll_interval_seconds": 5,
+                                         "free_slots_after_run_end_seconds": 5}}
 ITEMS = 8
 RUN_DEADLINE_S = 420.0
 TRAINING_FILE = "restart-tf"
@@ -159,7 +165,7 @@ def _crash_and_restart(c: Crash) -> None:
 @pytest.fixture(scope="module")
 def crash(tmp_path_factory: pytest.TempPathFactory, pg_admin_engine: sa.Engine) -> Iterator[Crash]:
     tmp = tmp_path_factory.mktemp("restart")
-    with dagster_deployment("test_restart", tmp, pg_admin_engine, ENV) as ui:
+    with dagster_deployment("test_restart", tmp, pg_admin_engine, ENV, INSTANCE_OVERRIDES) as ui:
         engine = sa.create_engine(ui.env["LORA_DATABASE_URL"])
         c = Crash(ui=ui, engine=engine, blobs=LocalBlobStore(Path(ui.env["LORA_DATA_DIR"]) / "blobs"))
         try:
