@@ -90,7 +90,10 @@ def _plain(value: Any) -> Any:
     """A metadata value small enough for the report (long text is cut)."""
     if isinstance(value, (int, float, bool)) or value is None:
         return value
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+    except Exception:  # noqa: BLE001 - e.g. a Dagster TableRecord, which refuses iteration
+        text = str(value)
     return text if len(text) <= 200 else text[:200] + "…"
 
 

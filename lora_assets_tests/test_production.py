@@ -53,6 +53,9 @@ LOCK_ERRORS = re.compile(
 #: Generous on purpose (never an assertion about speed): every step of a multiprocess run is its own
 #: Python process importing Dagster, which takes minutes on a loaded 2-CPU machine.
 SUBPROCESS_TIMEOUT_S = int(os.environ.get("LORA_TEST_SUBPROCESS_TIMEOUT_S", "900"))
+#: The batch runs' executor: a process per step, forked from a forkserver that preloaded the code
+#: location (`-m lora_assets.definitions`).
+MULTIPROCESS = {"max_concurrent": 4, "start_method": {"forkserver": {}}}
 #: The module's scenario fixture runs once, inside the first test that needs it: room for it.
 pytestmark = pytest.mark.timeout(3 * SUBPROCESS_TIMEOUT_S)
 
@@ -406,7 +409,9 @@ def scenario(pg_admin_engine: sa.Engine, moto_endpoint: str, tmp_path_factory: p
             #    its own process), partition given as the dagster/partition tag.
             run_config = tmp / "run_config.yaml"
             run_config.write_text(yaml.safe_dump({
-                "execution": {"config": {"multiprocess": {"max_concurrent": 4}}},
+                # forkserver: each step forks from a server that imported the code location once,
+                # instead of a fresh interpreter importing Dagster per step (README "Executors").
+                "execution": {"config": {"multiprocess": MULTIPROCESS}},
                 "loggers": {"console": {"config": {"log_level": "WARNING"}}},
             }))
             for b in batch_keys:
@@ -511,7 +516,7 @@ def test_both_batch_runs_succeeded_at_the_same_time(scenario: Scenario) -> None:
     assert set(runs) == set(scenario.batch_keys) and len(scenario.runs_of("batch_pipeline")) == 2
     assert {r.status for r in runs.values()} == {"SUCCESS"}, {p: (r.status, r.step_failures) for p, r in runs.items()}
     for r in runs.values():
-        assert r.run_config["execution"] == {"config": {"multiprocess": {"max_concurrent": 4}}}
+        assert r.run_config["execution"] == {"config": {"multiprocess": MULTIPROCESS}}
     # Run start/end timestamps from the run storage: each started before the other ended.
     starts = [r.start for r in runs.values()]
     ends = [r.end for r in runs.values()]
