@@ -7,12 +7,15 @@ arrives, per connection and in order (each chunk's deadline is its own arrival +
 read in several chunks pays D once, and connections never wait for each other); server→client
 bytes pass at once. A client sends only after it has heard back, so each HTTP round trip pays D:
 a request head, and again the body a client sends after `100 Continue` (boto3's PUT with
-`Expect: 100-continue` pays two). Connection set-up is not delayed: moto's server closes every
-connection after one response, where S3 keeps them alive, so charging the handshake would
-charge moto's quirk to the client.
+`Expect: 100-continue` pays two). Connection set-up is not delayed: S3 keeps connections
+alive, as `lora_assets_tests.s3_server` (moto on uvicorn) does, so a client pays a handshake
+once per pooled connection, not per request; stock `moto_server` (werkzeug's dev server) closes
+every connection after one response, and charging those handshakes would charge that quirk to
+the client.
 
 Counted at the HTTP layer (what reached the server, whatever the client library does):
-requests per method (a chunk that starts with `GET|PUT|HEAD|POST|DELETE <path> HTTP/1.x`),
+requests per method (a chunk that starts with `GET|PUT|HEAD|POST|DELETE <path> HTTP/1.x`; on a
+kept-alive connection too, since a client sends its next request only after the last answer),
 round trips (request heads + bodies sent after the server spoke), requests that carried
 `Expect: 100-continue`, connections, bytes. The counts go as JSON to the stats file (written
 atomically) every 0.5 s, on SIGUSR1 and on SIGTERM; `seq` grows with every write, so a reader
