@@ -288,7 +288,16 @@ def member_rows(conn: Connection, training_file_id: str) -> list[dict[str, Any]]
         .where(m.c.training_file_id == training_file_id)
         .order_by(m.c.added_at, m.c.id)
     )
-    return [dict(r) for r in conn.execute(q).mappings()]
+    # A build holds every member's row: the driver returns a new string object per row for values
+    # most rows share (batch, status, model, scaffolding keys…), so each is kept once.
+    shared: dict[str, str] = {}
+    return [{k: shared.setdefault(v, v) if k in _SHARED_MEMBER_VALUES and isinstance(v, str) else v
+             for k, v in r.items()} for r in conn.execute(q).mappings()]
+
+
+#: `member_rows` columns whose values repeat across members.
+_SHARED_MEMBER_VALUES = frozenset({"batch_job_id", "enrichment_status", "generator", "model", "review_decision",
+                                   "batch_name", "persona_key", "arc_key", "topic_key"})
 
 
 def batch_rows(conn: Connection, batch_ids: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -141,3 +141,27 @@ def test_quality_filter_on_summary_and_conversation() -> None:
     unscored = MemberSummary(conversation_id="u")
     assert quality_filter(unscored, None)
     assert not quality_filter(unscored, 0.0)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.95])
+def test_band_index_returns_exactly_what_datasketch_lsh_returns(threshold: float) -> None:
+    """`_BandIndex` (compact numpy arrays) replaces datasketch's MinHashLSH index: for the same
+    bands, every query returns the same kept signatures, across merges of its sorted part."""
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    from lora_assets.core.dedup import _BandIndex
+
+    num_perm = 64
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    index = _BandIndex(lsh.b, lsh.r, num_perm)
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2**32, size=(40, num_perm), dtype=np.uint64)
+    for i in range(700):  # > 2 merges of 256; near copies of 40 bases share some bands
+        sig = base[i % 40].copy()
+        sig[rng.random(num_perm) < rng.uniform(0.05, 0.9)] = rng.integers(0, 2**32, dtype=np.uint64)
+        mh = MinHash(num_perm=num_perm, hashvalues=sig, scheme=MinHash(num_perm=num_perm).scheme)
+        expected = sorted(int(k) for k in lsh.query(mh))
+        assert index.candidates(sig.astype(np.uint32)) == expected, i
+        if i % 3:  # keep two in three, as a deduplicator keeps only non-duplicates
+            lsh.insert(str(index.insert(sig.astype(np.uint32))), mh)

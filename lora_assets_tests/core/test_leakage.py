@@ -199,3 +199,24 @@ def test_legacy_cell_and_bad_split() -> None:
         LeakageStats(near_duplicate_jaccard=0)
     with pytest.raises(ValueError):
         LeakageThresholds(warn_verbatim_sentence_rate=1.5)
+
+
+def test_diversity_is_exact_when_the_vocabulary_outgrows_16_bit_word_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Word ids are held in 16 bits (pairs in 32) until the vocabulary outgrows them; the counts
+    held so far are then re-encoded: the figures are the same as with wide ids from the start."""
+    from lora_assets.core import leakage
+
+    examples = [(_example(*TRAIN_ANSWERS[: i + 1]), "train", ("p", "a", f"t{i % 2}")) for i in range(3)]
+    examples += [(_example(*VALIDATION_ANSWERS), "validation", ("p", "a", "t0")), (_example("the cat the cat"), "train", CELL)]
+
+    def report(narrow_ids: int) -> dict:
+        monkeypatch.setattr(leakage, "_NARROW_IDS", narrow_ids)
+        stats = LeakageStats()
+        for i, (messages, split, cell) in enumerate(examples):
+            stats.add(messages, split, conversation_id=f"c{i}", cell=cell)
+        return stats.result().model_dump()
+
+    first = LeakageStats()
+    first.add(examples[0][0], "train", conversation_id="c0")
+    after_first = len(first._vocabulary)  # widened while the second example is added
+    assert report(1 << 16) == report(after_first) == report(0)
