@@ -210,7 +210,7 @@ def test_diversity_is_exact_when_the_vocabulary_outgrows_16_bit_word_ids(monkeyp
     examples += [(_example(*VALIDATION_ANSWERS), "validation", ("p", "a", "t0")), (_example("the cat the cat"), "train", CELL)]
 
     def report(narrow_ids: int) -> dict:
-        monkeypatch.setattr(leakage, "_NARROW_IDS", narrow_ids)
+        monkeypatch.setattr(leakage, "NARROW_IDS", narrow_ids)
         stats = LeakageStats()
         for i, (messages, split, cell) in enumerate(examples):
             stats.add(messages, split, conversation_id=f"c{i}", cell=cell)
