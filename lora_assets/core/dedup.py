@@ -13,7 +13,7 @@ The first conversation seen is kept; later ones are reported with the id they du
 Everything is deterministic: datasketch's MinHash uses a fixed seed and a SHA-1-based hash (not
 Python's salted `hash`), and ties are broken by arrival order. The text itself is not retained:
 the state per kept conversation is a 32-byte digest, its signature (4 bytes × num_perm, one row
-of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays, `_BandIndex`): ≈ 0.9 KB
+of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays, `BandIndex`): ≈ 0.9 KB
 at 128 permutations, where datasketch's own index took ≈ 6 KB.
 """
 
@@ -98,7 +98,7 @@ def word_shingles(text: str, size: int) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
-class _BandIndex:
+class BandIndex:
     """The LSH index of the kept signatures: which kept conversations share at least one band
     (`rows` consecutive values of `bands`) with a query signature — the candidates datasketch's
     MinHashLSH returns for the same bands, exactly.
@@ -209,9 +209,9 @@ class Deduplicator:
         from datasketch import MinHashLSH
 
         # datasketch picks the bands (b × r rows) for that threshold; its index itself is not
-        # used (see `_BandIndex`).
+        # used (see `BandIndex`).
         lsh = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=(0.2, 0.8))
-        self._index = _BandIndex(lsh.b, lsh.r, num_perm)
+        self._index = BandIndex(lsh.b, lsh.r, num_perm)
         self._exact: dict[bytes, str] = {}
         self._kept_ids: list[str] = []  # by kept index: arrival order
         self._seen: set[str] = set()

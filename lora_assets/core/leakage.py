@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
-from lora_assets.core.dedup import normalise_text, word_shingles
+from lora_assets.core.dedup import BandIndex, normalise_text, word_shingles
 from lora_assets.core.diversity import NARROW_IDS, DiversityCounter
 
 Split = Literal["train", "validation"]
@@ -350,9 +350,6 @@ class LeakageStats:
             m.update_batch([s.encode() for s in shingles])
         return m.hashvalues.astype(np.uint32)  # values are < 2**32; halves the memory
 
-    def _band_keys(self, signature: np.ndarray) -> list[bytes]:
-        return [signature[i : i + _BAND_ROWS].tobytes() for i in range(0, self.num_perm, _BAND_ROWS)]
-
     def add(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -444,15 +441,13 @@ class LeakageStats:
         """
         if not self._validation_turns or not self._train_signatures:
             return {}
-        bands: list[dict[bytes, list[int]]] = [{} for _ in range(self.num_perm // _BAND_ROWS)]
-        for index, (*_, signature) in enumerate(self._validation_turns):
-            for band, key in zip(bands, self._band_keys(signature), strict=True):
-                band.setdefault(key, []).append(index)
+        index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
+        for *_, signature in self._validation_turns:
+            index.insert(signature)
         train = np.frombuffer(self._train_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
         best: dict[int, tuple[float, int]] = {}
         for train_index, signature in enumerate(train):
-            candidates = {i for band, key in zip(bands, self._band_keys(signature), strict=True) for i in band.get(key, ())}
-            for candidate in candidates:
+            for candidate in index.candidates(signature):
                 sim = float(np.count_nonzero(self._validation_turns[candidate][3] == signature)) / self.num_perm
                 # Train turns come in order, so a strictly greater similarity wins; ties keep the earliest.
                 if sim >= self.near_duplicate_jaccard and (candidate not in best or sim > best[candidate][0]):

@@ -145,16 +145,16 @@ def test_quality_filter_on_summary_and_conversation() -> None:
 
 @pytest.mark.parametrize("threshold", [0.5, 0.8, 0.95])
 def test_band_index_returns_exactly_what_datasketch_lsh_returns(threshold: float) -> None:
-    """`_BandIndex` (compact numpy arrays) replaces datasketch's MinHashLSH index: for the same
+    """`BandIndex` (compact numpy arrays) replaces datasketch's MinHashLSH index: for the same
     bands, every query returns the same kept signatures, across merges of its sorted part."""
     import numpy as np
     from datasketch import MinHash, MinHashLSH
 
-    from lora_assets.core.dedup import _BandIndex
+    from lora_assets.core.dedup import BandIndex
 
     num_perm = 64
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    index = _BandIndex(lsh.b, lsh.r, num_perm)
+    index = BandIndex(lsh.b, lsh.r, num_perm)
     rng = np.random.default_rng(7)
     base = rng.integers(0, 2**32, size=(40, num_perm), dtype=np.uint64)
     for i in range(700):  # > 2 merges of 256; near copies of 40 bases share some bands
