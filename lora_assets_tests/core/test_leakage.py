@@ -147,7 +147,7 @@ def test_distinct_n_and_template_rate() -> None:
     # Two turns: bigrams never cross a turn boundary.
     stats.add(_example("the cat", "the cat"), "train", conversation_id="b", cell=("p", "a", "t"))
     d = stats.result().diversity
-    assert d.assistant_tokens == 8
+    assert d.assistant_words == 8
     assert d.distinct_1 == pytest.approx(3 / 8)
     assert d.distinct_2 == pytest.approx(3 / 5)  # the-cat, cat-the, the-dog, the-cat, the-cat
     assert (d.sentences, d.distinct_templates) == (3, 2)
