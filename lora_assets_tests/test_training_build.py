@@ -191,7 +191,7 @@ def test_a_named_tokenizer_changes_the_method_label_and_the_counts(data: Data, t
                                    run_id="r")
     counted = build_training_file(BuildPlan(name=name, tokenizer=str(path)), engine=data.engine, store=data.store,
                                   concurrency=2, run_id="r")
-    assert estimate.lengths.method == "estimate: chars/4"
+    assert estimate.lengths.method == "estimate: chars/4 + 10%"
     assert counted.lengths.method == str(path) and counted.lengths.examples.count == len(data.ids)
     assert counted.lengths.examples.max != estimate.lengths.examples.max  # really counted with the tokenizer
     assert f"Counted with the tokenizer `{path}`" in counted.card
@@ -237,4 +237,4 @@ def test_exact_duplicate_decision_blocks_and_thresholds_configure_it() -> None:
     relaxed = again.model_copy(update={"leakage_thresholds": LeakageThresholds(max_exact_duplicate_turns=1)})
     assert leakage_problems(relaxed)[0] == []
     [cut] = length_problems(again)
-    assert cut.startswith("1 example(s) exceed max_length 8 (estimate: chars/4)")
+    assert cut.startswith("1 example(s) exceed max_length 8 (estimate: chars/4 + 10%)")
