@@ -162,6 +162,9 @@ def _token_lengths_section(lengths: LengthReport | None) -> list[str]:
         f"- **Recommended TRL `max_length`:** {lengths.recommended_max_length} "
         f"(the longest example rounded up to a multiple of {LENGTH_MULTIPLE}: truncates {nothing})",
     ]
+    if lengths.counting == "chat_template" and lengths.examples.count and not lengths.assistant_tokens:
+        out.append("- **Warning:** the chat template has no `{% generation %}` block around assistant turns: TRL's "
+                   "`assistant_only_loss` would train nothing with it (transformers marks no assistant token)")
     t = lengths.truncation
     if t is not None:
         out.append(
