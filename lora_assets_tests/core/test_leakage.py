@@ -220,3 +220,11 @@ def test_diversity_is_exact_when_the_vocabulary_outgrows_16_bit_word_ids(monkeyp
     first.add(examples[0][0], "train", conversation_id="c0")
     after_first = len(first._vocabulary)  # widened while the second example is added
     assert report(1 << 16) == report(after_first) == report(0)
+
+
+def test_word_counts_recorded_under_their_old_name_still_load() -> None:
+    """Versions recorded before the rename say `assistant_tokens` for what is a word count."""
+    from lora_assets.core.leakage import Diversity
+
+    assert Diversity.model_validate({"assistant_tokens": 9}).assistant_words == 9
+    assert "assistant_words" in Diversity(assistant_words=9).model_dump()

@@ -194,3 +194,15 @@ def test_exported_messages_with_tokenizer_and_estimate(tokenizer_dir: Path) -> N
     assert r.examples.max > r.examples.p50 and e.examples.max > e.examples.p50
     assert r.truncation is not None and r.truncation.assistant_tokens_total > 0
     assert r.recommended_sequence_len >= r.examples.p99 and r.recommended_sequence_len % 64 == 0
+
+
+def test_reports_recorded_before_the_chat_template_still_load() -> None:
+    """A version row's `stats` from before: no counting / template / trained-token fields."""
+    from lora_assets.core.tokens import LengthReport
+
+    old = {"method": "estimate: chars/4", "message_overhead_tokens": 5,
+           "examples": {"count": 2, "p50": 10, "p95": 12, "p99": 12, "max": 12, "mean": 11.0},
+           "turns": {"count": 4}, "assistant_turns": {"count": 2}, "recommended_sequence_len": 64,
+           "recommended_max_length": 64, "truncation": None}
+    report = LengthReport.model_validate(old)
+    assert report.counting == "message_overhead" and report.chat_template is None and report.assistant_tokens == 0
