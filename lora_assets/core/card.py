@@ -150,7 +150,8 @@ def _token_lengths_section(lengths: LengthReport | None) -> list[str]:
                 [label, p.count, p.p50, p.p95, p.p99, p.max]
                 for label, p in (
                     ("examples", lengths.examples),
-                    ("turns (user + assistant)", lengths.turns),
+                    ("turns (user + assistant" + (", content only)" if lengths.counting == "chat_template"
+                                                  else ", with template tokens)"), lengths.turns),
                     ("trained tokens per assistant turn (turn end included)", lengths.assistant_turns),
                 )
             ],

@@ -97,6 +97,7 @@ DEFAULT_SEQUENCE_LEN = 2048
 #: Examples `LengthStats` buffers before counting them in one batch (one `encode_batch` call).
 BATCH = 256
 
+
 class TokenizerLoadError(ValueError):
     """A tokenizer path that does not name a loadable `tokenizer.json` (or its chat template)."""
 
@@ -108,7 +109,8 @@ class ExampleCount:
     length: int
     #: Token spans [start, end) the trainer trains (assistant turns), disjoint and in order.
     trained: tuple[tuple[int, int], ...]
-    #: Tokens of each user/assistant message (see `TokenCounter.counting`).
+    #: Tokens of each user/assistant message: its content and template tokens under the
+    #: per-message overhead; its content as tokenised in the rendered example under a template.
     turns: tuple[int, ...]
     #: Trained tokens of each assistant turn (turn end included).
     assistant_turns: tuple[int, ...]
@@ -230,8 +232,7 @@ def _load_tokenizer(file: Path) -> Any:
     for key in ("extra_special_tokens", "additional_special_tokens"):
         extra = config.get(key)
         wanted += extra if isinstance(extra, list) else []
-    have = set(tokenizer.get_added_tokens_decoder().values())
-    have_text = {t.content for t in have}
+    have_text = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
     tokens = []
     for value in wanted:
         if isinstance(value, str) and value not in have_text:
