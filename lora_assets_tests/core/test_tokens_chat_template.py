@@ -197,9 +197,10 @@ def test_without_a_tokenizer_the_estimate_is_stated_and_never_below_the_trainers
         assert sum(end - start for start, end in est.trained) >= sum(mask)
         ratios.append(est.length / len(ids))
     longest = max(range(len(EXAMPLES)), key=lambda i: len(trainer[i][0]))
-    # How close: the estimate at the longest example is at most a third above the real count.
-    assert 1.0 <= estimates[longest].length / len(trainer[longest][0]) < 1.34
-    assert max(ratios) < 1.5
+    # How close (measured 1.09 / 1.21 at the longest example, ≤ 1.23 anywhere): a margin that only
+    # makes the bound looser fails here.
+    assert 1.0 <= estimates[longest].length / len(trainer[longest][0]) < 1.25
+    assert max(ratios) < 1.3
 
     stats = LengthStats()  # no tokenizer named
     for messages in EXAMPLES:
