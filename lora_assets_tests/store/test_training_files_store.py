@@ -275,3 +275,44 @@ def test_versions_are_claimed_in_order_and_only_recorded_ones_are_visible(store:
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
         conn.execute(sa.insert(t.training_file_versions).values(
             id=str(uuid.uuid4()), training_file_id=file_id, version=2, status="building"))
+
+
+def test_a_version_recorded_late_never_moves_current_version_back(store: Store) -> None:
+    """Two builds: v1 claimed first, v2 recorded first (it finished sooner). v1's record keeps
+    its own row but leaves the file's current version (and its metadata) at v2."""
+    name = unique()
+    file_id = tfq.create_training_file(store.engine, name=name, conversation_ids=store.good, created_by="tests")
+    row1, n1 = tfq.claim_version(store.engine, file_id, name)
+    row2, n2 = tfq.claim_version(store.engine, file_id, name)
+    assert (n1, n2) == (1, 2)
+    with store.engine.begin() as conn:
+        tfq.record_version(conn, file_id, row2, _values(2, name, 9))
+    with store.engine.begin() as conn:
+        tfq.record_version(conn, file_id, row1, _values(1, name, 5))
+    with store.engine.connect() as conn:
+        tf = tfq.get_training_file(conn, name)
+        assert [v["version"] for v in tfq.versions(conn, file_id)] == [1, 2]
+        assert tfq.get_version(conn, name)["version"] == 2
+    assert tf["current_version"] == 2 and tf["total_training_pairs"] == 9
+    assert tf["json_file_path"] == f"training-files/{name}/v2/{name}.json"
+
+
+def test_concurrent_builders_in_real_processes_keep_current_version_the_highest(store: Store, tmp_path: Path) -> None:
+    """Three processes claim and record versions of one file at once (random pauses between claim
+    and record, so they finish out of order): every number is claimed once, none is lost, and
+    after every record `current_version` equals the highest recorded version."""
+    import subprocess
+    import sys
+
+    name = unique()
+    file_id = tfq.create_training_file(store.engine, name=name, conversation_ids=store.good, created_by="tests")
+    url, go, rounds = store.engine.url.render_as_string(hide_password=False), tmp_path / "go", 6
+    procs = [subprocess.Popen([sys.executable, "-m", "lora_assets_tests.store.version_race_worker", url, file_id, name,
+                               str(rounds), str(go), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for seed in range(3)]
+    go.touch()
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    with store.engine.connect() as conn:
+        assert [v["version"] for v in tfq.versions(conn, file_id)] == list(range(1, 3 * rounds + 1))
+        assert tfq.get_training_file(conn, name)["current_version"] == 3 * rounds
