@@ -48,7 +48,8 @@ def _environment(root: Path, mp: pytest.MonkeyPatch) -> None:
     mp.setenv("DAGSTER_HOME", str(root / "dh"))
     (root / "dh").mkdir(parents=True, exist_ok=True)
     (root / "dh" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for var in ("LORA_DATABASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LORA_S3_BUCKET", "LORA_DEBUG"):
+    for var in ("LORA_DATABASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LORA_S3_BUCKET", "LORA_DEBUG",
+                "LORA_SCAFFOLDING_DIR"):
         mp.delenv(var, raising=False)
 
 
@@ -338,6 +339,15 @@ INIT_CASES: list[tuple[str, dict[str, str], str, Any, list[str]]] = [
     ("unresolvable-placeholder", {}, "prompt_templates.json",
      _edit_json(lambda d: d[0].update(body=d[0]["body"] + " {{no_such_placeholder}}")),
      ["not usable by a run", "unknown placeholder {{no_such_placeholder}}"]),
+    ("placeholder-missing-a-closing-brace", {}, "prompt_templates.json",
+     _edit_json(lambda d: d[0].update(body=d[0]["body"] + " Hello {{persona_name}.")),
+     ["prompt_templates.json: 'standard_conversation': field 'body': malformed placeholder '{{persona_name}'"]),
+    ("placeholder-not-closed", {}, "prompt_templates.json",
+     _edit_json(lambda d: d[1].update(body=d[1]["body"] + " Ask {{consultant_name about it.")),
+     ["prompt_templates.json: 'scenario_conversation': field 'body': malformed placeholder '{{consultant_name'"]),
+    ("placeholder-with-a-hyphen", {}, "prompt_templates.json",
+     _edit_json(lambda d: d[2].update(body=d[2]["body"] + " Key {{persona-key}}.")),
+     ["prompt_templates.json: 'edge_case_conversation': field 'body': malformed placeholder '{{persona-key}}'"]),
     ("two-templates-for-one-tier", {}, "prompt_templates.json", _edit_json(lambda d: d[1].update(tier=d[0]["tier"])),
      ["2 templates for tier 'template'"]),
     ("invalid-json", {}, "training_topics.json", lambda text: text[:-5], ["training_topics.json: invalid JSON"]),
@@ -359,6 +369,39 @@ def test_init_refuses_scaffolding_a_run_would_fail_on_and_writes_nothing(
     for fragment in fragments:
         assert fragment in result.output, (fragment, result.output)
     assert not (tmp_path / "data").exists()
+
+
+def test_init_loads_lora_scaffolding_dir_and_says_where_its_scaffolding_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`init` reads LORA_SCAFFOLDING_DIR as the scaffolding assets do (it used to restore the
+    bundled persona over the user's), and each init names its source."""
+    _environment(tmp_path, monkeypatch)
+    monkeypatch.delenv("LORA_SCAFFOLDING_DIR", raising=False)
+    directory = _scaffolding(tmp_path, "personas.json", _edit_json(lambda d: d[0].update(name="Zed Changed")))
+    first = _invoke("init", "--scaffolding-dir", str(directory))
+    assert first.exit_code == 0 and f"scaffolding: {directory} (--scaffolding-dir)" in first.output, first.output
+    monkeypatch.setenv("LORA_SCAFFOLDING_DIR", str(directory))
+    again = _invoke("init")
+    assert again.exit_code == 0, again.output
+    assert f"scaffolding: {directory} (LORA_SCAFFOLDING_DIR)" in again.output
+    assert "updated   0  unchanged  14" in again.output, again.output
+    with sqlite3.connect(tmp_path / "data" / "lora.db") as conn:
+        names = {n for (n,) in conn.execute("SELECT name FROM personas")}
+    assert "Zed Changed" in names and "David Chen" not in names
+    monkeypatch.delenv("LORA_SCAFFOLDING_DIR")
+    bundled = _invoke("init")
+    assert bundled.exit_code == 0 and f"scaffolding: {BUNDLED_DIR} (bundled data)" in bundled.output, bundled.output
+
+
+def test_init_refuses_a_lora_scaffolding_dir_that_is_not_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _environment(tmp_path, monkeypatch)
+    assert _invoke("init").exit_code == 0
+    before = _state(tmp_path)
+    monkeypatch.setenv("LORA_SCAFFOLDING_DIR", str(tmp_path / "nowhere"))
+    result = _invoke("init")
+    _assert_refused(result, 2, f"error: LORA_SCAFFOLDING_DIR: scaffolding directory not found: {tmp_path / 'nowhere'}")
+    assert _state(tmp_path) == before
 
 
 def test_init_refuses_an_id_that_would_change_a_primary_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
