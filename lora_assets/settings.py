@@ -69,7 +69,12 @@ class Settings(BaseModel):
     max_turns: int = Field(default=200, ge=2, description="LORA_MAX_TURNS: turns of one conversation read by "
                            "`parse`, `enrich` and `validate` (enrichment copies the history into every pair).")
     max_validation_lines: int = Field(default=200, ge=1, description="LORA_MAX_VALIDATION_LINES: problems "
-                                      "`validate` prints before summarising the rest as a count.")
+                                      "`validate` and `review import` print before summarising the rest as a count.")
+    max_review_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="LORA_MAX_REVIEW_FILE_BYTES: "
+                                       "size of a review CSV `review import` reads (transcripts make rows of "
+                                       "a few KB each).")
+    max_review_rows: int = Field(default=50_000, ge=1, description="LORA_MAX_REVIEW_ROWS: data rows of one review "
+                                 "CSV; reading stops at the first row over it.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

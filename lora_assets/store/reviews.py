@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from lora_assets.core.review import (
     JUDGE_CRITERIA,
+    MAX_PROBLEMS,
     ReviewDecision,
     ReviewFileError,
     ReviewRow,
@@ -207,12 +208,14 @@ def write_export(engine: Engine, store: BlobStore, target: ReviewTarget, handle:
     return ExportSummary(rows=written, seed_example_conversations=seed_conversations, seed_examples=seeds)
 
 
-def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: str) -> ReviewOutcome:
+def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: str,
+                 max_problems: int = MAX_PROBLEMS) -> ReviewOutcome:
     """Record a reviewer's decisions on `conversations` in one transaction: `review_decision`,
     `reviewer_notes`, `reviewed_at` and `human_reviewed` (True for approve, False for reject); an
     undecided row (blank decision) leaves its conversation unchanged. All or nothing: a row naming
     a conversation the DB does not know is refused (ReviewFileError naming its line) and nothing
-    is written. `reviewer` is who imported (reported back; the table has no column for it)."""
+    is written; the first `max_problems` such rows are listed, the rest counted. `reviewer` is who
+    imported (reported back; the table has no column for it)."""
     decided = [d for d in decisions if d.decision is not None]
     c = t.conversations
     stamp = now()
@@ -223,7 +226,7 @@ def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: 
         unknown = [d for d in decided if d.conversation_id not in known]
         if unknown:
             raise ReviewFileError([f"line {d.line}: conversation {d.conversation_id!r} is not in the domain database"
-                                   for d in unknown])
+                                   for d in unknown[:max_problems]], max(0, len(unknown) - max_problems))
         if decided:
             stmt = sa.update(c).where(c.c.id == sa.bindparam("_id")).values(
                 review_decision=sa.bindparam("decision"), reviewer_notes=sa.bindparam("notes"),

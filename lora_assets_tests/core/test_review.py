@@ -12,6 +12,7 @@ from lora_assets.core.review import (
     ReviewDecision,
     ReviewFileError,
     ReviewRow,
+    ReviewRowLimitError,
     read_review_csv,
     review_header,
     transcript,
@@ -167,6 +168,26 @@ def test_all_problems_reported_at_once_and_nothing_returned() -> None:
         "line 3: column 'notes' has 2001 characters (at most 2000)",
         "line 5: conversation 'c3' appears more than once (first on line 4)",
     ]
+
+
+def test_problem_list_is_capped_with_a_count_of_the_rest() -> None:
+    table = _table(_export([ReviewRow(conversation_id=f"c{i}", transcript="t") for i in range(10)]))
+    for row in table[1:]:
+        row[table[0].index("decision")] = "maybe"
+    with pytest.raises(ReviewFileError) as err:
+        read_review_csv(io.StringIO(_untable(table), newline=""), max_problems=3)
+    assert len(err.value.problems) == 3 and err.value.more == 7 and err.value.total == 10
+    assert str(err.value).endswith("… and 7 more problem(s) not listed")
+
+
+def test_reading_stops_at_the_first_row_over_the_row_limit() -> None:
+    text = _export([ReviewRow(conversation_id=f"c{i}", transcript="t") for i in range(5)])
+    handle = io.StringIO(text + "this line is never parsed\n" * 1000, newline="")
+    with pytest.raises(ReviewRowLimitError, match="line 5: more than 3 rows, over the limit of 3 rows") as err:
+        read_review_csv(handle, max_rows=3)
+    assert err.value.limit == 3
+    assert handle.tell() < len(text)  # the rest of the file was not read
+    assert len(read_review_csv(io.StringIO(text, newline=""), max_rows=5)) == 5
 
 
 def test_duplicate_conversation_refused() -> None:
