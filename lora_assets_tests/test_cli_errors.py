@@ -229,7 +229,8 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, *, success: bool, blocking_passed
 
     evaluation = SimpleNamespace(asset_key=AssetKey("enriched_conversations"), check_name="all_conversations_enriched",
                                  passed=blocking_passed, blocking=True, description="fake")
-    result = SimpleNamespace(success=success, run_id="fake-run", get_asset_check_evaluations=lambda: [evaluation])
+    result = SimpleNamespace(success=success, run_id="fake-run", get_asset_check_evaluations=lambda: [evaluation],
+                             all_events=[])
     job = SimpleNamespace(execute_in_process=lambda **_: result)
     monkeypatch.setattr(definitions, "defs", SimpleNamespace(resolve_job_def=lambda name: job))
 
@@ -269,6 +270,34 @@ def test_run_exits_1_when_every_item_failed(tmp_path: Path, monkeypatch: pytest.
         assert _invoke("init").exit_code == 0
         result = _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC, "--run")
     _assert_refused(result, 1, "every item failed (1 of 1", "FAIL")
+
+
+def test_a_run_that_aborts_says_why_in_its_last_line_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run whose generation aborts (its spool cannot be written, as when claims lapse in a
+    database outage: RunAbortedError ends the step). No Dagster STEP_FAILURE / RUN_FAILURE stack
+    trace is printed; the last line is the one `error:` line, with the step and the reason; no
+    conversation is stored and the item is left for a re-run."""
+    import lora_assets.definitions as definitions
+    from lora_assets.defs.resources import build_resources
+
+    _environment(tmp_path, monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("LORA_SPOOL_DIR", str(tmp_path / "a-file" / "spool"))
+    monkeypatch.setattr(definitions, "defs", definitions.build_defs(build_resources()))
+    assert _invoke("init").exit_code == 0
+    assert _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC, "--name", "abort").exit_code == 0
+    result = _invoke("run", "abort")
+    _assert_refused(result, 1, "could not write the answer to the local spool", "left unrecorded for a re-run")
+    last = result.output.rstrip().splitlines()[-1]
+    assert last.startswith("error: batch abort: the run failed: raw_conversations: RunAbortedError: generation run "
+                           "aborted (at item "), result.output
+    for marker in ("Traceback", "Stack Trace", "STEP_FAILURE", "RUN_FAILURE", "dagster - ERROR", 'File "'):
+        assert marker not in result.output, (marker, result.output)
+    with sqlite3.connect(tmp_path / "data" / "lora.db") as conn:
+        assert conn.execute("SELECT count(*) FROM conversations").fetchone()[0] == 0
+        assert conn.execute("SELECT status FROM batch_items").fetchall() == [("pending",)]
 
 
 # --- before `init` -------------------------------------------------------------------------------
