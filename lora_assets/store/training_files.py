@@ -227,20 +227,26 @@ def create_training_file(
     if not conversation_ids:
         raise TrainingFileError(f"training file {name!r}: the selection is empty (no conversations)")
     _check_thresholds(name, min_quality, min_judge_score)
-    with engine.begin() as conn:
-        if get_training_file(conn, name) is not None:
-            raise TrainingFileError(f"training file {name!r} already exists (use `training-file add`)")
-        problems = _membership_problems(conn, None, conversation_ids)
-        if problems:
-            raise MembershipError(name, problems)
-        file_id = str(uuid.uuid4())
-        conn.execute(
-            sa.insert(t.training_files).values(
-                id=file_id, name=name, description=description, min_quality=min_quality,
-                min_judge_score=min_judge_score, status=TrainingFileStatus.ACTIVE, created_by=created_by,
+    file_id = str(uuid.uuid4())
+    try:
+        with engine.begin() as conn:
+            # The row first: its write lock (and UNIQUE(name)) makes a concurrent create of the
+            # same name wait for this one and then fail here, instead of both passing a check.
+            conn.execute(
+                sa.insert(t.training_files).values(
+                    id=file_id, name=name, description=description, min_quality=min_quality,
+                    min_judge_score=min_judge_score, status=TrainingFileStatus.ACTIVE, created_by=created_by,
+                )
             )
-        )
-        _insert_members(conn, file_id, conversation_ids, created_by)
+            problems = _membership_problems(conn, None, conversation_ids)
+            if problems:
+                raise MembershipError(name, problems)
+            _insert_members(conn, file_id, conversation_ids, created_by)
+    except sa.exc.IntegrityError:
+        with engine.connect() as conn:
+            if get_training_file(conn, name) is None:
+                raise
+        raise TrainingFileError(f"training file {name!r} already exists (use `training-file add`)") from None
     return file_id
 
 
@@ -248,15 +254,18 @@ def add_members(engine: Engine, *, name: str, conversation_ids: Sequence[str], a
     """Add conversations to an existing training file (all or none). Returns how many."""
     if not conversation_ids:
         raise TrainingFileError(f"training file {name!r}: the selection is empty (no conversations)")
+    f = t.training_files
     with engine.begin() as conn:
-        tf = get_training_file(conn, name)
+        # Touch the file's row first: two adds to one file run one after the other (the second
+        # sees the first's members and refuses them as duplicates, instead of a constraint error).
+        touched = conn.execute(sa.update(f).where(f.c.name == name).values(updated_at=now())).rowcount
+        tf = get_training_file(conn, name) if touched else None
         if tf is None:
             raise TrainingFileError(f"no training file named {name!r}")
         problems = _membership_problems(conn, tf["id"], conversation_ids)
         if problems:
             raise MembershipError(name, problems)
         _insert_members(conn, tf["id"], conversation_ids, added_by)
-        conn.execute(sa.update(t.training_files).where(t.training_files.c.id == tf["id"]).values(updated_at=now()))
     return len(conversation_ids)
 
 
