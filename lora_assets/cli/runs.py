@@ -50,6 +50,15 @@ def _first_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _one_line(text: str, limit: int = 600) -> str:
+    """A multi-line message (a Failure listing problems) as one line: `head: a; b; c`."""
+    out = ""
+    for line in (x.strip() for x in str(text).splitlines()):
+        if line:
+            out = line if not out else out + (" " if out.endswith(":") else "; ") + line
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
 def _error_text(error: Any) -> str:
     """`Type: message` of the exception a step raised: Dagster's wrapper unwrapped, the module
     path dropped (`RunAbortedError: generation run aborted …`)."""
@@ -74,7 +83,7 @@ def run_failure(result: Any) -> str:
         data = ev.event_specific_data
         user = getattr(data, "user_failure_data", None)
         if user is not None and user.description:
-            reasons.append(f"{ev.step_key}: {_first_line(user.description)}")
+            reasons.append(f"{ev.step_key}: {_one_line(user.description)}")
         elif getattr(data, "error", None) is not None:
             reasons.append(f"{ev.step_key}: {_error_text(data.error)}")
         else:

@@ -209,9 +209,14 @@ def read_review_csv(
         raise ReviewFileError([f"line 1: not readable as CSV ({exc})"]) from exc
     if found:
         found[0] = found[0].removeprefix("\ufeff")  # Excel's "CSV UTF-8" adds a BOM
+    if found and not set(found) & set(header):
+        # Not a review export at all (a wrong file, a symlink to something else): its first line
+        # is not echoed, only its shape.
+        raise ReviewFileError([f"line 1: not a review export: none of its {len(found)} column(s) is one of the "
+                               f"export's; expected: {','.join(header)}"])
     if found != header:
         missing = [c for c in header if c not in (found or [])]
-        extra = [c for c in (found or []) if c not in header]
+        extra = [c if len(c) <= 40 else c[:39] + "…" for c in (found or []) if c not in header][:5]
         detail = "; ".join(
             part for part in (
                 f"missing {', '.join(missing)}" if missing else "",

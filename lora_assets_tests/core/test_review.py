@@ -208,6 +208,10 @@ def test_wrong_header_refused() -> None:
         _import(_untable(swapped))
     with pytest.raises(ReviewFileError, match="line 1"):
         _import("")
+    secret = "root:$6$s3cr3t-hash:19000:0:99999:7:::"
+    with pytest.raises(ReviewFileError, match="line 1: not a review export: none of its 1 column") as err:
+        _import(secret + "\n")  # e.g. a symlink to /etc/shadow: its content is never echoed
+    assert "s3cr3t" not in str(err.value)
 
 
 def test_wrong_column_count_refused() -> None:
