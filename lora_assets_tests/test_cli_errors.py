@@ -423,6 +423,26 @@ def test_init_loads_lora_scaffolding_dir_and_says_where_its_scaffolding_came_fro
     assert bundled.exit_code == 0 and f"scaffolding: {BUNDLED_DIR} (bundled data)" in bundled.output, bundled.output
 
 
+def test_init_loads_an_s3_lora_scaffolding_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: tuple[str, str]
+) -> None:
+    import boto3
+
+    _environment(tmp_path, monkeypatch)
+    endpoint, bucket = s3_bucket
+    directory = _scaffolding(tmp_path, "personas.json", _edit_json(lambda d: d[0].update(name="Zed From S3")))
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    for path in directory.iterdir():
+        client.upload_file(str(path), bucket, f"team/{path.name}")
+    monkeypatch.setenv("LORA_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("LORA_SCAFFOLDING_DIR", f"s3://{bucket}/team")
+    result = _invoke("init")
+    assert result.exit_code == 0, result.output
+    assert f"scaffolding: s3://{bucket}/team (LORA_SCAFFOLDING_DIR)" in result.output
+    with sqlite3.connect(tmp_path / "data" / "lora.db") as conn:
+        assert "Zed From S3" in {n for (n,) in conn.execute("SELECT name FROM personas")}
+
+
 def test_init_refuses_a_lora_scaffolding_dir_that_is_not_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _environment(tmp_path, monkeypatch)
     assert _invoke("init").exit_code == 0
