@@ -10,6 +10,10 @@ see test_training_files_store.py). Each waits for GO_FILE to appear, so they sta
         same names, so each step is a race); prints `create NAME done` / `add NAME done` or
         `… refused: <message>` (a TrainingFileError) per step; anything else is a traceback (exit 1)
 
+    python -m lora_assets_tests.store.race_worker scaffolding URL GO_FILE
+        load the bundled scaffolding (store.db.load_scaffolding, as `init` does) once; prints the
+        personas' counts as JSON; anything else is a traceback (exit 1)
+
 A worker touches GO_FILE.ready.<pid> once it is imported and connected; the caller releases all
 of them together by creating GO_FILE after every worker is ready.
 """
@@ -98,8 +102,24 @@ def members(url: str, names: list[str], go: Path, first: str, second: str) -> in
     return 0
 
 
+def scaffolding(url: str, go: Path) -> int:
+    """Upsert the bundled scaffolding once, as `init` does."""
+    import json
+
+    from lora_assets.store.db import load_scaffolding
+    from lora_assets.store.scaffolding_files import load_bundle
+
+    engine = make_engine(url)
+    bundle = load_bundle()
+    _wait(go, engine)
+    print(json.dumps(load_scaffolding(engine, bundle)["personas"]), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     mode_, args = sys.argv[1], sys.argv[2:]
+    if mode_ == "scaffolding":
+        sys.exit(scaffolding(args[0], Path(args[1])))
     if mode_ == "versions":
         sys.exit(versions(args[0], args[1], args[2], int(args[3]), Path(args[4]), int(args[5])))
     sys.exit(members(args[0], args[1].split(","), Path(args[2]), args[3], args[4]))
