@@ -231,8 +231,11 @@ def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: 
             stmt = sa.update(c).where(c.c.id == sa.bindparam("_id")).values(
                 review_decision=sa.bindparam("decision"), reviewer_notes=sa.bindparam("notes"),
                 human_reviewed=sa.bindparam("approved"), reviewed_at=stamp, updated_at=stamp)
+            # In id order: two imports at once lock their rows in the same order, so one waits for
+            # the other (the later one wins) instead of deadlocking (a sorted spreadsheet is common).
             conn.execute(stmt, [{"_id": d.conversation_id, "decision": d.decision, "notes": d.notes or None,
-                                 "approved": d.decision == "approve"} for d in decided])
+                                 "approved": d.decision == "approve"}
+                                for d in sorted(decided, key=lambda d: d.conversation_id)])
     approved = sum(1 for d in decided if d.decision == "approve")
     return ReviewOutcome(rows=len(decisions), approved=approved, rejected=len(decided) - approved,
                          undecided=len(decisions) - len(decided), reviewer=reviewer)
