@@ -93,7 +93,7 @@ class Settings(BaseModel):
             model=e.get("LORA_CLAUDE_MODEL") or DEFAULT_MODEL,
             user_id=e.get("LORA_USER_ID") or DEFAULT_USER_ID,
             spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
-            dagster_home=Path(e["DAGSTER_HOME"]) if e.get("DAGSTER_HOME") else None,
+            dagster_home=_dagster_home(e.get("DAGSTER_HOME") or None),
             scaffolding_dir=(e.get("LORA_SCAFFOLDING_DIR") or "").strip(),
         )
         for name, field in cls.model_fields.items():
@@ -148,6 +148,20 @@ def _number(variable: str, raw: str, kind: Callable[[str], Any]) -> int | float:
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingsError(variable, f"{raw[:40]!r} is not a finite number")
     return value
+
+
+def _dagster_home(value: str | None) -> Path | None:
+    """DAGSTER_HOME, checked as Dagster needs it (an existing directory, by absolute path) so every
+    command refuses it alike, instead of an obscure CheckError from whichever first opens the
+    instance."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute() or not path.is_dir():
+        raise SettingsError("DAGSTER_HOME", f"{value} is not an existing directory given as an absolute path (Dagster "
+                            "reads its dagster.yaml there); create it, or unset DAGSTER_HOME for the embedded "
+                            "instance under LORA_DATA_DIR")
+    return path
 
 
 def _base_url(url: str | None) -> str | None:
