@@ -100,6 +100,9 @@ class Settings(BaseModel):
             variable = env_var(name)
             if field.annotation in (int, float) and e.get(variable):
                 values[name] = _number(variable, e[variable], int if field.annotation is int else float)
+        _directory("LORA_DATA_DIR", data_dir)
+        if values["spool_dir"] is not None:
+            _directory("LORA_SPOOL_DIR", values["spool_dir"])
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -148,6 +151,17 @@ def _number(variable: str, raw: str, kind: Callable[[str], Any]) -> int | float:
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingsError(variable, f"{raw[:40]!r} is not a finite number")
     return value
+
+
+def _directory(variable: str, path: Path) -> None:
+    """SettingsError unless `path` is a directory or could be made one (created lazily, when
+    first written): a file at it or above it is refused now, not halfway through a paid run."""
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                where = "is a file" if at == path else f"cannot be created: {at} is a file"
+                raise SettingsError(variable, f"{path} {where}, not a directory")
+            return
 
 
 def _dagster_home(value: str | None) -> Path | None:

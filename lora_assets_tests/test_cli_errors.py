@@ -179,6 +179,10 @@ HOSTILE: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
      ["LORA_DATABASE_URL: is not a SQLAlchemy URL", "the value is not shown"]),
     ("database-url-garbage", {"LORA_DATABASE_URL": "someone:hunter2-pass"}, ["batch", "list"], 2,
      ["LORA_DATABASE_URL: is not a SQLAlchemy URL"]),
+    ("data-dir-is-a-file", {"LORA_DATA_DIR": "{files}/shadow"}, ["batch", "list"], 2,
+     ["LORA_DATA_DIR: ", "shadow is a file, not a directory"]),
+    ("spool-dir-under-a-file", {"LORA_SPOOL_DIR": "{files}/shadow/spool"}, ["run", "x"], 2,
+     ["LORA_SPOOL_DIR: ", "/spool cannot be created: ", "shadow is a file, not a directory"]),
     ("dagster-home-missing", {"DAGSTER_HOME": "/nonexistent/dagster-home"}, ["run", "x"], 2,
      ["DAGSTER_HOME: /nonexistent/dagster-home is not an existing directory given as an absolute path"]),
     ("dagster-home-relative", {"DAGSTER_HOME": "relative/dh"}, ["training-file", "create", "x", "--batch", "b"], 2,
@@ -199,7 +203,7 @@ def test_hostile_input_is_refused_with_its_reason_and_changes_nothing(
 ) -> None:
     _environment(store, monkeypatch)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.replace(F, str(_files(store))))
     before = _state(store)
     result = _invoke(*[a.replace(F, str(_files(store))) for a in args])
     _assert_refused(result, code, *fragments)
@@ -289,11 +293,15 @@ def test_a_run_that_aborts_says_why_in_its_last_line_without_a_traceback(
     from lora_assets.defs.resources import build_resources
 
     _environment(tmp_path, monkeypatch)
-    (tmp_path / "a-file").write_text("")
-    monkeypatch.setenv("LORA_SPOOL_DIR", str(tmp_path / "a-file" / "spool"))
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("LORA_SPOOL_DIR", str(spool))
     monkeypatch.setattr(definitions, "defs", definitions.build_defs(build_resources()))
     assert _invoke("init").exit_code == 0
-    assert _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC, "--name", "abort").exit_code == 0
+    created = _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC, "--name", "abort")
+    assert created.exit_code == 0, created.output
+    batch_id = re.search(r"; id ([0-9a-f-]{36})", created.output).group(1)
+    spool.mkdir()
+    (spool / batch_id).write_text("")  # where this batch's answers would be spooled: a file
     result = _invoke("run", "abort")
     _assert_refused(result, 1, "could not write the answer to the local spool", "left unrecorded for a re-run")
     last = result.output.rstrip().splitlines()[-1]
