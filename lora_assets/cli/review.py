@@ -127,7 +127,8 @@ def review_import(csv_file: Path) -> None:
     """Apply the decisions of an edited review CSV: review_decision, reviewer_notes, reviewed_at and
     human_reviewed on each decided conversation; undecided rows change nothing. All or nothing:
     any bad row (edited read-only column, unknown decision, unknown conversation, …) is listed with
-    its line and nothing is written (exit 2)."""
+    its line (the first LORA_MAX_VALIDATION_LINES, then a count) and nothing is written (exit 2).
+    A file over LORA_MAX_REVIEW_FILE_BYTES or LORA_MAX_REVIEW_ROWS is refused unread (exit 2)."""
     from lora_assets.core.review import ReviewFileError, ReviewRowLimitError, read_review_csv
     from lora_assets.store.reviews import apply_review
 
