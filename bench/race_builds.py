@@ -3,7 +3,10 @@ the embedded default (SQLite, local blobs, SQLite Dagster instance) and on produ
 (PostgreSQL domain DB and Dagster instance, S3 on a moto server). After each trial,
 `training-file list`, `show` and `download` must all name the highest recorded version.
 
-    .venv/bin/python bench/race_builds.py [--trials 10] [--engines sqlite,postgresql]
+    .venv/bin/python bench/race_builds.py [--trials 10] [--engines sqlite,postgresql] [--root DIR]
+
+`--root` runs the CLI of another checkout (`python -m` imports the package from its working
+directory), e.g. the code before the fix.
 
 Prints one line per trial and a JSON summary; exits 1 when any trial disagrees.
 """
@@ -145,7 +148,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--root", type=Path, default=None, help="checkout whose lora_assets the CLI runs")
     args = parser.parse_args()
+    global ROOT
+    ROOT = (args.root or ROOT).resolve()
     started = time.monotonic()
     results = [trials(engine, args.trials) for engine in args.engines.split(",")]
     summary = {r["engine"]: {k: r[k] for k in ("trials", "agree", "both_builds_succeeded")} for r in results}
