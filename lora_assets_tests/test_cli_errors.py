@@ -314,6 +314,36 @@ def test_a_run_that_aborts_says_why_in_its_last_line_without_a_traceback(
         assert conn.execute("SELECT status FROM batch_items").fetchall() == [("pending",)]
 
 
+def test_our_log_records_are_one_line_each_and_repeats_are_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    """What our modules log reaches the terminal as one line per kind of warning (an outage's
+    retries do not flood it), and a logged exception's traceback only with --debug."""
+    import logging
+
+    from lora_assets.cli import _OneLineLog
+
+    log = logging.getLogger("lora_assets.tests.one_line")
+    log.propagate = False
+    for debug in (False, True):
+        handler = _OneLineLog(debug=debug)
+        log.addHandler(handler)
+        try:
+            for i in range(5):
+                log.warning("retry %d failed\nsecond line", i)
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                log.exception("unexpected error on item %s", "x")
+        finally:
+            log.removeHandler(handler)
+        err = capsys.readouterr().err
+        if not debug:
+            assert err.splitlines() == ["warning: retry 0 failed",
+                                        "warning: retry 1 failed (more like this are not shown; --debug shows them)"]
+        else:
+            assert err.count("warning: retry") == 5 and "logged error: unexpected error on item x" in err
+            assert "Traceback" in err and "RuntimeError: boom" in err
+
+
 # --- before `init` -------------------------------------------------------------------------------
 
 BEFORE_INIT = [

@@ -69,16 +69,27 @@ class _OneLineLog(logging.Handler):
     anyway (an aborted run in its `error:` line, a failed item on its row and in `batch status`),
     and Python's last-resort handler would print it again, stack trace included."""
 
+    #: Lines of one kind (one message template, e.g. a retry during an outage) shown before the
+    #: rest of that kind are only counted; --debug shows them all.
+    REPEATS_SHOWN = 2
+
     def __init__(self, debug: bool) -> None:
         super().__init__(logging.WARNING)
         self.debug = debug
+        self.seen: dict[tuple[str, str], int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if record.levelno >= logging.ERROR and not self.debug:
                 return
+            kind = (record.name, str(record.msg))
+            self.seen[kind] = count = self.seen.get(kind, 0) + 1
+            if count > self.REPEATS_SHOWN and not self.debug:
+                return
             label = "warning" if record.levelno < logging.ERROR else "logged error"
-            click.echo(f"{label}: {_first_line(record.getMessage(), 400)}", err=True)
+            more = " (more like this are not shown; --debug shows them)" \
+                if count == self.REPEATS_SHOWN and not self.debug else ""
+            click.echo(f"{label}: {_first_line(record.getMessage(), 400)}{more}", err=True)
             if self.debug and record.exc_info:
                 click.echo(logging.Formatter().formatException(record.exc_info), err=True)
         except Exception:  # noqa: BLE001 - logging must never break the command
