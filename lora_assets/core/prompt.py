@@ -100,12 +100,17 @@ def broken_placeholders(body: str, reach: int = 40) -> list[str]:
     for match in _BROKEN_RE.finditer(masked):
         start, end = match.start(), match.end()
         if masked[start] == "{":
-            close = masked.find("}", start, start + reach)
+            close = masked.find("}", end, start + reach) if masked[end - 1] != "}" else end - 1
+            # Its own closing brace only: not one after the next opening (`{{a and {{b}}`) or line.
+            if close >= 0 and ("{" in masked[end:close] or "\n" in masked[end:close]):
+                close = -1
             end = max(end, close + 1) if close >= 0 else _token_end(body, end, reach)
             while end < len(body) and body[end] == "}":
                 end += 1
         else:
             opening = masked.rfind("{", max(0, start - reach), start)
+            if opening >= 0 and ("}" in masked[opening:start] or "\n" in masked[opening:start]):
+                opening = -1
             start = opening if opening >= 0 else _token_start(body, start, reach)
             while start > 0 and body[start - 1] == "{":
                 start -= 1

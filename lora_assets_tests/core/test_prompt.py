@@ -13,12 +13,15 @@ from lora_assets.schemas import PromptTemplate
     ("Hi {{persona_name}, welcome", ["{{persona_name}"]),
     ("Advisor {{consultant_name speaks", ["{{consultant_name"]),
     ("Key {{persona-key}} here", ["{{persona-key}}"]),
-    ("Single {persona_name} braces", ["{persona_name}"]),
+    ("Single {persona_name} braces}", ["{persona_name}", "braces}"]),
     ("Tail arc_name} only", ["arc_name}"]),
     ("Triple {{{arc_name}}} braces", ["{{{arc_name}}}"]),
     ("Empty {{}} and {{ }}", ["{{}}", "{{ }}"]),
     ("Shell ${topic_name} style", ["{topic_name}"]),
     ("Good {{arc_name}} then bad {{topic_key} end", ["{{topic_key}"]),
+    ("Two {{consultant_name and {{persona-key}} here", ["{{consultant_name", "{{persona-key}}"]),
+    ("Spaced {{ persona name }} inside", ["{{ persona name }}"]),
+    ("Pipe {{topic_name|upper}} filter", ["{{topic_name|upper}}"]),
 ])
 def test_broken_placeholders_are_found_with_their_text(body: str, found: list[str]) -> None:
     assert broken_placeholders(body) == found
