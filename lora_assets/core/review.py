@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +40,9 @@ MAX_NOTES = 2000
 #: Data rows one import reads (the header and blank lines not counted); the CLI passes
 #: LORA_MAX_REVIEW_ROWS. Reading stops at the first row over it.
 MAX_ROWS = 50_000
+#: Longest physical line read: a row's fields are split from its lines, so this bounds the fields
+#: (and memory) of one row; a transcript's lines are far shorter.
+MAX_LINE_CHARS = 1_048_576
 #: Problems a refusal lists; the rest are counted, not kept (LORA_MAX_VALIDATION_LINES in the CLI).
 MAX_PROBLEMS = 200
 #: Accepted decisions (compared case-insensitively after trimming); empty means undecided.
@@ -200,7 +203,7 @@ def read_review_csv(
     `ReviewRowLimitError` at the first data row past `max_rows` (the rest is not read)."""
     header = review_header(criteria)
     readonly = header[: header.index("row_check")]
-    reader = csv.reader(handle, strict=True)
+    reader = csv.reader(_bounded_lines(handle, MAX_LINE_CHARS), strict=True)
     problems = _Problems(max_problems)
     rows = 0
     try:
@@ -276,6 +279,18 @@ def read_review_csv(
     if problems:
         raise ReviewFileError(problems, problems.more)
     return decisions
+
+
+def _bounded_lines(handle: IO[str], limit: int) -> Iterator[str]:
+    """The lines of `handle`, refusing (ReviewFileError naming the line) one longer than `limit`
+    characters before it is split: a line of a million commas would otherwise become a row of a
+    million fields."""
+    number = 0
+    while line := handle.readline(limit + 1):
+        number += 1
+        if len(line) > limit and not line.endswith("\n"):
+            raise ReviewFileError([f"line {number}: longer than {limit:,} characters (not a review export row)"])
+        yield line
 
 
 def _check_row(values: Mapping[str, str], readonly: Sequence[str]) -> list[str]:

@@ -190,6 +190,16 @@ def test_reading_stops_at_the_first_row_over_the_row_limit() -> None:
     assert len(read_review_csv(io.StringIO(text, newline=""), max_rows=5)) == 5
 
 
+def test_a_line_of_a_million_commas_is_refused_before_it_is_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lora_assets.core.review as review
+
+    monkeypatch.setattr(review, "MAX_LINE_CHARS", 10_000)
+    text = _export() + "," * 50_000 + "\r\n"
+    with pytest.raises(ReviewFileError, match=r"line \d+: longer than 10,000 characters"):
+        _import(text)
+    assert len(_import(_export())) == 3  # real rows and their transcripts' lines pass
+
+
 def test_duplicate_conversation_refused() -> None:
     table = _table(_export())
     table.insert(2, list(table[1]))
