@@ -52,27 +52,29 @@ def _scaffolding(instance: Any) -> None:
     """Materialise the scaffolding assets (and their checks); exit when that fails."""
     from dagster import AssetSelection
 
-    from lora_assets.cli.runs import QUIET, print_checks
+    from lora_assets.cli.runs import QUIET, print_checks, run_failure
     from lora_assets.definitions import defs
 
     scaffold_job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=set(AssetSelection.groups("scaffolding").resolve(defs.resolve_asset_graph()))
     )
     result = scaffold_job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
-    for mat in result.get_asset_materialization_events():
+    for i, mat in enumerate(result.get_asset_materialization_events()):
         md = mat.materialization.metadata
+        if i == 0 and "source" in md:
+            click.echo(f"  scaffolding: {md['source'].value}")
         click.echo(f"  {mat.asset_key.to_user_string():<20} records={md['records'].value} inserted={md['inserted'].value} "
                    f"updated={md['updated'].value} unchanged={md['unchanged'].value}")
     print_checks(result.get_asset_check_evaluations())
     if not result.success:
-        sys.exit("scaffolding failed; see above")
+        sys.exit(f"error: scaffolding failed: {run_failure(result)}")
 
 
 def _plan(engine: Any, instance: Any, personas: int, arcs: int, topics: int) -> tuple[str, str]:
     """Plan the demo batch from the first scaffolding keys with the `plan_batch` job (what the UI's
     launchpad runs: count_tokens estimate, batch written, partition registered). Returns its
     partition key and its id."""
-    from lora_assets.cli.runs import QUIET
+    from lora_assets.cli.runs import QUIET, run_failure
     from lora_assets.definitions import defs
     from lora_assets.store import db as dbq
     from lora_assets.store.batches import batch_for_key
@@ -87,7 +89,7 @@ def _plan(engine: Any, instance: Any, personas: int, arcs: int, topics: int) -> 
     result = defs.resolve_job_def("plan_batch").execute_in_process(
         instance=instance, raise_on_error=False, run_config={**QUIET, "ops": {"plan_batch_op": {"config": config}}})
     if not result.success:
-        sys.exit(f"plan_batch run {result.run_id} FAILED; see above")
+        sys.exit(f"error: plan_batch run {result.run_id} FAILED: {run_failure(result)}")
     key = result.output_for_node("plan_batch_op")
     with engine.connect() as conn:
         batch = batch_for_key(conn, key)
@@ -99,7 +101,7 @@ def _plan(engine: Any, instance: Any, personas: int, arcs: int, topics: int) -> 
 def _generate(engine: Any, instance: Any, settings: Settings, key: str, batch_id: str) -> Any:
     """Run the batch pipeline for partition `key` and print its counts, tokens and cost; exit
     when the run failed."""
-    from lora_assets.cli.runs import print_checks, run_job
+    from lora_assets.cli.runs import print_checks, run_failure, run_job
     from lora_assets.store.batches import batch_progress
     from lora_assets.store.conversations import batch_conversations
 
@@ -117,14 +119,14 @@ def _generate(engine: Any, instance: Any, settings: Settings, key: str, batch_id
     if rows:
         click.echo(f"  example:    {settings.data_dir / 'blobs' / (rows[0]['enriched_file_path'] or rows[0]['raw_response_path'])}")
     if not run.success:
-        sys.exit(f"batch run {run.run_id} FAILED; see above")
+        sys.exit(f"error: batch run {run.run_id} FAILED: {run_failure(run)}")
     return run
 
 
 def _training_file(engine: Any, instance: Any, settings: Settings, batch_id: str, name: str) -> Any:
     """Create training file `name` from the batch's eligible conversations, build version 1 and
     print it; exit when nothing was built."""
-    from lora_assets.cli.runs import print_checks, run_job
+    from lora_assets.cli.runs import print_checks, run_failure, run_job
     from lora_assets.defs.partitions import training_files_partitions
     from lora_assets.store.training_files import conversations_of_batches, create_training_file, eligible_subset, get_version
 
@@ -137,7 +139,7 @@ def _training_file(engine: Any, instance: Any, settings: Settings, batch_id: str
     with engine.connect() as conn:
         v = get_version(conn, name)
     if v is None:
-        sys.exit(f"training file build {build.run_id} FAILED; see above")
+        sys.exit(f"error: training file build {build.run_id} FAILED: {run_failure(build)}")
     st = v["stats"]
     click.echo(f"  v{v['version']}: {v['conversation_count']} conversations, {v['total_training_pairs']} training pairs, "
                f"quality avg {v['avg_quality_score']} (min {v['min_quality_score']}, max {v['max_quality_score']}), "

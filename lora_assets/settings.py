@@ -69,7 +69,12 @@ class Settings(BaseModel):
     max_turns: int = Field(default=200, ge=2, description="LORA_MAX_TURNS: turns of one conversation read by "
                            "`parse`, `enrich` and `validate` (enrichment copies the history into every pair).")
     max_validation_lines: int = Field(default=200, ge=1, description="LORA_MAX_VALIDATION_LINES: problems "
-                                      "`validate` prints before summarising the rest as a count.")
+                                      "`validate` and `review import` print before summarising the rest as a count.")
+    max_review_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="LORA_MAX_REVIEW_FILE_BYTES: "
+                                       "size of a review CSV `review import` reads (transcripts make rows of "
+                                       "a few KB each).")
+    max_review_rows: int = Field(default=50_000, ge=1, description="LORA_MAX_REVIEW_ROWS: data rows of one review "
+                                 "CSV; reading stops at the first row over it.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -88,13 +93,16 @@ class Settings(BaseModel):
             model=e.get("LORA_CLAUDE_MODEL") or DEFAULT_MODEL,
             user_id=e.get("LORA_USER_ID") or DEFAULT_USER_ID,
             spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
-            dagster_home=Path(e["DAGSTER_HOME"]) if e.get("DAGSTER_HOME") else None,
+            dagster_home=_dagster_home(e.get("DAGSTER_HOME") or None),
             scaffolding_dir=(e.get("LORA_SCAFFOLDING_DIR") or "").strip(),
         )
         for name, field in cls.model_fields.items():
             variable = env_var(name)
             if field.annotation in (int, float) and e.get(variable):
                 values[name] = _number(variable, e[variable], int if field.annotation is int else float)
+        _directory("LORA_DATA_DIR", data_dir)
+        if values["spool_dir"] is not None:
+            _directory("LORA_SPOOL_DIR", values["spool_dir"])
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -143,6 +151,31 @@ def _number(variable: str, raw: str, kind: Callable[[str], Any]) -> int | float:
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingsError(variable, f"{raw[:40]!r} is not a finite number")
     return value
+
+
+def _directory(variable: str, path: Path) -> None:
+    """SettingsError unless `path` is a directory or could be made one (created lazily, when
+    first written): a file at it or above it is refused now, not halfway through a paid run."""
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                where = "is a file" if at == path else f"cannot be created: {at} is a file"
+                raise SettingsError(variable, f"{path} {where}, not a directory")
+            return
+
+
+def _dagster_home(value: str | None) -> Path | None:
+    """DAGSTER_HOME, checked as Dagster needs it (an existing directory, by absolute path) so every
+    command refuses it alike, instead of an obscure CheckError from whichever first opens the
+    instance."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute() or not path.is_dir():
+        raise SettingsError("DAGSTER_HOME", f"{value} is not an existing directory given as an absolute path (Dagster "
+                            "reads its dagster.yaml there); create it, or unset DAGSTER_HOME for the embedded "
+                            "instance under LORA_DATA_DIR")
+    return path
 
 
 def _base_url(url: str | None) -> str | None:

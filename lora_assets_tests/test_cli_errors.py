@@ -48,7 +48,8 @@ def _environment(root: Path, mp: pytest.MonkeyPatch) -> None:
     mp.setenv("DAGSTER_HOME", str(root / "dh"))
     (root / "dh").mkdir(parents=True, exist_ok=True)
     (root / "dh" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for var in ("LORA_DATABASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LORA_S3_BUCKET", "LORA_DEBUG"):
+    for var in ("LORA_DATABASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LORA_S3_BUCKET", "LORA_DEBUG",
+                "LORA_SCAFFOLDING_DIR"):
         mp.delenv(var, raising=False)
 
 
@@ -178,6 +179,16 @@ HOSTILE: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
      ["LORA_DATABASE_URL: is not a SQLAlchemy URL", "the value is not shown"]),
     ("database-url-garbage", {"LORA_DATABASE_URL": "someone:hunter2-pass"}, ["batch", "list"], 2,
      ["LORA_DATABASE_URL: is not a SQLAlchemy URL"]),
+    ("data-dir-is-a-file", {"LORA_DATA_DIR": "{files}/shadow"}, ["batch", "list"], 2,
+     ["LORA_DATA_DIR: ", "shadow is a file, not a directory"]),
+    ("spool-dir-under-a-file", {"LORA_SPOOL_DIR": "{files}/shadow/spool"}, ["run", "x"], 2,
+     ["LORA_SPOOL_DIR: ", "/spool cannot be created: ", "shadow is a file, not a directory"]),
+    ("dagster-home-missing", {"DAGSTER_HOME": "/nonexistent/dagster-home"}, ["run", "x"], 2,
+     ["DAGSTER_HOME: /nonexistent/dagster-home is not an existing directory given as an absolute path"]),
+    ("dagster-home-relative", {"DAGSTER_HOME": "relative/dh"}, ["training-file", "create", "x", "--batch", "b"], 2,
+     ["DAGSTER_HOME: relative/dh is not an existing directory given as an absolute path"]),
+    ("review-csv-not-a-review-export", {}, ["review", "import", f"{F}/link.json"], 2,
+     ["link.json: refused, nothing was written", "not a review export"]),
     ("unknown-schema", {}, ["schema", "nope"], 2, ["unknown schema 'nope'"]),
     ("tf-show-unknown", {}, ["training-file", "show", "nope"], 2, ["no training file named 'nope'"]),
     ("tf-download-unknown", {}, ["training-file", "download", "nope", "--dest", "/tmp"], 2,
@@ -192,7 +203,7 @@ def test_hostile_input_is_refused_with_its_reason_and_changes_nothing(
 ) -> None:
     _environment(store, monkeypatch)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.replace(F, str(_files(store))))
     before = _state(store)
     result = _invoke(*[a.replace(F, str(_files(store))) for a in args])
     _assert_refused(result, code, *fragments)
@@ -228,7 +239,8 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, *, success: bool, blocking_passed
 
     evaluation = SimpleNamespace(asset_key=AssetKey("enriched_conversations"), check_name="all_conversations_enriched",
                                  passed=blocking_passed, blocking=True, description="fake")
-    result = SimpleNamespace(success=success, run_id="fake-run", get_asset_check_evaluations=lambda: [evaluation])
+    result = SimpleNamespace(success=success, run_id="fake-run", get_asset_check_evaluations=lambda: [evaluation],
+                             all_events=[])
     job = SimpleNamespace(execute_in_process=lambda **_: result)
     monkeypatch.setattr(definitions, "defs", SimpleNamespace(resolve_job_def=lambda name: job))
 
@@ -268,6 +280,68 @@ def test_run_exits_1_when_every_item_failed(tmp_path: Path, monkeypatch: pytest.
         assert _invoke("init").exit_code == 0
         result = _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC, "--run")
     _assert_refused(result, 1, "every item failed (1 of 1", "FAIL")
+
+
+def test_a_run_that_aborts_says_why_in_its_last_line_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run whose generation aborts (its spool cannot be written, as when claims lapse in a
+    database outage: RunAbortedError ends the step). No Dagster STEP_FAILURE / RUN_FAILURE stack
+    trace is printed; the last line is the one `error:` line, with the step and the reason; no
+    conversation is stored and the item is left for a re-run."""
+    import lora_assets.definitions as definitions
+    from lora_assets.defs.resources import build_resources
+
+    _environment(tmp_path, monkeypatch)
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("LORA_SPOOL_DIR", str(spool))
+    monkeypatch.setattr(definitions, "defs", definitions.build_defs(build_resources()))
+    assert _invoke("init").exit_code == 0
+    created = _invoke("batch", "create", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC, "--name", "abort")
+    assert created.exit_code == 0, created.output
+    batch_id = re.search(r"; id ([0-9a-f-]{36})", created.output).group(1)
+    spool.mkdir()
+    (spool / batch_id).write_text("")  # where this batch's answers would be spooled: a file
+    result = _invoke("run", "abort")
+    _assert_refused(result, 1, "could not write the answer to the local spool", "left unrecorded for a re-run")
+    last = result.output.rstrip().splitlines()[-1]
+    assert last.startswith("error: batch abort: the run failed: raw_conversations: RunAbortedError: generation run "
+                           "aborted (at item "), result.output
+    for marker in ("Traceback", "Stack Trace", "STEP_FAILURE", "RUN_FAILURE", "dagster - ERROR", 'File "'):
+        assert marker not in result.output, (marker, result.output)
+    with sqlite3.connect(tmp_path / "data" / "lora.db") as conn:
+        assert conn.execute("SELECT count(*) FROM conversations").fetchone()[0] == 0
+        assert conn.execute("SELECT status FROM batch_items").fetchall() == [("pending",)]
+
+
+def test_our_log_records_are_one_line_each_and_repeats_are_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    """What our modules log reaches the terminal as one line per kind of warning (an outage's
+    retries do not flood it), and a logged exception's traceback only with --debug."""
+    import logging
+
+    from lora_assets.cli import _OneLineLog
+
+    log = logging.getLogger("lora_assets.tests.one_line")
+    log.propagate = False
+    for debug in (False, True):
+        handler = _OneLineLog(debug=debug)
+        log.addHandler(handler)
+        try:
+            for i in range(5):
+                log.warning("retry %d failed\nsecond line", i)
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                log.exception("unexpected error on item %s", "x")
+        finally:
+            log.removeHandler(handler)
+        err = capsys.readouterr().err
+        if not debug:
+            assert err.splitlines() == ["warning: retry 0 failed",
+                                        "warning: retry 1 failed (more like this are not shown; --debug shows them)"]
+        else:
+            assert err.count("warning: retry") == 5 and "logged error: unexpected error on item x" in err
+            assert "Traceback" in err and "RuntimeError: boom" in err
 
 
 # --- before `init` -------------------------------------------------------------------------------
@@ -338,6 +412,15 @@ INIT_CASES: list[tuple[str, dict[str, str], str, Any, list[str]]] = [
     ("unresolvable-placeholder", {}, "prompt_templates.json",
      _edit_json(lambda d: d[0].update(body=d[0]["body"] + " {{no_such_placeholder}}")),
      ["not usable by a run", "unknown placeholder {{no_such_placeholder}}"]),
+    ("placeholder-missing-a-closing-brace", {}, "prompt_templates.json",
+     _edit_json(lambda d: d[0].update(body=d[0]["body"] + " Hello {{persona_name}.")),
+     ["prompt_templates.json: 'standard_conversation': field 'body': malformed placeholder '{{persona_name}'"]),
+    ("placeholder-not-closed", {}, "prompt_templates.json",
+     _edit_json(lambda d: d[1].update(body=d[1]["body"] + " Ask {{consultant_name about it.")),
+     ["prompt_templates.json: 'scenario_conversation': field 'body': malformed placeholder '{{consultant_name'"]),
+    ("placeholder-with-a-hyphen", {}, "prompt_templates.json",
+     _edit_json(lambda d: d[2].update(body=d[2]["body"] + " Key {{persona-key}}.")),
+     ["prompt_templates.json: 'edge_case_conversation': field 'body': malformed placeholder '{{persona-key}}'"]),
     ("two-templates-for-one-tier", {}, "prompt_templates.json", _edit_json(lambda d: d[1].update(tier=d[0]["tier"])),
      ["2 templates for tier 'template'"]),
     ("invalid-json", {}, "training_topics.json", lambda text: text[:-5], ["training_topics.json: invalid JSON"]),
@@ -359,6 +442,59 @@ def test_init_refuses_scaffolding_a_run_would_fail_on_and_writes_nothing(
     for fragment in fragments:
         assert fragment in result.output, (fragment, result.output)
     assert not (tmp_path / "data").exists()
+
+
+def test_init_loads_lora_scaffolding_dir_and_says_where_its_scaffolding_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`init` reads LORA_SCAFFOLDING_DIR as the scaffolding assets do (it used to restore the
+    bundled persona over the user's), and each init names its source."""
+    _environment(tmp_path, monkeypatch)
+    monkeypatch.delenv("LORA_SCAFFOLDING_DIR", raising=False)
+    directory = _scaffolding(tmp_path, "personas.json", _edit_json(lambda d: d[0].update(name="Zed Changed")))
+    first = _invoke("init", "--scaffolding-dir", str(directory))
+    assert first.exit_code == 0 and f"scaffolding: {directory} (--scaffolding-dir)" in first.output, first.output
+    monkeypatch.setenv("LORA_SCAFFOLDING_DIR", str(directory))
+    again = _invoke("init")
+    assert again.exit_code == 0, again.output
+    assert f"scaffolding: {directory} (LORA_SCAFFOLDING_DIR)" in again.output
+    assert "updated   0  unchanged  14" in again.output, again.output
+    with sqlite3.connect(tmp_path / "data" / "lora.db") as conn:
+        names = {n for (n,) in conn.execute("SELECT name FROM personas")}
+    assert "Zed Changed" in names and "David Chen" not in names
+    monkeypatch.delenv("LORA_SCAFFOLDING_DIR")
+    bundled = _invoke("init")
+    assert bundled.exit_code == 0 and f"scaffolding: {BUNDLED_DIR} (bundled data)" in bundled.output, bundled.output
+
+
+def test_init_loads_an_s3_lora_scaffolding_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: tuple[str, str]
+) -> None:
+    import boto3
+
+    _environment(tmp_path, monkeypatch)
+    endpoint, bucket = s3_bucket
+    directory = _scaffolding(tmp_path, "personas.json", _edit_json(lambda d: d[0].update(name="Zed From S3")))
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    for path in directory.iterdir():
+        client.upload_file(str(path), bucket, f"team/{path.name}")
+    monkeypatch.setenv("LORA_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("LORA_SCAFFOLDING_DIR", f"s3://{bucket}/team")
+    result = _invoke("init")
+    assert result.exit_code == 0, result.output
+    assert f"scaffolding: s3://{bucket}/team (LORA_SCAFFOLDING_DIR)" in result.output
+    with sqlite3.connect(tmp_path / "data" / "lora.db") as conn:
+        assert "Zed From S3" in {n for (n,) in conn.execute("SELECT name FROM personas")}
+
+
+def test_init_refuses_a_lora_scaffolding_dir_that_is_not_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _environment(tmp_path, monkeypatch)
+    assert _invoke("init").exit_code == 0
+    before = _state(tmp_path)
+    monkeypatch.setenv("LORA_SCAFFOLDING_DIR", str(tmp_path / "nowhere"))
+    result = _invoke("init")
+    _assert_refused(result, 2, f"error: LORA_SCAFFOLDING_DIR: scaffolding directory not found: {tmp_path / 'nowhere'}")
+    assert _state(tmp_path) == before
 
 
 def test_init_refuses_an_id_that_would_change_a_primary_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

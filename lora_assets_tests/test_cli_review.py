@@ -174,3 +174,61 @@ def test_review_round_trip_reaches_the_next_training_file_version(cli: Cli, tmp_
     assert version["human_reviewed_count"] == 1
     assert version["stats"]["review_rejected_out"] == 1
     assert "FAIL" not in built.output
+
+
+def _appended(text: str, rows: int, decision: str = "") -> str:
+    """The export with `rows` junk rows appended (each names a conversation that does not exist)."""
+    header = next(csv.reader(io.StringIO(text, newline="")))
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    for i in range(rows):
+        row = [""] * len(header)
+        row[0], row[header.index("decision")] = f"junk-{i}", decision
+        writer.writerow(row)
+    return text + out.getvalue()
+
+
+def test_hostile_review_csvs_are_refused_within_the_limits_and_change_nothing(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Size and row limits (settings) stop reading early; the problem list is capped with a count
+    of the rest; each refusal is exit 2 with its reason, and no conversation changes."""
+    import os
+
+    out = tmp_path / "review.csv"
+    assert cli("review", "export", "--batch", cli.batch_id, "--out", str(out), "--force").exit_code == 0
+    text = out.read_text(encoding="utf-8-sig")
+    before = cli.review_columns()
+
+    def refused(path: Path, *fragments: str) -> str:
+        result = cli("review", "import", str(path))
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and "Traceback" not in result.output, result.output
+        for fragment in fragments:
+            assert fragment in result.output, (fragment, result.output)
+        assert cli.review_columns() == before
+        return result.output
+
+    many = tmp_path / "many.csv"
+    many.write_text(_appended(text, 300), encoding="utf-8-sig", newline="")
+    monkeypatch.setenv("LORA_MAX_REVIEW_ROWS", "100")
+    # the line is a physical one: transcripts span lines
+    refused(many, f"error: {many}: more than 100 rows (line ", "), over the limit of 100 rows", "LORA_MAX_REVIEW_ROWS")
+    monkeypatch.delenv("LORA_MAX_REVIEW_ROWS")
+
+    monkeypatch.setenv("LORA_MAX_REVIEW_FILE_BYTES", "2048")
+    refused(many, f"error: {many}: {many.stat().st_size:,} bytes, over the limit of 2,048 bytes",
+            "LORA_MAX_REVIEW_FILE_BYTES")
+    monkeypatch.delenv("LORA_MAX_REVIEW_FILE_BYTES")
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(_appended(text, 300, decision="maybe"), encoding="utf-8-sig", newline="")
+    monkeypatch.setenv("LORA_MAX_VALIDATION_LINES", "5")
+    output = refused(bad, "refused, nothing was written (", "… and ", "more problem(s) not shown: only the first 5",
+                     "LORA_MAX_VALIDATION_LINES")
+    assert len(output.splitlines()) == 7, output  # the error line, 5 problems, the count of the rest
+    monkeypatch.delenv("LORA_MAX_VALIDATION_LINES")
+
+    fifo = tmp_path / "review.fifo"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer
+    refused(fifo, f"error: {fifo}: is not a regular file")

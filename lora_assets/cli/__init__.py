@@ -12,6 +12,7 @@ One module per command group: `initialise` (init), `files` (schema, sql, parse, 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
@@ -62,6 +63,48 @@ class LoraGroup(click.Group):
             ctx.exit(code)
 
 
+class _OneLineLog(logging.Handler):
+    """Our modules' WARNING records, one line each on stderr (`warning: …`). ERROR records are
+    shown only with `--debug` (with their traceback): each is a failure the command reports
+    anyway (an aborted run in its `error:` line, a failed item on its row and in `batch status`),
+    and Python's last-resort handler would print it again, stack trace included."""
+
+    #: Lines of one kind (one message template, e.g. a retry during an outage) shown before the
+    #: rest of that kind are only counted; --debug shows them all.
+    REPEATS_SHOWN = 2
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.debug = debug
+        self.seen: dict[tuple[str, str], int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.ERROR and not self.debug:
+                return
+            kind = (record.name, str(record.msg))
+            self.seen[kind] = count = self.seen.get(kind, 0) + 1
+            if count > self.REPEATS_SHOWN and not self.debug:
+                return
+            label = "warning" if record.levelno < logging.ERROR else "logged error"
+            more = " (more like this are not shown; --debug shows them)" \
+                if count == self.REPEATS_SHOWN and not self.debug else ""
+            click.echo(f"{label}: {_first_line(record.getMessage(), 400)}{more}", err=True)
+            if self.debug and record.exc_info:
+                click.echo(logging.Formatter().formatException(record.exc_info), err=True)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def _log_one_line(debug: bool) -> None:
+    """Route the `lora_assets` loggers through one `_OneLineLog` (replacing the one an earlier
+    invocation in this process installed)."""
+    logger = logging.getLogger("lora_assets")
+    for handler in [h for h in logger.handlers if isinstance(h, _OneLineLog)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_OneLineLog(debug))
+
+
 @click.group(cls=LoraGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="LORA_DEBUG", help="Show the Python traceback of a failure.")
 def main(debug: bool) -> None:
@@ -74,6 +117,7 @@ def main(debug: bool) -> None:
     Exit codes: 0 done; 1 the work failed (a run, every item, a blocking check,
     an invalid document); 2 bad input (argument, setting, file, store not initialised).
     """
+    _log_one_line(debug)
 
 
 def _register_commands() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from lora_assets.cli.common import engine
-from lora_assets.cli.runs import blocking_failures, print_checks, run_job
+from lora_assets.cli.runs import blocking_failures, print_checks, run_failure, run_job
 from lora_assets.errors import NotFoundError, RunFailedError, UserInputError
 from lora_assets.settings import DEFAULT_MODEL, Settings
 
@@ -170,7 +170,7 @@ def _run_batch(batch_id: str) -> None:
         items = batch_progress(conn, row["id"])["items"]
     blocking = blocking_failures(evaluations)
     total, failed = sum(items.values()), items.get("failed", 0)
-    reasons = ([] if result.success else ["the run failed"]) + \
+    reasons = ([] if result.success else [f"the run failed: {run_failure(result)}"]) + \
         ([f"blocking check(s) failed: {', '.join(blocking)}"] if blocking else []) + \
         ([f"every item failed ({failed} of {total}; see `lora-assets batch status {batch_id}`)"]
          if total and failed == total else [])
@@ -202,6 +202,6 @@ def judge_batch(batch_id: str) -> None:
     everything_failed = failed and not judged
     click.echo(f"run {result.run_id}: {'success' if result.success and not everything_failed else 'FAILED'}")
     if not result.success:
-        raise RunFailedError(f"judge run of batch {batch_id} failed")
+        raise RunFailedError(f"judge run of batch {batch_id} failed: {run_failure(result)}")
     if everything_failed:
         raise RunFailedError(f"batch {batch_id}: every judged conversation failed ({failed}); see judge_scores")

@@ -76,3 +76,42 @@ def turn_limit(path: Path, settings: Settings, exc: Exception) -> LimitExceededE
     """The LimitExceededError for a document with more turns than LORA_MAX_TURNS."""
     return LimitExceededError(str(path), str(exc).split(", over the limit")[0], settings.max_turns,
                               "turns per conversation", env_var("max_turns"))
+
+
+def scaffolding_limits(settings: Settings) -> Any:
+    """The scaffolding size limits configured in `settings` (what every loader of scaffolding uses)."""
+    from lora_assets.store.scaffolding_files import ScaffoldingLimits
+
+    return ScaffoldingLimits(max_record_bytes=settings.max_scaffolding_record_bytes,
+                             max_template_chars=settings.max_template_chars,
+                             max_file_bytes=settings.max_input_file_bytes)
+
+
+def scaffolding_source(settings: Settings, override: Path | None = None) -> tuple[str, str]:
+    """(location, where that choice came from) of the scaffolding a command loads: `override`
+    (a command-line option) first, then LORA_SCAFFOLDING_DIR, then the bundled data."""
+    from lora_assets.store.scaffolding_files import BUNDLED_DIR
+
+    if override is not None:
+        return str(override.resolve()), "--scaffolding-dir"
+    if settings.scaffolding_dir:
+        return settings.scaffolding_dir, env_var("scaffolding_dir")
+    return str(BUNDLED_DIR), "bundled data"
+
+
+def load_settings_scaffolding(settings: Settings, override: Path | None = None) -> tuple[Any, str]:
+    """(validated bundle, a description of its source such as `/srv/s (LORA_SCAFFOLDING_DIR)`),
+    loaded the way the scaffolding assets load it: a directory or an s3:// prefix, within the
+    configured limits. ScaffoldingFileError names the variable when it points nowhere."""
+    from lora_assets.store.scaffolding_files import ScaffoldingFileError, load_scaffolding
+
+    location, origin = scaffolding_source(settings, override)
+    described = f"{location} ({origin})"
+    client = None
+    if location.startswith("s3://"):
+        from lora_assets.defs.resources import _s3_client
+
+        client = _s3_client(settings.s3_endpoint_url or "", settings.blob_concurrency)
+    elif not Path(location).is_dir():
+        raise ScaffoldingFileError([f"{origin}: scaffolding directory not found: {location}"])
+    return load_scaffolding(location, scaffolding_limits(settings), s3_client=client), described

@@ -130,7 +130,7 @@ def _enrich_batch(batch_key: str, re_enrich: bool) -> None:
 
     from lora_assets import definitions
     from lora_assets.cli.batches import _known_batch
-    from lora_assets.cli.runs import QUIET, blocking_failures, print_checks
+    from lora_assets.cli.runs import QUIET, blocking_failures, print_checks, print_warnings, run_failure
     from lora_assets.instance import get_instance
 
     _known_batch(batch_key)
@@ -139,8 +139,10 @@ def _enrich_batch(batch_key: str, re_enrich: bool) -> None:
     job = definitions.defs.resolve_job_def("batch_pipeline").get_subset(asset_selection=keys,
                                                                         asset_check_selection=checks)
     run_config = {**QUIET, "ops": {"enriched_conversations": {"config": {"re_enrich": re_enrich}}}}
-    result = job.execute_in_process(partition_key=batch_key, instance=get_instance(), raise_on_error=False,
+    instance = get_instance()
+    result = job.execute_in_process(partition_key=batch_key, instance=instance, raise_on_error=False,
                                     run_config=run_config)
+    print_warnings(instance, result.run_id)
     for mat in result.get_asset_materialization_events():
         md = mat.materialization.metadata
         click.echo(f"enriched {md['enriched_this_run'].value}, failed {md['failed_this_run'].value} "
@@ -153,7 +155,7 @@ def _enrich_batch(batch_key: str, re_enrich: bool) -> None:
     evaluations = result.get_asset_check_evaluations()
     print_checks(evaluations)
     blocking = blocking_failures(evaluations)
-    reasons = ([] if result.success else ["the run failed"]) + (
+    reasons = ([] if result.success else [f"the run failed: {run_failure(result)}"]) + (
         [f"blocking check(s) failed: {', '.join(blocking)}"] if blocking else [])
     click.echo(f"run {result.run_id}: {'FAILED' if reasons else 'success'}")
     if reasons:

@@ -19,7 +19,8 @@ CLAUDE_POOL = "claude_api"
 @click.command()
 @click.option("--scaffolding-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Directory with personas.json, emotional_arcs.json, training_topics.json, "
-              "prompt_templates.json, consultant_profile.json (default: the bundled set).")
+              "prompt_templates.json, consultant_profile.json (default: LORA_SCAFFOLDING_DIR, a directory "
+              "or s3://bucket/prefix; else the bundled set).")
 def init(scaffolding_dir: Path | None) -> None:
     """Create the domain DB schema (idempotent) and upsert the scaffolding by key, in one transaction.
 
@@ -28,20 +29,19 @@ def init(scaffolding_dir: Path | None) -> None:
     and templates within their size limits, exactly one template per tier, every template
     placeholder resolvable, and no explicit `id` that would change an existing row's id. Safe to
     run several times at once (serialised by a lock file in the data dir)."""
+    from lora_assets.cli.common import load_settings_scaffolding
     from lora_assets.store.db import init_schema, load_scaffolding
-    from lora_assets.store.scaffolding_files import BUNDLED_DIR, ScaffoldingLimits, load_bundle
 
     settings = Settings.from_env()
-    directory = scaffolding_dir or BUNDLED_DIR
-    bundle = load_bundle(directory, ScaffoldingLimits(
-        max_record_bytes=settings.max_scaffolding_record_bytes, max_template_chars=settings.max_template_chars,
-        max_file_bytes=settings.max_input_file_bytes))
-    _refuse_incomplete(bundle, directory)
+    # The same source the scaffolding assets load (LORA_SCAFFOLDING_DIR), unless overridden here.
+    bundle, source = load_settings_scaffolding(settings, scaffolding_dir)
+    _refuse_incomplete(bundle, source)
     with _init_lock(settings):
         engine = domain_engine(settings, initialised=False)
         applied = init_schema(engine)
         counts = load_scaffolding(engine, bundle)
         pool = _init_claude_pool(settings)
+    click.echo(f"scaffolding: {source}")
     click.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
     if pool:
         click.echo(pool)
@@ -50,7 +50,7 @@ def init(scaffolding_dir: Path | None) -> None:
         click.echo(f"  {table:<20} inserted {c['inserted']:>3}  updated {c['updated']:>3}  unchanged {c['unchanged']:>3}")
 
 
-def _refuse_incomplete(bundle: Any, directory: Path) -> None:
+def _refuse_incomplete(bundle: Any, directory: object) -> None:
     """ScaffoldingFileError listing what a run would fail on later (the completeness check's
     findings: one template per tier, resolvable placeholders, required fields)."""
     from lora_assets.core.completeness import completeness_report

@@ -3,23 +3,67 @@ the `review_export` / `review_import` jobs)."""
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import IO, Any, BinaryIO
 
 import click
 
 from lora_assets.cli.common import engine
-from lora_assets.errors import ConflictError, InputFileError, UserInputError
-from lora_assets.settings import Settings
+from lora_assets.errors import ConflictError, InputFileError, LimitExceededError, UserInputError
+from lora_assets.settings import Settings, env_var
 
 
 class ReviewRefusedError(UserInputError):
-    """A review CSV refused on import: every bad row with its line; nothing was written (exit 2)."""
+    """A review CSV refused on import: the bad rows with their lines (the first
+    LORA_MAX_VALIDATION_LINES, then a count of the rest); nothing was written (exit 2)."""
 
-    def __init__(self, path: Path, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"{path}: refused, nothing was written ({len(problems)} problem(s)):\n" + "\n".join(problems))
+    def __init__(self, path: Path, problems: list[str], more: int = 0) -> None:
+        self.problems, self.more = problems, more
+        tail = ([f"… and {more:,} more problem(s) not shown: only the first {len(problems):,} are listed "
+                 f"(raise it with {env_var('max_validation_lines')}=<n>)"] if more else [])
+        super().__init__(f"{path}: refused, nothing was written ({len(problems) + more:,} problem(s)):\n"
+                         + "\n".join([*problems, *tail]))
+
+
+class _Bounded(io.RawIOBase):
+    """A binary file read through a byte budget: LimitExceededError past `limit` bytes (a file
+    that grows while it is read is stopped too, not only one that was large when opened)."""
+
+    def __init__(self, raw: BinaryIO, path: Path, limit: int) -> None:
+        self._raw, self._path, self._limit, self._read = raw, path, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        self._read += n or 0
+        if self._read > self._limit:
+            raise _too_large(self._path, self._read, self._limit)
+        return n
+
+
+def _too_large(path: Path, size: int, limit: int) -> LimitExceededError:
+    return LimitExceededError(str(path), f"{size:,} bytes", limit, "bytes", env_var("max_review_file_bytes"))
+
+
+def _open_review_csv(path: Path, limit: int) -> IO[str]:
+    """`path` as text for the CSV reader, refused before reading when it is not a regular file
+    (a FIFO would wait for a writer) or larger than `limit` bytes, and stopped at `limit`."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise InputFileError(path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(path, "is not a regular file")
+    if info.st_size > limit:
+        raise _too_large(path, info.st_size, limit)
+    raw = path.open("rb")
+    return io.TextIOWrapper(io.BufferedReader(_Bounded(raw, path, limit)), encoding="utf-8-sig", newline="")
 
 
 @click.group()
@@ -83,18 +127,23 @@ def review_import(csv_file: Path) -> None:
     """Apply the decisions of an edited review CSV: review_decision, reviewer_notes, reviewed_at and
     human_reviewed on each decided conversation; undecided rows change nothing. All or nothing:
     any bad row (edited read-only column, unknown decision, unknown conversation, …) is listed with
-    its line and nothing is written (exit 2)."""
-    from lora_assets.core.review import ReviewFileError, read_review_csv
+    its line (the first LORA_MAX_VALIDATION_LINES, then a count) and nothing is written (exit 2).
+    A file over LORA_MAX_REVIEW_FILE_BYTES or LORA_MAX_REVIEW_ROWS is refused unread (exit 2)."""
+    from lora_assets.core.review import ReviewFileError, ReviewRowLimitError, read_review_csv
     from lora_assets.store.reviews import apply_review
 
     settings = Settings.from_env()
     domain = engine(settings)
+    cap = settings.max_validation_lines
     try:
-        with csv_file.open(encoding="utf-8-sig", newline="") as handle:
-            decisions = read_review_csv(handle)
-        outcome = apply_review(domain, decisions, settings.user_id)
+        with _open_review_csv(csv_file, settings.max_review_file_bytes) as handle:
+            decisions = read_review_csv(handle, max_rows=settings.max_review_rows, max_problems=cap)
+        outcome = apply_review(domain, decisions, settings.user_id, max_problems=cap)
+    except ReviewRowLimitError as exc:
+        raise LimitExceededError(str(csv_file), f"more than {exc.limit:,} rows (line {exc.line})", exc.limit,
+                                 "rows", env_var("max_review_rows")) from None
     except ReviewFileError as exc:
-        raise ReviewRefusedError(csv_file, exc.problems) from None
+        raise ReviewRefusedError(csv_file, exc.problems, exc.more) from None
     except UnicodeDecodeError as exc:
         raise InputFileError(csv_file, f"is not UTF-8 text: invalid byte at offset {exc.start}") from None
     except OSError as exc:

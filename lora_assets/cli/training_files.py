@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from lora_assets.cli.common import engine
-from lora_assets.cli.runs import QUIET, blocking_failures, defs_resource, print_checks
+from lora_assets.cli.runs import blocking_failures, defs_resource, print_checks, run_failure, run_job
 from lora_assets.errors import ConflictError, NotFoundError, RunFailedError, UserInputError
 from lora_assets.settings import Settings
 
@@ -125,13 +125,8 @@ def tf_add(name, batches, conversations, skip_ineligible) -> None:
 def _run_build(name: str, options: dict[str, Any]) -> Any:
     """Execute the `training_file_build` job for NAME in this process with the build `options`
     as launch config (quietly, never raising on a failed step)."""
-    from lora_assets import definitions
-    from lora_assets.instance import get_instance
-
-    run_config = {**QUIET, "ops": {"training_files": {"config": options}}} if options else QUIET
-    job = definitions.defs.resolve_job_def("training_file_build")
-    return job.execute_in_process(partition_key=name, instance=get_instance(), raise_on_error=False,
-                                  run_config=run_config)
+    return run_job("training_file_build", name, run_config={"ops": {"training_files": {"config": options}}}
+                   if options else None)
 
 
 def _build(name: str, options: dict[str, Any] | None = None) -> None:
@@ -150,16 +145,14 @@ def _build(name: str, options: dict[str, Any] | None = None) -> None:
             raise NotFoundError(f"no training file named {name!r} (create it with `lora-assets training-file create`)")
     _register_training_file(name)
     result = _run_build(name, options or {})
-    for ev in result.all_events:
-        if ev.is_failure and ev.step_key and ev.event_specific_data and getattr(ev.event_specific_data, "error", None):
-            click.echo(f"  {ev.step_key}: {ev.event_specific_data.error.message.strip().splitlines()[-1]}", err=True)
     evaluations = result.get_asset_check_evaluations()
     print_checks(evaluations)
     blocking = blocking_failures(evaluations, with_asset=False)
     failed = not result.success or bool(blocking)
     click.echo(f"run {result.run_id}: {'FAILED' if failed else 'success'}")
     if failed:
-        reason = f"blocking check(s) failed: {', '.join(blocking)}" if blocking else "the build failed (see above)"
+        reason = "; ".join(([] if result.success else [f"the build failed: {run_failure(result)}"])
+                           + ([f"blocking check(s) failed: {', '.join(blocking)}"] if blocking else []))
         raise RunFailedError(f"training file {name!r}: {reason}")
 
 

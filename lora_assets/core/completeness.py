@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, Field
 
-from lora_assets.core.prompt import KNOWN_PLACEHOLDERS, unknown_placeholders
+from lora_assets.core.prompt import KNOWN_PLACEHOLDERS, broken_placeholders, unknown_placeholders
 from lora_assets.core.text import md_cell
 from lora_assets.schemas import PromptTemplate
 from lora_assets.schemas.scaffolding import KEY_PATTERN, Tier
@@ -244,6 +244,16 @@ def _check_templates(templates: list[Any], labels: list[str], problems: list[Pro
         if not isinstance(body, str) or not body.strip():
             problems.append(Problem(kind="prompt_template", key=label, field="body", reason="missing or blank body"))
             continue
+        for text in broken_placeholders(body):
+            problems.append(
+                Problem(
+                    kind="prompt_template",
+                    key=label,
+                    field="body",
+                    reason=f"malformed placeholder {text!r}: a placeholder is {{{{name}}}}, two braces each side "
+                    "of a known name (letters, digits, underscores); it would be sent to Claude as written",
+                )
+            )
         probe = PromptTemplate.model_construct(template_key=label, body=body)
         for name in unknown_placeholders(probe):
             problems.append(

@@ -3,6 +3,8 @@ static (cacheable) system prompt built from the consultant profile."""
 
 from __future__ import annotations
 
+import re
+
 from lora_assets.core.text import render_demographics, render_financial_background
 from lora_assets.schemas import ConsultantProfile, EmotionalArc, Persona, PromptTemplate, TrainingTopic
 from lora_assets.schemas.scaffolding import PLACEHOLDER_RE
@@ -81,8 +83,64 @@ def unknown_placeholders(template: PromptTemplate) -> list[str]:
     return [p for p in template.placeholders if p not in KNOWN_PLACEHOLDERS]
 
 
+#: What looks like a placeholder gone wrong once the well-formed `{{name}}` ones are masked: a
+#: stray `{{` or `}}` (`{{persona_name}`, `{{consultant_name`, `{{persona-key}}`, `{{{x}}}`), or a
+#: single brace against a name (`{persona_name}`, `{topic_key`, `arc_name}`). Prose never needs
+#: these, and each would be sent literally in every paid prompt. A JSON example in a template
+#: (`{"key": …}`) still passes: its braces touch quotes, not names.
+_BROKEN_RE = re.compile(r"\{\{|\}\}|\{\s*[A-Za-z_$%#][\w.\-]*\s*\}?|[\w\-]\s*\}")
+_WELL_FORMED_RE = re.compile(r"(?<!\{)\{\{\s*[a-zA-Z0-9_]+\s*\}\}(?!\})")
+
+
+def broken_placeholders(body: str, reach: int = 40) -> list[str]:
+    """The pieces of `body` that look like a malformed placeholder (see `_BROKEN_RE`), each
+    widened to its braces so the user can find it: `{{persona_name}`, `{{persona-key}}`."""
+    masked = _WELL_FORMED_RE.sub(lambda m: "\x00" * len(m.group(0)), body)
+    spans: list[tuple[int, int]] = []
+    for match in _BROKEN_RE.finditer(masked):
+        start, end = match.start(), match.end()
+        if masked[start] == "{":
+            close = masked.find("}", end, start + reach) if masked[end - 1] != "}" else end - 1
+            # Its own closing brace only: not one after the next opening (`{{a and {{b}}`) or line.
+            if close >= 0 and ("{" in masked[end:close] or "\n" in masked[end:close]):
+                close = -1
+            end = max(end, close + 1) if close >= 0 else _token_end(body, end, reach)
+            while end < len(body) and body[end] == "}":
+                end += 1
+        else:
+            opening = masked.rfind("{", max(0, start - reach), start)
+            if opening >= 0 and ("}" in masked[opening:start] or "\n" in masked[opening:start]):
+                opening = -1
+            start = opening if opening >= 0 else _token_start(body, start, reach)
+            while start > 0 and body[start - 1] == "{":
+                start -= 1
+        if spans and start < spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+    return list(dict.fromkeys(body[a:b] for a, b in spans))
+
+
+def _token_end(body: str, at: int, reach: int) -> int:
+    limit = min(len(body), at + reach)
+    while at < limit and not body[at].isspace():
+        at += 1
+    return at
+
+
+def _token_start(body: str, at: int, reach: int) -> int:
+    limit = max(0, at - reach)
+    while at > limit and not body[at - 1].isspace():
+        at -= 1
+    return at
+
+
 def render_template(template: PromptTemplate, variables: dict[str, str]) -> str:
-    """Substitute every `{{name}}`; raise TemplateError naming the template and placeholder."""
+    """Substitute every `{{name}}`; raise TemplateError naming the template and placeholder (an
+    unknown one, or one that is malformed: it would otherwise be sent literally)."""
+    broken = broken_placeholders(template.body)
+    if broken:
+        raise TemplateError(f"template {template.template_key!r}: malformed placeholder(s) {broken}")
     missing = [p for p in template.placeholders if p not in variables]
     if missing:
         raise TemplateError(f"template {template.template_key!r}: unresolvable placeholder(s) {missing}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,14 @@ from lora_assets.core.judge import JudgeScores
 JUDGE_CRITERIA: tuple[str, ...] = tuple(name for name in JudgeScores.model_fields if name != "rationale")
 #: Longest note accepted on import, in characters.
 MAX_NOTES = 2000
+#: Data rows one import reads (the header and blank lines not counted); the CLI passes
+#: LORA_MAX_REVIEW_ROWS. Reading stops at the first row over it.
+MAX_ROWS = 50_000
+#: Longest physical line read: a row's fields are split from its lines, so this bounds the fields
+#: (and memory) of one row; a transcript's lines are far shorter.
+MAX_LINE_CHARS = 1_048_576
+#: Problems a refusal lists; the rest are counted, not kept (LORA_MAX_VALIDATION_LINES in the CLI).
+MAX_PROBLEMS = 200
 #: Accepted decisions (compared case-insensitively after trimming); empty means undecided.
 DECISIONS = ("approve", "reject")
 
@@ -48,11 +56,41 @@ _EDITABLE = ("decision", "notes")
 
 
 class ReviewFileError(ValueError):
-    """A review CSV that cannot be imported; `problems` lists every bad line with its reason."""
+    """A review CSV that cannot be imported; `problems` lists the bad lines with their reasons
+    (the first ones, when there were more than the cap: `more` counts the rest)."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__(f"review file refused, {len(self.problems)} problem(s):\n" + "\n".join(self.problems))
+    def __init__(self, problems: Sequence[str], more: int = 0) -> None:
+        self.problems, self.more = list(problems), more
+        lines = [*self.problems, *([f"… and {more:,} more problem(s) not listed"] if more else [])]
+        super().__init__(f"review file refused, {self.total:,} problem(s):\n" + "\n".join(lines))
+
+    @property
+    def total(self) -> int:
+        """Every problem found, listed or not."""
+        return len(self.problems) + self.more
+
+
+class ReviewRowLimitError(ReviewFileError):
+    """A review CSV with more data rows than the import reads; raised at the first row over it,
+    before the rest of the file is read."""
+
+    def __init__(self, limit: int, line: int) -> None:
+        self.limit, self.line = limit, line
+        super().__init__([f"line {line}: more than {limit:,} rows, over the limit of {limit:,} rows per import"])
+
+
+class _Problems(list):
+    """The first `cap` problems, and a count of the ones after them (memory stays bounded)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap, self.more = cap, 0
+
+    def add(self, problem: str) -> None:
+        if len(self) < self.cap:
+            self.append(problem)
+        else:
+            self.more += 1
 
 
 class ReviewRow(BaseModel):
@@ -156,24 +194,32 @@ def write_review_csv(rows: Iterable[ReviewRow], handle: IO[str], *, criteria: Se
 
 
 def read_review_csv(
-    handle: IO[str], *, criteria: Sequence[str] = JUDGE_CRITERIA, max_notes: int = MAX_NOTES
+    handle: IO[str], *, criteria: Sequence[str] = JUDGE_CRITERIA, max_notes: int = MAX_NOTES,
+    max_rows: int = MAX_ROWS, max_problems: int = MAX_PROBLEMS,
 ) -> list[ReviewDecision]:
     """Parse and validate a whole review CSV, then return one `ReviewDecision` per row (in file
-    order, undecided rows included). Raises `ReviewFileError` listing every problem — nothing is
-    returned unless the whole file is valid."""
+    order, undecided rows included). Raises `ReviewFileError` listing the first `max_problems`
+    problems and counting the rest — nothing is returned unless the whole file is valid — or
+    `ReviewRowLimitError` at the first data row past `max_rows` (the rest is not read)."""
     header = review_header(criteria)
     readonly = header[: header.index("row_check")]
-    reader = csv.reader(handle, strict=True)
-    problems: list[str] = []
+    reader = csv.reader(_bounded_lines(handle, MAX_LINE_CHARS), strict=True)
+    problems = _Problems(max_problems)
+    rows = 0
     try:
         found = next(reader, None)
     except csv.Error as exc:
         raise ReviewFileError([f"line 1: not readable as CSV ({exc})"]) from exc
     if found:
         found[0] = found[0].removeprefix("\ufeff")  # Excel's "CSV UTF-8" adds a BOM
+    if found and not set(found) & set(header):
+        # Not a review export at all (a wrong file, a symlink to something else): its first line
+        # is not echoed, only its shape.
+        raise ReviewFileError([f"line 1: not a review export: none of its {len(found)} column(s) is one of the "
+                               f"export's; expected: {','.join(header)}"])
     if found != header:
         missing = [c for c in header if c not in (found or [])]
-        extra = [c for c in (found or []) if c not in header]
+        extra = [c if len(c) <= 40 else c[:39] + "…" for c in (found or []) if c not in header][:5]
         detail = "; ".join(
             part for part in (
                 f"missing {', '.join(missing)}" if missing else "",
@@ -193,13 +239,16 @@ def read_review_csv(
         except StopIteration:
             break
         except csv.Error as exc:
-            problems.append(f"line {start}: not readable as CSV ({exc})")
+            problems.add(f"line {start}: not readable as CSV ({exc})")
             break
         line_end = reader.line_num
         if not any(f.strip() for f in fields):
             continue  # blank line (spreadsheets like to add them at the end)
+        rows += 1
+        if rows > max_rows:
+            raise ReviewRowLimitError(max_rows, start)
         if len(fields) != len(header):
-            problems.append(f"line {start}: {len(fields)} columns, expected {len(header)}")
+            problems.add(f"line {start}: {len(fields)} columns, expected {len(header)}")
             continue
         values = {c: _unescape(v) for c, v in zip(header, fields, strict=True)}
         reasons: list[str] = []
@@ -221,14 +270,27 @@ def read_review_csv(
 
         reasons += _check_row(values, readonly)
         if reasons:
-            problems += [f"line {start}: {reason}" for reason in reasons]
+            for reason in reasons:
+                problems.add(f"line {start}: {reason}")
             continue
         decisions.append(
             ReviewDecision(conversation_id=cid, decision=decision or None, notes=notes, line=start)  # type: ignore[arg-type]
         )
     if problems:
-        raise ReviewFileError(problems)
+        raise ReviewFileError(problems, problems.more)
     return decisions
+
+
+def _bounded_lines(handle: IO[str], limit: int) -> Iterator[str]:
+    """The lines of `handle`, refusing (ReviewFileError naming the line) one longer than `limit`
+    characters before it is split: a line of a million commas would otherwise become a row of a
+    million fields."""
+    number = 0
+    while line := handle.readline(limit + 1):
+        number += 1
+        if len(line) > limit and not line.endswith("\n"):
+            raise ReviewFileError([f"line {number}: longer than {limit:,} characters (not a review export row)"])
+        yield line
 
 
 def _check_row(values: Mapping[str, str], readonly: Sequence[str]) -> list[str]:

@@ -69,6 +69,11 @@ class BlobStoreResource(ConfigurableResource):
     s3_endpoint_url: str = ""
     concurrency: int = 32
     scaffolding_dir: str = ""
+    # The scaffolding limits `init` applies (LORA_MAX_SCAFFOLDING_RECORD_BYTES, LORA_MAX_TEMPLATE_CHARS,
+    # LORA_MAX_INPUT_FILE_BYTES), so the scaffolding assets refuse what `init` refuses.
+    max_scaffolding_record_bytes: int = 65_536
+    max_template_chars: int = 20_000
+    max_scaffolding_file_bytes: int = 16 * 1024 * 1024
 
     def store(self) -> BlobStore:
         """The configured store (S3 when a bucket is set, else the local directory)."""
@@ -79,8 +84,11 @@ class BlobStoreResource(ConfigurableResource):
     def load_scaffolding(self, limits: Any = None) -> Any:
         """The scaffolding bundle from `scaffolding_dir` (a local directory or an s3:// prefix, read
         with this store's S3 endpoint), or the bundled data when it is empty."""
-        from lora_assets.store.scaffolding_files import load_scaffolding
+        from lora_assets.store.scaffolding_files import ScaffoldingLimits, load_scaffolding
 
+        limits = limits or ScaffoldingLimits(max_record_bytes=self.max_scaffolding_record_bytes,
+                                             max_template_chars=self.max_template_chars,
+                                             max_file_bytes=self.max_scaffolding_file_bytes)
         client = _s3_client(self.s3_endpoint_url, self.concurrency) if self.scaffolding_dir.startswith("s3://") else None
         return load_scaffolding(self.scaffolding_dir, limits, s3_client=client)
 
@@ -185,6 +193,9 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             s3_endpoint_url=s.s3_endpoint_url or "",
             concurrency=s.blob_concurrency,
             scaffolding_dir=s.scaffolding_dir,
+            max_scaffolding_record_bytes=s.max_scaffolding_record_bytes,
+            max_template_chars=s.max_template_chars,
+            max_scaffolding_file_bytes=s.max_input_file_bytes,
         ),
         "claude": ClaudeResource(
             # EnvVar keeps the key out of run config and the UI; only its name is shown.

@@ -203,8 +203,12 @@ def _id_problems(conn: Connection, table: sa.Table, key_col: str, label: str, ro
 
 def load_scaffolding(engine: Engine, bundle: ScaffoldingBundle) -> dict[str, dict[str, int]]:
     """Upsert a validated bundle by key in ONE transaction: all of it or nothing. Raises
-    ScaffoldingIdError (nothing written) when an explicit id would change a row's primary key."""
+    ScaffoldingIdError (nothing written) when an explicit id would change a row's primary key.
+    Loads running at once (two `init`s on other machines, `init` and the scaffolding assets) run
+    one after the other: the second sees the first's rows and updates them, instead of both
+    inserting a key and one failing on its unique constraint."""
     with engine.begin() as conn:
+        _lock_scaffolding(conn)
         problems = [
             *_id_problems(conn, t.personas, "persona_key", "persona", [p.model_dump() for p in bundle.personas]),
             *_id_problems(conn, t.emotional_arcs, "arc_key", "emotional arc", [a.model_dump() for a in bundle.emotional_arcs]),
@@ -234,6 +238,17 @@ def load_scaffolding(engine: Engine, bundle: ScaffoldingBundle) -> dict[str, dic
                 [{"id": CONSULTANT_ROW_ID, "profile": bundle.consultant_profile.model_dump(mode="json")}],
             ),
         }
+
+
+def _lock_scaffolding(conn: Connection) -> None:
+    """Hold the scaffolding write lock until this transaction ends: a PostgreSQL advisory lock; on
+    SQLite a write statement (touching no row) first, which begins the transaction with the
+    database's write lock (pysqlite runs reads before a write outside any transaction)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7421002)"))
+    else:
+        cp = t.consultant_profiles
+        conn.execute(sa.update(cp).where(sa.false()).values(profile=cp.c.profile))
 
 
 _STRIP = {"created_at", "updated_at"}

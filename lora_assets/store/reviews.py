@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from lora_assets.core.review import (
     JUDGE_CRITERIA,
+    MAX_PROBLEMS,
     ReviewDecision,
     ReviewFileError,
     ReviewRow,
@@ -207,12 +208,14 @@ def write_export(engine: Engine, store: BlobStore, target: ReviewTarget, handle:
     return ExportSummary(rows=written, seed_example_conversations=seed_conversations, seed_examples=seeds)
 
 
-def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: str) -> ReviewOutcome:
+def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: str,
+                 max_problems: int = MAX_PROBLEMS) -> ReviewOutcome:
     """Record a reviewer's decisions on `conversations` in one transaction: `review_decision`,
     `reviewer_notes`, `reviewed_at` and `human_reviewed` (True for approve, False for reject); an
     undecided row (blank decision) leaves its conversation unchanged. All or nothing: a row naming
     a conversation the DB does not know is refused (ReviewFileError naming its line) and nothing
-    is written. `reviewer` is who imported (reported back; the table has no column for it)."""
+    is written; the first `max_problems` such rows are listed, the rest counted. `reviewer` is who
+    imported (reported back; the table has no column for it)."""
     decided = [d for d in decisions if d.decision is not None]
     c = t.conversations
     stamp = now()
@@ -223,13 +226,16 @@ def apply_review(engine: Engine, decisions: Sequence[ReviewDecision], reviewer: 
         unknown = [d for d in decided if d.conversation_id not in known]
         if unknown:
             raise ReviewFileError([f"line {d.line}: conversation {d.conversation_id!r} is not in the domain database"
-                                   for d in unknown])
+                                   for d in unknown[:max_problems]], max(0, len(unknown) - max_problems))
         if decided:
             stmt = sa.update(c).where(c.c.id == sa.bindparam("_id")).values(
                 review_decision=sa.bindparam("decision"), reviewer_notes=sa.bindparam("notes"),
                 human_reviewed=sa.bindparam("approved"), reviewed_at=stamp, updated_at=stamp)
+            # In id order: two imports at once lock their rows in the same order, so one waits for
+            # the other (the later one wins) instead of deadlocking (a sorted spreadsheet is common).
             conn.execute(stmt, [{"_id": d.conversation_id, "decision": d.decision, "notes": d.notes or None,
-                                 "approved": d.decision == "approve"} for d in decided])
+                                 "approved": d.decision == "approve"}
+                                for d in sorted(decided, key=lambda d: d.conversation_id)])
     approved = sum(1 for d in decided if d.decision == "approve")
     return ReviewOutcome(rows=len(decisions), approved=approved, rejected=len(decided) - approved,
                          undecided=len(decisions) - len(decided), reviewer=reviewer)

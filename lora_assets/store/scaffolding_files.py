@@ -326,9 +326,10 @@ def _split_s3(location: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def _download_s3(location: str, client: Any, target: Path) -> None:
-    """Copy the five files under `location` (s3://bucket/prefix) into `target`; every missing or
-    unreadable one is named in one ScaffoldingFileError."""
+def _download_s3(location: str, client: Any, target: Path, max_bytes: int | None = None) -> None:
+    """Copy the five files under `location` (s3://bucket/prefix) into `target`; every missing,
+    unreadable or oversized (over `max_bytes`, known from its size before any byte is fetched)
+    one is named in one ScaffoldingFileError."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = _split_s3(location)
@@ -336,6 +337,12 @@ def _download_s3(location: str, client: Any, target: Path) -> None:
     for name in FILE_NAMES:
         key = f"{prefix}/{name}" if prefix else name
         try:
+            if max_bytes is not None:
+                size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+                if size > max_bytes:
+                    problems.append(f"s3://{bucket}/{key}: {size:,} bytes, over the limit of {max_bytes:,} bytes "
+                                    "(raise it with LORA_MAX_INPUT_FILE_BYTES=<n> if you mean it)")
+                    continue
             client.download_file(bucket, key, str(target / name))
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -363,7 +370,7 @@ def load_scaffolding(location: str | Path | None, limits: ScaffoldingLimits | No
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lora-scaffolding-") as tmp:
-        _download_s3(location, s3_client, Path(tmp))
+        _download_s3(location, s3_client, Path(tmp), (limits or ScaffoldingLimits()).max_file_bytes)
         try:
             return load_bundle(Path(tmp), limits)
         except ScaffoldingFileError as exc:

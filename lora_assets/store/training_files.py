@@ -227,20 +227,26 @@ def create_training_file(
     if not conversation_ids:
         raise TrainingFileError(f"training file {name!r}: the selection is empty (no conversations)")
     _check_thresholds(name, min_quality, min_judge_score)
-    with engine.begin() as conn:
-        if get_training_file(conn, name) is not None:
-            raise TrainingFileError(f"training file {name!r} already exists (use `training-file add`)")
-        problems = _membership_problems(conn, None, conversation_ids)
-        if problems:
-            raise MembershipError(name, problems)
-        file_id = str(uuid.uuid4())
-        conn.execute(
-            sa.insert(t.training_files).values(
-                id=file_id, name=name, description=description, min_quality=min_quality,
-                min_judge_score=min_judge_score, status=TrainingFileStatus.ACTIVE, created_by=created_by,
+    file_id = str(uuid.uuid4())
+    try:
+        with engine.begin() as conn:
+            # The row first: its write lock (and UNIQUE(name)) makes a concurrent create of the
+            # same name wait for this one and then fail here, instead of both passing a check.
+            conn.execute(
+                sa.insert(t.training_files).values(
+                    id=file_id, name=name, description=description, min_quality=min_quality,
+                    min_judge_score=min_judge_score, status=TrainingFileStatus.ACTIVE, created_by=created_by,
+                )
             )
-        )
-        _insert_members(conn, file_id, conversation_ids, created_by)
+            problems = _membership_problems(conn, None, conversation_ids)
+            if problems:
+                raise MembershipError(name, problems)
+            _insert_members(conn, file_id, conversation_ids, created_by)
+    except sa.exc.IntegrityError:
+        with engine.connect() as conn:
+            if get_training_file(conn, name) is None:
+                raise
+        raise TrainingFileError(f"training file {name!r} already exists (use `training-file add`)") from None
     return file_id
 
 
@@ -248,15 +254,18 @@ def add_members(engine: Engine, *, name: str, conversation_ids: Sequence[str], a
     """Add conversations to an existing training file (all or none). Returns how many."""
     if not conversation_ids:
         raise TrainingFileError(f"training file {name!r}: the selection is empty (no conversations)")
+    f = t.training_files
     with engine.begin() as conn:
-        tf = get_training_file(conn, name)
+        # Touch the file's row first: two adds to one file run one after the other (the second
+        # sees the first's members and refuses them as duplicates, instead of a constraint error).
+        touched = conn.execute(sa.update(f).where(f.c.name == name).values(updated_at=now())).rowcount
+        tf = get_training_file(conn, name) if touched else None
         if tf is None:
             raise TrainingFileError(f"no training file named {name!r}")
         problems = _membership_problems(conn, tf["id"], conversation_ids)
         if problems:
             raise MembershipError(name, problems)
         _insert_members(conn, tf["id"], conversation_ids, added_by)
-        conn.execute(sa.update(t.training_files).where(t.training_files.c.id == tf["id"]).values(updated_at=now()))
     return len(conversation_ids)
 
 
@@ -350,25 +359,38 @@ def get_version(conn: Connection, name: str, version: int | None = None, *,
 
 
 class BuildInProgressError(TrainingFileError):
-    """Another build claimed the next version of this training file first."""
+    """Other builds kept claiming the next version of this training file before this one could."""
+
+
+#: Claims of a version number tried before giving up: each lost race means another build got a
+#: number, so this only runs out under a storm of concurrent builds of one file.
+_CLAIM_ATTEMPTS = 8
 
 
 def claim_version(engine: Engine, training_file_id: str, name: str) -> tuple[str, int]:
     """Claim the next version number BEFORE any blob is written: a `building` row under
-    UNIQUE(training_file_id, version). A concurrent build gets BuildInProgressError and writes
-    nothing, so it can never overwrite or clean up another build's files."""
+    UNIQUE(training_file_id, version). Builds running at once each get their own number (a claim
+    that loses the race takes the next one), so none can overwrite or clean up another build's
+    files; BuildInProgressError only when the race is lost `_CLAIM_ATTEMPTS` times."""
     v = t.training_file_versions
-    row_id = str(uuid.uuid4())
-    try:
-        with engine.begin() as conn:
-            latest = conn.execute(sa.select(sa.func.max(v.c.version)).where(v.c.training_file_id == training_file_id)).scalar()
-            version = int(latest or 0) + 1
-            conn.execute(sa.insert(v).values(id=row_id, training_file_id=training_file_id, version=version, status="building"))
-    except sa.exc.IntegrityError as exc:
-        raise BuildInProgressError(
-            f"training file {name!r}: another build claimed the next version at the same time; nothing was written"
-        ) from exc
-    return row_id, version
+    for _ in range(_CLAIM_ATTEMPTS):
+        row_id = str(uuid.uuid4())
+        # One INSERT … SELECT: on SQLite the statement takes the write lock before it reads the
+        # maximum (a read-then-write transaction would fail with "database is locked" instead of
+        # waiting); on PostgreSQL a concurrent claim of the same number is a unique violation.
+        next_version = (sa.select(sa.literal(row_id), sa.literal(training_file_id),
+                                  sa.func.coalesce(sa.func.max(v.c.version), 0) + 1, sa.literal("building"))
+                        .where(v.c.training_file_id == training_file_id))
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.insert(v).from_select(["id", "training_file_id", "version", "status"], next_version))
+                version = conn.execute(sa.select(v.c.version).where(v.c.id == row_id)).scalar_one()
+        except sa.exc.IntegrityError:
+            continue
+        return row_id, int(version)
+    raise BuildInProgressError(
+        f"training file {name!r}: {_CLAIM_ATTEMPTS} other builds claimed the next version first; nothing was written"
+    )
 
 
 def release_version(engine: Engine, row_id: str) -> None:
@@ -378,16 +400,21 @@ def release_version(engine: Engine, row_id: str) -> None:
 
 
 def record_version(conn: Connection, training_file_id: str, row_id: str, values: dict[str, Any]) -> None:
-    """Complete the claimed version row and copy its metadata onto training_files (the seed's columns)."""
+    """Complete the claimed version row and copy its metadata onto training_files (the seed's
+    columns) unless a higher version is already recorded there: builds that finish out of order
+    leave `current_version` at the highest built version, never move it back."""
     conn.execute(sa.update(t.training_file_versions).where(t.training_file_versions.c.id == row_id).values(**values))
     current = {k: values[k] for k in (
         "json_file_path", "jsonl_file_path", "conversation_count", "total_training_pairs", "json_file_size",
         "jsonl_file_size", "avg_quality_score", "min_quality_score", "max_quality_score", "human_reviewed_count",
         "scaffolding_distribution",
     )}
+    f = t.training_files
+    # The guard is in the UPDATE itself: PostgreSQL re-evaluates it on the row a concurrent
+    # recorder just committed, SQLite runs one writer at a time.
     conn.execute(
-        sa.update(t.training_files)
-        .where(t.training_files.c.id == training_file_id)
+        sa.update(f)
+        .where(f.c.id == training_file_id, f.c.current_version < values["version"])
         .values(**current, current_version=values["version"], status=TrainingFileStatus.ACTIVE, updated_at=now())
     )
 

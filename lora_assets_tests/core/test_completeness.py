@@ -121,6 +121,18 @@ def test_unknown_placeholder(bundle: ScaffoldingBundle) -> None:
     assert "{{unknown_thing}}" in report.missing_fields_markdown()
 
 
+@pytest.mark.parametrize("broken", ["{{persona_name}", "{{consultant_name", "{{persona-key}}", "{persona_name}",
+                                    "{{{arc_name}}}", "{{ persona name }}", "{{}}", "{{topic_name|upper}}"])
+def test_malformed_placeholder_is_named_with_its_text(bundle: ScaffoldingBundle, broken: str) -> None:
+    template = bundle.prompt_templates[0]
+    bad = _lenient(PromptTemplate, template, body=template.body + f"\nAlso mention {broken} here.")
+    report = _report(bundle, templates=[bad, *bundle.prompt_templates[1:]])
+    assert not report.passed
+    [problem] = report.problems
+    assert (problem.kind, problem.key, problem.field) == ("prompt_template", template.template_key, "body")
+    assert problem.reason.startswith(f"malformed placeholder {broken!r}"), problem.reason
+
+
 def test_missing_tier(bundle: ScaffoldingBundle) -> None:
     templates = [t for t in bundle.prompt_templates if t.tier != "scenario"]
     report = _report(bundle, templates=templates)

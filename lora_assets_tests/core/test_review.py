@@ -12,6 +12,7 @@ from lora_assets.core.review import (
     ReviewDecision,
     ReviewFileError,
     ReviewRow,
+    ReviewRowLimitError,
     read_review_csv,
     review_header,
     transcript,
@@ -169,6 +170,36 @@ def test_all_problems_reported_at_once_and_nothing_returned() -> None:
     ]
 
 
+def test_problem_list_is_capped_with_a_count_of_the_rest() -> None:
+    table = _table(_export([ReviewRow(conversation_id=f"c{i}", transcript="t") for i in range(10)]))
+    for row in table[1:]:
+        row[table[0].index("decision")] = "maybe"
+    with pytest.raises(ReviewFileError) as err:
+        read_review_csv(io.StringIO(_untable(table), newline=""), max_problems=3)
+    assert len(err.value.problems) == 3 and err.value.more == 7 and err.value.total == 10
+    assert str(err.value).endswith("… and 7 more problem(s) not listed")
+
+
+def test_reading_stops_at_the_first_row_over_the_row_limit() -> None:
+    text = _export([ReviewRow(conversation_id=f"c{i}", transcript="t") for i in range(5)])
+    handle = io.StringIO(text + "this line is never parsed\n" * 1000, newline="")
+    with pytest.raises(ReviewRowLimitError, match="line 5: more than 3 rows, over the limit of 3 rows") as err:
+        read_review_csv(handle, max_rows=3)
+    assert err.value.limit == 3
+    assert handle.tell() < len(text)  # the rest of the file was not read
+    assert len(read_review_csv(io.StringIO(text, newline=""), max_rows=5)) == 5
+
+
+def test_a_line_of_a_million_commas_is_refused_before_it_is_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lora_assets.core.review as review
+
+    monkeypatch.setattr(review, "MAX_LINE_CHARS", 10_000)
+    text = _export() + "," * 50_000 + "\r\n"
+    with pytest.raises(ReviewFileError, match=r"line \d+: longer than 10,000 characters"):
+        _import(text)
+    assert len(_import(_export())) == 3  # real rows and their transcripts' lines pass
+
+
 def test_duplicate_conversation_refused() -> None:
     table = _table(_export())
     table.insert(2, list(table[1]))
@@ -187,6 +218,10 @@ def test_wrong_header_refused() -> None:
         _import(_untable(swapped))
     with pytest.raises(ReviewFileError, match="line 1"):
         _import("")
+    secret = "root:$6$s3cr3t-hash:19000:0:99999:7:::"
+    with pytest.raises(ReviewFileError, match="line 1: not a review export: none of its 1 column") as err:
+        _import(secret + "\n")  # e.g. a symlink to /etc/shadow: its content is never echoed
+    assert "s3cr3t" not in str(err.value)
 
 
 def test_wrong_column_count_refused() -> None:

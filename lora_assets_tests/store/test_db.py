@@ -166,3 +166,28 @@ def test_an_embedded_sqlite_database_from_before_002_is_upgraded_at_init(tmp_pat
     with engine.connect() as conn:
         assert conn.execute(sa.select(t.provider_batches.c.provider_batch_id)).scalar() == "msgbatch_old"
     engine.dispose()
+
+
+def test_scaffolding_loads_at_once_run_one_after_the_other(db_url: str, tmp_path: Path) -> None:
+    """Two processes load the scaffolding into a fresh schema at once (two `init`s on other
+    machines, or `init` and the scaffolding assets): one inserts, the other finds the rows
+    unchanged; neither fails on a unique key."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    engine = dbq.make_engine(db_url)
+    dbq.init_schema(engine)
+    engine.dispose()
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-m", "lora_assets_tests.store.race_worker", "scaffolding", db_url, str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    while len(list(tmp_path.glob("go.ready.*"))) < 2 and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    go.touch()
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    counts = sorted((json.loads(o.strip().splitlines()[-1]) for o in outputs), key=lambda c: c["inserted"])
+    n = len(load_bundle().personas)
+    assert counts == [{"inserted": 0, "updated": 0, "unchanged": n}, {"inserted": n, "updated": 0, "unchanged": 0}]

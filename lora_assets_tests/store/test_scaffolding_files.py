@@ -224,3 +224,20 @@ def test_load_scaffolding_from_s3_names_each_missing_or_invalid_object(
     assert len(invalid.value.problems) == 1
     assert invalid.value.problems[0].startswith(f"s3://{bucket}/p/training_topics.json: ")
     assert "lora-scaffolding-" not in str(invalid.value)
+
+
+def test_load_scaffolding_from_s3_refuses_an_object_over_the_size_limit_before_fetching_it(
+    s3_bucket: tuple[str, str], scaffold_dir: Path
+) -> None:
+    from lora_assets.store.scaffolding_files import ScaffoldingLimits, load_scaffolding
+
+    endpoint, bucket = s3_bucket
+    client = _s3(endpoint)
+    for name in FILE_NAMES:
+        client.upload_file(str(scaffold_dir / name), bucket, f"big/{name}")
+    size = (scaffold_dir / "personas.json").stat().st_size
+    limits = ScaffoldingLimits(max_file_bytes=size - 1)
+    with pytest.raises(ScaffoldingFileError) as refused:
+        load_scaffolding(f"s3://{bucket}/big", limits, s3_client=client)
+    assert f"s3://{bucket}/big/personas.json: {size:,} bytes, over the limit of {size - 1:,} bytes" in str(refused.value)
+    assert "LORA_MAX_INPUT_FILE_BYTES" in str(refused.value)

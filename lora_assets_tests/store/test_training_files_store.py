@@ -275,3 +275,81 @@ def test_versions_are_claimed_in_order_and_only_recorded_ones_are_visible(store:
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
         conn.execute(sa.insert(t.training_file_versions).values(
             id=str(uuid.uuid4()), training_file_id=file_id, version=2, status="building"))
+
+
+def test_a_version_recorded_late_never_moves_current_version_back(store: Store) -> None:
+    """Two builds: v1 claimed first, v2 recorded first (it finished sooner). v1's record keeps
+    its own row but leaves the file's current version (and its metadata) at v2."""
+    name = unique()
+    file_id = tfq.create_training_file(store.engine, name=name, conversation_ids=store.good, created_by="tests")
+    row1, n1 = tfq.claim_version(store.engine, file_id, name)
+    row2, n2 = tfq.claim_version(store.engine, file_id, name)
+    assert (n1, n2) == (1, 2)
+    with store.engine.begin() as conn:
+        tfq.record_version(conn, file_id, row2, _values(2, name, 9))
+    with store.engine.begin() as conn:
+        tfq.record_version(conn, file_id, row1, _values(1, name, 5))
+    with store.engine.connect() as conn:
+        tf = tfq.get_training_file(conn, name)
+        assert [v["version"] for v in tfq.versions(conn, file_id)] == [1, 2]
+        assert tfq.get_version(conn, name)["version"] == 2
+    assert tf["current_version"] == 2 and tf["total_training_pairs"] == 9
+    assert tf["json_file_path"] == f"training-files/{name}/v2/{name}.json"
+
+
+def test_concurrent_builders_in_real_processes_keep_current_version_the_highest(store: Store, tmp_path: Path) -> None:
+    """Two processes claim and record versions of one file at once (random pauses between claim
+    and record, so they finish out of order): every number is claimed once, none is lost, and
+    after every record `current_version` equals the highest recorded version."""
+    name = unique()
+    file_id = tfq.create_training_file(store.engine, name=name, conversation_ids=store.good, created_by="tests")
+    rounds = 10
+    codes, outputs = _race(store, tmp_path, [["versions", _url(store), file_id, name, str(rounds), "{go}", str(seed)]
+                                             for seed in range(2)])
+    assert codes == [0, 0], outputs
+    with store.engine.connect() as conn:
+        assert [v["version"] for v in tfq.versions(conn, file_id)] == list(range(1, 2 * rounds + 1))
+        assert tfq.get_training_file(conn, name)["current_version"] == 2 * rounds
+
+
+def _url(store: Store) -> str:
+    return store.engine.url.render_as_string(hide_password=False)
+
+
+def _race(store: Store, tmp_path: Path, commands: list[list[str]]) -> tuple[list[int], list[str]]:
+    """Run `race_worker` once per command, released together once every one is imported and
+    connected; (exit codes, outputs)."""
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / f"go-{uuid.uuid4().hex[:6]}"
+    procs = [subprocess.Popen([sys.executable, "-m", "lora_assets_tests.store.race_worker",
+                               *[a.replace("{go}", str(go)) for a in args]],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for args in commands]
+    while len(list(tmp_path.glob(f"{go.name}.ready.*"))) < len(procs) and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    go.touch()
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
+def _verdicts(outputs: list[str], step: str, name: str) -> list[str]:
+    """Each worker's line about `step` (create / add) of `name`: `done` or `refused: …`."""
+    prefix = f"{step} {name} "
+    return sorted(line[len(prefix):] for out in outputs for line in out.splitlines() if line.startswith(prefix))
+
+
+def test_concurrent_creates_and_adds_write_once_and_refuse_the_other_clearly(store: Store, tmp_path: Path) -> None:
+    """Two processes create the same 10 files at once, then add the same conversation to each at
+    once: each file is made once and gets the conversation once; the other process gets the
+    refusal a user understands (exists / already a member), never a constraint error."""
+    names = [unique() for _ in range(10)]
+    codes, outputs = _race(store, tmp_path, [["members", _url(store), ",".join(names), "{go}", *store.good]] * 2)
+    assert codes == [0, 0], outputs
+    for name in names:
+        assert _verdicts(outputs, "create", name) == [
+            "done", f"refused: training file {name!r} already exists (use `training-file add`)"], outputs
+        added = _verdicts(outputs, "add", name)
+        assert added[0] == "done" and "already a member of this training file" in added[1], added
+        assert sorted(members(store.engine, name)) == sorted(store.good)
