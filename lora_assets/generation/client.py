@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anthropic
 import httpx2
@@ -45,6 +45,15 @@ OUTPUT_SCHEMA: dict[str, Any] = transform_schema(RawConversation)
 
 #: Message ids the loopback simulator mints; anything else came from Claude.
 SIMULATOR_ID_PREFIX = "msg_sim_"
+
+#: How hard the model thinks before answering. The 5.5 models think adaptively by default
+#: (effort `medium`); `off` sends `thinking: {"type": "disabled"}`. Thinking tokens count toward
+#: `max_tokens` and are billed as output.
+Effort = Literal["off", "low", "medium", "high", "xhigh", "max"]
+EFFORTS: tuple[str, ...] = ("off", "low", "medium", "high", "xhigh", "max")
+#: The engine's default for bulk generation: measured on the simulator (README "Thinking"), `low`
+#: spends the fewest output tokens of the settings that keep adaptive thinking on.
+DEFAULT_EFFORT: Effort = "low"
 
 
 class GenerationRequest(BaseModel):
@@ -126,6 +135,15 @@ class ServerError(GenerationError):
 
     kind = "server_error"
     retryable = True
+
+
+class UnreadableResponseError(GenerationError):
+    """HTTP 200 whose body is not a Message (not JSON, or not the shape the API promises). The
+    request was answered, so it may have been billed: the cost is unknown, never taken as $0,
+    and the same request is not sent again blindly (the endpoint is not speaking the API)."""
+
+    kind = "unreadable_response"
+    retryable = False
 
 
 class RequestTimeoutError(GenerationError):
@@ -219,27 +237,54 @@ class MissingResultError(GenerationError):
 
 
 @dataclass(frozen=True)
+class BucketSnapshot:
+    """One token bucket's `anthropic-ratelimit-<name>-{limit,remaining,reset}` (reset as a local
+    epoch time: when the bucket is full again)."""
+
+    limit: int
+    remaining: int
+    reset_at: float | None
+
+
+@dataclass(frozen=True)
 class RateLimitSnapshot:
-    """`anthropic-ratelimit-requests-*` as read from one response (reset as a local epoch time)."""
+    """`anthropic-ratelimit-requests-*` as read from one response (reset as a local epoch time),
+    plus the input- and output-token buckets when the response named them."""
 
     limit: int | None
     remaining: int | None
     reset_at: float | None
+    input_tokens: BucketSnapshot | None = None
+    output_tokens: BucketSnapshot | None = None
+
+
+def _header_int(headers: httpx2.Headers | dict[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value) if value.isdigit() else int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _bucket(headers: httpx2.Headers | dict[str, str], name: str) -> BucketSnapshot | None:
+    limit = _header_int(headers, f"anthropic-ratelimit-{name}-limit")
+    remaining = _header_int(headers, f"anthropic-ratelimit-{name}-remaining")
+    if limit is None or remaining is None:
+        return None
+    return BucketSnapshot(limit, remaining, _parse_reset(headers.get(f"anthropic-ratelimit-{name}-reset")))
 
 
 def rate_limit_snapshot(headers: httpx2.Headers | dict[str, str]) -> RateLimitSnapshot:
-    """Parse the request-rate headers; missing or unreadable values become None."""
-
-    def _int(name: str) -> int | None:
-        try:
-            return int(float(headers.get(name)))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
-
+    """Parse the rate-limit headers (requests, input tokens, output tokens); missing or unreadable
+    values become None."""
     return RateLimitSnapshot(
-        limit=_int("anthropic-ratelimit-requests-limit"),
-        remaining=_int("anthropic-ratelimit-requests-remaining"),
+        limit=_header_int(headers, "anthropic-ratelimit-requests-limit"),
+        remaining=_header_int(headers, "anthropic-ratelimit-requests-remaining"),
         reset_at=_parse_reset(headers.get("anthropic-ratelimit-requests-reset")),
+        input_tokens=_bucket(headers, "input-tokens"),
+        output_tokens=_bucket(headers, "output-tokens"),
     )
 
 
@@ -355,18 +400,46 @@ class ClientPool:
             await c.close()
 
 
-def message_params(request: GenerationRequest, model: str) -> dict[str, Any]:
+#: The 5.5 models cache no prompt below 512 tokens. English text runs well under 2 characters a
+#: token, so a system prompt shorter than this cannot reach the minimum and is sent without
+#: `cache_control` (a breakpoint that can never hit only confuses the usage figures).
+CACHE_MIN_TOKENS = 512
+CACHE_MIN_CHARS = 2 * CACHE_MIN_TOKENS
+
+
+def thinking_params(effort: str) -> dict[str, Any]:
+    """The body fields that state the thinking choice: adaptive thinking at `effort`, or thinking
+    disabled for `off`. Returns `thinking` and, when on, the `effort` for `output_config`."""
+    if effort not in EFFORTS:
+        raise ValueError(f"effort {effort!r}: must be one of {', '.join(EFFORTS)}")
+    if effort == "off":
+        return {"thinking": {"type": "disabled"}}
+    return {"thinking": {"type": "adaptive"}, "effort": effort}
+
+
+def message_params(request: GenerationRequest, model: str, *, effort: str = DEFAULT_EFFORT,
+                   max_tokens: int | None = None) -> dict[str, Any]:
     """The Messages body for `request` (also the `params` of a Message Batches request).
 
-    The system prompt is one text block marked `cache_control: ephemeral`: it is identical for
-    every item of a run, so after the first request it is billed at the cache-read rate.
+    The system prompt is one text block marked `cache_control: ephemeral` when it is long enough
+    to be cached (CACHE_MIN_CHARS): it is identical for every item of a run, so after the first
+    request it is billed at the cache-read rate. Thinking is stated explicitly (`effort`);
+    `max_tokens` overrides the request's own (the engine sizes it from observed output).
     """
+    system: dict[str, Any] = {"type": "text", "text": request.system}
+    if len(request.system) >= CACHE_MIN_CHARS:
+        system["cache_control"] = {"type": "ephemeral"}
+    thinking = thinking_params(effort)
+    output_config: dict[str, Any] = {"format": {"type": "json_schema", "schema": request.output_schema or OUTPUT_SCHEMA}}
+    if "effort" in thinking:
+        output_config["effort"] = thinking["effort"]
     return {
         "model": model,
-        "max_tokens": request.max_tokens,
-        "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
+        "max_tokens": max_tokens or request.max_tokens,
+        "system": [system],
         "messages": [{"role": "user", "content": request.user_prompt()}],
-        "output_config": {"format": {"type": "json_schema", "schema": request.output_schema or OUTPUT_SCHEMA}},
+        "thinking": thinking["thinking"],
+        "output_config": output_config,
     }
 
 
@@ -380,14 +453,16 @@ class SentMessage:
     timing: HttpTiming | None = None
 
 
-async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "") -> SentMessage:
+async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "",
+                       effort: str = DEFAULT_EFFORT, max_tokens: int | None = None) -> SentMessage:
     """POST one Messages request. Raises the GenerationError subclass of the failure; `secret`
-    (the API key) is scrubbed from any reason text, whatever a server echoes back."""
+    (the API key) is scrubbed from any reason text, whatever a server echoes back. A 200 whose
+    body is not a Message raises UnreadableResponseError (answered, so possibly billed)."""
     # The SDK's own client (auth, versions, timeouts, error types) posting a body we encoded once:
     # `messages.create` deep-copies the body (our output schema is a large tree) and builds the
     # Message with its generic constructor; together that was most of our CPU per request at high
     # concurrency. pydantic-core validates the same Message from the bytes several times faster.
-    body = json.dumps(message_params(request, model), ensure_ascii=False).encode()
+    body = json.dumps(message_params(request, model, effort=effort, max_tokens=max_tokens), ensure_ascii=False).encode()
     try:
         response = await client.post(
             "/v1/messages", cast_to=httpx2.Response, content=body,
@@ -401,8 +476,13 @@ async def send_message(client: AsyncAnthropic, request: GenerationRequest, model
     try:
         message = Message.model_validate_json(response.content)
     except ValueError as exc:
-        raise ServerError(request.item_id, scrub(f"unreadable response: {type(exc).__name__}: "
-                                                 f"{' '.join(str(exc).split())[:200]}", secret)) from None
+        snippet = " ".join(response.content[:80].decode("utf-8", "replace").split())
+        err = UnreadableResponseError(request.item_id, scrub(
+            f"HTTP 200 with a body that is not a Message ({response.headers.get('content-type') or 'no content-type'}"
+            f", {len(response.content)} bytes, starts {snippet!r}): {type(exc).__name__}", secret),
+            rate_limit=rate_limit_snapshot(response.headers))
+        err.timing = _timing(response)
+        raise err from None
     return SentMessage(
         message=message,
         request_id=response.headers.get("request-id"),

@@ -17,6 +17,7 @@ from anthropic.types import Message
 
 from lora_assets.core.prompt import scaffolding_block
 from lora_assets.generation.client import (
+    DEFAULT_EFFORT,
     ITEM_ID_HEADER,
     OUTPUT_SCHEMA,
     BadRequestError,
@@ -118,10 +119,24 @@ def test_body_caches_the_system_prompt_and_asks_for_the_conversation_schema() ->
     params = message_params(make_request("item-1"), MODEL)
     assert params["model"] == MODEL
     assert params["system"] == [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
-    assert params["output_config"] == {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA}}
+    assert params["output_config"] == {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA},
+                                       "effort": DEFAULT_EFFORT}
+    # Thinking is an explicit choice, never the model's silent default.
+    assert params["thinking"] == {"type": "adaptive"}
     # API 2026-10-21 rejects sampling parameters and assistant prefill.
     assert not {"temperature", "top_p", "top_k"} & params.keys()
     assert [m["role"] for m in params["messages"]] == ["user"]
+
+
+def test_effort_off_disables_thinking_and_a_short_system_prompt_is_not_marked_for_caching() -> None:
+    params = message_params(make_request("item-1"), MODEL, effort="off", max_tokens=3000)
+    assert params["thinking"] == {"type": "disabled"} and "effort" not in params["output_config"]
+    assert params["max_tokens"] == 3000
+    short = GenerationRequest(item_id="short", system="Be brief.", user="hi")
+    # Far below the 512-token cache minimum: a breakpoint there could never hit.
+    assert "cache_control" not in message_params(short, MODEL)["system"][0]
+    with pytest.raises(ValueError, match="effort 'huge'"):
+        message_params(short, MODEL, effort="huge")
 
 
 def test_output_schema_is_strict_and_describes_raw_conversation() -> None:
