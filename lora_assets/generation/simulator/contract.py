@@ -129,7 +129,10 @@ def _best_error(errors: list[Any], body: Any) -> str:
     mismatched = [
         tuple(e["loc"][:-1])
         for e in errors
-        if e["type"] == "literal_error" and e["loc"] and e["loc"][-1] in ("type", "role")
+        if e["type"] == "literal_error"
+        and len(e["loc"]) > 1
+        and e["loc"][-1] in ("type", "role")
+        and not _real_path(tuple(e["loc"][:-1]), body)[1]  # the literal tags a union member
     ]
     kept = [e for e in errors if not any(tuple(e["loc"][: len(p)]) == p for p in mismatched)] or errors
 
@@ -275,7 +278,7 @@ def output_schema_problem(schema: Any, where: str = "output_config.format.schema
                 return f"{path}.$ref: recursive schemas are not supported ({ref})"
             if ref not in defs:
                 return f"{path}.$ref: {ref} is not defined"
-            if (problem := walk(defs[ref], ref.lstrip("#/").replace("/", "."), (*refs, ref))) is not None:
+            if (problem := walk(defs[ref], f"{where}.{ref[2:].replace('/', '.')}", (*refs, ref))) is not None:
                 return problem
         children: list[tuple[str, Any]] = [(f"{path}.properties.{k}", v) for k, v in (node.get("properties") or {}).items()]
         if "items" in node:
