@@ -25,6 +25,14 @@ from lora_assets.schemas.rows import Usage
 DEFAULT_OUTPUT_TOKENS: dict[str, int] = {"template": 1800, "scenario": 2400, "edge_case": 2800}
 HISTORY_MIN = 20
 
+#: Expected thinking tokens per effort, as a share of the visible answer. Thinking tokens count
+#: toward max_tokens and are billed as output, so with no history they are added to the tier's
+#: default; history (stored usage) includes them already.
+THINKING_SHARE: dict[str, float] = {"off": 0.0, "low": 0.25, "medium": 0.6, "high": 1.0, "xhigh": 1.5, "max": 2.0}
+
+#: The 5.5 models cache no prompt prefix below this many tokens.
+CACHE_MIN_TOKENS = 512
+
 #: How many distinct prompts are counted at most; the rest are extrapolated from their mean.
 #: count_tokens is free but rate limited, and prompts of one batch differ only in scaffolding.
 MAX_COUNTED_PROMPTS = 64
@@ -65,14 +73,20 @@ class OverBudgetError(ValueError):
     """The estimate is above the budget the user set; nothing was planned."""
 
 
-def expected_output(tier: str, history: tuple[int, float] | None) -> OutputExpectation:
-    """Output tokens per item: the observed mean when `history` (count, mean) has at least
-    HISTORY_MIN conversations of this tier and model, else the tier's planning default."""
+def expected_output(tier: str, history: tuple[int, float] | None, *, effort: str = "low") -> OutputExpectation:
+    """Output tokens per item, thinking included: the observed mean when `history` (count, mean)
+    has at least HISTORY_MIN conversations of this tier and model (their usage counts the
+    thinking they did), else the tier's planning default plus the thinking expected at `effort`."""
     if history is not None and history[0] >= HISTORY_MIN:
         return OutputExpectation(tokens_per_item=math.ceil(history[1]),
-                                 source=f"mean of {history[0]:,} stored {tier} conversation(s) of this model")
-    return OutputExpectation(tokens_per_item=DEFAULT_OUTPUT_TOKENS.get(tier, max(DEFAULT_OUTPUT_TOKENS.values())),
-                             source=f"planning default for tier {tier!r} (no history yet)")
+                                 source=f"mean of {history[0]:,} stored {tier} conversation(s) of this model, "
+                                        "thinking included")
+    visible = DEFAULT_OUTPUT_TOKENS.get(tier, max(DEFAULT_OUTPUT_TOKENS.values()))
+    share = THINKING_SHARE.get(effort, max(THINKING_SHARE.values()))
+    thinking = math.ceil(visible * share)
+    return OutputExpectation(tokens_per_item=visible + thinking,
+                             source=f"planning default for tier {tier!r} (no history yet): {visible:,} answer + "
+                                    f"{thinking:,} thinking at effort {effort!r}")
 
 
 def sample_for_counting(n: int, limit: int = MAX_COUNTED_PROMPTS, seed: int = 0) -> list[int]:
@@ -91,17 +105,19 @@ def estimate_cost(*, model: str, mode: Literal["messages", "batches"], items: in
 
     Messages mode: the system prompt is one cache_control block, so up to `concurrency` requests
     (those in flight before the first answer) write the cache at 1.25x and the rest read it at
-    0.1x. Batches mode: 50% off everything; cache hits in a batch are best effort, so none are
-    assumed (an upper bound)."""
+    0.1x; a system prompt below the model's cache minimum (CACHE_MIN_TOKENS) is not cached at
+    all. Batches mode: 50% off everything; cache hits in a batch are best effort, so none are
+    assumed (an upper bound). Output includes the expected thinking tokens (`output`)."""
     if not counted_prompt_tokens:
         raise ValueError("no prompt was counted")
     mean = sum(counted_prompt_tokens) / len(counted_prompt_tokens)
     per_item_uncached = max(0, round(mean) - system_tokens)
     batch = mode == "batches"
-    if batch:
+    cacheable = system_tokens >= CACHE_MIN_TOKENS
+    if batch or not cacheable:
         writers, readers = 0, 0
         plain = Usage(input_tokens=round(mean), output_tokens=0)
-        input_usd = items * cost_usd(model, plain, batch=True)
+        input_usd = items * cost_usd(model, plain, batch=batch)
     else:
         writers = min(items, max(1, concurrency))
         readers = items - writers
@@ -114,7 +130,9 @@ def estimate_cost(*, model: str, mode: Literal["messages", "batches"], items: in
         + ("" if len(counted_prompt_tokens) >= distinct_prompts else "; the others assumed at their mean"),
         f"output: {output.tokens_per_item:,} tokens per item ({output.source})",
         "Message Batches: 50% off; no cache hits assumed (best effort in a batch)" if batch else
-        f"prompt cache: {writers:,} request(s) write the system prompt (1.25x), {readers:,} read it (0.1x)",
+        f"prompt cache: {writers:,} request(s) write the system prompt (1.25x), {readers:,} read it (0.1x)"
+        if cacheable else f"prompt cache: none (system prompt {system_tokens:,} tokens, below the "
+                          f"{CACHE_MIN_TOKENS}-token minimum)",
         "retries of failed, truncated or malformed answers are not included",
     ]
     return CostEstimate(

@@ -168,7 +168,7 @@ class _BatchRun:
         chunk: list[dict[str, Any]] = []
         size = 0
         for r in requests:
-            entry = {"custom_id": r.item_id, "params": message_params(r, self.config.model)}
+            entry = {"custom_id": r.item_id, "params": message_params(r, self.config.model, effort=self.config.effort)}
             n = len(json.dumps(entry).encode())
             if chunk and (len(chunk) >= BATCH_MAX_REQUESTS or size + n > BATCH_MAX_BYTES):
                 yield chunk

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import anthropic
 import httpx2
@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.conversation import RawConversation
-from lora_assets.schemas.rows import GenerationRecord, Usage
+from lora_assets.schemas.rows import Effort, GenerationRecord, Usage
 
 #: Sent with every Messages request so the simulator (and our logs) can key on the item.
 ITEM_ID_HEADER = "x-lora-item-id"
@@ -49,7 +49,6 @@ SIMULATOR_ID_PREFIX = "msg_sim_"
 #: How hard the model thinks before answering. The 5.5 models think adaptively by default
 #: (effort `medium`); `off` sends `thinking: {"type": "disabled"}`. Thinking tokens count toward
 #: `max_tokens` and are billed as output.
-Effort = Literal["off", "low", "medium", "high", "xhigh", "max"]
 EFFORTS: tuple[str, ...] = ("off", "low", "medium", "high", "xhigh", "max")
 #: The engine's default for bulk generation: measured on the simulator (README "Thinking"), `low`
 #: spends the fewest output tokens of the settings that keep adaptive thinking on.

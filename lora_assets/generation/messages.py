@@ -230,11 +230,12 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                 wasted += _unknown_cost(request, config, need_in, max_tokens, err, stats)
                 pace.unreadable += 1
                 if pace.unreadable >= config.stop_after_unreadable:
-                    await run.fail(item_id, err, attempts, wasted, "not sent again")
+                    # Stop first: no other worker may start a request while this failure is recorded.
                     run.stop(None, f"the endpoint {_endpoint(config)} answers HTTP 200 with bodies that are not "
                                    f"Messages ({pace.unreadable} in a row; last: {err.reason}): it is not the "
                                    "Anthropic API or something between rewrites its answers; each such answer is "
-                                   "counted as paid at an unknown cost", endpoint_down=True)
+                                   "counted as paid at an unknown cost")
+                    await run.fail(item_id, err, attempts, wasted, "not sent again")
                     return
         except BaseException:
             await flow.release(None)
@@ -273,7 +274,7 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                     run.stop(item_id, f"could not write the answer to the local spool: {exc!r}")
                 return
         if isinstance(err, AuthError):
-            run.stop(item_id, f"{kind_label(err.kind)}: {err.reason}", endpoint_down=True)
+            run.stop(item_id, f"{kind_label(err.kind)}: {err.reason}")
             return
         if err.retryable and attempts < config.max_attempts_per_item and run.budget.take():
             stats.retries += 1
