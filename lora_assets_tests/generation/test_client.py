@@ -262,8 +262,9 @@ def test_no_answer_within_the_timeout_is_a_timeout(sim: ClaudeSimulator) -> None
 
 
 def test_a_4xx_is_a_bad_request_and_not_retried(sim: ClaudeSimulator) -> None:
-    err = _send_error(sim, make_request(), model="")
-    assert isinstance(err, BadRequestError) and not err.retryable and "400" in err.reason
+    err = _send_error(sim, make_request(), model="claude-nonexistent-9")
+    # The API answers an unknown model 404 not_found_error: the same request fails the same way.
+    assert isinstance(err, BadRequestError) and not err.retryable and "404 not_found_error" in err.reason
 
 
 def test_a_refused_connection_is_a_connection_failure() -> None:
