@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .content import rfc3339
+from .contract import record_refusal
 from .faults import FaultConfig, batch_outcome, digest, unit
 from .replies import PromptCache, compose_reply, validate_params
 from .stats import SimulatorStats
@@ -131,6 +132,7 @@ class MessageBatches:
             outcome, finish = batch_outcome(cfg, custom_id, attempt)
             refusal = (invalid or {}).get(index)
             if refusal is not None:
+                record_refusal(f"batch request {custom_id}", refusal)
                 error = {"type": "error", "error": {"type": refusal.kind, "message": refusal.message}}
                 entries.append(_BatchEntry(custom_id, {"type": "errored", "error": error}, "batch_invalid", False, finish))
             elif outcome == "batch_errored":

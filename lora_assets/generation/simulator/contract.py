@@ -15,6 +15,8 @@ None. The README section "The simulator's contract" lists the rules and their so
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -36,7 +38,10 @@ __all__ = [
     "check_messages",
     "check_size",
     "output_schema_problem",
+    "record_refusal",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Message Batches: at most 100,000 requests or 256 MB per batch (Batch processing docs).
 BATCH_MAX_REQUESTS = 100_000
@@ -57,6 +62,16 @@ class Refusal:
     status: int
     kind: str
     message: str
+
+
+def record_refusal(where: str, refusal: Refusal) -> None:
+    """Log a refusal, and append it as a JSON line to the file LORA_SIM_REFUSAL_LOG names (if
+    set): how one audits that every body a suite, the demo or a bench sends passes the contract."""
+    log.warning("claude simulator refused %s: %s %s", where, refusal.status, refusal.message)
+    if audit := os.environ.get("LORA_SIM_REFUSAL_LOG"):
+        line = {"where": where, "status": refusal.status, "type": refusal.kind, "message": refusal.message}
+        with open(audit, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")
 
 
 def _invalid(message: str) -> Refusal:
@@ -159,6 +174,8 @@ def _type_problem(name: str, raw: bytes) -> str | None:
 
 
 def _model(params: dict[str, Any], where: str) -> tuple[str, ModelSpec] | Refusal:
+    if not params["model"]:
+        return _invalid(f"{where}model: String should have at least 1 character")
     found = model_spec(params["model"])
     if found is None:
         return Refusal(404, "not_found_error", f"{where}model: {params['model']}")

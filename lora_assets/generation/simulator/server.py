@@ -20,7 +20,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from .batches import MessageBatches, describe, results_jsonl, validate_requests
 from .content import content_text, tokens
-from .contract import MESSAGES_MAX_BYTES, Refusal, check_batch, check_count_tokens, check_messages, check_size
+from .contract import (
+    MESSAGES_MAX_BYTES,
+    Refusal,
+    check_batch,
+    check_count_tokens,
+    check_messages,
+    check_size,
+    record_refusal,
+)
 from .faults import FaultConfig, message_outcome
 from .models import model_spec
 from .ratelimit import RateLimits
@@ -265,7 +273,10 @@ class ClaudeSimulator:
         return self._send_error(h, request_id, 400, "invalid_request_error", message)
 
     def _refuse(self, h: Handler, request_id: str, refusal: Refusal) -> bool:
+        """Answer a body the contract refuses; logged, and appended as a JSON line to the file
+        named by LORA_SIM_REFUSAL_LOG if set (to audit that a suite's bodies all pass)."""
         self.stats._add("by_outcome", "refused")
+        record_refusal(f"{h.command} {h.path}", refusal)
         return self._send_error(h, request_id, refusal.status, refusal.kind, refusal.message)
 
     def _base_for(self, h: Handler) -> str:
