@@ -246,3 +246,34 @@ def test_batch_cache_hits_are_best_effort(sim: ClaudeSimulator, client: anthropi
     assert all((u.cache_read_input_tokens > 0) != (u.cache_creation_input_tokens > 0) for u in usages)  # a miss writes again
     sim.config = FaultConfig(batch_cache_hit_rate=1.0, batch_processing_s=0.05)
     assert all(u.cache_read_input_tokens > 0 for u in batch_usage(client, system, 10, "all"))
+
+
+def test_the_cli_sets_contract_and_limits_from_flags_and_env() -> None:
+    """`lora-assets simulate-claude`: --rpm/--otpm flags, LORA_SIM_ITPM from the environment,
+    --lenient turns the contract off."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LORA_SIM_ITPM": "300000"}
+    argv = [sys.executable, "-m", "lora_assets.cli", "simulate-claude", "--port", "0", "--rpm", "7", "--otpm", "90000", "--lenient"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", proc.stderr.readline())
+        assert match, "the command did not report its address"
+        assert "lenient; RPM 7, ITPM 300,000, OTPM 90,000" in proc.stdout.readline()
+        c = anthropic.Anthropic(base_url=match.group(1), api_key="test-key", max_retries=0)
+        raw = c.messages.with_raw_response.create(model=MODEL, max_tokens=2000, messages=USER, extra_body={"temperature": 0.1})
+        c.close()
+        assert raw.headers["anthropic-ratelimit-requests-limit"] == "7"
+        assert raw.headers["anthropic-ratelimit-input-tokens-limit"] == "300000"
+        assert raw.headers["anthropic-ratelimit-output-tokens-limit"] == "90000"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
