@@ -14,12 +14,13 @@ None. The README section "The simulator's contract" lists the rules and their so
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -252,6 +253,18 @@ _UNSUPPORTED_REGEX = re.compile(r"\\[1-9]|\\k<|\(\?<?[=!]|\\[bB]")
 
 
 def output_schema_problem(schema: Any, where: str = "output_config.format.schema") -> str | None:
+    """Why `schema` is outside the structured-outputs JSON Schema subset, or None (see
+    `_schema_problem`). Memoised on the schema's repr: every request of a run sends the same one."""
+    return _schema_problem_cached(repr(schema), where) if isinstance(schema, dict) else _schema_problem(schema, where)
+
+
+@lru_cache(maxsize=256)
+def _schema_problem_cached(schema_repr: str, where: str) -> str | None:
+    # A dict's repr is a faithful key for JSON data (str, numbers, bools, None, lists, dicts).
+    return _schema_problem(ast.literal_eval(schema_repr), where)
+
+
+def _schema_problem(schema: Any, where: str) -> str | None:
     """Why `schema` is outside the structured-outputs JSON Schema subset, or None.
 
     Supported: the basic types, enum of primitives, const, anyOf, allOf (without $ref), local
