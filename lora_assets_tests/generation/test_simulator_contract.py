@@ -248,6 +248,8 @@ def test_batch_body_size_is_limited(sim: ClaudeSimulator, client: anthropic.Anth
 def test_batch_envelope_unknown_field_is_refused(client: anthropic.Anthropic) -> None:
     requests = [{**batch(1)[0], "priority": "high"}]
     assert refused(lambda: client.messages.batches.create(requests=requests)).startswith("requests.0.priority:")  # type: ignore[arg-type]
+    no_params = [{"custom_id": "x"}]
+    assert refused(lambda: client.messages.batches.create(requests=no_params)).startswith("requests.0.params: Field required")  # type: ignore[arg-type]
 
 
 def test_batch_request_with_invalid_params_ends_errored(client: anthropic.Anthropic) -> None:

@@ -428,7 +428,10 @@ def check_batch(body: Any, raw: bytes, max_requests: int = BATCH_MAX_REQUESTS) -
     except ValidationError as err:
         # Envelope errors refuse the batch; params errors error their request only.
         errors = err.errors(include_url=False)
-        envelope = [e for e in errors if not (len(e["loc"]) > 2 and e["loc"][0] == "requests" and e["loc"][2] == "params")]
+        def in_params(loc: tuple[Any, ...]) -> bool:
+            return len(loc) > 2 and loc[0] == "requests" and loc[2] == "params" and "params" in requests[loc[1]]
+
+        envelope = [e for e in errors if not in_params(tuple(e["loc"]))]
         if envelope:
             return _invalid(_best_error(envelope, body)), {}
         for index in sorted({e["loc"][1] for e in errors}):
