@@ -40,6 +40,7 @@ def refused(call: Any, error: type[anthropic.APIStatusError] = anthropic.BadRequ
     body = info.value.body
     assert isinstance(body, dict) and body["type"] == "error" and body["request_id"].startswith("req_")
     assert info.value.response.headers["request-id"] == body["request_id"]
+    assert info.value.response.headers["anthropic-ratelimit-output-tokens-limit"]  # every answer carries them
     kind = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large"}[info.value.status_code]
     assert body["error"]["type"] == kind
     return body["error"]["message"]
