@@ -36,6 +36,8 @@ class Ticket:
     window_s: float | None
     reserved_in: float = 0.0
     reserved_out: float = 0.0
+    #: The output tokens (max_tokens) the request was admitted with.
+    max_tokens: int = 0
 
 
 class TokenBucket:
@@ -75,10 +77,13 @@ class TokenBucket:
         need = min(need, self.limit)
         return 0.0 if self.level >= need else (need - self.level) / self.rate
 
-    def take(self, n: float, now: float) -> None:
-        if self.limit is not None:
-            self._refill(now)
-            self.level -= n
+    def take(self, n: float, now: float) -> float:
+        """Reserve `n` tokens; returns what was reserved (0 while the limit is unknown)."""
+        if self.limit is None:
+            return 0.0
+        self._refill(now)
+        self.level -= n
+        return n
 
     def give(self, n: float, now: float) -> None:
         if self.limit is not None:
@@ -120,7 +125,7 @@ class OutputSizer:
 
     SAMPLES = 20
     HEADROOM = 1.25
-    FIRST_HEADROOM = 2.0
+    FIRST_HEADROOM = 1.5
     FLOOR = 512
 
     def __init__(self, *, enabled: bool = True, expected: int | None = None) -> None:
@@ -202,6 +207,7 @@ class FlowControl:
         self.input_bucket = TokenBucket()
         self.output_bucket = TokenBucket()
         self.max_inflight = 0
+        self._answered = 0  # answers from the API (any status): the first one names the limits
 
     @property
     def window_s(self) -> float | None:
@@ -242,10 +248,10 @@ class FlowControl:
         self.max_inflight = max(self.max_inflight, self.inflight)
         if self._credit is not None:
             self._credit -= 1
-        self.input_bucket.take(need_in, now)
-        self.output_bucket.take(need_out, now)
+        took_in = self.input_bucket.take(need_in, now)
+        took_out = self.output_bucket.take(need_out, now)
         return Ticket(now, self._rate_limit, self.window_s if self._rate_limit is not None else None,
-                      need_in, need_out)
+                      took_in, took_out, int(need_out))
 
     def settle(self, ticket: Ticket | None, now: float, *, snapshot: RateLimitSnapshot | None = None,
                timing: HttpTiming | None = None, success: bool = False, congested: bool = False,
@@ -256,10 +262,15 @@ class FlowControl:
         settles its reservations as the server does."""
         self.inflight -= 1
         if ticket is not None:
-            self.input_bucket.give(ticket.reserved_in - (used_in or 0.0), now)
-            self.output_bucket.give(ticket.reserved_out - (used_out or 0.0), now)
+            # Settle what was reserved; a request admitted before the limit was known reserved
+            # nothing, and its use was counted by the server's `remaining` already.
+            if ticket.reserved_in:
+                self.input_bucket.give(ticket.reserved_in - (used_in or 0.0), now)
+            if ticket.reserved_out:
+                self.output_bucket.give(ticket.reserved_out - (used_out or 0.0), now)
             self._observe(ticket, snapshot, timing, now, rate_limited=rate_limited, retry_after_s=retry_after_s)
             if snapshot is not None:
+                self._answered += 1
                 answered = timing.received if timing is not None else now
                 if snapshot.input_tokens is not None:
                     self.input_bucket.observe(snapshot.input_tokens, now, self.wall_clock(), answered)
@@ -291,11 +302,13 @@ class FlowControl:
             self._cond = asyncio.Condition()
         return self._cond
 
-    async def acquire(self, need_in: float = 0.0, need_out: float = 0.0) -> Ticket:
-        """Wait for admission; returns the ticket to hand back to `release`."""
+    async def acquire(self, need_in: float = 0.0, need_out: float | Callable[[], float] = 0.0) -> Ticket:
+        """Wait for admission; returns the ticket to hand back to `release`. `need_out` may be a
+        function (max_tokens sized when the request is admitted, from what is known by then)."""
+        size = need_out if callable(need_out) else (lambda: need_out)
         cond = self._condition()
         async with cond:
-            while (wait := self.wait_needed(self.clock(), need_in, need_out)) != 0.0:
+            while (wait := self.wait_needed(self.clock(), need_in, (need_out := size()))) != 0.0:
                 if wait is None:
                     await cond.wait()
                     continue

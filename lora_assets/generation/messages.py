@@ -178,14 +178,15 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
     item_id = request.item_id
     attempts = 0
     refusals = 0
+    in_a_row = 0  # refusals since the last answer that was not a 429/529
     truncations = 0
     wasted = 0.0
     while run.abort is None:
         if not await run.lease_ok(item_id):
             return
-        max_tokens = pace.sizer.size(request.max_tokens, truncations)
         need_in = pace.input_tokens
-        ticket = await flow.acquire(need_in, max_tokens)
+        ticket = await flow.acquire(need_in, lambda: pace.sizer.size(request.max_tokens, truncations))
+        max_tokens = ticket.max_tokens
         if run.abort is not None:
             await flow.release(None)
             return
@@ -217,15 +218,24 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
             if congested:
                 # Not the item's fault and not a wrong answer: wait as asked and send it again.
                 refusals += 1
+                in_a_row += 1
                 if isinstance(err, RateLimitedError):
                     stats.rate_limited += 1
                 else:
                     stats.overloaded += 1
+                snap = err.rate_limit
+                if isinstance(err, RateLimitedError) and in_a_row == 1 and snap is not None \
+                        and (snap.output_tokens is not None or snap.input_tokens is not None):
+                    # The 429's headers have synced the token-bucket mirror: flow control holds
+                    # this request until the bucket refills what it needs (what `retry-after`
+                    # says, rounded up to whole seconds). Refused again: wait `retry-after`.
+                    continue
                 delay = _retry_delay(err, refusals, config)
                 log.debug("item %s: %s, sending again in %.2fs", item_id, err.kind, delay)
                 await asyncio.sleep(delay)
                 continue
             attempts += 1
+            in_a_row = 0
             if isinstance(err, UnreadableResponseError):
                 wasted += _unknown_cost(request, config, need_in, max_tokens, err, stats)
                 pace.unreadable += 1
