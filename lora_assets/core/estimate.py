@@ -18,17 +18,27 @@ from pydantic import BaseModel, Field
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.rows import Usage
 
-#: Expected output tokens per conversation by tier when no history exists yet. Planning
-#: defaults sized for the templates' turn counts (4–10 turns, ~150–250 tokens each plus the
-#: JSON wrapper), not measured on Claude: once `HISTORY_MIN` conversations of the same tier and
-#: model are stored, their mean output replaces them.
-DEFAULT_OUTPUT_TOKENS: dict[str, int] = {"template": 1800, "scenario": 2400, "edge_case": 2800}
+#: Expected answer (text) tokens per conversation by tier when no history exists yet, measured
+#: on the loopback simulator (bench/bench_estimate.py: ~24 conversations per tier, 4-10 turns);
+#: nothing has been measured on Claude yet. Once `HISTORY_MIN` conversations of the same tier and
+#: model are stored, their mean output (thinking included) replaces default and thinking alike.
+DEFAULT_OUTPUT_TOKENS: dict[str, int] = {"template": 730, "scenario": 710, "edge_case": 735}
 HISTORY_MIN = 20
 
-#: Expected thinking tokens per effort, as a share of the visible answer. Thinking tokens count
-#: toward max_tokens and are billed as output, so with no history they are added to the tier's
-#: default; history (stored usage) includes them already.
-THINKING_SHARE: dict[str, float] = {"off": 0.0, "low": 0.25, "medium": 0.6, "high": 1.0, "xhigh": 1.5, "max": 2.0}
+#: Expected thinking tokens: `EFFORT_THINKING[effort] x (THINKING_BASE + THINKING_PER_ANSWER_TOKEN
+#: x answer tokens)`. Adaptive thinking grows with the task and the effort; Anthropic publishes no
+#: per-effort figures, so this is the simulator's model (SIM_CONTRACT: low 0.25 / medium 1 /
+#: high 2 / xhigh 3 / max 4). Thinking tokens count toward max_tokens and are billed as output.
+EFFORT_THINKING: dict[str, float] = {"off": 0.0, "low": 0.25, "medium": 1.0, "high": 2.0, "xhigh": 3.0, "max": 4.0}
+THINKING_BASE = 200
+THINKING_PER_ANSWER_TOKEN = 0.35
+
+
+def thinking_tokens(answer_tokens: int, effort: str) -> int:
+    """Thinking tokens expected before an answer of `answer_tokens` at `effort`."""
+    scale = EFFORT_THINKING.get(effort, max(EFFORT_THINKING.values()))
+    return math.ceil(scale * (THINKING_BASE + THINKING_PER_ANSWER_TOKEN * answer_tokens))
+
 
 #: The 5.5 models cache no prompt prefix below this many tokens.
 CACHE_MIN_TOKENS = 512
@@ -82,8 +92,7 @@ def expected_output(tier: str, history: tuple[int, float] | None, *, effort: str
                                  source=f"mean of {history[0]:,} stored {tier} conversation(s) of this model, "
                                         "thinking included")
     visible = DEFAULT_OUTPUT_TOKENS.get(tier, max(DEFAULT_OUTPUT_TOKENS.values()))
-    share = THINKING_SHARE.get(effort, max(THINKING_SHARE.values()))
-    thinking = math.ceil(visible * share)
+    thinking = thinking_tokens(visible, effort)
     return OutputExpectation(tokens_per_item=visible + thinking,
                              source=f"planning default for tier {tier!r} (no history yet): {visible:,} answer + "
                                     f"{thinking:,} thinking at effort {effort!r}")

@@ -5,7 +5,8 @@ import pytest
 from lora_assets.core.estimate import (
     DEFAULT_OUTPUT_TOKENS,
     HISTORY_MIN,
-    THINKING_SHARE,
+    EFFORT_THINKING,
+    thinking_tokens,
     OverBudgetError,
     estimate_cost,
     expected_output,
@@ -74,13 +75,14 @@ def test_an_unknown_model_is_an_error_not_free() -> None:
 
 def test_the_default_output_includes_the_thinking_tokens_of_the_effort() -> None:
     visible = DEFAULT_OUTPUT_TOKENS["template"]
-    for effort, share in THINKING_SHARE.items():
+    totals = []
+    for effort in ("off", "low", "medium", "high", "xhigh", "max"):
         out = expected_output("template", None, effort=effort)
-        assert out.tokens_per_item == visible + round(visible * share)
+        assert out.tokens_per_item == visible + thinking_tokens(visible, effort)
         assert f"effort {effort!r}" in out.source
-    # Higher effort thinks more: the estimate grows with it.
-    shares = [THINKING_SHARE[e] for e in ("off", "low", "medium", "high", "xhigh", "max")]
-    assert shares == sorted(shares) and shares[0] == 0
+        totals.append(out.tokens_per_item)
+    # Higher effort thinks more: the estimate grows with it; `off` adds nothing.
+    assert totals == sorted(totals) and totals[0] == visible and EFFORT_THINKING["off"] == 0
 
 
 def test_a_system_prompt_below_the_cache_minimum_is_estimated_uncached() -> None:
