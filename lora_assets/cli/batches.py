@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from lora_assets.cli.common import engine
-from lora_assets.cli.runs import blocking_failures, print_checks, run_job
+from lora_assets.cli.runs import SILENT, blocking_failures, print_checks, run_job, step_failures
 from lora_assets.errors import NotFoundError, RunFailedError, UserInputError
 from lora_assets.settings import DEFAULT_MODEL, Settings
 
@@ -166,14 +166,15 @@ def _run_batch(batch_id: str) -> None:
     from lora_assets.store.batches import batch_progress
 
     row = _known_batch(batch_id)
-    result = run_job("batch_pipeline", batch_id)
+    result = run_job("batch_pipeline", batch_id, run_config=SILENT)
     evaluations = result.get_asset_check_evaluations()
     print_checks(evaluations)
     with engine().connect() as conn:
         items = batch_progress(conn, row["id"])["items"]
     blocking = blocking_failures(evaluations)
     total, failed = sum(items.values()), items.get("failed", 0)
-    reasons = ([] if result.success else ["the run failed"]) + \
+    # A failed step says why in one line (e.g. "auth: HTTP 401 ..."), not with a stack trace.
+    reasons = ([] if result.success else (step_failures(result) or ["the run failed"])) + \
         ([f"blocking check(s) failed: {', '.join(blocking)}"] if blocking else []) + \
         ([f"every item failed ({failed} of {total}; see `lora-assets batch status {batch_id}`)"]
          if total and failed == total else [])
@@ -195,7 +196,7 @@ def run_batch(batch_id: str) -> None:
 def judge_batch(batch_id: str) -> None:
     """Score BATCH_ID's enriched conversations with the Claude judge (optional; stored per conversation)."""
     _known_batch(batch_id)
-    result = run_job("judge_batch", batch_id)
+    result = run_job("judge_batch", batch_id, run_config=SILENT)
     judged = failed = 0
     for mat in result.get_asset_materialization_events():
         md = mat.materialization.metadata
@@ -205,6 +206,6 @@ def judge_batch(batch_id: str) -> None:
     everything_failed = failed and not judged
     click.echo(f"run {result.run_id}: {'success' if result.success and not everything_failed else 'FAILED'}")
     if not result.success:
-        raise RunFailedError(f"judge run of batch {batch_id} failed")
+        raise RunFailedError(f"judge run of batch {batch_id} failed: {'; '.join(step_failures(result)) or 'see the UI'}")
     if everything_failed:
         raise RunFailedError(f"batch {batch_id}: every judged conversation failed ({failed}); see judge_scores")

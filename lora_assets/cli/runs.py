@@ -11,7 +11,7 @@ import click
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def run_job(job_name: str, partition_key: str, instance: Any = None) -> Any:
+def run_job(job_name: str, partition_key: str, instance: Any = None, run_config: dict[str, Any] | None = None) -> Any:
     """Execute job `job_name` of `lora_assets.definitions.defs` for one partition in this process
     (on `instance`, default the persistent one), quietly, without raising on a failed step: the
     caller reads `result.success` and the check evaluations."""
@@ -21,7 +21,27 @@ def run_job(job_name: str, partition_key: str, instance: Any = None) -> Any:
     # Looked up now, not at import: tests swap `definitions.defs` for one with their resources.
     job = definitions.defs.resolve_job_def(job_name)
     return job.execute_in_process(partition_key=partition_key, instance=instance or get_instance(),
-                                  raise_on_error=False, run_config=QUIET)
+                                  raise_on_error=False, run_config=run_config or QUIET)
+
+
+#: In-process runs whose failures the caller prints itself, one line each (`step_failures`):
+#: Dagster's console logger would print each failure again with its stack trace.
+SILENT = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def step_failures(result: Any) -> list[str]:
+    """One line per failed step: its `Failure` description (the reason our code gave), else
+    the error's message; never a stack trace."""
+    lines = []
+    for event in getattr(result, "all_events", []):
+        if not event.is_step_failure:
+            continue
+        data = event.step_failure_data
+        user = getattr(data, "user_failure_data", None)
+        text = (user.description if user is not None and user.description else None) or \
+            (data.error.message if data.error is not None else "failed")
+        lines.append(f"{event.step_key}: {' '.join(str(text).split())}")
+    return lines
 
 
 def defs_resource(name: str) -> Any:

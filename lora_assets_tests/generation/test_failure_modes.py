@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from lora_assets.generation.runner import GenerationRequest, MemoryLedger, RunAbortedError, RunConfig, generate_messages
 from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
 from lora_assets_tests.generation.fake_endpoint import FakeEndpoint, Mode
-from lora_assets_tests.generation.test_runner import KEY, make_requests
+from lora_assets_tests.generation.test_runner import KEY, make_requests, rejecting_api  # noqa: F401 - a fixture
 
 MODEL = "claude-haiku-5-5"
 
@@ -110,3 +110,26 @@ def test_in_flight_requests_reach_the_concurrency_past_the_spool_backlog(endpoin
     assert stats.done == n
     # The backlog of 64 answers waiting for the ledger does not cap requests: all 600 overlap.
     assert endpoint.max_inflight > 512 and stats.max_in_flight > 512
+
+
+def test_a_rejected_key_fails_the_batch_run_with_one_line_naming_it(sqlite_url: str, tmp_path: Any,
+                                                                     rejecting_api: str) -> None:
+    from types import SimpleNamespace
+
+    from dagster import DagsterInstance
+
+    from lora_assets.cli.runs import SILENT, step_failures
+    from lora_assets_tests.defs import helpers as h
+
+    engine = h.setup_store(sqlite_url)
+    defs = h.make_defs(sqlite_url, h.local_blobs(tmp_path / "blobs"), SimpleNamespace(base_url=rejecting_api))
+    batch_id = h.plan(engine, 1, 1, 2)
+    with DagsterInstance.ephemeral() as instance:
+        h.add_partition(instance, batch_id)
+        result = defs.resolve_job_def("batch_pipeline").execute_in_process(
+            partition_key=batch_id, instance=instance, raise_on_error=False, run_config=SILENT)
+    assert not result.success
+    # What `lora-assets run` prints: the reason, one line, no stack trace.
+    (line,) = step_failures(result)
+    assert line.startswith("raw_conversations: generation run aborted") and "auth: HTTP 401" in line
+    assert "invalid x-api-key" in line and "\n" not in line and "Traceback" not in line
