@@ -183,6 +183,11 @@ def _run_metadata(batch: dict[str, Any], progress: dict[str, Any], failures: lis
         "api_requests": stats.requests,
         "retries": stats.retries,
         "rate_limited": stats.rate_limited,
+        # Refusals are sent again without using up an item's attempts; unreadable 200s are paid.
+        "overloaded": stats.overloaded,
+        "unknown_cost_responses": stats.unknown_cost_responses,
+        "max_in_flight": stats.max_in_flight,
+        "effort": (batch.get("selection") or {}).get("effort") or "low",
         "input_tokens": progress["input_tokens"],
         "output_tokens": progress["output_tokens"],
         "cache_read_input_tokens": progress["cache_read_input_tokens"],

@@ -369,6 +369,16 @@ class _BatchRun:
             err = BadRequestError(item_id, f"unknown result type {result.type!r} in provider batch {b.id}")
         if not newest:
             return  # a newer batch holds this item (resubmitted before a crash): it decides
+        if result.type == "errored" and result.error.error.type in ("rate_limit_error", "overloaded_error") \
+                and item_id in self.by_id:
+            # Refused, not answered wrongly: resubmitted without using up an attempt or the budget.
+            self.attempts[item_id] -= 1
+            if result.error.error.type == "rate_limit_error":
+                self.run.stats.rate_limited += 1
+            else:
+                self.run.stats.overloaded += 1
+            b.retry.append(item_id)
+            return
         attempts = self.attempts[item_id]
         if err.retryable and attempts < self.config.max_attempts_per_item and item_id in self.by_id \
                 and self.run.budget.take():
