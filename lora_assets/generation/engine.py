@@ -99,6 +99,7 @@ class RunStats(BaseModel):
     retries: int = 0
     rate_limited: int = 0
     overloaded: int = 0
+    resized: int = 0
     unknown_cost_responses: int = 0
     max_in_flight: int = 0
     input_tokens: int = 0

@@ -120,12 +120,13 @@ class OutputSizer:
     included), small enough that OTPM reservations (charged from `max_tokens` when a request
     starts) do not hold the key idle. `HEADROOM` x the longest output seen once `SAMPLES`
     answers are in; before that `FIRST_HEADROOM` x the expected output (the tier's history), or
-    the cap. Each truncation of an item doubles its next size; never above the cap (the
-    request's own `max_tokens`)."""
+    the cap. Each truncation of an item doubles its next size (a cut below the cap is our
+    sizing's fault: the engine sends it again without counting an attempt); never above the
+    cap (the request's own `max_tokens`)."""
 
     SAMPLES = 20
-    HEADROOM = 1.25
-    FIRST_HEADROOM = 1.5
+    HEADROOM = 1.5
+    FIRST_HEADROOM = 2.0
     FLOOR = 512
 
     def __init__(self, *, enabled: bool = True, expected: int | None = None) -> None:

@@ -268,6 +268,12 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                 if isinstance(err, TruncatedError):
                     truncations += 1
                     err.reason += f" (max_tokens {max_tokens})"
+                    if (usage.output_tokens or 0) >= max_tokens and max_tokens < request.max_tokens:
+                        # Cut by our own sizing, below the request's limit: not a wrong answer.
+                        # Sent again at once with twice the room; no attempt or budget used.
+                        attempts -= 1
+                        stats.resized += 1
+                        continue
             else:
                 record = build_record(
                     item_id, sent.message, config.model, request_id=sent.request_id, batch=False,
