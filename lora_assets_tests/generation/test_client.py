@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from email.utils import formatdate
 from typing import Any
 
+import json
+
 import pytest
 from anthropic.types import Message
 
@@ -303,3 +305,14 @@ def test_rate_limit_snapshot_reads_rfc3339_reset() -> None:
 
 def test_item_header_name_is_the_one_the_simulator_keys_on() -> None:
     assert ITEM_ID_HEADER == "x-lora-item-id"
+
+
+def test_the_encoded_body_is_the_params_as_json() -> None:
+    from lora_assets.generation.client import encode_params
+
+    for effort, max_tokens in (("low", None), ("off", 1234), ("max", 99)):
+        request = make_request("item-9")
+        assert json.loads(encode_params(request, MODEL, effort=effort, max_tokens=max_tokens)) == \
+            message_params(request, MODEL, effort=effort, max_tokens=max_tokens)
+    judge = GenerationRequest(item_id="j", system="Judge ü \"quoted\"", user="línea\n2", output_schema={"type": "object"})
+    assert json.loads(encode_params(judge, MODEL)) == message_params(judge, MODEL)
