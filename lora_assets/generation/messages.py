@@ -204,7 +204,12 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
         except GenerationError as exc:
             err: GenerationError = exc
             congested = isinstance(err, (RateLimitedError, OverloadedError))
-            await flow.release(ticket, snapshot=err.rate_limit, timing=err.timing, congested=congested,
+            snap = err.rate_limit
+            # A 429 with requests left was a token bucket's: the mirrors pace it; fewer requests
+            # in flight would not help, so it does not count toward cutting concurrency.
+            tokens_only = isinstance(err, RateLimitedError) and snap is not None and (snap.remaining or 0) > 0 \
+                and (snap.output_tokens is not None or snap.input_tokens is not None)
+            await flow.release(ticket, snapshot=snap, timing=err.timing, congested=congested and not tokens_only,
                                retry_after_s=err.retry_after_s, rate_limited=isinstance(err, RateLimitedError))
             if isinstance(err, RequestTimeoutError) and err.rate_limit is None:
                 pace.timeouts += 1
@@ -223,7 +228,6 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                     stats.rate_limited += 1
                 else:
                     stats.overloaded += 1
-                snap = err.rate_limit
                 if isinstance(err, RateLimitedError) and in_a_row == 1 and snap is not None \
                         and (snap.output_tokens is not None or snap.input_tokens is not None):
                     # The 429's headers have synced the token-bucket mirror: flow control holds
