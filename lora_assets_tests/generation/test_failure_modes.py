@@ -133,3 +133,23 @@ def test_a_rejected_key_fails_the_batch_run_with_one_line_naming_it(sqlite_url: 
     (line,) = step_failures(result)
     assert line.startswith("raw_conversations: generation run aborted") and "auth: HTTP 401" in line
     assert "invalid x-api-key" in line and "\n" not in line and "Traceback" not in line
+
+
+def test_max_tokens_follows_the_output_seen_and_a_cut_from_sizing_is_not_an_attempt() -> None:
+    with ClaudeSimulator(FaultConfig()) as sim:
+        requests = [r.model_copy(update={"item_id": f"size-{i}"}) for i, r in enumerate(make_requests(30))]
+        ledger = MemoryLedger()
+        # An expectation far too low: the first answers are cut at max_tokens 512.
+        stats = asyncio.run(generate_messages(requests, ledger, config(
+            sim.base_url, max_concurrency=4, max_attempts_per_item=1, retry_budget=0, expected_output_tokens=100,
+            effort="medium")))
+        seen = sim.stats.snapshot()
+    assert stats.failed == 0 and stats.done == 30
+    assert stats.resized > 0 and stats.requests == 30 + stats.resized == sum(seen["attempts_by_key"].values())
+    assert stats.wasted_cost_usd > 0  # the cut answers were paid for
+    records = list(ledger.successes.values())
+    assert all(r.extra["attempts"] == 1 and r.stop_reason == "end_turn" for r in records)
+    longest = max(r.usage.output_tokens for r in records)
+    # Once 20 answers are in, max_tokens is 1.5x the longest seen: far below the 8,192 cap.
+    late = [r.extra["max_tokens"] for r in records[-5:]]
+    assert all(m < 8192 for m in late) and max(late) <= 1.5 * longest + 1
