@@ -14,14 +14,12 @@ of a single Messages request, shared by both modes:
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import json
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar
 
 import anthropic
@@ -30,6 +28,11 @@ from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient, transform_schema
 from anthropic.types import Message
 from pydantic import BaseModel, Field, PrivateAttr
 
+from lora_assets.generation.headers import (  # also imported from here by flow control and tests
+    RateLimitSnapshot,
+    rate_limit_snapshot,
+    retry_after_seconds,
+)
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.conversation import RawConversation
 from lora_assets.schemas.rows import Effort, GenerationRecord, Usage
@@ -228,95 +231,6 @@ class MissingResultError(GenerationError):
 
     kind = "missing_result"
     retryable = False
-
-
-# ---------------------------------------------------------------------------------------------
-# Rate-limit headers
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BucketSnapshot:
-    """One token bucket's `anthropic-ratelimit-<name>-{limit,remaining,reset}` (reset as a local
-    epoch time: when the bucket is full again)."""
-
-    limit: int
-    remaining: int
-    reset_at: float | None
-
-
-@dataclass(frozen=True)
-class RateLimitSnapshot:
-    """`anthropic-ratelimit-requests-*` as read from one response (reset as a local epoch time),
-    plus the input- and output-token buckets when the response named them."""
-
-    limit: int | None
-    remaining: int | None
-    reset_at: float | None
-    input_tokens: BucketSnapshot | None = None
-    output_tokens: BucketSnapshot | None = None
-
-
-def _header_int(headers: httpx2.Headers | dict[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value) if value.isdigit() else int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _bucket(headers: httpx2.Headers | dict[str, str], name: str) -> BucketSnapshot | None:
-    limit = _header_int(headers, f"anthropic-ratelimit-{name}-limit")
-    remaining = _header_int(headers, f"anthropic-ratelimit-{name}-remaining")
-    if limit is None or remaining is None:
-        return None
-    return BucketSnapshot(limit, remaining, _parse_reset(headers.get(f"anthropic-ratelimit-{name}-reset")))
-
-
-def rate_limit_snapshot(headers: httpx2.Headers | dict[str, str]) -> RateLimitSnapshot:
-    """Parse the rate-limit headers (requests, input tokens, output tokens); missing or unreadable
-    values become None."""
-    return RateLimitSnapshot(
-        limit=_header_int(headers, "anthropic-ratelimit-requests-limit"),
-        remaining=_header_int(headers, "anthropic-ratelimit-requests-remaining"),
-        reset_at=_parse_reset(headers.get("anthropic-ratelimit-requests-reset")),
-        input_tokens=_bucket(headers, "input-tokens"),
-        output_tokens=_bucket(headers, "output-tokens"),
-    )
-
-
-def _parse_reset(value: str | None) -> float | None:
-    # The API sends an RFC 3339 timestamp; accept plain seconds too (relative if small).
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return number if number > 1e9 else time.time() + number
-
-
-def retry_after_seconds(headers: httpx2.Headers | dict[str, str] | None) -> float | None:
-    """The wait a response asks for: `retry-after-ms`, then `retry-after` (seconds or HTTP date)."""
-    if not headers:
-        return None
-    try:
-        return max(0.0, float(headers.get("retry-after-ms")) / 1000)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - time.time())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lora_assets.generation.client import BucketSnapshot, HttpTiming, RateLimitSnapshot
+from lora_assets.generation.client import HttpTiming, RateLimitSnapshot
+from lora_assets.generation.headers import BucketSnapshot
 
 __all__ = ["FlowControl", "OutputSizer", "Ticket", "TokenBucket"]
 

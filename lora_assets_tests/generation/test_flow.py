@@ -169,7 +169,7 @@ def test_the_output_sizer_starts_from_the_expectation_then_follows_the_longest_a
 
 
 def test_a_token_bucket_mirror_waits_for_what_a_request_reserves_and_learns_from_headers() -> None:
-    from lora_assets.generation.client import BucketSnapshot
+    from lora_assets.generation.headers import BucketSnapshot
     from lora_assets.generation.flow import TokenBucket
 
     bucket = TokenBucket()
