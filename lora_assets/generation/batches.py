@@ -41,6 +41,7 @@ from lora_assets.generation.client import (
     classify_error,
     kind_label,
     make_client,
+    max_tokens_cap,
     message_params,
     scrub,
 )
@@ -168,7 +169,8 @@ class _BatchRun:
         chunk: list[dict[str, Any]] = []
         size = 0
         for r in requests:
-            entry = {"custom_id": r.item_id, "params": message_params(r, self.config.model, effort=self.config.effort)}
+            entry = {"custom_id": r.item_id, "params": message_params(
+                r, self.config.model, effort=self.config.effort, max_tokens=max_tokens_cap(r, self.config.effort))}
             n = len(json.dumps(entry).encode())
             if chunk and (len(chunk) >= BATCH_MAX_REQUESTS or size + n > BATCH_MAX_BYTES):
                 yield chunk

@@ -320,6 +320,16 @@ CACHE_MIN_TOKENS = 512
 CACHE_MIN_CHARS = 2 * CACHE_MIN_TOKENS
 
 
+#: Room for thinking on top of a request's own `max_tokens` (sized for the answer with the
+#: default effort): higher efforts think longer, and thinking counts toward max_tokens.
+EFFORT_ROOM: dict[str, int] = {"off": 1, "low": 1, "medium": 1, "high": 2, "xhigh": 3, "max": 4}
+
+
+def max_tokens_cap(request: GenerationRequest, effort: str) -> int:
+    """The most `max_tokens` a request may ask at `effort`: its own limit, times the effort's room."""
+    return request.max_tokens * EFFORT_ROOM.get(effort, 1)
+
+
 def thinking_params(effort: str) -> dict[str, Any]:
     """The body fields that state the thinking choice: adaptive thinking at `effort`, or thinking
     disabled for `off`. Returns `thinking` and, when on, the `effort` for `output_config`."""

@@ -33,6 +33,7 @@ from lora_assets.generation.client import (
     build_record,
     check_message,
     kind_label,
+    max_tokens_cap,
     ClientPool,
     send_message,
     usage_of,
@@ -179,13 +180,14 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
     attempts = 0
     refusals = 0
     in_a_row = 0  # refusals since the last answer that was not a 429/529
+    cap = max_tokens_cap(request, config.effort)
     truncations = 0
     wasted = 0.0
     while run.abort is None:
         if not await run.lease_ok(item_id):
             return
         need_in = pace.input_tokens
-        ticket = await flow.acquire(need_in, lambda: pace.sizer.size(request.max_tokens, truncations))
+        ticket = await flow.acquire(need_in, lambda: pace.sizer.size(cap, truncations))
         max_tokens = ticket.max_tokens
         if run.abort is not None:
             await flow.release(None)
@@ -272,7 +274,7 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                 if isinstance(err, TruncatedError):
                     truncations += 1
                     err.reason += f" (max_tokens {max_tokens})"
-                    if (usage.output_tokens or 0) >= max_tokens and max_tokens < request.max_tokens:
+                    if (usage.output_tokens or 0) >= max_tokens and max_tokens < cap:
                         # Cut by our own sizing, below the request's limit: not a wrong answer.
                         # Sent again at once with twice the room; no attempt or budget used.
                         attempts -= 1

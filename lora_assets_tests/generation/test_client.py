@@ -316,3 +316,11 @@ def test_the_encoded_body_is_the_params_as_json() -> None:
             message_params(request, MODEL, effort=effort, max_tokens=max_tokens)
     judge = GenerationRequest(item_id="j", system="Judge ü \"quoted\"", user="línea\n2", output_schema={"type": "object"})
     assert json.loads(encode_params(judge, MODEL)) == message_params(judge, MODEL)
+
+
+def test_higher_efforts_get_room_for_thinking_above_the_requests_own_limit() -> None:
+    from lora_assets.generation.client import max_tokens_cap
+
+    request = make_request("item-7")
+    caps = [max_tokens_cap(request, e) for e in ("off", "low", "medium", "high", "xhigh", "max")]
+    assert caps[:3] == [request.max_tokens] * 3 and caps == sorted(caps) and caps[-1] == 4 * request.max_tokens
