@@ -73,7 +73,8 @@ class RunConfig(BaseModel):
                                "run's items are taken over by another run this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="Durable local copies of paid answers.")
     spool_scope: str = Field(default="default", description="Spool sub-directory: one per batch / judge pass.")
-    max_spool_items: int = Field(default=512, ge=1, description="Answers waiting for the ledger before sends pause.")
+    max_spool_items: int = Field(default=512, ge=1, description="Answers waiting for the ledger; a worker with an "
+                                 "answer in hand waits for a place (requests in flight are not bounded by it).")
     store_threads: int = Field(default=8, ge=1, description="Ledger writes (blob + DB) run on this many threads.")
     store_retry_s: float = Field(default=60.0, ge=0, description="How long a failing ledger write is retried.")
 
@@ -323,8 +324,8 @@ class Run:
     # --- the store path --------------------------------------------------------------------------
 
     def backlog(self) -> asyncio.Semaphore:
-        """Taken before a request is sent, given back once its answer is stored (or it failed):
-        at most `max_spool_items` answers wait for the ledger."""
+        """Taken when a whole answer is handed to `store`, given back once it is stored: at most
+        `max_spool_items` answers wait for the ledger. Requests in flight never hold a place."""
         if self._backlog is None:
             self._backlog = asyncio.Semaphore(self.config.max_spool_items)
         return self._backlog
