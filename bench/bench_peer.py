@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--refuse-every", type=int, default=10)
     parser.add_argument("--refuse-concurrency", type=int, default=32)
+    parser.add_argument("--no-refusals", action="store_true", help="skip the 429 case (fault-free sweep only)")
     parser.add_argument("--profile", type=Path, default=None, help="also profile ours at the largest C into PATH")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.json")
     args = parser.parse_args(argv)
@@ -441,7 +442,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.profile:
             profile(base_url, requests, max(concurrencies), args.profile)
     same_c = next((r["ours"] for r in rows if r["concurrency"] == args.refuse_concurrency), None)
-    refused = refusals(requests, args.refuse_concurrency, args.repeats, args.latency, args.refuse_every, same_c)
+    refused = None if args.no_refusals else refusals(requests, args.refuse_concurrency, args.repeats, args.latency,
+                                                     args.refuse_every, same_c)
     cpu = {
         "ours_ms_per_request": round(statistics.median(r["ours"]["cpu_ms_per_request"] for r in rows), 3),
         "minimal_ms_per_request": round(statistics.median(r["minimal"]["cpu_ms_per_request"] for r in rows), 3),
@@ -480,9 +482,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{r['concurrency']:>5} {r['ours']['wall_s']:>8} {r['minimal']['wall_s']:>10} "
               f"{r['ours']['throughput_per_s']:>8} {r['minimal']['throughput_per_s']:>10} {r['bound_per_s']:>8} "
               f"{r['ratio_ours_to_minimal']:>9} {r['ratio_ours_to_bound']:>11}")
-    print(f"429 every {args.refuse_every} at C={args.refuse_concurrency}: ours {refused['ours']['wall_s']}s vs own "
-          f"fault-free {refused['ours_fault_free_wall_s']}s -> {refused['ratio_ours_to_own_fault_free']}x "
-          f"(aim <= {REFUSAL_SLOWDOWN_AIM}); minimal {refused['minimal']['wall_s']}s; items lost {refused['items_lost']}")
+    if refused is not None:
+        print(f"429 every {args.refuse_every} at C={args.refuse_concurrency}: ours {refused['ours']['wall_s']}s vs own "
+              f"fault-free {refused['ours_fault_free_wall_s']}s -> {refused['ratio_ours_to_own_fault_free']}x "
+              f"(aim <= {REFUSAL_SLOWDOWN_AIM}); minimal {refused['minimal']['wall_s']}s; "
+              f"items lost {refused['items_lost']}")
     print(f"client CPU per request: ours {cpu['ours_ms_per_request']} ms, minimal {cpu['minimal_ms_per_request']} ms")
     print(f"written to {args.out}")
     return results

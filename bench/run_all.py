@@ -51,13 +51,15 @@ def markdown(r: dict) -> str:
                      f"| {o['throughput_per_s']}/s | {m['throughput_per_s']}/s minimal client; bound {row['bound_per_s']}/s "
                      f"(C / latency; {row['bound_with_tail_per_s']}/s with the last partial wave) | {row['ratio_ours_to_minimal']} (ours ÷ minimal) | ≥ {p['throughput_aim']} |")
     rl = p["rate_limited"]
-    lines.append(f"| same, every {rl['refuse_every']}th request 429 (retry-after-ms {rl['retry_after_ms']}), "
-                 f"C={rl['concurrency']} | {rl['ours']['wall_s']} s, {rl['items_lost']} lost "
-                 f"| {rl['ours_fault_free_wall_s']} s own fault-free; minimal client {rl['minimal']['wall_s']} s "
-                 f"| {rl['ratio_ours_to_own_fault_free']} | ≤ {p['refusal_slowdown_aim']}, 0 lost |")
+    if rl:
+        lines.append(f"| same, every {rl['refuse_every']}th request 429 (retry-after-ms {rl['retry_after_ms']}), "
+                     f"C={rl['concurrency']} | {rl['ours']['wall_s']} s, {rl['items_lost']} lost "
+                     f"| {rl['ours_fault_free_wall_s']} s own fault-free; minimal client {rl['minimal']['wall_s']} s "
+                     f"| {rl['ratio_ours_to_own_fault_free']} | ≤ {p['refusal_slowdown_aim']}, 0 lost |")
     cpu = p["cpu_per_request"]
     lines.append(f"| client CPU per request (fake endpoint) | {cpu['ours_ms_per_request']} ms | "
-                 f"{cpu['minimal_ms_per_request']} ms (minimal client) | {cpu['ratio_ours_to_minimal']} | — |")
+                 f"{cpu['minimal_ms_per_request']} ms (minimal client) | {cpu['ratio_ours_to_minimal']} | ≤ 1 ms |")
+    lines += claude_rows(r)
     d = loc["dagster_overhead"]
     lines.append(f"| Dagster overhead per batch run ({d['items']} items, {d['steps']} steps) | {d['overhead_s']} s | "
                  f"{d['run_wall_s']} s run wall | {d['overhead_share']} of wall | — |")
@@ -69,6 +71,36 @@ def markdown(r: dict) -> str:
     lines += scale_section(r.get("scale"))
     lines += ["", "Raw figures: `report.json` (and one file per benchmark)."]
     return "\n".join(lines) + "\n"
+
+
+def claude_rows(r: dict) -> list[str]:
+    """Issue 20's figures: C=1024 on the fake endpoint, the OTPM-bound run, estimate vs actual."""
+    lines = []
+    big = r.get("peer_c1024")
+    if big:
+        for row in big["concurrency"]:
+            lines.append(f"| generation vs minimal client, fake endpoint, C={row['concurrency']}, {big['latency_s']:g} s latency, "
+                         f"{big['requests']:,} requests | {row['ours']['throughput_per_s']}/s (CPU "
+                         f"{row['ours']['cpu_ms_per_request']} ms/request) | {row['minimal']['throughput_per_s']}/s minimal "
+                         f"client (CPU {row['minimal']['cpu_ms_per_request']} ms/request); bound {row['bound_per_s']}/s | "
+                         f"{row['ratio_ours_to_minimal']} (ours ÷ minimal) | ≥ 0.9 |")
+    tk = r.get("tokens")
+    if tk:
+        for key in ("sized", "fixed_8192"):
+            t = tk[key]
+            lines.append(f"| OTPM-bound run ({tk['limits']['rpm']:,} RPM / {tk['limits']['itpm']:,} ITPM / "
+                         f"{tk['limits']['otpm']:,} OTPM per {tk['window_s']:g} s), {t['items']:,} items, effort "
+                         f"{tk['effort']}, max_tokens {t['max_tokens']} | {t['throughput_per_s']}/s, {t['failed']} failed, "
+                         f"{t['rate_limited_429s']} 429s | {t['bound_over_run_per_s']}/s {t['tightest_bucket']} bound over the "
+                         f"run (steady {t['steady_bound_per_s']}/s; mean output {t['mean_output_tokens']} tokens) | "
+                         f"{t['ratio_to_bound_over_run']} | ≥ 0.9, 0 failed (sized) |")
+    est = r.get("estimate")
+    if est:
+        for t in est["tiers"]:
+            lines.append(f"| estimate vs billed, tier {t['tier']}, {t['items']} items, effort {est['effort']} (thinking on) "
+                         f"| ${t['actual_usd']} billed | ${t['estimated_usd']} estimated | {t['ratio_actual_to_estimate']} "
+                         f"| 0.85–1.15 |")
+    return lines
 
 
 def _per_conv(by_method: dict[str, float]) -> str:
@@ -163,6 +195,11 @@ def main() -> None:
                       *(["--conversations", "300", "--cost-items", "20", "--overhead-items", "10"] if quick else [])),
         "peer": _run("bench_peer.py", out / "peer.json",
                      *(["--requests", "100", "--repeats", "1", "--concurrency", "32,128"] if quick else [])),
+        "peer_c1024": _run("bench_peer.py", out / "peer_c1024.json", "--no-refusals", "--repeats", "1", "--latency", "5",
+                           *(["--requests", "1024", "--concurrency", "256"] if quick
+                             else ["--requests", "4096", "--concurrency", "1024"])),
+        "tokens": _run("bench_tokens.py", out / "tokens.json", *(["--items", "200"] if quick else [])),
+        "estimate": _run("bench_estimate.py", out / "estimate.json", *(["--per-combination", "1"] if quick else [])),
         "scale": _run("bench_scale.py", out / "scale.json",
                       *(["--n", "200", "--rss-n", "100"] if quick else ["--n", str(args.scale_n)])),
     }

@@ -21,6 +21,7 @@ from lora_assets.core.prompt import render_user_prompt, system_prompt, template_
 from lora_assets.errors import LimitExceededError, UserInputError
 from lora_assets.generation.pricing import UnknownModelError, price_for
 from lora_assets.schemas import BatchSelection
+from lora_assets.schemas.rows import Effort
 from lora_assets.settings import env_var
 from lora_assets.store import batches as q
 from lora_assets.store.scaffolding import UnknownScaffoldingKeyError
@@ -41,6 +42,7 @@ class PlanRequest(BaseModel):
     mode: Literal["messages", "batches"] = "messages"
     model: str
     max_cost_usd: float | None = Field(default=None, ge=0)
+    effort: Effort = Field(default="low", description="Thinking effort of the batch's requests (`off`: none).")
 
 
 class PlannedBatch(BaseModel):
@@ -59,7 +61,8 @@ class PlanRefusedError(UserInputError):
 def _selection(request: PlanRequest) -> BatchSelection:
     try:
         return BatchSelection(persona_keys=request.personas, arc_keys=request.arcs, topic_keys=request.topics,
-                              conversations_per_combination=request.per_combination, tier=request.tier)
+                              conversations_per_combination=request.per_combination, tier=request.tier,
+                              effort=request.effort)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         raise PlanRefusedError(f"batch selection: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
@@ -89,7 +92,8 @@ def estimate(engine: Engine, request: PlanRequest, counter: TokenCounter, *, con
     items = len(preview.scaffolding) * request.per_combination
     return estimate_cost(model=request.model, mode=request.mode, items=items,
                          distinct_prompts=len(preview.scaffolding), system_tokens=system_tokens,
-                         counted_prompt_tokens=counted, output=expected_output(request.tier, history),
+                         counted_prompt_tokens=counted,
+                         output=expected_output(request.tier, history, effort=request.effort),
                          concurrency=concurrency)
 
 

@@ -38,6 +38,9 @@ class Settings(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, description="LORA_CLAUDE_MODEL: cheap bulk default.")
     max_concurrency: int = Field(default=8, ge=1, le=1024, description="LORA_MAX_CONCURRENCY: in-flight requests per run.")
     user_id: str = Field(default=DEFAULT_USER_ID, description="LORA_USER_ID: owner id in blob keys.")
+    request_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="LORA_REQUEST_TIMEOUT_S: seconds one "
+                                     "Claude request may take; a run stops itself once a whole wave of requests "
+                                     "(up to 8 in a row) got no answer in that time.")
     claim_ttl_s: float = Field(default=60.0, gt=0, description="LORA_CLAIM_TTL_S: lease on items a run requests; a "
                                "killed run's items are taken over this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="LORA_SPOOL_DIR: durable local copies of paid answers "

@@ -37,8 +37,11 @@ def batch() -> None:
 @click.option("--max-cost", "max_cost_usd", type=click.FloatRange(min=0), default=None,
               help="Estimate first and refuse to plan above this many USD.")
 @click.option("--run", "run_now", is_flag=True, help="Run the batch pipeline in this process right away.")
+@click.option("--effort", type=click.Choice(["off", "low", "medium", "high", "xhigh", "max"]), default="low",
+              show_default=True, help="Thinking effort of every request (adaptive thinking; off disables it). "
+              "Thinking tokens are billed as output; low is the cheapest with thinking on.")
 def batch_create(personas, arcs, topics, per_combination, tier, model, mode, name, estimate_only, max_cost_usd,
-                 run_now) -> None:
+                 run_now, effort) -> None:
     """Plan a batch (the `plan_batch` job's work): write batch_jobs + batch_items (scaffolding fixed
     now) and register its slug as a `batch_jobs` partition. Refused before anything is written: an
     unknown key (named, with the valid ones), a model without a price, more items than
@@ -50,7 +53,7 @@ def batch_create(personas, arcs, topics, per_combination, tier, model, mode, nam
     settings = Settings.from_env()
     request = planning.PlanRequest(name=name, personas=list(personas), arcs=list(arcs), topics=list(topics),
                                    per_combination=per_combination, tier=tier, mode=mode,
-                                   model=model or settings.model, max_cost_usd=max_cost_usd)
+                                   model=model or settings.model, max_cost_usd=max_cost_usd, effort=effort)
     domain = engine(settings)
     with _claude() as claude:
         counter = claude.token_counter(request.model) if (estimate_only or max_cost_usd is not None) else None
@@ -163,7 +166,7 @@ def _run_batch(batch_id: str) -> None:
     from lora_assets.store.batches import batch_progress
 
     row = _known_batch(batch_id)
-    result = run_job("batch_pipeline", batch_id)
+    result = run_job("batch_pipeline", batch_id, )
     evaluations = result.get_asset_check_evaluations()
     print_checks(evaluations)
     with engine().connect() as conn:
@@ -192,7 +195,7 @@ def run_batch(batch_id: str) -> None:
 def judge_batch(batch_id: str) -> None:
     """Score BATCH_ID's enriched conversations with the Claude judge (optional; stored per conversation)."""
     _known_batch(batch_id)
-    result = run_job("judge_batch", batch_id)
+    result = run_job("judge_batch", batch_id, )
     judged = failed = 0
     for mat in result.get_asset_materialization_events():
         md = mat.materialization.metadata

@@ -18,12 +18,30 @@ from pydantic import BaseModel, Field
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.rows import Usage
 
-#: Expected output tokens per conversation by tier when no history exists yet. Planning
-#: defaults sized for the templates' turn counts (4–10 turns, ~150–250 tokens each plus the
-#: JSON wrapper), not measured on Claude: once `HISTORY_MIN` conversations of the same tier and
-#: model are stored, their mean output replaces them.
-DEFAULT_OUTPUT_TOKENS: dict[str, int] = {"template": 1800, "scenario": 2400, "edge_case": 2800}
+#: Expected answer (text) tokens per conversation by tier when no history exists yet, measured
+#: on the loopback simulator (bench/bench_estimate.py: ~24 conversations per tier, 4-10 turns);
+#: nothing has been measured on Claude yet. Once `HISTORY_MIN` conversations of the same tier and
+#: model are stored, their mean output (thinking included) replaces default and thinking alike.
+DEFAULT_OUTPUT_TOKENS: dict[str, int] = {"template": 730, "scenario": 710, "edge_case": 735}
 HISTORY_MIN = 20
+
+#: Expected thinking tokens: `EFFORT_THINKING[effort] x (THINKING_BASE + THINKING_PER_ANSWER_TOKEN
+#: x answer tokens)`. Adaptive thinking grows with the task and the effort; Anthropic publishes no
+#: per-effort figures, so this is the simulator's model (SIM_CONTRACT: low 0.25 / medium 1 /
+#: high 2 / xhigh 3 / max 4). Thinking tokens count toward max_tokens and are billed as output.
+EFFORT_THINKING: dict[str, float] = {"off": 0.0, "low": 0.25, "medium": 1.0, "high": 2.0, "xhigh": 3.0, "max": 4.0}
+THINKING_BASE = 200
+THINKING_PER_ANSWER_TOKEN = 0.35
+
+
+def thinking_tokens(answer_tokens: int, effort: str) -> int:
+    """Thinking tokens expected before an answer of `answer_tokens` at `effort`."""
+    scale = EFFORT_THINKING.get(effort, max(EFFORT_THINKING.values()))
+    return math.ceil(scale * (THINKING_BASE + THINKING_PER_ANSWER_TOKEN * answer_tokens))
+
+
+#: The 5.5 models cache no prompt prefix below this many tokens.
+CACHE_MIN_TOKENS = 512
 
 #: How many distinct prompts are counted at most; the rest are extrapolated from their mean.
 #: count_tokens is free but rate limited, and prompts of one batch differ only in scaffolding.
@@ -65,14 +83,19 @@ class OverBudgetError(ValueError):
     """The estimate is above the budget the user set; nothing was planned."""
 
 
-def expected_output(tier: str, history: tuple[int, float] | None) -> OutputExpectation:
-    """Output tokens per item: the observed mean when `history` (count, mean) has at least
-    HISTORY_MIN conversations of this tier and model, else the tier's planning default."""
+def expected_output(tier: str, history: tuple[int, float] | None, *, effort: str = "low") -> OutputExpectation:
+    """Output tokens per item, thinking included: the observed mean when `history` (count, mean)
+    has at least HISTORY_MIN conversations of this tier and model (their usage counts the
+    thinking they did), else the tier's planning default plus the thinking expected at `effort`."""
     if history is not None and history[0] >= HISTORY_MIN:
         return OutputExpectation(tokens_per_item=math.ceil(history[1]),
-                                 source=f"mean of {history[0]:,} stored {tier} conversation(s) of this model")
-    return OutputExpectation(tokens_per_item=DEFAULT_OUTPUT_TOKENS.get(tier, max(DEFAULT_OUTPUT_TOKENS.values())),
-                             source=f"planning default for tier {tier!r} (no history yet)")
+                                 source=f"mean of {history[0]:,} stored {tier} conversation(s) of this model, "
+                                        "thinking included")
+    visible = DEFAULT_OUTPUT_TOKENS.get(tier, max(DEFAULT_OUTPUT_TOKENS.values()))
+    thinking = thinking_tokens(visible, effort)
+    return OutputExpectation(tokens_per_item=visible + thinking,
+                             source=f"planning default for tier {tier!r} (no history yet): {visible:,} answer + "
+                                    f"{thinking:,} thinking at effort {effort!r}")
 
 
 def sample_for_counting(n: int, limit: int = MAX_COUNTED_PROMPTS, seed: int = 0) -> list[int]:
@@ -91,17 +114,19 @@ def estimate_cost(*, model: str, mode: Literal["messages", "batches"], items: in
 
     Messages mode: the system prompt is one cache_control block, so up to `concurrency` requests
     (those in flight before the first answer) write the cache at 1.25x and the rest read it at
-    0.1x. Batches mode: 50% off everything; cache hits in a batch are best effort, so none are
-    assumed (an upper bound)."""
+    0.1x; a system prompt below the model's cache minimum (CACHE_MIN_TOKENS) is not cached at
+    all. Batches mode: 50% off everything; cache hits in a batch are best effort, so none are
+    assumed (an upper bound). Output includes the expected thinking tokens (`output`)."""
     if not counted_prompt_tokens:
         raise ValueError("no prompt was counted")
     mean = sum(counted_prompt_tokens) / len(counted_prompt_tokens)
     per_item_uncached = max(0, round(mean) - system_tokens)
     batch = mode == "batches"
-    if batch:
+    cacheable = system_tokens >= CACHE_MIN_TOKENS
+    if batch or not cacheable:
         writers, readers = 0, 0
         plain = Usage(input_tokens=round(mean), output_tokens=0)
-        input_usd = items * cost_usd(model, plain, batch=True)
+        input_usd = items * cost_usd(model, plain, batch=batch)
     else:
         writers = min(items, max(1, concurrency))
         readers = items - writers
@@ -114,7 +139,9 @@ def estimate_cost(*, model: str, mode: Literal["messages", "batches"], items: in
         + ("" if len(counted_prompt_tokens) >= distinct_prompts else "; the others assumed at their mean"),
         f"output: {output.tokens_per_item:,} tokens per item ({output.source})",
         "Message Batches: 50% off; no cache hits assumed (best effort in a batch)" if batch else
-        f"prompt cache: {writers:,} request(s) write the system prompt (1.25x), {readers:,} read it (0.1x)",
+        f"prompt cache: {writers:,} request(s) write the system prompt (1.25x), {readers:,} read it (0.1x)"
+        if cacheable else f"prompt cache: none (system prompt {system_tokens:,} tokens, below the "
+                          f"{CACHE_MIN_TOKENS}-token minimum)",
         "retries of failed, truncated or malformed answers are not included",
     ]
     return CostEstimate(

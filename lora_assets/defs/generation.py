@@ -53,7 +53,7 @@ def raw_conversations(
     of resubmitting."""
     # Imported here: the anthropic SDK costs ~2 s to import, which every process that merely
     # loads the code location (code server, CLI, other steps) would otherwise pay.
-    from lora_assets.generation.runner import generate_batches, generate_messages
+    from lora_assets.generation.runner import RunAbortedError, generate_batches, generate_messages
 
     batch_id = db.batch_id(context.partition_key)
     engine = db.engine()
@@ -79,9 +79,16 @@ def raw_conversations(
         f"batch {batch_id}: {len(requests)} item(s) to generate ({mode} mode, model {batch['model']}), "
         f"{len(recovered)} recovered from stored raw responses"
     )
-    config = claude.run_config(model=batch["model"], run_id=context.run_id, spool_scope=batch_id)
+    config = claude.run_config(model=batch["model"], run_id=context.run_id, spool_scope=batch_id,
+                               **_thinking_options(engine, batch))
     runner = generate_batches if mode == "batches" else generate_messages
-    stats = asyncio.run(runner(requests, ledger, config))
+    try:
+        stats = asyncio.run(runner(requests, ledger, config))
+    except RunAbortedError as exc:
+        # The reason is the whole story (rejected key, endpoint not answering, ...): one line,
+        # no traceback of our own code; unprocessed items stay pending for a re-run.
+        _close_batch(engine, batch_id, cancelled=cancelled)
+        raise Failure(description=str(exc), allow_retries=False) from None
     if stats.claimed_elsewhere:
         context.log.warning(
             f"batch {batch_id}: {stats.claimed_elsewhere} item(s) were claimed by another run of this batch and not "
@@ -92,6 +99,21 @@ def raw_conversations(
     return MaterializeResult(metadata=_run_metadata(batch, progress, failures, generators, stats,
                                                     skipped=batch["total_items"] - len(todo) - len(recovered),
                                                     recovered=len(recovered)))
+
+
+def _thinking_options(engine: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch's thinking effort (planned with it; the engine's default for older batches) and
+    the output expected per item, thinking included (the tier's history, else the planning
+    default), from which the engine sizes max_tokens."""
+    from lora_assets.core.estimate import expected_output
+    from lora_assets.generation.client import DEFAULT_EFFORT
+    from lora_assets.store.batches import output_token_history
+
+    effort = (batch.get("selection") or {}).get("effort") or DEFAULT_EFFORT
+    with engine.connect() as conn:
+        history = output_token_history(conn, tier=batch["tier"], model=batch["model"])
+    return {"effort": effort,
+            "expected_output_tokens": expected_output(batch["tier"], history, effort=effort).tokens_per_item}
 
 
 def _requests(engine: Any, batch: dict[str, Any], todo: list[Any], ledger: Any) -> list[Any]:
@@ -161,6 +183,11 @@ def _run_metadata(batch: dict[str, Any], progress: dict[str, Any], failures: lis
         "api_requests": stats.requests,
         "retries": stats.retries,
         "rate_limited": stats.rate_limited,
+        # Refusals are sent again without using up an item's attempts; unreadable 200s are paid.
+        "overloaded": stats.overloaded,
+        "unknown_cost_responses": stats.unknown_cost_responses,
+        "max_in_flight": stats.max_in_flight,
+        "effort": (batch.get("selection") or {}).get("effort") or "low",
         "input_tokens": progress["input_tokens"],
         "output_tokens": progress["output_tokens"],
         "cache_read_input_tokens": progress["cache_read_input_tokens"],

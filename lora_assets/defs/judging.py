@@ -7,7 +7,14 @@ from typing import Any
 
 from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, asset
 
-from lora_assets.core.judge import JudgeError, judge_output_schema, judge_system_prompt, judge_user_prompt, parse_judge_response
+from lora_assets.core.judge import (
+    JUDGE_MAX_TOKENS,
+    JudgeError,
+    judge_output_schema,
+    judge_system_prompt,
+    judge_user_prompt,
+    parse_judge_response,
+)
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
@@ -145,7 +152,9 @@ def judged_conversations(
     judge.json exists: a paid answer, usable or not, is never paid for again (an unusable one is
     a failure with its reason on the row). Not part of the default batch job: materialise it when
     wanted."""
-    from lora_assets.generation.runner import GenerationRequest, generate_messages  # see raw_conversations
+    # See raw_conversations: the SDK is imported only when the asset runs.
+    from lora_assets.generation.client import DEFAULT_EFFORT
+    from lora_assets.generation.runner import GenerationRequest, RunAbortedError, generate_messages
 
     batch_id = db.batch_id(context.partition_key)
     engine = db.engine()
@@ -167,9 +176,16 @@ def judged_conversations(
     for item_id, row in by_item.items():
         parsed = ParsedConversation.model_validate_json(store.get_bytes(row["file_path"]))
         requests.append(GenerationRequest(item_id=item_id, system=system, user=judge_user_prompt(parsed),
-                                          max_tokens=1024, output_schema=schema))
-    config = claude.run_config(model=batch["model"], run_id=context.run_id, spool_scope=f"judge-{batch_id}")
-    stats = asyncio.run(generate_messages(requests, ledger, config))
+                                          max_tokens=JUDGE_MAX_TOKENS, output_schema=schema))
+    # The batch's thinking effort, and max_tokens fixed at the judge's headroom: a judgement is
+    # short, so a cut one would only be paid twice for an OTPM saving nobody needs.
+    effort = (batch.get("selection") or {}).get("effort") or DEFAULT_EFFORT
+    config = claude.run_config(model=batch["model"], run_id=context.run_id, spool_scope=f"judge-{batch_id}",
+                               effort=effort, size_max_tokens=False)
+    try:
+        stats = asyncio.run(generate_messages(requests, ledger, config))
+    except RunAbortedError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
     return MaterializeResult(
         metadata={
             "judged_this_run": len(ledger.scores),

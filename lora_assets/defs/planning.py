@@ -25,6 +25,9 @@ class PlanBatchConfig(Config):
                                                  description="batches = Message Batches API, 50% off, within 24 h.")
     model: str = Field(default="", description="Claude model; empty = the code location's default.")
     max_cost_usd: float | None = Field(default=None, description="Refuse to plan above this estimate (USD).")
+    effort: Literal["off", "low", "medium", "high", "xhigh", "max"] = Field(
+        default="low", description="Thinking effort sent with every request (adaptive thinking; `off` disables it). "
+        "`low` is the cheapest with thinking on (README \"Thinking\"); thinking tokens are billed as output.")
 
 
 @op(description="Check the request, count its prompt tokens (count_tokens), estimate the cost, refuse it "
@@ -37,7 +40,7 @@ def plan_batch_op(context: OpExecutionContext, config: PlanBatchConfig, db: Doma
     request = planning.PlanRequest(
         name=config.name, personas=config.personas, arcs=config.arcs, topics=config.topics,
         per_combination=config.per_combination, tier=config.tier, mode=config.mode,
-        model=config.model or claude.model, max_cost_usd=config.max_cost_usd,
+        model=config.model or claude.model, max_cost_usd=config.max_cost_usd, effort=config.effort,
     )
     try:
         planned = planning.plan(db.engine(), request, created_by=db.user_id, max_items=db.max_items_per_batch,

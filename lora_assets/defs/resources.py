@@ -155,9 +155,11 @@ class ClaudeResource(ConfigurableResource):
                                      timeout=min(self.timeout_s, 60.0))
         return lambda provider_batch_id: client.messages.batches.cancel(provider_batch_id)
 
-    def run_config(self, *, model: str | None = None, run_id: str | None = None, spool_scope: str = "default") -> Any:
+    def run_config(self, *, model: str | None = None, run_id: str | None = None, spool_scope: str = "default",
+                   **options: Any) -> Any:
         """The generation runner's config (the key stays a SecretStr end to end). `run_id` holds
-        the claims (the Dagster run id); `spool_scope` names the spool sub-directory."""
+        the claims (the Dagster run id); `spool_scope` names the spool sub-directory; `options`
+        are further RunConfig fields (effort, expected_output_tokens, ...)."""
         from lora_assets.generation.runner import RunConfig
 
         base_url = self.base_url or (self._simulator_url() if self.uses_simulator else None)
@@ -176,6 +178,7 @@ class ClaudeResource(ConfigurableResource):
             max_attempts_per_item=self.max_attempts_per_item,
             timeout_s=self.timeout_s,
             poll_interval_s=self.poll_interval_s if not self.uses_simulator else 0.2,
+            **options,
         )
 
 
@@ -203,6 +206,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             base_url=s.anthropic_base_url or "",
             model=s.model,
             max_concurrency=s.max_concurrency,
+            timeout_s=s.request_timeout_s,
             simulator_latency_s=s.simulator_latency_s,
             spool_dir=str(s.resolved_spool_dir),
             claim_ttl_s=s.claim_ttl_s,

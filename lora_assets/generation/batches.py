@@ -41,6 +41,7 @@ from lora_assets.generation.client import (
     classify_error,
     kind_label,
     make_client,
+    max_tokens_cap,
     message_params,
     scrub,
 )
@@ -168,7 +169,8 @@ class _BatchRun:
         chunk: list[dict[str, Any]] = []
         size = 0
         for r in requests:
-            entry = {"custom_id": r.item_id, "params": message_params(r, self.config.model)}
+            entry = {"custom_id": r.item_id, "params": message_params(
+                r, self.config.model, effort=self.config.effort, max_tokens=max_tokens_cap(r, self.config.effort))}
             n = len(json.dumps(entry).encode())
             if chunk and (len(chunk) >= BATCH_MAX_REQUESTS or size + n > BATCH_MAX_BYTES):
                 yield chunk
@@ -369,6 +371,16 @@ class _BatchRun:
             err = BadRequestError(item_id, f"unknown result type {result.type!r} in provider batch {b.id}")
         if not newest:
             return  # a newer batch holds this item (resubmitted before a crash): it decides
+        if result.type == "errored" and result.error.error.type in ("rate_limit_error", "overloaded_error") \
+                and item_id in self.by_id:
+            # Refused, not answered wrongly: resubmitted without using up an attempt or the budget.
+            self.attempts[item_id] -= 1
+            if result.error.error.type == "rate_limit_error":
+                self.run.stats.rate_limited += 1
+            else:
+                self.run.stats.overloaded += 1
+            b.retry.append(item_id)
+            return
         attempts = self.attempts[item_id]
         if err.retryable and attempts < self.config.max_attempts_per_item and item_id in self.by_id \
                 and self.run.budget.take():

@@ -14,14 +14,12 @@ of a single Messages request, shared by both modes:
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import json
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar
 
 import anthropic
@@ -30,9 +28,14 @@ from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient, transform_schema
 from anthropic.types import Message
 from pydantic import BaseModel, Field, PrivateAttr
 
+from lora_assets.generation.headers import (  # also imported from here by flow control and tests
+    RateLimitSnapshot,
+    rate_limit_snapshot,
+    retry_after_seconds,
+)
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.conversation import RawConversation
-from lora_assets.schemas.rows import GenerationRecord, Usage
+from lora_assets.schemas.rows import Effort, GenerationRecord, Usage
 
 #: Sent with every Messages request so the simulator (and our logs) can key on the item.
 ITEM_ID_HEADER = "x-lora-item-id"
@@ -45,6 +48,14 @@ OUTPUT_SCHEMA: dict[str, Any] = transform_schema(RawConversation)
 
 #: Message ids the loopback simulator mints; anything else came from Claude.
 SIMULATOR_ID_PREFIX = "msg_sim_"
+
+#: How hard the model thinks before answering. The 5.5 models think adaptively by default
+#: (effort `medium`); `off` sends `thinking: {"type": "disabled"}`. Thinking tokens count toward
+#: `max_tokens` and are billed as output.
+EFFORTS: tuple[str, ...] = ("off", "low", "medium", "high", "xhigh", "max")
+#: The engine's default for bulk generation: measured on the simulator (README "Thinking"), `low`
+#: spends the fewest output tokens of the settings that keep adaptive thinking on.
+DEFAULT_EFFORT: Effort = "low"
 
 
 class GenerationRequest(BaseModel):
@@ -126,6 +137,15 @@ class ServerError(GenerationError):
 
     kind = "server_error"
     retryable = True
+
+
+class UnreadableResponseError(GenerationError):
+    """HTTP 200 whose body is not a Message (not JSON, or not the shape the API promises). The
+    request was answered, so it may have been billed: the cost is unknown, never taken as $0,
+    and the same request is not sent again blindly (the endpoint is not speaking the API)."""
+
+    kind = "unreadable_response"
+    retryable = False
 
 
 class RequestTimeoutError(GenerationError):
@@ -214,68 +234,6 @@ class MissingResultError(GenerationError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rate-limit headers
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RateLimitSnapshot:
-    """`anthropic-ratelimit-requests-*` as read from one response (reset as a local epoch time)."""
-
-    limit: int | None
-    remaining: int | None
-    reset_at: float | None
-
-
-def rate_limit_snapshot(headers: httpx2.Headers | dict[str, str]) -> RateLimitSnapshot:
-    """Parse the request-rate headers; missing or unreadable values become None."""
-
-    def _int(name: str) -> int | None:
-        try:
-            return int(float(headers.get(name)))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
-
-    return RateLimitSnapshot(
-        limit=_int("anthropic-ratelimit-requests-limit"),
-        remaining=_int("anthropic-ratelimit-requests-remaining"),
-        reset_at=_parse_reset(headers.get("anthropic-ratelimit-requests-reset")),
-    )
-
-
-def _parse_reset(value: str | None) -> float | None:
-    # The API sends an RFC 3339 timestamp; accept plain seconds too (relative if small).
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return number if number > 1e9 else time.time() + number
-
-
-def retry_after_seconds(headers: httpx2.Headers | dict[str, str] | None) -> float | None:
-    """The wait a response asks for: `retry-after-ms`, then `retry-after` (seconds or HTTP date)."""
-    if not headers:
-        return None
-    try:
-        return max(0.0, float(headers.get("retry-after-ms")) / 1000)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - time.time())
-
-
-# ---------------------------------------------------------------------------------------------
 # The request
 # ---------------------------------------------------------------------------------------------
 
@@ -355,19 +313,96 @@ class ClientPool:
             await c.close()
 
 
-def message_params(request: GenerationRequest, model: str) -> dict[str, Any]:
+#: The 5.5 models cache no prompt below 512 tokens. English text runs well under 2 characters a
+#: token, so a system prompt shorter than this cannot reach the minimum and is sent without
+#: `cache_control` (a breakpoint that can never hit only confuses the usage figures).
+CACHE_MIN_TOKENS = 512
+CACHE_MIN_CHARS = 2 * CACHE_MIN_TOKENS
+
+
+#: Room for thinking on top of a request's own `max_tokens` (sized for the answer with the
+#: default effort): higher efforts think longer, and thinking counts toward max_tokens.
+EFFORT_ROOM: dict[str, int] = {"off": 1, "low": 1, "medium": 1, "high": 2, "xhigh": 3, "max": 4}
+
+
+def max_tokens_cap(request: GenerationRequest, effort: str) -> int:
+    """The most `max_tokens` a request may ask at `effort`: its own limit, times the effort's room."""
+    return request.max_tokens * EFFORT_ROOM.get(effort, 1)
+
+
+def thinking_params(effort: str) -> dict[str, Any]:
+    """The body fields that state the thinking choice: adaptive thinking at `effort`, or thinking
+    disabled for `off`. Returns `thinking` and, when on, the `effort` for `output_config`."""
+    if effort not in EFFORTS:
+        raise ValueError(f"effort {effort!r}: must be one of {', '.join(EFFORTS)}")
+    if effort == "off":
+        return {"thinking": {"type": "disabled"}}
+    return {"thinking": {"type": "adaptive"}, "effort": effort}
+
+
+def message_params(request: GenerationRequest, model: str, *, effort: str = DEFAULT_EFFORT,
+                   max_tokens: int | None = None) -> dict[str, Any]:
     """The Messages body for `request` (also the `params` of a Message Batches request).
 
-    The system prompt is one text block marked `cache_control: ephemeral`: it is identical for
-    every item of a run, so after the first request it is billed at the cache-read rate.
+    The system prompt is one text block marked `cache_control: ephemeral` when it is long enough
+    to be cached (CACHE_MIN_CHARS): it is identical for every item of a run, so after the first
+    request it is billed at the cache-read rate. Thinking is stated explicitly (`effort`);
+    `max_tokens` overrides the request's own (the engine sizes it from observed output).
     """
+    system: dict[str, Any] = {"type": "text", "text": request.system}
+    if len(request.system) >= CACHE_MIN_CHARS:
+        system["cache_control"] = {"type": "ephemeral"}
+    thinking = thinking_params(effort)
+    output_config: dict[str, Any] = {"format": {"type": "json_schema", "schema": request.output_schema or OUTPUT_SCHEMA}}
+    if "effort" in thinking:
+        output_config["effort"] = thinking["effort"]
     return {
         "model": model,
-        "max_tokens": request.max_tokens,
-        "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
+        "max_tokens": max_tokens or request.max_tokens,
+        "system": [system],
         "messages": [{"role": "user", "content": request.user_prompt()}],
-        "output_config": {"format": {"type": "json_schema", "schema": request.output_schema or OUTPUT_SCHEMA}},
+        "thinking": thinking["thinking"],
+        "output_config": output_config,
     }
+
+
+#: Encoded JSON of the parts of a body every request of a run shares (system block, thinking,
+#: output schema), by (system, schema identity, effort); the schema object is kept alive with it.
+_STATIC_PARTS: dict[tuple[str, int, str], tuple[bytes, bytes, object]] = {}
+
+
+def encode_params(request: GenerationRequest, model: str, *, effort: str = DEFAULT_EFFORT,
+                  max_tokens: int | None = None) -> bytes:
+    """`message_params(...)` as JSON bytes. The system block and the output schema (tens of KB,
+    the same for every item of a run) are encoded once and spliced in: encoding them per request
+    was a quarter of our CPU per request."""
+    schema = request.output_schema or OUTPUT_SCHEMA
+    key = (request.system, id(schema), effort)
+    parts = _STATIC_PARTS.get(key)
+    if parts is None:
+        static = message_params(request.model_copy(update={"user": ""}), model, effort=effort)
+        system = json.dumps(static["system"], ensure_ascii=False).encode()
+        tail = json.dumps({"thinking": static["thinking"], "output_config": static["output_config"]},
+                          ensure_ascii=False).encode()
+        if len(_STATIC_PARTS) > 64:
+            _STATIC_PARTS.clear()
+        parts = _STATIC_PARTS[key] = (system, tail[1:], schema)
+    system, tail, _ = parts
+    user = json.dumps(request.user_prompt(), ensure_ascii=False).encode()
+    head = json.dumps(model).encode()
+    return (b'{"model":' + head + b',"max_tokens":' + str(max_tokens or request.max_tokens).encode()
+            + b',"system":' + system + b',"messages":[{"role":"user","content":' + user + b'}],' + tail)
+
+
+def _wire(client: AsyncAnthropic) -> tuple[str, dict[str, str]]:
+    """The Messages URL and the SDK's default headers of `client` (auth and version included),
+    computed on first use and kept on the client."""
+    cached = getattr(client, "_lora_wire", None)
+    if cached is None:
+        headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}
+        cached = (str(client.base_url).rstrip("/") + "/v1/messages", headers)
+        client._lora_wire = cached  # type: ignore[attr-defined]
+    return cached
 
 
 @dataclass(frozen=True)
@@ -380,29 +415,39 @@ class SentMessage:
     timing: HttpTiming | None = None
 
 
-async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "") -> SentMessage:
+async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "",
+                       effort: str = DEFAULT_EFFORT, max_tokens: int | None = None) -> SentMessage:
     """POST one Messages request. Raises the GenerationError subclass of the failure; `secret`
-    (the API key) is scrubbed from any reason text, whatever a server echoes back."""
-    # The SDK's own client (auth, versions, timeouts, error types) posting a body we encoded once:
-    # `messages.create` deep-copies the body (our output schema is a large tree) and builds the
-    # Message with its generic constructor; together that was most of our CPU per request at high
-    # concurrency. pydantic-core validates the same Message from the bytes several times faster.
-    body = json.dumps(message_params(request, model), ensure_ascii=False).encode()
+    (the API key) is scrubbed from any reason text, whatever a server echoes back. A 200 whose
+    body is not a Message raises UnreadableResponseError (answered, so possibly billed)."""
+    # The SDK's own client does the talking: its HTTP client (pool, timeouts, TLS), its headers
+    # (auth, API version, user agent) and its error types. We skip only its per-request option
+    # building (a pydantic options model, header merging, URL parsing: about a quarter of our
+    # CPU per request at high concurrency) by posting a body encoded once to a URL and headers
+    # computed once per client; pydantic-core then validates the Message from the bytes.
+    body = encode_params(request, model, effort=effort, max_tokens=max_tokens)
+    url, headers = _wire(client)
     try:
-        response = await client.post(
-            "/v1/messages", cast_to=httpx2.Response, content=body,
-            options={"headers": {ITEM_ID_HEADER: request.item_id, "content-type": "application/json"}},
-        )
-    except anthropic.APIError as exc:
-        err = classify_error(exc, request.item_id, secret=secret)
-        if isinstance(exc, anthropic.APIStatusError):
-            err.timing = _timing(exc.response)
+        response = await client._client.post(url, content=body, headers={**headers, ITEM_ID_HEADER: request.item_id},
+                                              timeout=client.timeout)
+    except httpx2.TimeoutException:
+        raise RequestTimeoutError(request.item_id, "no response before the client timeout") from None
+    except httpx2.HTTPError as exc:
+        raise ConnectionFailedError(request.item_id, scrub(f"connection failed ({type(exc).__name__})", secret)) from None
+    if response.status_code >= 300:
+        err = classify_error(client._make_status_error_from_response(response), request.item_id, secret=secret)
+        err.timing = _timing(response)
         raise err from None
     try:
         message = Message.model_validate_json(response.content)
     except ValueError as exc:
-        raise ServerError(request.item_id, scrub(f"unreadable response: {type(exc).__name__}: "
-                                                 f"{' '.join(str(exc).split())[:200]}", secret)) from None
+        snippet = " ".join(response.content[:80].decode("utf-8", "replace").split())
+        err = UnreadableResponseError(request.item_id, scrub(
+            f"HTTP 200 with a body that is not a Message ({response.headers.get('content-type') or 'no content-type'}"
+            f", {len(response.content)} bytes, starts {snippet!r}): {type(exc).__name__}", secret),
+            rate_limit=rate_limit_snapshot(response.headers))
+        err.timing = _timing(response)
+        raise err from None
     return SentMessage(
         message=message,
         request_id=response.headers.get("request-id"),

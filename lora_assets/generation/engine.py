@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr
 
-from lora_assets.generation.client import GenerationError, GenerationRequest, scrub
+from lora_assets.generation.client import DEFAULT_EFFORT, Effort, GenerationError, GenerationRequest, scrub
 from lora_assets.generation.ledger import Ledger
 from lora_assets.generation.pricing import price_for
 from lora_assets.generation.spool import Spool
@@ -37,8 +37,12 @@ _T = TypeVar("_T")
 
 class RunConfig(BaseModel):
     """How one run talks to the API and stores what it buys. `retry_budget` (total retries in
-    the run) defaults to 3 x the number of items; `timeout_s` is per request; `poll_interval_s`
-    paces Batches polling. `spool_dir` None means no durable spool (tests, benchmarks)."""
+    the run) defaults to 3 x the number of items; attempts and the budget count wrong answers
+    only (a 429/529 is waited out, never charged to an item); `timeout_s` is per request;
+    `poll_interval_s` paces Batches polling. `spool_dir` None means no durable spool (tests,
+    benchmarks). `effort` is the thinking choice sent with every request of the run;
+    `size_max_tokens` sizes `max_tokens` from the output observed (thinking included), capped at
+    each request's own `max_tokens`, so OTPM reservations are not wasted."""
 
     model: str
     api_key: SecretStr
@@ -46,7 +50,18 @@ class RunConfig(BaseModel):
     max_concurrency: int = Field(default=8, ge=1)
     max_attempts_per_item: int = Field(default=4, ge=1)
     retry_budget: int | None = Field(default=None, ge=0)
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0, description="Seconds one request may take before it counts as "
+                             "timed out (LORA_REQUEST_TIMEOUT_S).")
+    effort: Effort = Field(default=DEFAULT_EFFORT, description="Thinking effort sent with every request; `off` "
+                           "disables thinking.")
+    size_max_tokens: bool = Field(default=True, description="Size max_tokens from observed output (False: always "
+                                  "each request's own max_tokens).")
+    expected_output_tokens: int | None = Field(default=None, ge=1, description="Expected output tokens per item "
+                                               "(thinking included), e.g. the tier's history: the first sizing.")
+    stop_after_timeouts: int = Field(default=8, ge=1, description="Stop the run after this many requests in a row "
+                                     "timed out (at most max_concurrency, at least 2).")
+    stop_after_unreadable: int = Field(default=3, ge=1, description="Stop the run after this many HTTP 200 answers in "
+                                       "a row whose body is not a Message.")
     poll_interval_s: float = Field(default=5.0, gt=0)
     backoff_base_s: float = Field(default=0.5, ge=0, description="First retry delay when the server names none.")
     backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of the exponential backoff.")
@@ -58,7 +73,8 @@ class RunConfig(BaseModel):
                                "run's items are taken over by another run this long after its last renewal.")
     spool_dir: Path | None = Field(default=None, description="Durable local copies of paid answers.")
     spool_scope: str = Field(default="default", description="Spool sub-directory: one per batch / judge pass.")
-    max_spool_items: int = Field(default=512, ge=1, description="Answers waiting for the ledger before sends pause.")
+    max_spool_items: int = Field(default=512, ge=1, description="Answers waiting for the ledger; a worker with an "
+                                 "answer in hand waits for a place (requests in flight are not bounded by it).")
     store_threads: int = Field(default=8, ge=1, description="Ledger writes (blob + DB) run on this many threads.")
     store_retry_s: float = Field(default=60.0, ge=0, description="How long a failing ledger write is retried.")
 
@@ -83,6 +99,10 @@ class RunStats(BaseModel):
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    overloaded: int = 0
+    resized: int = 0
+    unknown_cost_responses: int = 0
+    max_in_flight: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
@@ -189,6 +209,8 @@ class Run:
     stats: RunStats
     budget: RetryBudget
     abort: RunAbortedError | None = None
+    #: True when the abort says the endpoint is unusable: in-flight requests are not waited for.
+    endpoint_down: bool = False
     started: float = field(default_factory=time.monotonic)
     clock: Any = time.monotonic
 
@@ -207,6 +229,7 @@ class Run:
         self.already_stored: set[str] = set()  # items claims found stored (by an earlier run)
         self.replayed: set[str] = set()  # items this run stored from the spool
         self._waited = 0.0
+        self.sending: set[Any] = set()  # worker tasks waiting for an HTTP answer
 
     # --- threads -------------------------------------------------------------------------------
 
@@ -214,11 +237,16 @@ class Run:
         """Run a blocking ledger / spool call on the run's I/O threads."""
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    def stop(self, item_id: str | None, reason: str) -> None:
-        """Abort the run (first reason wins): no new request starts; in-flight answers are kept."""
+    def stop(self, item_id: str | None, reason: str, *, endpoint_down: bool = False) -> None:
+        """Abort the run (first reason wins): no new request starts; in-flight answers are kept
+        (unless `endpoint_down`: nothing useful will come back, so waiting requests end too)."""
         if self.abort is None:
             self.abort = RunAbortedError(item_id, scrub(reason, self.secret), self.stats)
+            self.endpoint_down = endpoint_down
             log.error("%s", self.abort)
+            if endpoint_down:
+                for task in list(self.sending):
+                    task.cancel()
 
     # --- claims ----------------------------------------------------------------------------------
 
@@ -296,8 +324,8 @@ class Run:
     # --- the store path --------------------------------------------------------------------------
 
     def backlog(self) -> asyncio.Semaphore:
-        """Taken before a request is sent, given back once its answer is stored (or it failed):
-        at most `max_spool_items` answers wait for the ledger."""
+        """Taken when a whole answer is handed to `store`, given back once it is stored: at most
+        `max_spool_items` answers wait for the ledger. Requests in flight never hold a place."""
         if self._backlog is None:
             self._backlog = asyncio.Semaphore(self.config.max_spool_items)
         return self._backlog

@@ -13,25 +13,146 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from lora_assets.generation.client import HttpTiming, RateLimitSnapshot
+from lora_assets.generation.headers import BucketSnapshot
 
-__all__ = ["FlowControl", "Ticket"]
+__all__ = ["FlowControl", "OutputSizer", "Ticket", "TokenBucket"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Ticket:
-    """One admitted request: when it started and the limit and window it was admitted under."""
+    """One admitted request: when it started, the limit and window it was admitted under, and
+    the input and output tokens it reserved from the token buckets."""
 
     sent: float
     rate_limit: int | None
     window_s: float | None
+    reserved_in: float = 0.0
+    reserved_out: float = 0.0
+    #: The output tokens (max_tokens) the request was admitted with.
+    max_tokens: int = 0
+
+
+class TokenBucket:
+    """Our mirror of one of the server's token buckets (input or output tokens per minute),
+    refilled continuously like the server's. Unknown until an answer names its limit; then a
+    request starts only when the bucket holds what it will take (its input tokens; its
+    `max_tokens` for output, given back at the end down to what it really used, as the API
+    settles OTPM). Every answer's `remaining` corrects the mirror downwards (other clients of the
+    key; requests counted earlier than we thought)."""
+
+    #: The API's buckets refill over a minute unless the headers show a shorter window.
+    DEFAULT_WINDOW_S = 60.0
+    MAX_WINDOW_S = 120.0
+
+    def __init__(self) -> None:
+        self.limit: float | None = None
+        self.level = 0.0
+        self.window_s = self.DEFAULT_WINDOW_S
+        self._windows: deque[float] = deque(maxlen=32)
+        self._at = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Tokens refilled per second."""
+        return (self.limit or 0.0) / self.window_s
+
+    def _refill(self, now: float) -> None:
+        if self.limit is not None and now > self._at:
+            self.level = min(self.limit, self.level + self.rate * (now - self._at))
+        self._at = max(self._at, now)
+
+    def wait(self, need: float, now: float) -> float:
+        """Seconds until `need` tokens are there (a need above the limit waits for a full bucket)."""
+        if self.limit is None or need <= 0:
+            return 0.0
+        self._refill(now)
+        need = min(need, self.limit)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, n: float, now: float) -> float:
+        """Reserve `n` tokens; returns what was reserved (0 while the limit is unknown)."""
+        if self.limit is None:
+            return 0.0
+        self._refill(now)
+        self.level -= n
+        return n
+
+    def give(self, n: float, now: float) -> None:
+        if self.limit is not None:
+            self._refill(now)
+            self.level = min(self.limit, self.level + n)
+
+    def observe(self, snap: BucketSnapshot, now: float, wall_now: float, answered: float) -> None:
+        """Learn the limit and window from an answer's headers, and lower the mirror to the
+        server's `remaining` (refilled from when the server answered to now)."""
+        if snap.limit <= 0:
+            return
+        first = self.limit is None
+        self.limit = float(snap.limit)
+        if snap.reset_at is not None and snap.remaining < snap.limit:
+            # reset = when the bucket is full again: (limit - remaining) / rate from now.
+            to_full = snap.reset_at - wall_now
+            if to_full > 0:
+                window = to_full * snap.limit / (snap.limit - snap.remaining)
+                if 0.05 <= window <= self.MAX_WINDOW_S:
+                    self._windows.append(window)
+                    # Reset times come rounded (to the second, on the real API): the median of
+                    # recent samples is steadier than any one of them.
+                    self.window_s = sorted(self._windows)[len(self._windows) // 2]
+        server = snap.remaining + self.rate * max(0.0, now - answered)
+        if first:
+            self.level, self._at = min(self.limit, server), now
+        else:
+            self._refill(now)
+            self.level = min(self.level, server)
+
+
+class OutputSizer:
+    """`max_tokens` for the next request of a run: big enough for what the model writes (thinking
+    included), small enough that OTPM reservations (charged from `max_tokens` when a request
+    starts) do not hold the key idle. `HEADROOM` x the longest output seen once `SAMPLES`
+    answers are in; before that `FIRST_HEADROOM` x the expected output (the tier's history), or
+    the cap. Each truncation of an item doubles its next size (a cut below the cap is our
+    sizing's fault: the engine sends it again without counting an attempt); never above the
+    cap (the request's own `max_tokens`)."""
+
+    SAMPLES = 20
+    HEADROOM = 1.5
+    FIRST_HEADROOM = 2.0
+    FLOOR = 512
+
+    def __init__(self, *, enabled: bool = True, expected: int | None = None) -> None:
+        self.enabled = enabled
+        self.expected = expected
+        self.samples = 0
+        self.longest = 0
+
+    def size(self, cap: int, truncations: int = 0) -> int:
+        """max_tokens for a request whose own limit is `cap`, after `truncations` cut answers."""
+        if not self.enabled:
+            return cap
+        if self.samples >= self.SAMPLES:
+            base = self.HEADROOM * self.longest
+        elif self.expected:
+            base = max(self.FIRST_HEADROOM * self.expected, self.HEADROOM * self.longest)
+        else:
+            return cap
+        return max(1, min(cap, max(self.FLOOR, math.ceil(base)) * 2 ** truncations))
+
+    def observe(self, output_tokens: int, *, whole: bool) -> None:
+        """An answer's output tokens (thinking included); a cut answer is a lower bound only."""
+        self.longest = max(self.longest, output_tokens)
+        if whole:
+            self.samples += 1
 
 
 class FlowControl:
@@ -85,6 +206,10 @@ class FlowControl:
         self._credit: int | None = None
         self._credit_reset = 0.0
         self.decreases = 0
+        self.input_bucket = TokenBucket()
+        self.output_bucket = TokenBucket()
+        self.max_inflight = 0
+        self._answered = 0  # answers from the API (any status): the first one names the limits
 
     @property
     def window_s(self) -> float | None:
@@ -95,9 +220,10 @@ class FlowControl:
 
     # --- decisions (synchronous, clock passed in) -------------------------------------------------
 
-    def wait_needed(self, now: float) -> float | None:
-        """Seconds to wait before the next request may start (0 = now, None = until a request settles)."""
-        wait = 0.0
+    def wait_needed(self, now: float, need_in: float = 0.0, need_out: float = 0.0) -> float | None:
+        """Seconds to wait before the next request may start (0 = now, None = until a request
+        settles); `need_in` / `need_out`: the input tokens and max_tokens it will reserve."""
+        wait = max(self.input_bucket.wait(need_in, now), self.output_bucket.wait(need_out, now))
         if self._credit is not None and self._credit <= 0:
             if now < self._credit_reset:
                 wait = self._credit_reset - now
@@ -118,20 +244,40 @@ class FlowControl:
             return None
         return wait
 
-    def admit(self, now: float) -> Ticket:
-        """Count a request as started (call only when `wait_needed(now) == 0`)."""
+    def admit(self, now: float, need_in: float = 0.0, need_out: float = 0.0) -> Ticket:
+        """Count a request as started (call only when `wait_needed(now, ...) == 0`)."""
         self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
         if self._credit is not None:
             self._credit -= 1
-        return Ticket(now, self._rate_limit, self.window_s if self._rate_limit is not None else None)
+        took_in = self.input_bucket.take(need_in, now)
+        took_out = self.output_bucket.take(need_out, now)
+        return Ticket(now, self._rate_limit, self.window_s if self._rate_limit is not None else None,
+                      took_in, took_out, int(need_out))
 
     def settle(self, ticket: Ticket | None, now: float, *, snapshot: RateLimitSnapshot | None = None,
                timing: HttpTiming | None = None, success: bool = False, congested: bool = False,
-               retry_after_s: float | None = None, rate_limited: bool = False) -> None:
-        """Account for a finished request: what its headers said and whether it was refused."""
+               retry_after_s: float | None = None, rate_limited: bool = False,
+               used_in: float | None = None, used_out: float | None = None) -> None:
+        """Account for a finished request: what its headers said and whether it was refused;
+        `used_in` / `used_out`: the tokens it really took (None: none, e.g. refused), which
+        settles its reservations as the server does."""
         self.inflight -= 1
         if ticket is not None:
+            # Settle what was reserved; a request admitted before the limit was known reserved
+            # nothing, and its use was counted by the server's `remaining` already.
+            if ticket.reserved_in:
+                self.input_bucket.give(ticket.reserved_in - (used_in or 0.0), now)
+            if ticket.reserved_out:
+                self.output_bucket.give(ticket.reserved_out - (used_out or 0.0), now)
             self._observe(ticket, snapshot, timing, now, rate_limited=rate_limited, retry_after_s=retry_after_s)
+            if snapshot is not None:
+                self._answered += 1
+                answered = timing.received if timing is not None else now
+                if snapshot.input_tokens is not None:
+                    self.input_bucket.observe(snapshot.input_tokens, now, self.wall_clock(), answered)
+                if snapshot.output_tokens is not None:
+                    self.output_bucket.observe(snapshot.output_tokens, now, self.wall_clock(), answered)
         if congested:
             self._recent.append(True)
             self._streak = 0
@@ -158,11 +304,13 @@ class FlowControl:
             self._cond = asyncio.Condition()
         return self._cond
 
-    async def acquire(self) -> Ticket:
-        """Wait for admission; returns the ticket to hand back to `release`."""
+    async def acquire(self, need_in: float = 0.0, need_out: float | Callable[[], float] = 0.0) -> Ticket:
+        """Wait for admission; returns the ticket to hand back to `release`. `need_out` may be a
+        function (max_tokens sized when the request is admitted, from what is known by then)."""
+        size = need_out if callable(need_out) else (lambda: need_out)
         cond = self._condition()
         async with cond:
-            while (wait := self.wait_needed(self.clock())) != 0.0:
+            while (wait := self.wait_needed(self.clock(), need_in, (need_out := size()))) != 0.0:
                 if wait is None:
                     await cond.wait()
                     continue
@@ -171,7 +319,7 @@ class FlowControl:
                         await cond.wait()
                 except TimeoutError:
                     pass
-            return self.admit(self.clock())
+            return self.admit(self.clock(), need_in, need_out)
 
     async def release(self, ticket: Ticket | None, **outcome: object) -> None:
         """`settle` under the lock, then wake the waiting workers."""

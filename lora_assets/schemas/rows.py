@@ -48,14 +48,20 @@ class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore", from_attributes=True)
 
 
+#: Thinking effort of a batch's requests (`off` disables thinking; see README "Thinking").
+Effort = Literal["off", "low", "medium", "high", "xhigh", "max"]
+
+
 class BatchSelection(_Row):
-    """What a batch covers. Empty lists mean "all"."""
+    """What a batch covers. Empty lists mean "all". `effort` is the thinking effort its requests
+    are sent with (batches planned before it existed have none: the engine's default)."""
 
     persona_keys: list[str] = Field(default_factory=list)
     arc_keys: list[str] = Field(default_factory=list)
     topic_keys: list[str] = Field(default_factory=list)
     conversations_per_combination: int = Field(default=1, ge=1, le=1000)
     tier: Tier = "template"
+    effort: Effort = "low"
 
 
 class BatchItemPlan(_Row):

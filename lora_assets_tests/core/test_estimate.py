@@ -5,6 +5,8 @@ import pytest
 from lora_assets.core.estimate import (
     DEFAULT_OUTPUT_TOKENS,
     HISTORY_MIN,
+    EFFORT_THINKING,
+    thinking_tokens,
     OverBudgetError,
     estimate_cost,
     expected_output,
@@ -26,7 +28,8 @@ def test_messages_mode_writes_the_cache_once_per_concurrent_request_and_reads_it
     write = cost_usd("claude-haiku-5-5", Usage(input_tokens=300, cache_creation_input_tokens=1000), batch=False)
     read = cost_usd("claude-haiku-5-5", Usage(input_tokens=300, cache_read_input_tokens=1000), batch=False)
     assert est.input_usd == pytest.approx(8 * write + 92 * read, rel=1e-6)
-    assert est.output_usd == pytest.approx(100 * DEFAULT_OUTPUT_TOKENS["template"] * 0.50 / 1e6, rel=1e-6)
+    per_item = expected_output("template", None).tokens_per_item
+    assert est.output_usd == pytest.approx(100 * per_item * 0.50 / 1e6, rel=1e-6)
     assert est.total_usd == pytest.approx(est.input_usd + est.output_usd, abs=1e-6)
     assert any("8 request(s) write" in a and "92 read" in a for a in est.assumptions)
 
@@ -41,8 +44,9 @@ def test_batches_mode_is_half_price_without_cache_hits() -> None:
 
 
 def test_output_expectation_uses_history_only_when_there_is_enough() -> None:
-    assert expected_output("scenario", None).tokens_per_item == DEFAULT_OUTPUT_TOKENS["scenario"]
-    assert expected_output("scenario", (HISTORY_MIN - 1, 10.0)).tokens_per_item == DEFAULT_OUTPUT_TOKENS["scenario"]
+    default = expected_output("scenario", None, effort="off").tokens_per_item
+    assert default == DEFAULT_OUTPUT_TOKENS["scenario"]
+    assert expected_output("scenario", (HISTORY_MIN - 1, 10.0), effort="off").tokens_per_item == default
     observed = expected_output("scenario", (HISTORY_MIN, 1234.2))
     assert observed.tokens_per_item == 1235 and "mean of 20 stored" in observed.source
 
@@ -67,3 +71,23 @@ def test_an_unknown_model_is_an_error_not_free() -> None:
     with pytest.raises(ValueError, match="no price known for model 'gpt-9'"):
         estimate_cost(model="gpt-9", mode="messages", items=1, distinct_prompts=1, system_tokens=1,
                       counted_prompt_tokens=[2], output=expected_output("template", None), concurrency=1)
+
+
+def test_the_default_output_includes_the_thinking_tokens_of_the_effort() -> None:
+    visible = DEFAULT_OUTPUT_TOKENS["template"]
+    totals = []
+    for effort in ("off", "low", "medium", "high", "xhigh", "max"):
+        out = expected_output("template", None, effort=effort)
+        assert out.tokens_per_item == visible + thinking_tokens(visible, effort)
+        assert f"effort {effort!r}" in out.source
+        totals.append(out.tokens_per_item)
+    # Higher effort thinks more: the estimate grows with it; `off` adds nothing.
+    assert totals == sorted(totals) and totals[0] == visible and EFFORT_THINKING["off"] == 0
+
+
+def test_a_system_prompt_below_the_cache_minimum_is_estimated_uncached() -> None:
+    est = estimate_cost(model="claude-haiku-5-5", mode="messages", items=10, distinct_prompts=2, system_tokens=361,
+                        counted_prompt_tokens=[900], output=expected_output("template", None), concurrency=4)
+    full = cost_usd("claude-haiku-5-5", Usage(input_tokens=900), batch=False)
+    assert est.input_usd == pytest.approx(10 * full, rel=1e-6)
+    assert any("prompt cache: none" in a and "512-token minimum" in a for a in est.assumptions)

@@ -135,3 +135,40 @@ def test_an_unusable_judge_answer_is_paid_for_once(
         assert _judge(defs, instance, batch_id).success
         assert all(sim.stats.attempts_by_key[k] == 1 for k in keys)
         assert all("judge response unusable" in r["judge_scores"]["error"] for r in h.conversations(engine, batch_id))
+
+
+def test_judge_thinking_at_the_models_default_effort_is_never_cut_and_its_prompt_is_cached(
+        sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator) -> None:
+    import json
+
+    from lora_assets.core.judge import JUDGE_MAX_TOKENS
+    from lora_assets.schemas import BatchSelection
+    from lora_assets.store import db as dbq
+    from lora_assets.store.batches import plan_batch
+
+    engine = h.setup_store(sqlite_url)
+    blobs = h.local_blobs(tmp_path / "blobs")
+    defs = h.make_defs(sqlite_url, blobs, sim)
+    with engine.connect() as conn:
+        persona = [p.persona_key for p in dbq.read_personas(conn)][:4]
+        arc = [a.arc_key for a in dbq.read_emotional_arcs(conn)][:1]
+        topic = [x.topic_key for x in dbq.read_training_topics(conn)][:1]
+    # `medium` is Haiku 5.5's own default effort: the judge thinks as much as it would unasked.
+    batch_id, _ = plan_batch(engine, selection=BatchSelection(persona_keys=persona, arc_keys=arc, topic_keys=topic,
+                                                              effort="medium"),
+                             model="claude-haiku-5-5", mode="messages", created_by="tests", name="judge-medium")
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_batch(defs, instance, batch_id).success
+        result = _judge(defs, instance, batch_id)
+    assert result.success
+    md = h.metadata(result, "judged_conversations")
+    rows = h.conversations(engine, batch_id)
+    assert md["judged_this_run"] == len(rows) > 2 and md["failed_this_run"] == 0
+    answers = [json.loads(blobs.store().get_bytes(r["file_path"].rsplit("/", 1)[0] + "/judge.json")) for r in rows]
+    assert all(a["response"]["stop_reason"] == "end_turn" for a in answers)  # 0 truncated
+    assert all(a["response"]["content"][0]["type"] == "thinking" for a in answers)  # it did think
+    usages = [a["generation"]["usage"] for a in answers]
+    assert max(u["output_tokens"] for u in usages) < JUDGE_MAX_TOKENS / 2  # headroom to spare
+    # The judge prompt reaches the 512-token cache minimum: judgements after the first read it.
+    assert sum(u["cache_read_input_tokens"] > 512 for u in usages) >= len(rows) - 1
+    assert all(sim.stats.attempts_by_key[judge_item_id(r["id"])] == 1 for r in rows)

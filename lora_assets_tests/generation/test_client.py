@@ -12,11 +12,14 @@ from datetime import datetime, timezone
 from email.utils import formatdate
 from typing import Any
 
+import json
+
 import pytest
 from anthropic.types import Message
 
 from lora_assets.core.prompt import scaffolding_block
 from lora_assets.generation.client import (
+    DEFAULT_EFFORT,
     ITEM_ID_HEADER,
     OUTPUT_SCHEMA,
     BadRequestError,
@@ -118,10 +121,24 @@ def test_body_caches_the_system_prompt_and_asks_for_the_conversation_schema() ->
     params = message_params(make_request("item-1"), MODEL)
     assert params["model"] == MODEL
     assert params["system"] == [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
-    assert params["output_config"] == {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA}}
+    assert params["output_config"] == {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA},
+                                       "effort": DEFAULT_EFFORT}
+    # Thinking is an explicit choice, never the model's silent default.
+    assert params["thinking"] == {"type": "adaptive"}
     # API 2026-10-21 rejects sampling parameters and assistant prefill.
     assert not {"temperature", "top_p", "top_k"} & params.keys()
     assert [m["role"] for m in params["messages"]] == ["user"]
+
+
+def test_effort_off_disables_thinking_and_a_short_system_prompt_is_not_marked_for_caching() -> None:
+    params = message_params(make_request("item-1"), MODEL, effort="off", max_tokens=3000)
+    assert params["thinking"] == {"type": "disabled"} and "effort" not in params["output_config"]
+    assert params["max_tokens"] == 3000
+    short = GenerationRequest(item_id="short", system="Be brief.", user="hi")
+    # Far below the 512-token cache minimum: a breakpoint there could never hit.
+    assert "cache_control" not in message_params(short, MODEL)["system"][0]
+    with pytest.raises(ValueError, match="effort 'huge'"):
+        message_params(short, MODEL, effort="huge")
 
 
 def test_output_schema_is_strict_and_describes_raw_conversation() -> None:
@@ -247,8 +264,9 @@ def test_no_answer_within_the_timeout_is_a_timeout(sim: ClaudeSimulator) -> None
 
 
 def test_a_4xx_is_a_bad_request_and_not_retried(sim: ClaudeSimulator) -> None:
-    err = _send_error(sim, make_request(), model="")
-    assert isinstance(err, BadRequestError) and not err.retryable and "400" in err.reason
+    err = _send_error(sim, make_request(), model="claude-nonexistent-9")
+    # The API answers an unknown model 404 not_found_error: the same request fails the same way.
+    assert isinstance(err, BadRequestError) and not err.retryable and "404 not_found_error" in err.reason
 
 
 def test_a_refused_connection_is_a_connection_failure() -> None:
@@ -287,3 +305,22 @@ def test_rate_limit_snapshot_reads_rfc3339_reset() -> None:
 
 def test_item_header_name_is_the_one_the_simulator_keys_on() -> None:
     assert ITEM_ID_HEADER == "x-lora-item-id"
+
+
+def test_the_encoded_body_is_the_params_as_json() -> None:
+    from lora_assets.generation.client import encode_params
+
+    for effort, max_tokens in (("low", None), ("off", 1234), ("max", 99)):
+        request = make_request("item-9")
+        assert json.loads(encode_params(request, MODEL, effort=effort, max_tokens=max_tokens)) == \
+            message_params(request, MODEL, effort=effort, max_tokens=max_tokens)
+    judge = GenerationRequest(item_id="j", system="Judge ü \"quoted\"", user="línea\n2", output_schema={"type": "object"})
+    assert json.loads(encode_params(judge, MODEL)) == message_params(judge, MODEL)
+
+
+def test_higher_efforts_get_room_for_thinking_above_the_requests_own_limit() -> None:
+    from lora_assets.generation.client import max_tokens_cap
+
+    request = make_request("item-7")
+    caps = [max_tokens_cap(request, e) for e in ("off", "low", "medium", "high", "xhigh", "max")]
+    assert caps[:3] == [request.max_tokens] * 3 and caps == sorted(caps) and caps[-1] == 4 * request.max_tokens

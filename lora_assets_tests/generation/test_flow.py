@@ -4,6 +4,7 @@ and the rate-limit headers pace requests before the server has to refuse them.""
 from __future__ import annotations
 
 import asyncio
+import math
 
 from lora_assets.generation.client import HttpTiming, RateLimitSnapshot
 from lora_assets.generation.flow import FlowControl
@@ -150,3 +151,35 @@ def test_acquire_and_release_drive_the_same_decisions_under_asyncio() -> None:
         return peak
 
     assert asyncio.run(main()) == 3
+
+
+def test_the_output_sizer_starts_from_the_expectation_then_follows_the_longest_answer() -> None:
+    from lora_assets.generation.flow import OutputSizer
+
+    sizer = OutputSizer(expected=1000)
+    assert sizer.size(8192) == 2000  # FIRST_HEADROOM x the expected output
+    assert sizer.size(8192, truncations=2) == 8000 and sizer.size(1500) == 1500  # doubled, capped
+    for n in range(OutputSizer.SAMPLES):
+        sizer.observe(600 + n, whole=True)
+    assert sizer.size(8192) == math.ceil(1.5 * 619)  # HEADROOM x the longest seen
+    sizer.observe(3000, whole=False)  # a cut answer is a lower bound: it raises the size too
+    assert sizer.size(8192) == 4500
+    assert OutputSizer(enabled=False, expected=1000).size(8192) == 8192
+    assert OutputSizer().size(8192) == 8192  # nothing known: the request's own limit
+
+
+def test_a_token_bucket_mirror_waits_for_what_a_request_reserves_and_learns_from_headers() -> None:
+    from lora_assets.generation.headers import BucketSnapshot
+    from lora_assets.generation.flow import TokenBucket
+
+    bucket = TokenBucket()
+    assert bucket.wait(10_000, 0.0) == 0.0  # unknown limit: no pacing
+    # The server: 60,000 per 3 s (20,000/s), 20,000 left, full again in 2 s.
+    bucket.observe(BucketSnapshot(60_000, 20_000, 1_000_002.0), now=0.0, wall_now=1_000_000.0, answered=0.0)
+    assert bucket.window_s == 3.0 and bucket.level == 20_000
+    assert bucket.take(8_000, 0.0) == 8_000
+    assert bucket.wait(20_000, 0.0) == (20_000 - 12_000) / 20_000  # refills continuously
+    bucket.give(8_000 - 1_500, 0.0)  # settled to the real output
+    assert bucket.level == 18_500
+    bucket.observe(BucketSnapshot(60_000, 5_000, None), now=0.1, wall_now=1_000_000.1, answered=0.1)
+    assert bucket.level == 5_000  # another client of the key: the server's remaining wins

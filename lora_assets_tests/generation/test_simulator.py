@@ -102,7 +102,9 @@ def test_conversation_is_schema_valid_and_follows_the_scaffolding(client: anthro
     assert message.id.startswith("msg_sim_")
     assert message.model == MODEL
     assert message.stop_reason == "end_turn"
-    assert [b.type for b in message.content] == ["text"]
+    # Haiku 5.5 thinks by default: a thinking block (text omitted, signature kept) leads.
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "" and message.content[0].signature  # type: ignore[union-attr]
 
     conversation = RawConversation.model_validate_json(text_of(message))
     meta = conversation.conversation_metadata
@@ -229,15 +231,18 @@ def test_usage_counts_tokens_and_caches_system_blocks(client: anthropic.Anthropi
     first = create(client, "u1", system=system, messages=[{"role": "user", "content": user}])
     second = create(client, "u2", system=system, messages=[{"role": "user", "content": user}])
     cached = math.ceil(len(system_text) / 4)
+    assert cached >= 512  # the 5.5 models' minimum cacheable prompt
     assert first.usage.cache_creation_input_tokens == cached and first.usage.cache_read_input_tokens == 0
     assert second.usage.cache_read_input_tokens == cached and second.usage.cache_creation_input_tokens == 0
     for message in (first, second):
         assert message.usage.input_tokens == math.ceil(len(user) / 4)  # cached tokens are not in input_tokens
-        assert message.usage.output_tokens == math.ceil(len(text_of(message)) / 4)
+        thinking = message.usage.output_tokens_details.thinking_tokens  # type: ignore[union-attr]
+        assert message.usage.output_tokens == thinking + math.ceil(len(text_of(message)) / 4)
 
     # A different system text is a cache miss; an uncached system counts as ordinary input.
-    other = create(client, "u3", system=[{"type": "text", "text": "Other. " * 50, "cache_control": {"type": "ephemeral"}}])
-    assert other.usage.cache_creation_input_tokens == math.ceil(len("Other. " * 50) / 4)
+    other_text = "Other. " * 300
+    other = create(client, "u3", system=[{"type": "text", "text": other_text, "cache_control": {"type": "ephemeral"}}])
+    assert other.usage.cache_creation_input_tokens == math.ceil(len(other_text) / 4)
     plain = create(client, "u4", system="S" * 400, messages=[{"role": "user", "content": user}])
     assert plain.usage.cache_creation_input_tokens == 0 and plain.usage.cache_read_input_tokens == 0
     assert plain.usage.input_tokens == math.ceil((400 + len(user)) / 4)
@@ -249,14 +254,18 @@ def test_count_tokens(client: anthropic.Anthropic) -> None:
     assert counted.input_tokens == math.ceil((100 + len(user)) / 4)
 
 
-def test_unknown_params_are_accepted_and_ignored(client: anthropic.Anthropic) -> None:
+def test_every_sdk_param_our_client_uses_is_accepted(client: anthropic.Anthropic) -> None:
+    """Valid optional params pass the strict contract (the structured-output schema as the SDK's
+    `transform_schema` writes it, thinking turned off at the default effort)."""
     message = create(
         client,
         "extras",
         metadata={"user_id": "u"},
         thinking={"type": "disabled"},
-        extra_body={"output_config": {"format": {"type": "json_schema", "schema": RawConversation.model_json_schema()}}},
+        output_config={"effort": "low", "format": {"type": "json_schema", "schema": anthropic.transform_schema(RawConversation)}},
     )
+    assert [b.type for b in message.content] == ["text"]  # thinking off: no thinking block
+    assert message.usage.output_tokens_details is None
     RawConversation.model_validate_json(text_of(message))
 
 
@@ -302,7 +311,7 @@ def test_truncation_fault_cuts_the_json(sim: ClaudeSimulator, client: anthropic.
 
 
 def test_natural_truncation_at_max_tokens(client: anthropic.Anthropic, sim: ClaudeSimulator) -> None:
-    message = create(client, "short", max_tokens=50)
+    message = create(client, "short", max_tokens=50, thinking={"type": "disabled"})
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 50 and len(text_of(message)) == 200
     assert sim.stats.by_outcome["truncated"] == 1 and sim.stats.delivered_by_key["short"] == 0
@@ -385,8 +394,8 @@ def test_rpm_limit_returns_429_with_retry_after(sim: ClaudeSimulator, client: an
         create(client, "rl3")
     headers = err.value.response.headers
     assert err.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
-    assert 0 < float(headers["retry-after-ms"]) <= 60_000
-    assert 1 <= int(headers["retry-after"]) <= 60
+    assert "retry-after-ms" not in headers  # the API sends whole seconds only
+    assert 18 <= int(headers["retry-after"]) <= 20  # one request refills in 60 s / 3 (less the time taken), rounded up
     assert headers["anthropic-ratelimit-requests-limit"] == "3"
     assert headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert sim.stats.by_outcome["rate_limited"] == 1
@@ -424,7 +433,7 @@ def test_faults_are_deterministic_per_seed_key_and_attempt() -> None:
     assert _status_pattern(seed=8) != pattern
 
 
-def test_sdk_retries_honour_retry_after_ms(sim: ClaudeSimulator) -> None:
+def test_sdk_retries_honour_retry_after(sim: ClaudeSimulator) -> None:
     sim.config = FaultConfig(rpm_limit=1, rate_window_s=1.0)
     retrying = anthropic.Anthropic(base_url=sim.base_url, api_key="test-key", max_retries=5)
     create(retrying, "r0")

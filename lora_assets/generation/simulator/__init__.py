@@ -1,7 +1,9 @@
 """Loopback Claude simulator: a small stdlib HTTP server that speaks the Anthropic endpoints the
 official `anthropic` 2.x SDK calls (Messages, count_tokens, Message Batches), composes a
 deterministic, schema-valid conversation from the prompt's `<scaffolding>` block, reports realistic
-usage (including prompt caching) and injects deterministic faults.
+usage (adaptive thinking, prompt caching), enforces the API's contract (the SDK's own request types
+and the published limits) and per-model RPM/ITPM/OTPM token buckets, and injects deterministic
+faults.
 
 Point the real SDK at it with `base_url=sim.base_url`. Every message id starts with `msg_sim_` and
 every response carries `x-lora-simulator: true`, so its output is never mistaken for Claude's.
@@ -12,11 +14,13 @@ reproducible and a retry (next attempt index) can succeed.
 
 Modules (each layer knows only the ones above it in this list):
 - `faults`: `FaultConfig` and the deterministic outcome picking;
+- `models`: the models it answers for (output limit, minimum cacheable prompt, thinking rules);
+- `contract`: the strict checks of every request body (README, "The simulator's contract");
 - `phrases`, `content`: the conversations and judge scores it writes, broken texts, token estimates;
 - `stats`: `SimulatorStats`, the HTTP-layer counts tests audit;
-- `replies`: request validation, composing a message for an outcome, usage and the prompt cache;
+- `replies`: composing a message for an outcome (thinking included), usage and the prompt cache;
 - `batches`: Message Batches state and clock;
-- `ratelimit`: the request/token windows behind 429s and the rate-limit headers;
+- `ratelimit`: the per-model token buckets behind 429s and the rate-limit headers;
 - `transport`: the threading HTTP server and its request handler;
 - `server`: routing and the endpoints, `ClaudeSimulator` and `serve`.
 """

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .content import rfc3339
-from .faults import FaultConfig, batch_outcome, digest
+from .contract import record_refusal
+from .faults import FaultConfig, batch_outcome, digest, unit
 from .replies import PromptCache, compose_reply, validate_params
 from .stats import SimulatorStats
 
@@ -117,23 +118,35 @@ class MessageBatches:
         # Fault selection has its own attempt counters so reset_stats() does not replay faults.
         self._attempts: Counter[str] = Counter()
 
-    def create(self, requests: list[dict[str, Any]], cfg: FaultConfig) -> _Batch:
-        """A new in-progress batch of validated `requests` (see `validate_requests`)."""
+    def create(self, requests: list[dict[str, Any]], cfg: FaultConfig, invalid: dict[int, Any] | None = None) -> _Batch:
+        """A new in-progress batch of validated `requests` (see `contract.check_batch`). Requests
+        in `invalid` (index -> `contract.Refusal`) end errored with their invalid_request_error, as
+        the API validates each request's params asynchronously."""
         entries: list[_BatchEntry] = []
-        for item in requests:
+        for index, item in enumerate(requests):
             custom_id = item["custom_id"]
             with self._lock:
                 attempt = self._attempts[custom_id]
                 self._attempts[custom_id] += 1
             # Results are decided now; the batch only reveals them when it ends.
             outcome, finish = batch_outcome(cfg, custom_id, attempt)
-            if outcome == "batch_errored":
+            refusal = (invalid or {}).get(index)
+            if refusal is not None:
+                record_refusal(f"batch request {custom_id}", refusal)
+                error = {"type": "error", "error": {"type": refusal.kind, "message": refusal.message}}
+                entries.append(_BatchEntry(custom_id, {"type": "errored", "error": error}, "batch_invalid", False, finish))
+            elif outcome == "batch_errored":
                 error = {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
                 entries.append(_BatchEntry(custom_id, {"type": "errored", "error": error}, outcome, False, finish))
             elif outcome == "batch_expired":
                 entries.append(_BatchEntry(custom_id, {"type": "expired"}, outcome, False, finish))
             else:
-                reply = compose_reply(item["params"], custom_id, attempt, outcome, "batch", self._cache)
+                # Cache hits in a batch are best effort: a cached prefix is read only this often.
+                hit = unit(cfg.seed, "batch-cache", custom_id, attempt) < cfg.batch_cache_hit_rate
+                reply = compose_reply(
+                    item["params"], custom_id, attempt, outcome, "batch", self._cache,
+                    thinking_scale=cfg.thinking_scale, cache_hit_allowed=hit,
+                )
                 result = {"type": "succeeded", "message": reply.message}
                 entries.append(_BatchEntry(custom_id, result, reply.outcome, reply.delivers, finish))
 

@@ -8,6 +8,8 @@ cumulative fault rates. Results are reproducible, and a retry (the next attempt)
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
@@ -34,13 +36,60 @@ BATCH_FAULTS = ("batch_errored", "batch_expired", *CONTENT_FAULTS)
 DELIVERING = frozenset({"ok", "slow", "wrapped", "thinking"})
 
 
-class FaultConfig(BaseModel):
-    """What the simulator does wrong, and how often. Rates are per request, in [0, 1]; they are
-    cumulative (checked in field order), so their sum should stay at or below 1."""
+#: Rate limits when none is set: effectively unlimited, so tests, the demo and benches are not
+#: slowed; set a real tier's values (e.g. 4,000 / 400,000 / 80,000) to meter like the API.
+DEFAULT_RPM = 1_000_000
+DEFAULT_ITPM = 1_000_000_000
+DEFAULT_OTPM = 200_000_000
 
+
+def _env(name: str, parse: Callable[[str], object], default: object) -> Callable[[], object]:
+    """A default factory reading environment variable `name` (so `make demo` and the CLI can set
+    the simulator's contract and limits without code): `default` when unset or empty."""
+
+    def read() -> object:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            return default
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}={value!r}: {exc}") from exc
+
+    return read
+
+
+def _flag(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected on/off, true/false, 1/0 or yes/no")
+
+
+class FaultConfig(BaseModel):
+    """What the simulator does wrong, and how often, plus the contract and limits it enforces.
+    Rates are per request, in [0, 1]; they are cumulative (checked in field order), so their sum
+    should stay at or below 1.
+
+    `strict` (env LORA_SIM_STRICT, on by default) refuses bodies outside the SDK's request types
+    and the published limits. `rpm_limit`, `itpm_limit`, `otpm_limit` (env LORA_SIM_RPM,
+    LORA_SIM_ITPM, LORA_SIM_OTPM) are per-model token buckets refilled over `rate_window_s`.
+    `thinking_scale` (env LORA_SIM_THINKING_SCALE) scales the thinking tokens of models that
+    think; `batch_cache_hit_rate` (env LORA_SIM_BATCH_CACHE_HIT_RATE) is the share of cache hits
+    a batch request gets when the prefix is cached (best effort in the API)."""
+
+    strict: bool = Field(default_factory=_env("LORA_SIM_STRICT", _flag, True))
     latency_s: float = Field(default=0.0, ge=0.0)
-    rpm_limit: int | None = Field(default=None, ge=1)
+    rpm_limit: int | None = Field(default_factory=_env("LORA_SIM_RPM", int, None), ge=1)
+    itpm_limit: int | None = Field(default_factory=_env("LORA_SIM_ITPM", int, None), ge=1)
+    otpm_limit: int | None = Field(default_factory=_env("LORA_SIM_OTPM", int, None), ge=1)
     rate_window_s: float = Field(default=60.0, gt=0.0)
+    thinking_scale: float = Field(default_factory=_env("LORA_SIM_THINKING_SCALE", float, 1.0), ge=0.0)
+    batch_cache_hit_rate: float = Field(default_factory=_env("LORA_SIM_BATCH_CACHE_HIT_RATE", float, 0.1), ge=0.0, le=1.0)
+    batch_max_requests: int = Field(default=100_000, ge=1)
+    batch_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     overload_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     server_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     slow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -54,6 +103,18 @@ class FaultConfig(BaseModel):
     batch_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     batch_expire_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int = 0
+
+    def rpm(self) -> int:
+        """The requests bucket's per-window limit (`rpm_limit`, or the generous default)."""
+        return self.rpm_limit or DEFAULT_RPM
+
+    def itpm(self) -> int:
+        """The input-tokens bucket's per-window limit."""
+        return self.itpm_limit or DEFAULT_ITPM
+
+    def otpm(self) -> int:
+        """The output-tokens bucket's per-window limit."""
+        return self.otpm_limit or DEFAULT_OTPM
 
     def _message_rates(self) -> tuple[float, ...]:
         return (

@@ -20,8 +20,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from .batches import MessageBatches, describe, results_jsonl, validate_requests
 from .content import content_text, tokens
+from .contract import (
+    MESSAGES_MAX_BYTES,
+    Refusal,
+    check_batch,
+    check_count_tokens,
+    check_messages,
+    check_size,
+    record_refusal,
+)
 from .faults import FaultConfig, message_outcome
-from .ratelimit import RateWindows
+from .models import model_spec
+from .ratelimit import RateLimits
 from .replies import PromptCache, compose_reply, validate_params
 from .stats import SimulatorStats
 from .transport import Handler, HTTPServer
@@ -58,7 +68,7 @@ class ClaudeSimulator:
         self.stats = SimulatorStats()
         # Fault selection uses its own attempt counters so reset_stats() does not replay faults.
         self._attempts: Counter[str] = Counter()
-        self._rates = RateWindows()
+        self._rates = RateLimits()
         self._cache = PromptCache()
         self._batches = MessageBatches(self.stats, self._cache, self._released)
 
@@ -150,10 +160,15 @@ class ClaudeSimulator:
             self._send_error(h, request_id, 500, "api_error", f"simulator internal error: {exc}")
 
     def _route(self, h: Handler, method: str, request_id: str) -> None:
+        h.sim_model = None  # the model whose rate-limit buckets this answer's headers report
         length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
         url = urlsplit(h.path)
         path = url.path.rstrip("/") or "/"
+        if method == "POST" and (refusal := self._too_large(path, length)) is not None:
+            h.close_connection = True  # the body is not read: the connection cannot be reused
+            self._refuse(h, request_id, refusal)
+            return
+        raw = h.rfile.read(length) if length else b""
 
         if not _authenticated(h):
             self._send_error(
@@ -174,9 +189,9 @@ class ClaudeSimulator:
         if path == "/v1/messages" and method == "POST":
             self._messages(h, request_id, body, raw)
         elif path == "/v1/messages/count_tokens" and method == "POST":
-            self._count_tokens(h, request_id, body)
+            self._count_tokens(h, request_id, body, raw)
         elif path == "/v1/messages/batches" and method == "POST":
-            self._create_batch(h, request_id, body)
+            self._create_batch(h, request_id, body, raw)
         elif path == "/v1/messages/batches" and method == "GET":
             self._list_batches(h, request_id, parse_qs(url.query))
         elif (match := _BATCH_PATH_RE.match(path)) is not None:
@@ -184,10 +199,18 @@ class ClaudeSimulator:
         else:
             self._send_error(h, request_id, 404, "not_found_error", f"no route for {method} {path}")
 
-    def _headers(self, request_id: str) -> dict[str, str]:
+    def _too_large(self, path: str, length: int) -> Refusal | None:
+        """413 for a body over the endpoint's size limit (Messages 32 MB, a batch 256 MB)."""
+        if path == "/v1/messages/batches":
+            return check_size(length, self.config.batch_max_bytes, "requests")
+        if path in ("/v1/messages", "/v1/messages/count_tokens"):
+            return check_size(length, MESSAGES_MAX_BYTES, "body")
+        return None
+
+    def _headers(self, h: Handler, request_id: str) -> dict[str, str]:
         now = time.time()
         with self._lock:
-            rate_headers = self._rates.headers(now, self._config)
+            rate_headers = self._rates.headers(getattr(h, "sim_model", None), now, self._config)
         return {"x-lora-simulator": "true", "request-id": request_id, **rate_headers}
 
     def _send(
@@ -211,7 +234,7 @@ class ClaudeSimulator:
             self.stats._add("delivered_by_key", deliver_key)
         try:
             h.send_response(status)
-            for name, value in {**self._headers(request_id), **(extra or {})}.items():
+            for name, value in {**self._headers(h, request_id), **(extra or {})}.items():
                 h.send_header(name, value)
             h.send_header("Content-Type", content_type)
             h.send_header("Content-Length", str(len(payload)))
@@ -249,6 +272,13 @@ class ClaudeSimulator:
     def _invalid(self, h: Handler, request_id: str, message: str) -> bool:
         return self._send_error(h, request_id, 400, "invalid_request_error", message)
 
+    def _refuse(self, h: Handler, request_id: str, refusal: Refusal) -> bool:
+        """Answer a body the contract refuses; logged, and appended as a JSON line to the file
+        named by LORA_SIM_REFUSAL_LOG if set (to audit that a suite's bodies all pass)."""
+        self.stats._add("by_outcome", "refused")
+        record_refusal(f"{h.command} {h.path}", refusal)
+        return self._send_error(h, request_id, refusal.status, refusal.kind, refusal.message)
+
     def _base_for(self, h: Handler) -> str:
         """The URL the client reached us at (its Host header), for links in answers."""
         host = h.headers.get("Host")
@@ -257,34 +287,56 @@ class ClaudeSimulator:
     # -- Messages -------------------------------------------------------------------------
 
     def _messages(self, h: Handler, request_id: str, body: Any, raw: bytes) -> None:
-        if (problem := validate_params(body)) is not None:
+        cfg = self.config
+        if cfg.strict:
+            if (refusal := check_messages(body, raw)) is not None:
+                self._refuse(h, request_id, refusal)
+                return
+        elif (problem := validate_params(body)) is not None:
             self._invalid(h, request_id, problem)
             return
+        found = model_spec(body["model"])
+        model = found[0] if found else body["model"]
+        h.sim_model = model
         key = h.headers.get("x-lora-item-id") or "body:" + hashlib.sha256(raw).hexdigest()[:32]
+        metered_input = self._cache.metered_input(body)
+        reserved = body["max_tokens"]
         now = time.time()
         with self._lock:
             cfg = self._config
             attempt = self._attempts[key]
             self._attempts[key] += 1
-            retry_after = self._rates.admit(now, cfg)
+            admission = self._rates.admit(model, now, cfg, metered_input, reserved)
         self.stats._add("attempts_by_key", key)
 
-        outcome = "rate_limited" if retry_after is not None else message_outcome(cfg, key, attempt)
-        if not self._wait_to_answer(h, cfg) or self._answered_with_error(h, request_id, cfg, outcome, retry_after):
-            return
-        if outcome == "slow":
-            self.stats._add("by_outcome", outcome)  # counted now: the client has likely given up by the end
-            if self._stopping.wait(cfg.slow_s):
-                h.close_connection = True
+        output_tokens = 0  # what the OTPM reservation settles to (0 unless a message is written)
+        try:
+            if not admission.admitted:
+                self.stats._add("by_outcome", "rate_limited")
+                headers = {"retry-after": str(max(1, math.ceil(admission.retry_after_s)))}
+                self._send_error(h, request_id, 429, "rate_limit_error", admission.message, headers)
                 return
+            outcome = message_outcome(cfg, key, attempt)
+            if not self._wait_to_answer(h, cfg) or self._answered_with_error(h, request_id, outcome):
+                return
+            if outcome == "slow":
+                self.stats._add("by_outcome", outcome)  # counted now: the client has likely given up by the end
+                if self._stopping.wait(cfg.slow_s):
+                    h.close_connection = True
+                    return
 
-        reply = compose_reply(body, key, attempt, outcome, "standard", self._cache)
-        if outcome != "slow":
-            self.stats._add("by_outcome", reply.outcome)
-        usage = reply.message["usage"]
-        with self._lock:
-            self._rates.record_tokens(time.time(), usage["input_tokens"], usage["output_tokens"])
-        self._send_json(h, request_id, 200, reply.message, deliver_key=key if reply.delivers else None)
+            reply = compose_reply(body, key, attempt, outcome, "standard", self._cache, thinking_scale=cfg.thinking_scale)
+            if outcome != "slow":
+                self.stats._add("by_outcome", reply.outcome)
+            output_tokens = reply.message["usage"]["output_tokens"]
+            with self._lock:  # settle first: the answer's headers show the bucket after this request
+                self._rates.settle(model, time.time(), cfg, reserved, output_tokens)
+                reserved = 0
+            self._send_json(h, request_id, 200, reply.message, deliver_key=key if reply.delivers else None)
+        finally:
+            if admission.admitted and reserved:
+                with self._lock:
+                    self._rates.settle(model, time.time(), cfg, reserved, output_tokens)
 
     def _wait_to_answer(self, h: Handler, cfg: FaultConfig) -> bool:
         """Wait out a `hold()` and the configured latency; False if the simulator stops meanwhile."""
@@ -297,21 +349,10 @@ class ClaudeSimulator:
             return False
         return True
 
-    def _answered_with_error(
-        self, h: Handler, request_id: str, cfg: FaultConfig, outcome: str, retry_after: float | None
-    ) -> bool:
-        """Answer a rate-limited (429), overloaded (529) or server-error (500) outcome; False for
-        any other outcome, which gets a message."""
-        if outcome == "rate_limited":
-            assert retry_after is not None
-            self.stats._add("by_outcome", outcome)
-            headers = {
-                "retry-after-ms": str(math.ceil(retry_after * 1000)),
-                "retry-after": str(max(1, math.ceil(retry_after))),
-            }
-            message = f"rate limit of {cfg.rpm_limit} requests per {cfg.rate_window_s:g}s exceeded"
-            self._send_error(h, request_id, 429, "rate_limit_error", message, headers)
-        elif outcome == "overloaded":
+    def _answered_with_error(self, h: Handler, request_id: str, outcome: str) -> bool:
+        """Answer an overloaded (529) or server-error (500) outcome; False for any other outcome,
+        which gets a message."""
+        if outcome == "overloaded":
             self.stats._add("by_outcome", outcome)
             self._send_error(h, request_id, 529, "overloaded_error", "Overloaded")
         elif outcome == "server_error":
@@ -321,7 +362,10 @@ class ClaudeSimulator:
             return False
         return True
 
-    def _count_tokens(self, h: Handler, request_id: str, body: Any) -> None:
+    def _count_tokens(self, h: Handler, request_id: str, body: Any, raw: bytes) -> None:
+        if self.config.strict and (refusal := check_count_tokens(body, raw)) is not None:
+            self._refuse(h, request_id, refusal)
+            return
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
             self._invalid(h, request_id, "model and messages are required")
             return
@@ -333,11 +377,18 @@ class ClaudeSimulator:
 
     # -- Message Batches ------------------------------------------------------------------
 
-    def _create_batch(self, h: Handler, request_id: str, body: Any) -> None:
-        if (problem := validate_requests(body)) is not None:
+    def _create_batch(self, h: Handler, request_id: str, body: Any, raw: bytes) -> None:
+        cfg = self.config
+        errored: dict[int, Refusal] = {}
+        if cfg.strict:
+            refusal, errored = check_batch(body, raw, cfg.batch_max_requests)
+            if refusal is not None:
+                self._refuse(h, request_id, refusal)
+                return
+        elif (problem := validate_requests(body)) is not None:
             self._invalid(h, request_id, problem)
             return
-        batch = self._batches.create(body["requests"], self.config)
+        batch = self._batches.create(body["requests"], cfg, errored)
         self._send_json(h, request_id, 200, describe(batch, self._base_for(h)))
 
     def _list_batches(self, h: Handler, request_id: str, query: dict[str, list[str]]) -> None:

@@ -16,8 +16,9 @@ class SimulatorStats:
 
     - `requests_total`, `by_status`: every HTTP request / response status.
     - `by_outcome`: ok, rate_limited, overloaded, server_error, slow, truncated, malformed, refusal,
-      wrapped, thinking (Messages requests and batch results), batch_errored, batch_expired,
-      batch_canceled (batch results, counted when the batch ends).
+      wrapped, thinking (Messages requests and batch results), refused (a body the strict contract
+      refused: 400/404/413), batch_errored, batch_expired, batch_canceled, batch_invalid (batch
+      results, counted when the batch ends; batch_invalid: params the contract refused).
     - `attempts_by_key`: authenticated, well-formed `POST /v1/messages` requests per request key.
     - `delivered_by_key`: complete, schema-valid conversations delivered per key (Messages: the
       whole body was written to a still-connected client; Batches: a succeeded result whose text

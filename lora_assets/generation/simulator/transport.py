@@ -78,6 +78,8 @@ class Handler(BaseHTTPRequestHandler):
     """One connection's requests, each handed to `server.simulator._handle`."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API; every response has Content-Length
+    #: The model of the request being answered: its rate-limit buckets go in the answer's headers.
+    sim_model: str | None = None
     disable_nagle_algorithm = True  # headers and body are separate writes: avoid the 40 ms delayed-ACK stall
     server: HTTPServer
 
