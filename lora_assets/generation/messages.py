@@ -79,7 +79,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                  config.max_concurrency)
 
         async def worker() -> None:
-            while queue and run.abort is None:
+            while queue and run.abort is None and not run.stopping():
                 request = queue.popleft()
                 try:
                     await _generate_one(request, client, flow, run)
@@ -87,7 +87,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                     log.exception("unexpected error on item %s", request.item_id)
                     run.stop(request.item_id, f"unexpected error: {exc!r}")
 
-        while run.abort is None:
+        while run.abort is None and not run.stopping():
             if queue:
                 # More workers than slots: items waiting out their retry-after must not idle a slot.
                 await asyncio.gather(*(worker() for _ in range(2 * config.max_concurrency)))
@@ -130,7 +130,7 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
             backlog.release()
             return
         ticket = await flow.acquire()
-        if run.abort is not None:
+        if run.abort is not None or run.stopping():  # a cancel: start nothing new
             await flow.release(None)
             backlog.release()
             return
