@@ -260,6 +260,15 @@ def batches_in_status(conn: Connection, status: str) -> list[tuple[str, str]]:
     return [(batch_id, slug or batch_id) for batch_id, slug in rows]
 
 
+def queued_batches(conn: Connection) -> list[tuple[str, str, bool]]:
+    """(id, partition key, after_pilot) of the batches approved to run (`queued`): after_pilot is
+    True when the batch ran a pilot and was approved since (its second run is a new one)."""
+    b = t.batch_jobs
+    rows = conn.execute(sa.select(b.c.id, b.c.slug, b.c.selection).where(b.c.status == BatchJobStatus.QUEUED))
+    return [(batch_id, slug or batch_id, bool((sel or {}).get("pilot_items") and (sel or {}).get("approved")))
+            for batch_id, slug, sel in rows]
+
+
 def set_batch_status(conn: Connection, batch_id: str, status: str, error: str | None = None) -> bool:
     """Set a batch's status (and error, cleared when None). A cancelled batch stays cancelled:
     the update is conditional in SQL, so a run closing the batch while a cancel lands cannot

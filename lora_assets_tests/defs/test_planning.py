@@ -22,8 +22,14 @@ def _plan(defs: Any, instance: DagsterInstance, **config: Any) -> Any:
 
 
 def _failure(result: Any) -> str:
-    return "\n".join(ev.event_specific_data.error.message for ev in result.all_events
-                     if ev.is_step_failure and ev.event_specific_data and ev.event_specific_data.error)
+    """The step failures' texts: a user's mistake as the one line the run page shows first (the
+    Failure's description), anything else as its error message."""
+    out = []
+    for ev in result.all_events:
+        if ev.is_step_failure and ev.event_specific_data:
+            user = ev.event_specific_data.user_failure_data
+            out.append(user.description if user and user.description else ev.event_specific_data.error.message)
+    return "\n".join(out)
 
 
 def _op_metadata(result: Any) -> dict[str, Any]:
@@ -73,11 +79,20 @@ def test_plan_batch_estimates_from_counted_tokens_writes_the_batch_and_queues_it
 
 
 @pytest.mark.parametrize("config, expected", [
-    ({"personas": ["anxious_planner", "nobody", "ghost"]},
+    ({"personas": ["anxious_planner", "nobody", "ghost"], "arcs": ["*"], "topics": ["*"]},
      r"unknown persona key\(s\) \['nobody', 'ghost'\]; known persona keys: \['anxious_planner'"),
-    ({"personas": ["anxious_planner"], "max_cost_usd": 0.000001},
-     r"estimated cost \$[0-9.]+ is above max_cost_usd \$0\.0000"),
-    ({"model": "gpt-9"}, r"model 'gpt-9': no price known"),
+    ({"personas": ["anxious_planner"], "arcs": ["*"], "topics": ["*"], "max_cost_usd": 0.000001},
+     r"estimated cost \$[0-9.]+ is above max_cost_usd \$0\.0000.*\(cap from max_cost_usd\)"),
+    ({"model": "gpt-9", "personas": ["*"], "arcs": ["*"], "topics": ["*"]}, r"model 'gpt-9': no price known"),
+    # No implicit "all": an empty key list is refused, naming the field and the explicit choice.
+    ({"personas": [], "arcs": ["*"], "topics": ["*"]}, r'^personas: no persona keys given; name them, or give \["\*"\]'),
+    ({"personas": ["*", "anxious_planner"], "arcs": ["*"], "topics": ["*"]}, r"personas: .* cannot be mixed"),
+    # Dagster's launchpad has no numeric ranges: the run refuses it at once, naming the field.
+    ({"personas": ["*"], "arcs": ["*"], "topics": ["*"], "per_combination": -1},
+     r"^per_combination: Input should be greater than or equal to 1 \(got -1\)$"),
+    ({"personas": ["*"], "arcs": ["*"], "topics": ["*"], "pilot_items": 0}, r"^pilot_items: Input should be greater"),
+    ({"personas": ["*"], "arcs": ["*"], "topics": ["*"], "per_combination": 1000},
+     r"1,568,000 items .* limit of 10,000 items per batch"),
 ])
 def test_plan_batch_refusals_fail_the_run_naming_the_thing_and_write_nothing(
     setup: tuple[Any, Any], instance: DagsterInstance, config: dict[str, Any], expected: str
