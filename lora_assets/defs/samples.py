@@ -30,8 +30,10 @@ def escape_md(text: str) -> str:
 def _turns(raw: dict[str, Any]) -> list[dict[str, Any]]:
     from lora_assets.core.parse import extract_json_text
 
+    # raw.json is {"response": the API's message, "generation": our record}; older files are the message.
+    message = raw.get("response", raw) if isinstance(raw, dict) else raw
     try:
-        return list(json.loads(extract_json_text(raw, conversation_id="sample")).get("turns") or [])
+        return list(json.loads(extract_json_text(message, conversation_id="sample")).get("turns") or [])
     except Exception:  # noqa: BLE001 - a sample that does not parse is shown as such, not hidden
         return []
 
