@@ -110,18 +110,30 @@ def _selection(request: PlanRequest) -> BatchSelection:
         raise PlanRefusedError(f"{field}: {error['msg']}") from None
 
 
+def check_model(request: PlanRequest, model_label: str = "model") -> None:
+    """PlanRefusedError for a model without a known price (its spend could not be accounted)."""
+    try:
+        price_for(request.model)
+    except UnknownModelError as exc:
+        raise PlanRefusedError(f"{model_label} {request.model!r}: {exc}") from None
+
+
 def check_size(engine: Engine, request: PlanRequest, max_items: int) -> int:
     """The number of items `request` plans, counted with COUNT queries (no combination is
     resolved, so memory stays flat however large the scaffolding); LimitExceededError above
-    `max_items`. Every entry point (job, CLI, --estimate) calls this first."""
-    selection = _selection(request)
+    `max_items`, then PlanRefusedError for a key list that is not an explicit choice. Every
+    entry point (job, CLI, --estimate) calls this before anything else reads the scaffolding."""
+    def counted(keys: list[str]) -> list[str]:
+        return [] if ALL in keys else [k for k in keys if k.strip()]
+
     with engine.connect() as conn:
-        p, a, x = q.selection_size(conn, selection.persona_keys, selection.arc_keys, selection.topic_keys)
+        p, a, x = q.selection_size(conn, counted(request.personas), counted(request.arcs), counted(request.topics))
     n = p * a * x * request.per_combination
     if n > max_items:
         raise LimitExceededError(
             "batch plan", f"the selection plans {n:,} items ({p} personas × {a} arcs × {x} topics × "
             f"{request.per_combination} per combination)", max_items, "items per batch", env_var("max_items_per_batch"))
+    _selection(request)
     return n
 
 
@@ -172,12 +184,9 @@ def plan(engine: Engine, request: PlanRequest, *, created_by: str, limits: PlanL
     generates only those, then the batch waits. PlanRefusedError / LimitExceededError name the
     reason (`model_label`: how the caller names the model field, e.g. `--model`); nothing is
     written then."""
-    try:
-        price_for(request.model)
-    except UnknownModelError as exc:
-        raise PlanRefusedError(f"{model_label} {request.model!r}: {exc}") from None
-    selection = _selection(request)
+    check_model(request, model_label)
     n = check_size(engine, request, limits.max_items)
+    selection = _selection(request)
     if request.pilot_items is not None and request.pilot_items >= n:
         raise PlanRefusedError(f"pilot_items: {request.pilot_items} is not fewer than the batch's {n} item(s); "
                                "leave it out to plan the batch without a pilot")

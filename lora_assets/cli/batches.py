@@ -59,7 +59,9 @@ def batch_create(personas, arcs, topics, per_combination, tier, model, mode, nam
     limits = planning.PlanLimits(max_items=settings.max_items_per_batch, max_cost_usd=settings.max_batch_cost_usd,
                                  auto_approve_usd=settings.auto_approve_usd)
     domain = engine(settings)
-    # The item limit first, with COUNT queries only: before the SDK loads or a prompt is rendered.
+    # The model and the item limit first, with COUNT queries only: before the SDK loads or a
+    # prompt is rendered, whatever the size of the scaffolding.
+    planning.check_model(request, "--model")
     planning.check_size(domain, request, limits.max_items)
     with _claude() as claude:
         counter = claude.token_counter(request.model)
@@ -76,8 +78,7 @@ def batch_create(personas, arcs, topics, per_combination, tier, model, mode, nam
         planned = planning.plan(domain, request, created_by=settings.user_id, limits=limits, counter=counter,
                                 concurrency=claude.max_concurrency, model_label="--model")
     _register(planned.key)
-    click.echo(planned.summary())
-    click.echo(f"  id {planned.batch_id}, {mode} mode")
+    click.echo(f"{planned.summary()}; id {planned.batch_id}, {mode} mode")
     if run_now:
         if planned.status == "planned":
             click.echo(f"  not run: it waits for `lora-assets batch approve {planned.key}`")
