@@ -19,7 +19,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from lora_assets.generation.simulator import ClaudeSimulator
@@ -122,13 +121,3 @@ def test_estimate_over_the_item_limit_is_refused_by_counting_in_flat_memory(tmp_
     assert "8,000,000 items (1000 personas × 8 arcs × 1000 topics × 1 per combination)" in measured.stderr
     assert "LORA_MAX_ITEMS_PER_BATCH" in measured.stderr
     assert rss_kib < 500 * 1024, f"peak RSS {rss_kib / 1024:.0f} MiB"
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["batch", "approve", "nope"], "error: no batch 'nope'"),
-])
-def test_approve_names_what_is_wrong(tmp_path: Path, args: list[str], fragment: str) -> None:
-    env = _env(tmp_path)
-    assert _cli(env, "init").returncode == 0
-    result = _cli(env, *args)
-    assert result.returncode == 2 and fragment in result.stderr
