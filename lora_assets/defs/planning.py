@@ -75,7 +75,9 @@ def plan_batch_op(context: OpExecutionContext, config: PlanBatchConfig, db: Doma
                 est.summary() + "\n\n" + "\n".join(f"- {a}" for a in est.assumptions)),
         }
     context.add_output_metadata(metadata)
-    context.log.info(planned.summary())
+    est = f", estimated ${planned.estimate.total_usd:,.4f}" if planned.estimate else ""
+    context.log.info(f"planned batch {planned.key!r}: {planned.items} item(s){est} (cap ${planned.cost_cap_usd:,.2f} "
+                     f"from {planned.cost_cap_source}); {planned.approval}")
     return planned.key
 
 

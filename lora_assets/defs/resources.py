@@ -78,6 +78,8 @@ class BlobStoreResource(ConfigurableResource):
     s3_endpoint_url: str = ""
     concurrency: int = 32
     scaffolding_dir: str = ""
+    # Where `lora-assets serve-files` serves `local_dir` (LORA_FILES_URL): output links point there.
+    files_url: str = ""
 
     def store(self) -> BlobStore:
         """The configured store (S3 when a bucket is set, else the local directory)."""
@@ -195,6 +197,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             s3_endpoint_url=s.s3_endpoint_url or "",
             concurrency=s.blob_concurrency,
             scaffolding_dir=s.scaffolding_dir,
+            files_url=s.files_url,
         ),
         "claude": ClaudeResource(
             # EnvVar keeps the key out of run config and the UI; only its name is shown.

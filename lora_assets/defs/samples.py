@@ -80,3 +80,43 @@ def sample_markdown(engine: Engine, store: Any, *, batch_id: str | None = None,
                                          topic=topic or "?", turns=_turns(raw), cost_usd=float(cost or 0),
                                          title=f"Sample {i}: conversation {cid}"))
     return "\n\n---\n\n".join(parts)
+
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def _escape_html(line: str) -> str:
+    # The UI renders markdown with HTML: a literal `<name>` would be taken for a tag and vanish.
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def card_markdown(card: str) -> str:
+    """The dataset card as the Dagster UI should show it: the Hugging Face front matter (YAML
+    between `---` lines, which the UI's markdown turns into a garbled list) as a two-column
+    table of its top-level keys, and the body with `<`, `>` and `&` escaped outside code blocks
+    so text like `<name>` stays visible. The card file itself is unchanged."""
+    import yaml
+
+    front, body = {}, card
+    if card.startswith("---\n"):
+        end = card.find("\n---", 4)
+        if end != -1:
+            try:
+                front = yaml.safe_load(card[4:end]) or {}
+            except yaml.YAMLError:
+                front = {}
+            body = card[end + 4:].lstrip("\n")
+    lines, in_code = [], False
+    for line in body.splitlines():
+        if _FENCE.match(line):
+            in_code = not in_code
+            lines.append(line)
+            continue
+        lines.append(line if in_code else _escape_html(line))
+    table = ""
+    if isinstance(front, dict) and front:
+        rows = [f"| `{escape_md(str(k))}` | {escape_md(v if isinstance(v, str) else json.dumps(v))} |"
+                for k, v in front.items()]
+        table = "**Hugging Face front matter** (in the card file's YAML header)\n\n| key | value |\n|---|---|\n" \
+                + "\n".join(rows) + "\n\n"
+    return table + "\n".join(lines)
