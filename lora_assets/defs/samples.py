@@ -115,7 +115,7 @@ def card_markdown(card: str) -> str:
         lines.append(line if in_code else _escape_html(line))
     table = ""
     if isinstance(front, dict) and front:
-        rows = [f"| `{escape_md(str(k))}` | {escape_md(v if isinstance(v, str) else json.dumps(v))} |"
+        rows = [f"| {escape_md(str(k))} | {escape_md(v if isinstance(v, str) else json.dumps(v))} |"
                 for k, v in front.items()]
         table = "**Hugging Face front matter** (in the card file's YAML header)\n\n| key | value |\n|---|---|\n" \
                 + "\n".join(rows) + "\n\n"

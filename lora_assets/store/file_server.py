@@ -26,8 +26,8 @@ class _Handler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         root = Path(self.directory).resolve()
         candidate = Path(super().translate_path(path)).resolve()
-        # A symlink inside the store that points outside it is not served.
-        return str(candidate) if candidate == root or root in candidate.parents else str(root / "\0missing")
+        # A symlink inside the store that points outside it is not served (404, as if absent).
+        return str(candidate) if candidate == root or root in candidate.parents else str(root / ".not-served" / "x")
 
     def list_directory(self, path: Any) -> Any:
         self.send_error(404, "directory listings are off")  # keys are known from metadata
