@@ -89,6 +89,7 @@ def raw_conversations(
         generated_before = batch_progress(conn, batch_id)["items"][ItemStatus.GENERATED]
     recovered = set(ledger.recover_stored_raw([i.id for i in todo], workers=blobs.concurrency))
     todo = [i for i in todo if i.id not in recovered]
+    skipped = batch["total_items"] - len(todo) - len(recovered)
     if pilot is not None:
         todo = todo[:max(0, pilot - generated_before - len(recovered))]
     requests = [] if cancelled else _requests(engine, batch, todo, ledger)
@@ -113,16 +114,18 @@ def raw_conversations(
     cancelled_now = watch.stop_requested and not cancelled
     progress, failures, generators = _close_batch(engine, batch_id, cancelled=cancelled or cancelled_now,
                                                   pilot=pilot is not None)
-    metadata = _run_metadata(batch, progress, failures, generators, stats,
-                             skipped=batch["total_items"] - len(todo) - len(recovered), recovered=len(recovered))
+    metadata = _run_metadata(batch, progress, failures, generators, stats, skipped=skipped, recovered=len(recovered))
+    # What a person looks for first (a cancel's or a pilot's outcome, sample conversations) leads.
+    first: dict[str, Any] = {}
+    if cancelled or cancelled_now:
+        first |= _cancelled_metadata(context.partition_key, progress)
+    if pilot is not None and not (cancelled or cancelled_now):
+        first |= _pilot_metadata(engine, batch, pilot, progress)
+        context.log.info(first["pilot"].value.splitlines()[0])
     samples = sample_markdown(engine, store, batch_id=batch_id)
     if samples:
-        metadata["sample_conversations"] = MetadataValue.md(samples)
-    if cancelled or cancelled_now:
-        metadata |= _cancelled_metadata(context.partition_key, progress)
-    if pilot is not None and not (cancelled or cancelled_now):
-        metadata |= _pilot_metadata(engine, batch, pilot, progress)
-        context.log.info(metadata["pilot"].value.splitlines()[0])
+        first["sample_conversations"] = MetadataValue.md(samples)
+    metadata = first | metadata
     if cancelled_now:
         # The cancel landed while this run was generating: record what it kept (a materialization
         # of the partition, so it is visible), then end the run with one line that says so.

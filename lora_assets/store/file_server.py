@@ -14,8 +14,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-#: Content types for our outputs (the default would download JSONL as octet-stream).
-TYPES = {".jsonl": "application/x-ndjson; charset=utf-8", ".json": "application/json; charset=utf-8",
+#: Content types for our outputs: text ones open in the browser tab (JSONL as plain text: a
+#: browser downloads application/x-ndjson instead of showing it); Parquet downloads.
+TYPES = {".jsonl": "text/plain; charset=utf-8", ".json": "application/json; charset=utf-8",
          ".md": "text/markdown; charset=utf-8", ".yaml": "text/yaml; charset=utf-8",
          ".yml": "text/yaml; charset=utf-8", ".parquet": "application/vnd.apache.parquet"}
 

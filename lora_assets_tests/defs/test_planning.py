@@ -253,6 +253,7 @@ def test_a_pilot_generates_its_items_shows_them_with_their_cost_then_waits(
     assert len(sim.stats.snapshot()["delivered_by_key"]) == 3
     md = h.metadata(run, "raw_conversations")
     assert md["items_generated"] == 3 and md["pilot_items"] == 3 and md["pilot_cost_per_item_usd"] > 0
+    assert md["skipped_already_stored"] == 0 and list(md)[:2] == ["pilot", "pilot_cost_per_item_usd"]
     assert re.search(r"Pilot done: 3 of 3 item\(s\) stored for \$[0-9.]+ \(\$[0-9.]+ per item; estimated "
                      r"\$[0-9.]+\)\. Re-estimate for the 3 item\(s\) left: \$[0-9.]+", md["pilot"])
     samples = md["sample_conversations"]

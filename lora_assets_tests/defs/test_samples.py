@@ -65,7 +65,7 @@ def test_the_file_server_serves_the_store_and_nothing_outside_it(tmp_path: Path)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with urllib.request.urlopen(f"{base}/training-files/x/v1/train.jsonl") as r:
-            assert r.read() == b'{"a": 1}\n' and r.headers["Content-Type"].startswith("application/x-ndjson")
+            assert r.read() == b'{"a": 1}\n' and r.headers["Content-Type"] == "text/plain; charset=utf-8"
         for path in ("/link", "/../secret.txt", "/%2e%2e/secret.txt", "/training-files/"):
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(base + path)

@@ -150,6 +150,8 @@ def _wait(what: str, predicate: Any, deadline_s: float = RUN_DEADLINE_S, interva
 def test_purse_and_plain_sight(browser: Any, purse_ui: DagsterServers, sim: ClaudeSimulator) -> None:
     ui = purse_ui
     ui.cli("init")  # the scaffolding in the domain DB (the front-door test does it from the UI)
+    # The batch runs parse and enrich themselves; eager re-runs would only compete for the CPU.
+    ui.stop_sensor("default_automation_condition_sensor")
     engine = sa.create_engine(ui.env["LORA_DATABASE_URL"])
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(UI_TIMEOUT_MS)
