@@ -25,7 +25,7 @@ from lora_assets.core.prompt import render_user_prompt, system_prompt, template_
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import failures_table, items_table
 from lora_assets.defs.resources import BlobStoreResource, ClaudeResource, DomainDB
-from lora_assets.defs.samples import sample_markdown
+from lora_assets.defs.samples import SAMPLES, sample_markdown
 from lora_assets.defs.scaffolding import SCAFFOLDING_KEYS
 from lora_assets.schemas import BatchJobStatus, ItemStatus
 from lora_assets.store.batches import (
@@ -83,7 +83,7 @@ def raw_conversations(
     selection = batch["selection"] or {}
     # A pilot not yet approved: only its first items (by position) are generated in this run.
     pilot = int(selection["pilot_items"]) if selection.get("pilot_items") and not selection.get("approved") else None
-    ledger = SqlLedger(engine, store, batch_id, blobs.user_id)
+    ledger = _SamplingLedger(engine, store, batch_id, blobs.user_id)
     with engine.connect() as conn:
         todo = items_to_generate(conn, batch_id, include_submitted=(mode == "messages"))
         generated_before = batch_progress(conn, batch_id)["items"][ItemStatus.GENERATED]
@@ -122,7 +122,9 @@ def raw_conversations(
     if pilot is not None and not (cancelled or cancelled_now):
         first |= _pilot_metadata(engine, batch, pilot, progress)
         context.log.info(first["pilot"].value.splitlines()[0])
-    samples = sample_markdown(engine, store, batch_id=batch_id)
+    # The first answers this run bought, from memory: no blob is read back (a run that bought
+    # nothing shows none; the materialization that bought them has them).
+    samples = sample_markdown(engine, store, batch_id=batch_id, responses=ledger.samples) if ledger.samples else ""
     if samples:
         first["sample_conversations"] = MetadataValue.md(samples)
     metadata = first | metadata
@@ -137,6 +139,24 @@ def raw_conversations(
 
 #: How often a live run reads its batch's status (a cancel is seen within about this).
 POLL_S = 0.5
+
+
+class _SamplingLedger(SqlLedger):
+    """The SQL ledger, keeping the first few answers it stores in memory: the run's sample
+    conversations come from them instead of reading their blobs back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.samples: dict[str, dict[str, Any]] = {}
+        self._samples_lock = threading.Lock()
+
+    def record_success(self, item_id: str, record: Any) -> bool:
+        stored = super().record_success(item_id, record)
+        if stored:
+            with self._samples_lock:
+                if len(self.samples) < SAMPLES:
+                    self.samples[item_id] = record.response
+        return stored
 #: Progress reports: every 10 s or every 5% of the items, never more often than every 2 s.
 PROGRESS_PACE: dict[str, float] = {"every_s": 10.0, "every_fraction": 0.05, "min_interval_s": 2.0}
 

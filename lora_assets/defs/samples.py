@@ -56,11 +56,14 @@ def render_conversation(*, persona: str, arc: str, topic: str, turns: Sequence[d
 
 
 def sample_markdown(engine: Engine, store: Any, *, batch_id: str | None = None,
-                    conversation_ids: Sequence[str] | None = None, n: int = SAMPLES) -> str:
+                    conversation_ids: Sequence[str] | None = None, n: int = SAMPLES,
+                    responses: dict[str, dict[str, Any]] | None = None) -> str:
     """Up to `n` stored conversations of a batch (or of `conversation_ids`) as markdown, each
-    with its cost; an empty string when there is none."""
+    with its cost; an empty string when there is none. `responses` (batch item id → the API
+    message, kept in memory by the run that bought them) are shown without reading a blob."""
     c, p, a, x = t.conversations, t.personas, t.emotional_arcs, t.training_topics
-    query = (sa.select(c.c.id, c.c.raw_response_path, c.c.cost_usd, p.c.name, p.c.archetype, a.c.name, x.c.name)
+    query = (sa.select(c.c.id, c.c.raw_response_path, c.c.cost_usd, p.c.name, p.c.archetype, a.c.name, x.c.name,
+                       c.c.batch_item_id)
              .select_from(c.outerjoin(p, p.c.id == c.c.persona_id).outerjoin(a, a.c.id == c.c.emotional_arc_id)
                           .outerjoin(x, x.c.id == c.c.training_topic_id))
              .where(c.c.raw_response_path.is_not(None)).order_by(c.c.created_at, c.c.id).limit(n))
@@ -68,14 +71,19 @@ def sample_markdown(engine: Engine, store: Any, *, batch_id: str | None = None,
         query = query.where(c.c.batch_job_id == batch_id)
     if conversation_ids is not None:
         query = query.where(c.c.id.in_(list(conversation_ids)[:1000]))
+    if responses:
+        query = query.where(c.c.batch_item_id.in_(list(responses)))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     parts = []
-    for i, (cid, path, cost, persona, archetype, arc, topic) in enumerate(rows, 1):
-        try:
-            raw = json.loads(store.get_bytes(path))
-        except Exception:  # noqa: BLE001 - a missing blob is shown, the others still are
-            raw = {}
+    for i, (cid, path, cost, persona, archetype, arc, topic, item_id) in enumerate(rows, 1):
+        if responses and item_id in responses:
+            raw = {"response": responses[item_id]}
+        else:
+            try:
+                raw = json.loads(store.get_bytes(path))
+            except Exception:  # noqa: BLE001 - a missing blob is shown, the others still are
+                raw = {}
         parts.append(render_conversation(persona=f"{persona} ({archetype})" if persona else "?", arc=arc or "?",
                                          topic=topic or "?", turns=_turns(raw), cost_usd=float(cost or 0),
                                          title=f"Sample {i}: conversation {cid}"))

@@ -17,8 +17,8 @@ from typing import Any
 #: Content types for our outputs: text ones open in the browser tab (JSONL as plain text: a
 #: browser downloads application/x-ndjson instead of showing it); Parquet downloads.
 TYPES = {".jsonl": "text/plain; charset=utf-8", ".json": "application/json; charset=utf-8",
-         ".md": "text/markdown; charset=utf-8", ".yaml": "text/yaml; charset=utf-8",
-         ".yml": "text/yaml; charset=utf-8", ".parquet": "application/vnd.apache.parquet"}
+         ".md": "text/plain; charset=utf-8", ".yaml": "text/plain; charset=utf-8",
+         ".yml": "text/plain; charset=utf-8", ".parquet": "application/vnd.apache.parquet"}
 
 
 class _Handler(SimpleHTTPRequestHandler):
