@@ -235,7 +235,8 @@ class ApproveResult(BaseModel):
         if self.previous_status == BatchJobStatus.QUEUED:
             return f"batch {self.key!r} was already approved"
         cost = f" (estimated ${self.estimate_usd:,.4f})" if self.estimate_usd is not None else ""
-        return f"batch {self.key!r} approved: {self.items_left} item(s) left to generate{cost}; the queued-batch sensor starts it (or `lora-assets run {self.key}`)"
+        return (f"batch {self.key!r} approved: {self.items_left} item(s) left to generate{cost}; the queued-batch "
+                f"sensor starts it (or `lora-assets run {self.key}`)")
 
 
 def approve(engine: Engine, ref: str) -> ApproveResult:
