@@ -72,7 +72,8 @@ def main(debug: bool) -> None:
 
     \b
     Exit codes: 0 done; 1 the work failed (a run, every item, a blocking check,
-    an invalid document); 2 bad input (argument, setting, file, store not initialised).
+    an invalid document); 2 bad input (argument, setting, file, store not initialised);
+    3 the batch was cancelled while `run` generated it (what it kept is stored).
     """
 
 
