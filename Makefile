@@ -25,9 +25,12 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null)) || echo "chromium not installed: UI tests will fail in CI"
 	$(BIN)/pytest -q -p no:cacheprovider -n $${TEST_WORKERS:-3} --dist loadscope
 
-## The Dagster UI (webserver + daemon) for this code location on 127.0.0.1:3000.
+## The Dagster UI (webserver + daemon) for this code location on 127.0.0.1:3000, and the local
+## blob store's files on 127.0.0.1:3031 (`lora-assets serve-files`) for the links in its metadata.
 ui: $(STAMP)
 	$(BIN)/python -c "from lora_assets.instance import dagster_home; print(dagster_home())" >/dev/null
+	$(BIN)/lora-assets serve-files --port $${FILES_PORT:-3031} & files=$$!; trap 'kill $$files 2>/dev/null' EXIT INT TERM; \
+	LORA_FILES_URL=$${LORA_FILES_URL:-http://127.0.0.1:$${FILES_PORT:-3031}} \
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(LORA_DATA_DIR)/dagster_home} $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
 
 ## Benchmarks; figures go to bench/results/.

@@ -2,8 +2,12 @@
 
 Order matters (intent before effect): the status becomes `cancelled` first, so no run that
 starts afterwards requests anything (and the queued-batch sensor never starts it again); then
-the provider's open Message Batches are cancelled; then live Dagster runs of the partition are
-terminated. Stored conversations stay, and parse / enrich / training files can use them.
+the provider's open Message Batches are cancelled; then Dagster runs of the partition that have
+not started yet are cancelled. A run already generating is not killed: it polls the batch's
+status every second, starts no new request once it sees the cancel, stores the answers already
+in flight (they are paid for) and ends with a materialization of what it kept and one line
+saying it was cancelled. Nothing turns a cancelled batch back into another status.
+Stored conversations stay, and parse / enrich / training files can use them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from lora_assets.store import batches as q
 #: Cancels one provider batch by id (the SDK's `messages.batches.cancel`); None = no provider.
 ProviderCancel = Callable[[str], None]
 
-_LIVE = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
+#: Runs cancelled outright: they have not started generating. A started run stops by itself (see above).
+_NOT_STARTED = ("QUEUED", "NOT_STARTED")
 
 
 class CancelResult(BaseModel):
@@ -43,7 +48,8 @@ class CancelResult(BaseModel):
         return (f"batch {self.key!r} cancelled (was {self.previous_status}): {self.conversations_kept} stored "
                 f"conversation(s) kept, {self.items_not_generated} item(s) will not be generated, "
                 f"{len(self.provider_batches_cancelled)} provider batch(es) and {len(self.runs_cancelled)} "
-                "run(s) cancelled" + (f"; provider errors: {self.provider_errors}" if self.provider_errors else ""))
+                "queued run(s) cancelled; a run generating now stops starting requests within seconds"
+                + (f"; provider errors: {self.provider_errors}" if self.provider_errors else ""))
 
     def metadata(self) -> dict[str, Any]:
         """Figures for the run's metadata in the Dagster UI."""
@@ -64,7 +70,7 @@ def _counts(progress: dict[str, Any]) -> dict[str, int]:
 def _cancel_runs(instance: Any, key: str, batch_id: str, exclude_run_id: str | None) -> list[str]:
     from dagster import DagsterRunStatus, RunsFilter
 
-    statuses = [DagsterRunStatus(s) for s in _LIVE]
+    statuses = [DagsterRunStatus(s) for s in _NOT_STARTED]
     cancelled = []
     for partition in dict.fromkeys((key, batch_id)):
         for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": partition}, statuses=statuses)):

@@ -40,7 +40,7 @@ def build_defs(resources: dict[str, Any]) -> Definitions:
         assets=ASSETS,
         asset_checks=ASSET_CHECKS,
         jobs=[automation.batch_pipeline_job, automation.training_file_job, automation.judge_job,
-              planning.plan_batch, planning.cancel_batch, review.review_export_job, review.review_import_job],
+              planning.plan_batch, planning.approve_batch, planning.cancel_batch, review.review_export_job, review.review_import_job],
         sensors=[automation.queued_batches_sensor, automation.automation_sensor],
         schedules=[automation.nightly_coverage_batch],
         resources=resources,

@@ -5,6 +5,7 @@
 | 0 | the command did what it was asked | – |
 | 1 | the work failed: a run ended in failure, every item failed, a blocking check failed | `WorkFailedError` |
 | 2 | bad input: an argument, a setting, a file or the state of the store (not initialised) | `UserInputError` |
+| 3 | the batch was cancelled while the command ran (what it kept is stored) | `BatchCancelledError` |
 
 A message is one line that names the thing (the file, the setting, the batch) and the reason.
 It never quotes the content of a file it could not read or parse: a path may point anywhere
@@ -20,6 +21,7 @@ from typing import ClassVar
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 3
 
 
 class LoraError(Exception):
@@ -90,3 +92,10 @@ class StoreSetupError(UserInputError):
 
 class RunFailedError(WorkFailedError):
     """A Dagster run of ours ended in failure, or ended with nothing done."""
+
+
+class BatchCancelledError(LoraError):
+    """The batch was cancelled while a run of it was generating: the run stopped starting
+    requests and stored what arrived (exit 3)."""
+
+    exit_code: ClassVar[int] = EXIT_CANCELLED

@@ -59,6 +59,13 @@ class Settings(BaseModel):
     # --- limits: each refusal names its limit and the variable that raises it ----------------------
     max_items_per_batch: int = Field(default=10_000, ge=1, description="LORA_MAX_ITEMS_PER_BATCH: items one "
                                      "`batch create` may plan (persona × arc × topic × per-combination).")
+    max_batch_cost_usd: float = Field(default=5.0, gt=0, description="LORA_MAX_BATCH_COST_USD: the cost cap of a "
+                                      "plan that names no max_cost_usd (USD, estimated before anything is spent).")
+    auto_approve_usd: float = Field(default=0.25, ge=0, description="LORA_AUTO_APPROVE_USD: a plan estimated above "
+                                    "this waits as `planned` until approved (`approve_batch` job, `lora-assets batch "
+                                    "approve`); at or below it the batch starts on its own.")
+    files_url: str = Field(default="", description="LORA_FILES_URL: where `lora-assets serve-files` serves the local "
+                           "blob store (e.g. http://127.0.0.1:3031); metadata then links every output file there.")
     max_scaffolding_record_bytes: int = Field(default=65_536, ge=256, description="LORA_MAX_SCAFFOLDING_RECORD_BYTES: "
                                               "size of one scaffolding record as JSON; every byte is sent with "
                                               "each request that uses it.")
@@ -98,6 +105,7 @@ class Settings(BaseModel):
             spool_dir=Path(e["LORA_SPOOL_DIR"]).expanduser().resolve() if e.get("LORA_SPOOL_DIR") else None,
             dagster_home=_dagster_home(e.get("DAGSTER_HOME") or None),
             scaffolding_dir=(e.get("LORA_SCAFFOLDING_DIR") or "").strip(),
+            files_url=(e.get("LORA_FILES_URL") or "").strip().rstrip("/"),
         )
         for name, field in cls.model_fields.items():
             variable = env_var(name)

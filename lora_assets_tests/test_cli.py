@@ -94,7 +94,7 @@ def test_sql_check(env: Path) -> None:
 def test_batch_create_refuses_unknown_persona_key(env: Path) -> None:
     runner = CliRunner()
     runner.invoke(main, ["init"])
-    result = runner.invoke(main, ["batch", "create", "--persona", "no_such_persona"])
+    result = runner.invoke(main, ["batch", "create", "--persona", "no_such_persona", "--arc", "*", "--topic", "*"])
     assert result.exit_code != 0
     assert "unknown persona key(s) ['no_such_persona']" in result.output
 

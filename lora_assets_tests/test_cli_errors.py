@@ -128,7 +128,11 @@ HOSTILE: list[tuple[str, dict[str, str], list[str], int, list[str]]] = [
     ("items-limit-from-env", {"LORA_MAX_ITEMS_PER_BATCH": "3"}, ["batch", "create", "--persona", PERSONA, "--arc", ARC], 2,
      ["14 items", "limit of 3 items per batch", "LORA_MAX_ITEMS_PER_BATCH"]),
     ("per-combination-zero", {}, ["batch", "create", "--per-combination", "0"], 2, ["--per-combination"]),
-    ("unknown-persona", {}, ["batch", "create", "--persona", "nobody"], 2, ["unknown persona key(s) ['nobody']"]),
+    ("unknown-persona", {}, ["batch", "create", "--persona", "nobody", "--arc", "*", "--topic", "*"], 2,
+     ["unknown persona key(s) ['nobody']"]),
+    # No implicit "all" (issue 21): an empty key list is refused, naming it and the explicit choice.
+    ("no-implicit-all", {}, ["batch", "create", "--persona", PERSONA, "--arc", ARC], 2,
+     ['topics: no training topic keys given; name them, or give ["*"]']),
     ("validate-binary", {}, ["validate", f"{F}/binary.json"], 2, ["binary.json: is not UTF-8 text"]),
     ("parse-binary", {}, ["parse", f"{F}/binary.json", "--persona", PERSONA, "--arc", ARC, "--topic", TOPIC], 2,
      ["binary.json: is not UTF-8 text"]),

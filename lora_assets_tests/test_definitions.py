@@ -29,5 +29,5 @@ def test_definitions_load(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 
     Definitions.validate_loadable(defs)
     assert {j.name for j in repo.get_all_jobs()} >= {
-        "batch_pipeline", "training_file_build", "judge_batch", "plan_batch", "cancel_batch", "review_export",
+        "batch_pipeline", "training_file_build", "judge_batch", "plan_batch", "approve_batch", "cancel_batch", "review_export",
         "review_import"}

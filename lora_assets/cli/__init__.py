@@ -115,7 +115,8 @@ def main(debug: bool) -> None:
 
     \b
     Exit codes: 0 done; 1 the work failed (a run, every item, a blocking check,
-    an invalid document); 2 bad input (argument, setting, file, store not initialised).
+    an invalid document); 2 bad input (argument, setting, file, store not initialised);
+    3 the batch was cancelled while `run` generated it (what it kept is stored).
     """
     _log_one_line(debug)
 
@@ -124,12 +125,13 @@ def _register_commands() -> None:
     """Attach every command group's commands to `main` (`--help` lists them by name)."""
     from lora_assets.cli import batches, files, initialise, simulator, training_files
     from lora_assets.cli import review
+    from lora_assets.cli.serve import serve_files
     from lora_assets.demo import demo
 
     for command in (
         initialise.init, files.schema, files.sql, batches.batch, batches.run_batch, batches.judge_batch,
         simulator.simulate_claude, files.parse_cmd, files.enrich_cmd, files.validate_cmd,
-        training_files.training_file, review.review, demo,
+        training_files.training_file, review.review, demo, serve_files,
     ):
         main.add_command(command)
 

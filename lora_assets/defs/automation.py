@@ -25,7 +25,7 @@ from dagster import (
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import ClaudeResource, DomainDB
 from lora_assets.schemas import BatchJobStatus, BatchSelection
-from lora_assets.store.batches import batch_key, batches_in_status, least_covered_combinations, plan_batch
+from lora_assets.store.batches import batch_key, least_covered_combinations, plan_batch, queued_batches
 
 # Assets by key, not by object: jobs do not import (and so do not depend on) the modules defining them.
 
@@ -75,31 +75,34 @@ one_process_executor = ExecutorDefinition(
 
 @sensor(job=batch_pipeline_job, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> SensorResult | SkipReason:
-    """Pick up batch jobs created outside Dagster (rows in `queued` state): add their partitions
-    and request one run each. The run key makes a batch start once."""
+    """Start the batches approved to run (status `queued`: within the auto-approve threshold, or
+    approved with `approve_batch` / `lora-assets batch approve`): add their partitions and request
+    one run each. A `planned` batch waits for approval and is never started here. The run key
+    makes a batch start once (and once more after its pilot is approved)."""
     engine = db.engine()
     try:
         with engine.connect() as conn:
-            queued = batches_in_status(conn, BatchJobStatus.QUEUED)
+            queued = queued_batches(conn)
     except sa.exc.DBAPIError as exc:
         # Before `lora-assets init` the tables do not exist: say so instead of failing every tick.
         return SkipReason(f"domain DB not ready (run `lora-assets init`): {exc.__class__.__name__}")
     # A batch someone already launched (UI, `lora-assets run`) must not get a second, paid run.
-    started = {
-        r.dagster_run.tags.get("dagster/partition")
-        for r in context.instance.get_run_records(
-            RunsFilter(job_name=batch_pipeline_job.name, statuses=_LIVE_OR_DONE), limit=5000
-        )
-    }
+    # After a pilot only a live run counts: the pilot's own run succeeded and the rest is still to do.
+    records = context.instance.get_run_records(
+        RunsFilter(job_name=batch_pipeline_job.name, statuses=_LIVE_OR_DONE), limit=5000)
+    started = {r.dagster_run.tags.get("dagster/partition") for r in records}
+    live = {r.dagster_run.tags.get("dagster/partition") for r in records if r.dagster_run.status != DagsterRunStatus.SUCCESS}
     # A run of a batch's partition may carry its slug or (legacy, `lora-assets run <id>`) its id.
-    queued = [key for batch_id, key in queued if batch_id not in started and key not in started]
-    if not queued:
+    wanted = [(key, after_pilot) for batch_id, key, after_pilot in queued
+              if not ({batch_id, key} & (live if after_pilot else started))]
+    if not wanted:
         return SkipReason("no queued batch jobs without a run")
     existing = set(context.instance.get_dynamic_partitions(batch_jobs_partitions.name))
-    new = [b for b in queued if b not in existing]
+    new = [b for b, _ in wanted if b not in existing]
     return SensorResult(
         dynamic_partitions_requests=[batch_jobs_partitions.build_add_request(new)] if new else [],
-        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}") for b in queued],
+        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}-approved" if after_pilot else f"batch-{b}")
+                      for b, after_pilot in wanted],
     )
 
 

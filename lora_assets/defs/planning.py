@@ -1,11 +1,11 @@
-"""plan_batch and cancel_batch: the jobs a user launches from the Dagster launchpad to start or
-stop a batch. Thin: the work is `lora_assets.planning` and `lora_assets.cancel`."""
+"""plan_batch, approve_batch and cancel_batch: the jobs a user launches from the Dagster launchpad to start,
+approve or stop a batch. Thin: the work is `lora_assets.planning` and `lora_assets.cancel`."""
 
 
 from typing import Literal
 
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import ClaudeResource, DomainDB
@@ -13,42 +13,64 @@ from lora_assets.errors import UserInputError
 
 
 class PlanBatchConfig(Config):
-    """A batch to plan. Keys left empty mean "all"; the name becomes the partition key (a slug)."""
+    """A batch to plan. Each key list names keys, or is ["*"] for every one (an explicit choice:
+    nothing is selected implicitly). The name becomes the partition key (a slug)."""
 
     name: str = Field(description="A readable name; its slug is the batch's partition key.")
-    personas: list[str] = Field(default_factory=list, description="Persona keys (empty = all).")
-    arcs: list[str] = Field(default_factory=list, description="Emotional arc keys (empty = all).")
-    topics: list[str] = Field(default_factory=list, description="Training topic keys (empty = all).")
-    per_combination: int = Field(default=1, description="Conversations per persona × arc × topic.")
+    personas: list[str] = Field(description='Persona keys, or ["*"] for every persona.')
+    arcs: list[str] = Field(description='Emotional arc keys, or ["*"] for every arc.')
+    topics: list[str] = Field(description='Training topic keys, or ["*"] for every topic.')
+    # Ranges are checked when the run starts (Dagster's launchpad schema has no numeric ranges):
+    # the refusal is one line naming the field, before anything is counted or written.
+    per_combination: int = Field(default=1, description="Conversations per persona × arc × topic (1-1000).")
     tier: Literal["template", "scenario", "edge_case"] = "template"
     mode: Literal["messages", "batches"] = Field(default="messages",
                                                  description="batches = Message Batches API, 50% off, within 24 h.")
     model: str = Field(default="", description="Claude model; empty = the code location's default.")
-    max_cost_usd: float | None = Field(default=None, description="Refuse to plan above this estimate (USD).")
+    max_cost_usd: float | None = Field(default=None, description="Refuse to plan above this estimate (USD); "
+                                       "unset = the LORA_MAX_BATCH_COST_USD default. A cap always applies.")
     effort: Literal["off", "low", "medium", "high", "xhigh", "max"] = Field(
         default="low", description="Thinking effort sent with every request (adaptive thinking; `off` disables it). "
         "`low` is the cheapest with thinking on (README \"Thinking\"); thinking tokens are billed as output.")
+    pilot_items: int | None = Field(default=None, description="Generate this many items first and show them "
+                                    "with their actual cost and a re-estimate; the rest waits for approval.")
+
+
+def _user_failure(exc: Exception) -> Failure:
+    """A user's mistake as one plain line on the run page (no retry, no chained traceback)."""
+    if isinstance(exc, ValidationError):
+        error = exc.errors(include_url=False)[0]
+        field = ".".join(map(str, error["loc"])) or "config"
+        return Failure(description=f"{field}: {error['msg']} (got {error.get('input')!r})", allow_retries=False)
+    return Failure(description=str(exc), allow_retries=False)
 
 
 @op(description="Check the request, count its prompt tokens (count_tokens), estimate the cost, refuse it "
-    "above max_cost_usd, then write the batch, register its partition and queue it: the queued-batch "
-    "sensor starts `batch_pipeline` for it once.")
+    "above its cost cap (max_cost_usd or LORA_MAX_BATCH_COST_USD), then write the batch and register its "
+    "partition. At or below LORA_AUTO_APPROVE_USD it is queued and the queued-batch sensor starts it; above, "
+    "it waits as `planned` until the `approve_batch` job.")
 def plan_batch_op(context: OpExecutionContext, config: PlanBatchConfig, db: DomainDB, claude: ClaudeResource) -> str:
     """Plan one batch from the launchpad config; returns its partition key."""
     from lora_assets import planning
 
-    request = planning.PlanRequest(
-        name=config.name, personas=config.personas, arcs=config.arcs, topics=config.topics,
-        per_combination=config.per_combination, tier=config.tier, mode=config.mode,
-        model=config.model or claude.model, max_cost_usd=config.max_cost_usd, effort=config.effort,
-    )
     try:
-        planned = planning.plan(db.engine(), request, created_by=db.user_id, max_items=db.max_items_per_batch,
+        request = planning.PlanRequest(
+            name=config.name, personas=config.personas, arcs=config.arcs, topics=config.topics,
+            per_combination=config.per_combination, tier=config.tier, mode=config.mode,
+            model=config.model or claude.model, max_cost_usd=config.max_cost_usd, pilot_items=config.pilot_items,
+            effort=config.effort,
+        )
+        planned = planning.plan(db.engine(), request, created_by=db.user_id, limits=db.plan_limits(),
                                 counter=claude.token_counter(request.model), concurrency=claude.max_concurrency)
-    except UserInputError as exc:
-        raise Failure(str(exc), allow_retries=False) from None
+    except (UserInputError, ValidationError) as exc:
+        raise _user_failure(exc) from None
     context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [planned.key])
-    metadata: dict[str, object] = {"batch": planned.key, "batch_id": planned.batch_id, "items": planned.items}
+    metadata: dict[str, object] = {
+        "batch": planned.key, "batch_id": planned.batch_id, "items": planned.items, "status": planned.status,
+        "approval": planned.approval, "cost_cap_usd": planned.cost_cap_usd, "cost_cap_source": planned.cost_cap_source,
+    }
+    if planned.pilot_items:
+        metadata["pilot_items"] = planned.pilot_items
     if planned.estimate is not None:
         est = planned.estimate
         metadata |= {
@@ -57,16 +79,43 @@ def plan_batch_op(context: OpExecutionContext, config: PlanBatchConfig, db: Doma
                 est.summary() + "\n\n" + "\n".join(f"- {a}" for a in est.assumptions)),
         }
     context.add_output_metadata(metadata)
-    context.log.info(f"planned batch {planned.key!r}: {planned.items} item(s)"
-                     + (f", estimated ${planned.estimate.total_usd:,.4f}" if planned.estimate else ""))
+    est = f", estimated ${planned.estimate.total_usd:,.4f}" if planned.estimate else ""
+    context.log.info(f"planned batch {planned.key!r}: {planned.items} item(s){est} (cap ${planned.cost_cap_usd:,.2f} "
+                     f"from {planned.cost_cap_source}); {planned.approval}")
     return planned.key
 
 
-@job(description="Plan a batch from typed config (keys, tier, mode, model, budget): cost estimate from "
-     "counted tokens first, then the batch is written and queued for `batch_pipeline`.")
+@job(description="Plan a batch from typed config (keys or [\"*\"], tier, mode, model, budget, optional pilot): "
+     "cost estimate from counted tokens first, a cost cap always, approval above LORA_AUTO_APPROVE_USD.")
 def plan_batch() -> None:
     """Launch from the launchpad with a `PlanBatchConfig`."""
     plan_batch_op()
+
+
+class ApproveBatchConfig(Config):
+    """The batch to approve: its partition key (slug) or id."""
+
+    batch: str = Field(description="The batch's partition key (slug) or id.")
+
+
+@op(description="Approve a batch waiting as `planned` (over the auto-approve threshold, or after its pilot): "
+    "it becomes `queued` and the queued-batch sensor starts it.")
+def approve_batch_op(context: OpExecutionContext, config: ApproveBatchConfig, db: DomainDB) -> None:
+    """Approve one batch from the launchpad."""
+    from lora_assets import planning
+
+    try:
+        result = planning.approve(db.engine(), config.batch)
+    except UserInputError as exc:
+        raise _user_failure(exc) from None
+    context.add_output_metadata(result.model_dump())
+    context.log.info(result.summary())
+
+
+@job(description="Approve a planned batch (config: batch = its slug or id); the queued-batch sensor then starts it.")
+def approve_batch() -> None:
+    """Launch from the launchpad with an `ApproveBatchConfig`."""
+    approve_batch_op()
 
 
 class CancelBatchConfig(Config):
@@ -86,7 +135,7 @@ def cancel_batch_op(context: OpExecutionContext, config: CancelBatchConfig, db: 
         result = cancel.cancel_batch(db.engine(), config.batch, provider=claude.provider_batches(),
                                      instance=context.instance, exclude_run_id=context.run_id)
     except UserInputError as exc:
-        raise Failure(str(exc), allow_retries=False) from None
+        raise _user_failure(exc) from None
     context.add_output_metadata(result.metadata())
     context.log.info(result.summary())
 

@@ -42,6 +42,15 @@ class DomainDB(ConfigurableResource):
     database_url: str
     user_id: str = DEFAULT_USER_ID
     max_items_per_batch: int = 10_000
+    max_batch_cost_usd: float = 5.0
+    auto_approve_usd: float = 0.25
+
+    def plan_limits(self) -> Any:
+        """The limits every plan gets (items, default cost cap, auto-approve threshold)."""
+        from lora_assets.planning import PlanLimits
+
+        return PlanLimits(max_items=self.max_items_per_batch, max_cost_usd=self.max_batch_cost_usd,
+                          auto_approve_usd=self.auto_approve_usd)
 
     def engine(self) -> Engine:
         """One engine (and pool) per URL per process."""
@@ -74,6 +83,8 @@ class BlobStoreResource(ConfigurableResource):
     max_scaffolding_record_bytes: int = 65_536
     max_template_chars: int = 20_000
     max_scaffolding_file_bytes: int = 16 * 1024 * 1024
+    # Where `lora-assets serve-files` serves `local_dir` (LORA_FILES_URL): output links point there.
+    files_url: str = ""
 
     def store(self) -> BlobStore:
         """The configured store (S3 when a bucket is set, else the local directory)."""
@@ -187,7 +198,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     s = settings or Settings.from_env()
     return {
         "db": DomainDB(database_url=s.resolved_database_url, user_id=s.user_id,
-                       max_items_per_batch=s.max_items_per_batch),
+                       max_items_per_batch=s.max_items_per_batch, max_batch_cost_usd=s.max_batch_cost_usd,
+                       auto_approve_usd=s.auto_approve_usd),
         "blobs": BlobStoreResource(
             local_dir=str(s.data_dir / "blobs"),
             user_id=s.user_id,
@@ -199,6 +211,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             max_scaffolding_record_bytes=s.max_scaffolding_record_bytes,
             max_template_chars=s.max_template_chars,
             max_scaffolding_file_bytes=s.max_input_file_bytes,
+            files_url=s.files_url,
         ),
         "claude": ClaudeResource(
             # EnvVar keeps the key out of run config and the UI; only its name is shown.

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow.parquet as pq
 from dagster import (
@@ -35,6 +36,8 @@ from lora_assets.core.leakage import LeakageThresholds
 from lora_assets.defs.partitions import training_files_partitions
 from lora_assets.defs.report import check_result, table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
+from lora_assets.defs.samples import SAMPLES, card_markdown, sample_markdown
+from lora_assets.store.batches import batch_key
 from lora_assets.store import training_files as tfq
 from lora_assets.store.blobs import BlobStore, LocalBlobStore
 from lora_assets.training_build import (  # noqa: F401 - OUTPUTS / version_prefix: imported from here by callers
@@ -113,20 +116,25 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -
     )
 
 
-def _download(store: BlobStore, key: str) -> tuple[str, MetadataValue]:
-    """Where to get a blob: its path for a local store, else a presigned URL."""
+def _download(store: BlobStore, key: str, files_url: str = "") -> tuple[str, MetadataValue]:
+    """Where to get a blob: for a local store, a link into `lora-assets serve-files` when
+    LORA_FILES_URL is set (a browser will not open a file:// path from a web page), else its
+    path; for S3, a presigned URL."""
     if isinstance(store, LocalBlobStore):
+        if files_url:
+            url = f"{files_url.rstrip('/')}/{quote(key)}"
+            return url, MetadataValue.url(url)
         path = store.url(key)  # a local store's "url" is the file's absolute path
         return path, MetadataValue.path(path)
     url = store.url(key, expires_in=int(DOWNLOAD_LINK_TTL.total_seconds()))
     return url, MetadataValue.url(url)
 
 
-def _outputs_metadata(result: BuildResult, store: BlobStore) -> dict[str, Any]:
+def _outputs_metadata(result: BuildResult, store: BlobStore, files_url: str = "") -> dict[str, Any]:
     """The `outputs` table (one row per format) and an `output/<format>` path or link each."""
     rows, entries = [], {}
     for fmt, out in result.outputs.items():
-        where, value = _download(store, out.path)
+        where, value = _download(store, out.path, files_url)
         entries[f"output/{fmt}"] = value
         rows.append({"format": fmt, "file": out.path.rsplit("/", 1)[-1], "bytes": out.bytes,
                      "lines_or_rows": out.lines if out.lines is not None else out.rows, "location": where})
@@ -140,13 +148,17 @@ def _outputs_metadata(result: BuildResult, store: BlobStore) -> dict[str, Any]:
     return entries
 
 
-def _members_table(kept: list[KeptMember]) -> MetadataValue:
-    """The kept members (first MEMBERS_SHOWN)."""
-    rows = [{"conversation_id": m.conversation_id, "batch": m.batch_name or m.batch_id, "persona": m.persona_key,
-             "arc": m.arc_key, "topic": m.topic_key, "quality": m.quality_score, "judge_score": m.judge_score,
-             "human_reviewed": m.human_reviewed} for m in kept[:MEMBERS_SHOWN]]
-    return _table([("conversation_id", "string"), ("batch", "string"), ("persona", "string"), ("arc", "string"),
-                   ("topic", "string"), ("quality", "float"), ("judge_score", "float"), ("human_reviewed", "bool")], rows)
+def _members_table(kept: list[KeptMember], batch_keys: dict[str, str] | None = None) -> MetadataValue:
+    """The kept members (first MEMBERS_SHOWN). `batch` is the batch's key (what run config and the
+    CLI take), not its display name; the short key columns come first, the long id last, so a
+    narrow page still shows what a person filters by."""
+    keys = batch_keys or {}
+    rows = [{"batch": keys.get(m.batch_id or "", m.batch_id), "persona": m.persona_key, "arc": m.arc_key,
+             "topic": m.topic_key, "quality": m.quality_score, "judge_score": m.judge_score,
+             "human_reviewed": m.human_reviewed, "conversation_id": m.conversation_id} for m in kept[:MEMBERS_SHOWN]]
+    return _table([("batch", "string"), ("persona", "string"), ("arc", "string"), ("topic", "string"),
+                   ("quality", "float"), ("judge_score", "float"), ("human_reviewed", "bool"),
+                   ("conversation_id", "string")], rows)
 
 
 def _histogram_table(histogram: list[int]) -> MetadataValue:
@@ -235,8 +247,10 @@ def _leakage_metadata(result: BuildResult) -> dict[str, Any]:
     }
 
 
-def _metadata(result: BuildResult, store: BlobStore) -> dict[str, Any]:
-    """Materialisation metadata of a build: figures, tables, paths or links, the card."""
+def _metadata(result: BuildResult, store: BlobStore, *, files_url: str = "", batch_keys: dict[str, str] | None = None,
+              samples: str = "") -> dict[str, Any]:
+    """Materialisation metadata of a build: figures, tables, paths or links, sample
+    conversations, the card (front matter as a table, text escaped)."""
     return {
         "version": result.version, "conversations": result.conversations, "training_pairs": result.training_pairs,
         "members": result.members, "review_rejected_out": result.review_rejected_out,
@@ -252,15 +266,16 @@ def _metadata(result: BuildResult, store: BlobStore) -> dict[str, Any]:
         "min_quality": result.min_quality_score, "max_quality": result.max_quality_score,
         "human_reviewed_count": MetadataValue.int(result.human_reviewed_count),
         "location": result.location,
-        "members_table": _members_table(result.kept),
+        "members_table": _members_table(result.kept, batch_keys),
         "members_not_listed": MetadataValue.int(max(0, len(result.kept) - MEMBERS_SHOWN)),
         "quality_histogram": _histogram_table(result.quality_histogram),
         "scaffolding_distribution": _distribution_table(result.scaffolding_distribution),
         "coverage_matrix": _coverage_table(result.kept),
         **_lengths_metadata(result),
         **_leakage_metadata(result),
-        **_outputs_metadata(result, store),
-        "dataset_card": MetadataValue.md(result.card),
+        **_outputs_metadata(result, store, files_url),
+        **({"sample_conversations": MetadataValue.md(samples)} if samples else {}),
+        "dataset_card": MetadataValue.md(card_markdown(result.card)),
     }
 
 
@@ -314,7 +329,13 @@ def training_files(context: AssetExecutionContext, config: TrainingFileLaunch, d
                                      run_id=context.run.run_id)
     except BuildError as exc:
         raise Failure(description=str(exc)) from exc
-    return MaterializeResult(metadata={**launched, **_metadata(result, store)})
+    engine = db.engine()
+    batch_ids = sorted({m.batch_id for m in result.kept if m.batch_id})
+    with engine.connect() as conn:
+        batch_keys = {i: batch_key(conn, i) for i in batch_ids[:200]}
+    samples = sample_markdown(engine, store, conversation_ids=[m.conversation_id for m in result.kept[:SAMPLES]])
+    return MaterializeResult(metadata={**launched, **_metadata(result, store, files_url=blobs.files_url,
+                                                               batch_keys=batch_keys, samples=samples)})
 
 
 # --- checks ---------------------------------------------------------------------------------

@@ -184,6 +184,8 @@ class _BatchRun:
         """Intent, create, record id — per chunk. A failure after the intent leaves it open for
         the next run to reconcile; nothing is ever created without an intent on record."""
         for chunk in self._chunks(requests):
+            if self.run.stopping():  # issue 21: a cancel seen by the live run: submit no more
+                return
             ids = [e["custom_id"] for e in chunk]
             if not await self.run.lease_ok(ids[0]):
                 raise self.run.abort  # type: ignore[misc]

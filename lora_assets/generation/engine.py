@@ -77,6 +77,8 @@ class RunConfig(BaseModel):
                                  "answer in hand waits for a place (requests in flight are not bounded by it).")
     store_threads: int = Field(default=8, ge=1, description="Ledger writes (blob + DB) run on this many threads.")
     store_retry_s: float = Field(default=60.0, ge=0, description="How long a failing ledger write is retried.")
+    # issue 21: a cancel seen while the run is live (progress.RunWatch); no new request starts once set.
+    watch: Any = Field(default=None, exclude=True, description="Stop flag + live stats shared with a watcher.")
 
 
 class RunStats(BaseModel):
@@ -230,12 +232,18 @@ class Run:
         self.replayed: set[str] = set()  # items this run stored from the spool
         self._waited = 0.0
         self.sending: set[Any] = set()  # worker tasks waiting for an HTTP answer
+        if self.config.watch is not None:
+            self.config.watch.attach(self.stats)
 
     # --- threads -------------------------------------------------------------------------------
 
     async def io(self, fn: Any, *args: Any) -> Any:
         """Run a blocking ledger / spool call on the run's I/O threads."""
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def stopping(self) -> bool:
+        """True once a watcher asked the run to stop (a cancel): no new request starts."""
+        return self.config.watch is not None and self.config.watch.stop_requested
 
     def stop(self, item_id: str | None, reason: str, *, endpoint_down: bool = False) -> None:
         """Abort the run (first reason wins): no new request starts; in-flight answers are kept
@@ -278,7 +286,7 @@ class Run:
         holder's lease lapsed and this run now holds (empty when none is left or time is up;
         items stored by their holder meanwhile are counted as skipped)."""
         poll = min(5.0, self.config.claim_ttl_s / 6)
-        while self.others and self.abort is None:
+        while self.others and self.abort is None and not self.stopping():
             if self._waited >= self.config.claim_wait_s:
                 self.stats.left_to_other_runs = len(self.others)
                 log.warning("%d item(s) still held by another live run after waiting %.0fs: left to it",

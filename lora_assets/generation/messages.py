@@ -120,7 +120,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                  config.model, config.effort, config.max_concurrency)
 
         async def worker() -> None:
-            while queue and run.abort is None:
+            while queue and run.abort is None and not run.stopping():
                 request = queue.popleft()
                 try:
                     await _generate_one(request, client, flow, pace, run)
@@ -136,7 +136,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
                     log.exception("unexpected error on item %s", request.item_id)
                     run.stop(request.item_id, f"unexpected error: {exc!r}")
 
-        while run.abort is None:
+        while run.abort is None and not run.stopping():
             if queue:
                 # More workers than slots: items waiting out their retry-after must not idle a slot.
                 await asyncio.gather(*(worker() for _ in range(min(len(queue), 2 * config.max_concurrency))))
@@ -189,7 +189,7 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
         need_in = pace.input_tokens
         ticket = await flow.acquire(need_in, lambda: pace.sizer.size(cap, truncations))
         max_tokens = ticket.max_tokens
-        if run.abort is not None:
+        if run.abort is not None or run.stopping():  # a cancel: start nothing new
             await flow.release(None)
             return
         stats.requests += 1

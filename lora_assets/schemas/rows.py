@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from lora_assets.schemas.scaffolding import Tier
 
 class BatchJobStatus(StrEnum):
-    QUEUED = "queued"
+    PLANNED = "planned"  # waits for approval (estimate above the auto-approve threshold, or a pilot done)
+    QUEUED = "queued"  # approved: the queued-batch sensor starts it
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"

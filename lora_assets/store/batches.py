@@ -127,12 +127,16 @@ def plan_batch(
     name: str | None = None,
     combinations: list[tuple[str, str, str]] | None = None,
     estimate: dict[str, Any] | None = None,
+    status: str = BatchJobStatus.QUEUED,
+    pilot_items: int | None = None,
 ) -> tuple[str, int]:
     """Write a batch_jobs row and its items (scaffolding IDs fixed now, design rule 1), under a
     unique slug of its name (its partition key: `batch_key`). Returns (batch id, items).
 
     `combinations` (persona, arc, topic ids) overrides the key selection (coverage batches);
-    `estimate` is the cost estimate made before planning, kept beside the actual cost."""
+    `estimate` is the cost estimate made before planning, kept beside the actual cost; `status`
+    is `planned` for a batch that waits for approval; `pilot_items` (kept in the selection) makes
+    the first run generate only that many items, then wait for approval."""
     batch_id = str(uuid.uuid4())
     name = name or f"batch-{now():%Y%m%d-%H%M%S}"
     with engine.begin() as conn:
@@ -146,11 +150,12 @@ def plan_batch(
                 name=name,
                 slug=_unique_slug(conn, name),
                 estimate=estimate,
-                status=BatchJobStatus.QUEUED,
+                status=status,
                 tier=selection.tier,
                 model=model,
                 mode=mode,
-                selection=selection.model_dump(mode="json"),
+                selection=selection.model_dump(mode="json") | (
+                    {"pilot_items": pilot_items, "approved": False} if pilot_items else {}),
                 total_items=len(combos),
                 created_by=created_by,
             )
@@ -255,11 +260,44 @@ def batches_in_status(conn: Connection, status: str) -> list[tuple[str, str]]:
     return [(batch_id, slug or batch_id) for batch_id, slug in rows]
 
 
-def set_batch_status(conn: Connection, batch_id: str, status: str, error: str | None = None) -> None:
-    """Set a batch's status (and error, cleared when None)."""
-    conn.execute(
-        sa.update(t.batch_jobs).where(t.batch_jobs.c.id == batch_id).values(status=status, error=error, updated_at=now())
-    )
+def queued_batches(conn: Connection) -> list[tuple[str, str, bool]]:
+    """(id, partition key, after_pilot) of the batches approved to run (`queued`): after_pilot is
+    True when the batch ran a pilot and was approved since (its second run is a new one)."""
+    b = t.batch_jobs
+    rows = conn.execute(sa.select(b.c.id, b.c.slug, b.c.selection).where(b.c.status == BatchJobStatus.QUEUED))
+    return [(batch_id, slug or batch_id, bool((sel or {}).get("pilot_items") and (sel or {}).get("approved")))
+            for batch_id, slug, sel in rows]
+
+
+def set_batch_status(conn: Connection, batch_id: str, status: str, error: str | None = None) -> bool:
+    """Set a batch's status (and error, cleared when None). A cancelled batch stays cancelled:
+    the update is conditional in SQL, so a run closing the batch while a cancel lands cannot
+    turn it back into completed. Returns whether the row changed."""
+    b = t.batch_jobs
+    query = sa.update(b).where(b.c.id == batch_id)
+    if status != BatchJobStatus.CANCELLED:
+        query = query.where(b.c.status != BatchJobStatus.CANCELLED)
+    return conn.execute(query.values(status=status, error=error, updated_at=now())).rowcount > 0
+
+
+def batch_status(conn: Connection, batch_id: str) -> str | None:
+    """The batch's status now (one indexed read: the live run polls it for a cancel)."""
+    return conn.scalar(sa.select(t.batch_jobs.c.status).where(t.batch_jobs.c.id == batch_id))
+
+
+def update_batch_plan(conn: Connection, batch_id: str, *, selection: dict[str, Any] | None = None,
+                      estimate: dict[str, Any] | None = None, status: str | None = None) -> None:
+    """Rewrite a batch's selection / estimate JSON (approval, pilot results) and status (never a
+    cancelled batch's)."""
+    b = t.batch_jobs
+    values: dict[str, Any] = {"updated_at": now()}
+    if selection is not None:
+        values["selection"] = selection
+    if estimate is not None:
+        values["estimate"] = estimate
+    if status is not None:
+        values["status"] = status
+    conn.execute(sa.update(b).where(b.c.id == batch_id, b.c.status != BatchJobStatus.CANCELLED).values(**values))
 
 
 def batch_progress(conn: Connection, batch_id: str) -> dict[str, Any]:

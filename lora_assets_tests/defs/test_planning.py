@@ -2,6 +2,7 @@
 estimate from counted tokens, refusals named, a readable partition key, a cancel that stops all
 further spending."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,14 @@ def _plan(defs: Any, instance: DagsterInstance, **config: Any) -> Any:
 
 
 def _failure(result: Any) -> str:
-    return "\n".join(ev.event_specific_data.error.message for ev in result.all_events
-                     if ev.is_step_failure and ev.event_specific_data and ev.event_specific_data.error)
+    """The step failures' texts: a user's mistake as the one line the run page shows first (the
+    Failure's description), anything else as its error message."""
+    out = []
+    for ev in result.all_events:
+        if ev.is_step_failure and ev.event_specific_data:
+            user = ev.event_specific_data.user_failure_data
+            out.append(user.description if user and user.description else ev.event_specific_data.error.message)
+    return "\n".join(out)
 
 
 def _op_metadata(result: Any) -> dict[str, Any]:
@@ -73,11 +80,20 @@ def test_plan_batch_estimates_from_counted_tokens_writes_the_batch_and_queues_it
 
 
 @pytest.mark.parametrize("config, expected", [
-    ({"personas": ["anxious_planner", "nobody", "ghost"]},
+    ({"personas": ["anxious_planner", "nobody", "ghost"], "arcs": ["*"], "topics": ["*"]},
      r"unknown persona key\(s\) \['nobody', 'ghost'\]; known persona keys: \['anxious_planner'"),
-    ({"personas": ["anxious_planner"], "max_cost_usd": 0.000001},
-     r"estimated cost \$[0-9.]+ is above max_cost_usd \$0\.0000"),
-    ({"model": "gpt-9"}, r"model 'gpt-9': no price known"),
+    ({"personas": ["anxious_planner"], "arcs": ["*"], "topics": ["*"], "max_cost_usd": 0.000001},
+     r"estimated cost \$[0-9.]+ is above max_cost_usd \$0\.0000.*\(cap from max_cost_usd\)"),
+    ({"model": "gpt-9", "personas": ["*"], "arcs": ["*"], "topics": ["*"]}, r"model 'gpt-9': no price known"),
+    # No implicit "all": an empty key list is refused, naming the field and the explicit choice.
+    ({"personas": [], "arcs": ["*"], "topics": ["*"]}, r'^personas: no persona keys given; name them, or give \["\*"\]'),
+    ({"personas": ["*", "anxious_planner"], "arcs": ["*"], "topics": ["*"]}, r"personas: .* cannot be mixed"),
+    # Dagster's launchpad has no numeric ranges: the run refuses it at once, naming the field.
+    ({"personas": ["*"], "arcs": ["*"], "topics": ["*"], "per_combination": -1},
+     r"^per_combination: Input should be greater than or equal to 1 \(got -1\)$"),
+    ({"personas": ["*"], "arcs": ["*"], "topics": ["*"], "pilot_items": 0}, r"^pilot_items: Input should be greater"),
+    ({"personas": ["*"], "arcs": ["*"], "topics": ["*"], "per_combination": 1000},
+     r"1,568,000 items .* limit of 10,000 items per batch"),
 ])
 def test_plan_batch_refusals_fail_the_run_naming_the_thing_and_write_nothing(
     setup: tuple[Any, Any], instance: DagsterInstance, config: dict[str, Any], expected: str
@@ -160,3 +176,182 @@ def test_scaffolding_assets_load_the_teams_own_directory_and_name_what_is_wrong(
     broken = materialize([scaffolding], resources=resources, instance=instance, raise_on_error=False)
     assert not broken.success
     assert f"scaffolding at {own} was not loaded:\nemotional_arcs.json: " in _failure(broken)
+
+
+# --- issue 21: the user holds the purse ---------------------------------------------------------
+
+
+def _defs_with(tmp_path: Path, sim: ClaudeSimulator, **db_kw: Any) -> tuple[Any, Any]:
+    """The store of `setup` with DomainDB limits overridden (cap, auto-approve threshold)."""
+    from lora_assets.definitions import build_defs
+
+    db_url = f"sqlite:///{tmp_path / 'lora.db'}"
+    engine = h.setup_store(db_url)
+    resources = h.make_resources(db_url, h.local_blobs(tmp_path / "blobs"), sim)
+    resources["db"] = h.DomainDB(database_url=db_url, **db_kw)
+    return engine, build_defs(resources)
+
+
+def _tick(defs: Any, instance: DagsterInstance) -> list[Any]:
+    tick = queued_batches_sensor(build_sensor_context(instance=instance, resources={"db": defs.resources["db"]}))
+    return list(getattr(tick, "run_requests", None) or [])
+
+
+ONE = {"personas": ["anxious_planner"], "arcs": ["fear_to_confidence"]}
+
+
+def test_a_cost_cap_always_applies_and_the_run_says_which(tmp_path: Path, sim: ClaudeSimulator,
+                                                          instance: DagsterInstance) -> None:
+    engine, defs = _defs_with(tmp_path, sim, max_batch_cost_usd=0.000001)
+    refused = _plan(defs, instance, name="capped", topics=["*"], **ONE)
+    assert not refused.success
+    assert re.search(r"^estimated cost \$[0-9.]+ is above max_cost_usd \$0\.0000.*cap from the "
+                     r"LORA_MAX_BATCH_COST_USD default", _failure(refused)), _failure(refused)
+    own = _plan(defs, instance, name="own cap", topics=["*"], max_cost_usd=3.0, **ONE)
+    assert own.success, _failure(own)
+    md = _op_metadata(own)
+    assert md["cost_cap_usd"] == 3.0 and md["cost_cap_source"] == "max_cost_usd"
+
+
+def test_a_plan_over_the_threshold_waits_as_planned_until_approve_batch(
+        tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance) -> None:
+    engine, defs = _defs_with(tmp_path, sim, auto_approve_usd=0.0)
+    result = _plan(defs, instance, name="big one", topics=["retirement_catch_up", "estate_planning_basics"], **ONE)
+    assert result.success, _failure(result)
+    md = _op_metadata(result)
+    assert md["status"] == "planned" and "waits for approval" in md["approval"]
+    assert md["cost_cap_source"] == "the LORA_MAX_BATCH_COST_USD default"
+    with engine.connect() as conn:
+        assert batch_for_key(conn, "big-one")["status"] == "planned"
+    assert _tick(defs, instance) == []  # the sensor never starts a planned batch
+    sim.reset_stats()
+    refused = h.run_batch(defs, instance, "big-one")  # nor does a run launched by hand
+    assert not refused.success and sim.stats.snapshot()["requests_total"] == 0
+    assert _failure(refused).startswith("batch 'big-one' waits for approval (status planned)")
+
+    approve = defs.resolve_job_def("approve_batch")
+    approved = approve.execute_in_process(instance=instance, raise_on_error=False, run_config={
+        "ops": {"approve_batch_op": {"config": {"batch": "big-one"}}}, **h.QUIET})
+    assert approved.success, _failure(approved)
+    assert _op_metadata(approved)["previous_status"] == "planned"
+    assert [r.partition_key for r in _tick(defs, instance)] == ["big-one"]
+    unknown = approve.execute_in_process(instance=instance, raise_on_error=False, run_config={
+        "ops": {"approve_batch_op": {"config": {"batch": "nope"}}}, **h.QUIET})
+    assert _failure(unknown).startswith("no batch 'nope'")
+
+
+def test_a_pilot_generates_its_items_shows_them_with_their_cost_then_waits(
+        tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance) -> None:
+    engine, defs = _defs_with(tmp_path, sim)
+    topics = ["retirement_catch_up", "estate_planning_basics", "emergency_fund"]
+    result = _plan(defs, instance, name="pilot", topics=topics, per_combination=2, pilot_items=3, **ONE)
+    assert result.success, _failure(result)
+    assert [r.partition_key for r in _tick(defs, instance)] == ["pilot"]
+    sim.reset_stats()
+    run = h.run_batch(defs, instance, "pilot")
+    assert run.success, _failure(run)
+    assert len(sim.stats.snapshot()["delivered_by_key"]) == 3
+    md = h.metadata(run, "raw_conversations")
+    assert md["items_generated"] == 3 and md["pilot_items"] == 3 and md["pilot_cost_per_item_usd"] > 0
+    assert md["skipped_already_stored"] == 0 and list(md)[:2] == ["pilot", "pilot_cost_per_item_usd"]
+    assert re.search(r"Pilot done: 3 of 3 item\(s\) stored for \$[0-9.]+ \(\$[0-9.]+ per item; estimated "
+                     r"\$[0-9.]+\)\. Re-estimate for the 3 item\(s\) left: \$[0-9.]+", md["pilot"])
+    samples = md["sample_conversations"]
+    assert samples.count("#### Sample ") == 3 and samples.count("**Cost:** $") == 3
+    assert "**Persona:** " in samples and "**Client:** " in samples and "**Advisor:** " in samples
+    with engine.connect() as conn:
+        batch = batch_for_key(conn, "pilot")
+    assert batch["status"] == "planned" and batch["estimate"]["pilot"]["items_left"] == 3
+    assert _tick(defs, instance) == []
+
+    approve = defs.resolve_job_def("approve_batch")
+    assert approve.execute_in_process(instance=instance, raise_on_error=False, run_config={
+        "ops": {"approve_batch_op": {"config": {"batch": "pilot"}}}, **h.QUIET}).success
+    # Its second run is a new run key: the pilot's successful run does not hide it.
+    assert [(r.partition_key, r.run_key) for r in _tick(defs, instance)] == [("pilot", "batch-pilot-approved")]
+    rest = h.run_batch(defs, instance, "pilot")
+    assert rest.success and h.metadata(rest, "raw_conversations")["items_generated"] == 6
+    assert len(sim.stats.snapshot()["delivered_by_key"]) == 6  # the pilot's 3 were not paid twice
+    with engine.connect() as conn:
+        assert batch_for_key(conn, "pilot")["status"] == "completed"
+
+
+def _events_text(instance: DagsterInstance, run_id: str) -> str:
+    return "\n".join(str(r.user_message) for r in instance.all_logs(run_id))
+
+
+def _wait_for(predicate: Any, what: str, deadline_s: float = 60.0) -> None:
+    """Wait for an event (polled; the deadline only guards against a hang, it asserts no timing)."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < end, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def test_a_cancel_is_seen_by_the_live_run_which_keeps_what_it_bought_and_ends_cancelled(
+        tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from dagster import AssetKey, DagsterEventType, EventRecordsFilter
+
+    from lora_assets.defs import generation
+
+    # Report progress at every poll, so an observation is there while the simulator holds answers.
+    monkeypatch.setattr(generation, "PROGRESS_PACE", {"every_s": 0.0, "every_fraction": 0.0, "min_interval_s": 0.0})
+    from lora_assets.definitions import build_defs
+
+    db_url = f"sqlite:///{tmp_path / 'lora.db'}"
+    engine = h.setup_store(db_url)
+    defs = build_defs(h.make_resources(db_url, h.local_blobs(tmp_path / "blobs"), sim, max_concurrency=2))
+    batch_id = h.plan(engine, 1, 2, 4, name="live cancel")
+    h.add_partition(instance, "live-cancel")
+    sim.hold()
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(h.run_batch(defs, instance, "live-cancel")))
+    runner.start()
+    try:
+        attempts = lambda: sum(sim.stats.snapshot()["attempts_by_key"].values())  # noqa: E731
+        _wait_for(lambda: attempts() >= 2, "two requests in flight")
+        run_id = instance.get_runs()[0].run_id
+
+        def observed() -> bool:
+            return bool(instance.fetch_observations(AssetKey("raw_conversations"), limit=1).records)
+        _wait_for(observed, "a progress observation during the run")
+        job = defs.resolve_job_def("cancel_batch")
+        assert job.execute_in_process(instance=instance, raise_on_error=False, run_config={
+            "ops": {"cancel_batch_op": {"config": {"batch": "live-cancel"}}}, **h.QUIET}).success
+        at_cancel = attempts()
+        _wait_for(lambda: "was cancelled: no new request starts" in _events_text(instance, run_id), "the run sees it")
+    finally:
+        sim.release()
+        runner.join()
+    (run,) = results
+    # The two answers in flight are stored; nothing new was requested after the cancel.
+    assert attempts() - at_cancel <= 2 and attempts() == at_cancel
+    assert not run.success
+    assert re.search(r"^batch 'live-cancel' cancelled: 2 conversation\(s\) stored, 0 failed, 6 not generated, "
+                     r"\$[0-9.]+ spent", _failure(run)), _failure(run)
+    with engine.connect() as conn:
+        assert batch_for_key(conn, "live-cancel")["status"] == "cancelled"
+    mat = instance.fetch_materializations(AssetKey("raw_conversations"), limit=1).records[0]
+    md = mat.asset_materialization.metadata
+    assert mat.partition_key == "live-cancel" and md["stored"].value == 2 and md["not_generated"].value == 6
+    assert "sample_conversations" in md
+    progress = instance.fetch_observations(AssetKey("raw_conversations"), limit=1).records[0]
+    assert "items done" in progress.asset_observation.metadata["progress"].value
+    assert "progress: " in _events_text(instance, run_id)
+
+    # The documented action: run batch_pipeline for the partition again. It requests nothing and
+    # parses and enriches what the cancelled batch kept; the batch stays cancelled.
+    sim.reset_stats()
+    again = h.run_batch(defs, instance, "live-cancel")
+    assert again.success, _failure(again)
+    assert sim.stats.snapshot()["requests_total"] == 0
+    p = h.progress(engine, batch_id)
+    assert p["parse"]["parsed"] == 2 and p["enrichment"]["completed"] == 2
+    with engine.connect() as conn:
+        assert batch_for_key(conn, "live-cancel")["status"] == "cancelled"
+    assert "cancelled" in h.metadata(again, "raw_conversations")["cancelled"]
+    del DagsterEventType, EventRecordsFilter

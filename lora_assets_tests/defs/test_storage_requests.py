@@ -103,11 +103,12 @@ def test_six_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bu
     build = steps["training-file build"]
     # Each member once, plus the version's JSONL read back to write its JSON; the version's
     # files written and sized once each, not per member.
-    assert build.get("GET") == n + 1, steps
+    # + the sample conversations shown in its metadata (a constant 3, not per member).
+    assert build.get("GET") == n + 1 + min(n, 3), steps
     assert build.get("PUT", 0) <= len(OUTPUTS) and build.get("HEAD", 0) <= len(OUTPUTS), steps
     per_conversation = (sum(v for k, v in steps["generate"].items() if k != "expect_100")
                         + sum(v for k, v in steps["parse+enrich+checks"].items() if k != "expect_100")
-                        + build["GET"] - 1) / n
+                        + build["GET"] - 1 - min(n, 3)) / n
     assert per_conversation == 6
     assert all(s.get("expect_100", 0) == 0 for s in (steps["generate"], steps["parse+enrich+checks"])), steps
 

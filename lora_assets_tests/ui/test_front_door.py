@@ -53,7 +53,8 @@ BAD_PERSONA = "no_such_persona"
 #: (a process per step costs seconds each on a small box); any user may set it the same way.
 IN_PROCESS = "execution:\n  config:\n    in_process: {}\n"
 BAD_PLAN = ("ops:\n  plan_batch_op:\n    config:\n      name: ui bad keys\n"
-            f"      personas: [{BAD_PERSONA}]\n      mode: messages\n" + IN_PROCESS)
+            f"      personas: [{BAD_PERSONA}]\n      arcs: ['*']\n      topics: ['*']\n      mode: messages\n"
+            + IN_PROCESS)
 GOOD_PLAN = ("ops:\n  plan_batch_op:\n    config:\n"
              f"      name: {BATCH_NAME}\n"
              "      personas: [pragmatic_optimist]\n"
