@@ -193,7 +193,9 @@ def test_messages_under_faults_every_item_ends_once_and_nothing_is_paid_twice(si
     requests = make_requests(120)
     ledger = StormLedger()
     # timeout_s above 1 s: the simulator's listen backlog can hold a new connection that long.
-    stats = asyncio.run(generate_messages(requests, ledger, run_config(sim.base_url, max_concurrency=16, timeout_s=1.2)))
+    # Injected timeouts are faults to account for here, not a dead endpoint (that stop: test_failure_modes).
+    stats = asyncio.run(generate_messages(requests, ledger, run_config(sim.base_url, max_concurrency=16, timeout_s=1.2,
+                                                                     stop_after_timeouts=10_000)))
 
     assert_accounted(requests, ledger, sim)
     outcomes = sim.stats.snapshot()["by_outcome"]

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+import threading
 from functools import cache, lru_cache
 from typing import Any
 
@@ -100,9 +101,26 @@ def _strict(node: Any) -> None:
             _strict(value)
 
 
+_BUILD_LOCK = threading.Lock()
+
+
+def warm_validators() -> None:
+    """Build the three validators now (about 1 s for Messages, once per process): a simulator
+    calls this before it serves, so its first concurrent wave is not held up (a client with a
+    short timeout saw that build as a hanging endpoint)."""
+    for name in ("messages", "count_tokens", "batch"):
+        _validator(name)
+
+
 @cache
 def _validator(name: str) -> SchemaValidator:
-    """The strict validator of one SDK request type (built once, ~50 ms)."""
+    """The strict validator of one SDK request type (built once per process)."""
+    with _BUILD_LOCK:  # concurrent first requests would each build it, slower together
+        return _build_validator(name)
+
+
+@cache
+def _build_validator(name: str) -> SchemaValidator:
     from anthropic.types import MessageCountTokensParams
     from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
     from anthropic.types.messages.batch_create_params import BatchCreateParams

@@ -28,6 +28,7 @@ from .contract import (
     check_messages,
     check_size,
     record_refusal,
+    warm_validators,
 )
 from .faults import FaultConfig, message_outcome
 from .models import model_spec
@@ -97,6 +98,7 @@ class ClaudeSimulator:
         if self._server is not None:
             return self
         self._stopping.clear()
+        warm_validators()
         server = HTTPServer((self._host, self._port), self)
         host, port = server.server_address[:2]
         self._base_url = f"http://{host}:{port}"
