@@ -10,8 +10,8 @@ conversation. Two conversations are
   costs about the same however many conversations came before.
 
 The first conversation seen is kept; later ones are reported with the id they duplicate.
-Everything is deterministic: datasketch's MinHash uses a fixed seed and a SHA-1-based hash (not
-Python's salted `hash`), and ties are broken by arrival order. The text itself is not retained:
+Everything is deterministic: the MinHash is datasketch's (fixed seed, SHA-1-based hash, not
+Python's salted `hash`), computed in numpy by `core.minhash`, and ties are broken by arrival order. The text itself is not retained:
 the state per kept conversation is a 32-byte digest, its signature (4 bytes × num_perm, one row
 of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays, `BandIndex`): ≈ 0.9 KB
 at 128 permutations, where datasketch's own index took ≈ 6 KB.
@@ -23,12 +23,7 @@ import hashlib
 import re
 import unicodedata
 
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
-
-if TYPE_CHECKING:
-    from datasketch import MinHash
 from pydantic import BaseModel, ConfigDict
 
 from lora_assets.core.aggregate import (
@@ -37,12 +32,12 @@ from lora_assets.core.aggregate import (
     conversation_id_of,
     conversation_quality,
 )
+from lora_assets.core.minhash import MinHasher, optimal_bands, sha1_hashes
 from lora_assets.schemas.training import EnrichedConversation
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 
-_WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
 
@@ -77,7 +72,9 @@ class DedupStats(BaseModel):
 
 def normalise_text(text: str) -> str:
     """Text as compared for exact duplicates: Unicode NFKC, case-folded, whitespace collapsed."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    # str.split() splits on the characters `\s` matches (both use Py_UNICODE_ISSPACE) and drops
+    # the empty ends: the same text as `re.sub(r"\s+", " ", …).strip()`, without the regex engine.
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def target_text(conv: EnrichedConversation) -> str:
@@ -90,12 +87,17 @@ def target_text(conv: EnrichedConversation) -> str:
 def word_shingles(text: str, size: int) -> set[str]:
     """Word `size`-grams of `text` (punctuation ignored); a text shorter than `size` words is one
     shingle, so short answers still compare."""
-    words = _WORD.findall(text)
+    return shingles_of_words(_WORD.findall(text), size)
+
+
+def shingles_of_words(words: list[str], size: int) -> set[str]:
+    """`word_shingles` of text already split into words (`\\w+` runs, in order)."""
     if not words:
         return set()
     if len(words) <= size:
         return {" ".join(words)}
-    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+    # zip of the shifted lists: the same n-grams as slicing, without a slice per position.
+    return set(map(" ".join, zip(*(words[i:] for i in range(size)))))
 
 
 class BandIndex:
@@ -204,14 +206,15 @@ class Deduplicator:
         # Jaccard 0.85 becomes a candidate with p ~ 0.99; one at 0.5 with p ~ 0.06), capped at
         # 0.9, above which datasketch cannot form two bands.
         lsh_threshold = min(max(threshold - 0.1, threshold / 2), 0.9)
-        # Imported here: datasketch pulls in scipy (~0.7 s), which every process that merely
-        # loads the code location (code server, CLI, each run's steps) would otherwise pay.
-        from datasketch import MinHashLSH
-
-        # datasketch picks the bands (b × r rows) for that threshold; its index itself is not
-        # used (see `BandIndex`).
-        lsh = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=(0.2, 0.8))
-        self._index = BandIndex(lsh.b, lsh.r, num_perm)
+        # datasketch's band choice for that threshold (`MinHashLSH(threshold, num_perm, weights=(0.2,
+        # 0.8))`), computed without importing it (it pulls in scipy); its index is not used either
+        # (see `BandIndex`).
+        bands, rows = optimal_bands(lsh_threshold, num_perm, 0.2, 0.8)
+        if bands < 2:
+            raise ValueError(f"num_perm {num_perm!r} is too small for LSH at threshold {threshold!r} (fewer than 2 bands)")
+        self._index = BandIndex(bands, rows, num_perm)
+        # datasketch's MinHash(num_perm, seed) with its default SHA-1 hash, in numpy.
+        self._hasher = MinHasher(num_perm, seed, sha1_hashes)
         self._exact: dict[bytes, str] = {}
         self._kept_ids: list[str] = []  # by kept index: arrival order
         self._seen: set[str] = set()
@@ -220,22 +223,10 @@ class Deduplicator:
         self._exact_dups = 0
         self._near_dups = 0
         self._empty = 0
-        self._permutations: Any = None
-        self._scheme: Any = None
 
-    def _minhash(self, text: str) -> MinHash:
-        from datasketch import MinHash
-
-        if self._permutations is None:
-            first = MinHash(num_perm=self.num_perm, seed=self.seed)
-            self._permutations, self._scheme = first.permutations, first.scheme
-        # The same permutations a fresh MinHash(seed) draws, computed once: drawing them per
-        # conversation cost more than hashing its shingles.
-        m = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._permutations, scheme=self._scheme)
-        shingles = sorted(word_shingles(text, self.shingle_size))
-        if shingles:
-            m.update_batch([s.encode() for s in shingles])
-        return m
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash signature (num_perm uint32) of the word shingles of normalised `text`."""
+        return self._hasher.signature([s.encode() for s in word_shingles(text, self.shingle_size)])
 
     def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None) -> DedupDecision:
         """Decide on `conv` and, when kept, remember it for later checks. Raises
@@ -259,7 +250,7 @@ class Deduplicator:
             self._exact_dups += 1
             return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=first, similarity=1.0)
 
-        signature = self._minhash(text).hashvalues.astype(np.uint32)  # values are < 2**32: lossless
+        signature = self.signature(text)
         best: tuple[float, int] | None = None
         for candidate in self._index.candidates(signature):
             sim = float(np.count_nonzero(self._index.signature(candidate) == signature)) / self.num_perm

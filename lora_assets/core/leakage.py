@@ -14,7 +14,7 @@ learns from: the assistant turns.
   Turns shorter than `min_turn_words` words are skipped for the same reason as short sentences.
 * *near-duplicate turns* — validation turns (not exact duplicates) whose MinHash estimate of
   word-shingle Jaccard similarity with some train turn reaches `near_duplicate_jaccard`; the
-  shingling is `dedup.word_shingles`, the signature datasketch's seeded MinHash (64
+  shingling is `dedup.word_shingles`, the signature datasketch's seeded MinHash (`core.minhash`; 64
   permutations by default: an estimate within about ±0.05 of the true similarity, at 256 bytes
   per turn), the candidates come from LSH banding.
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -46,7 +45,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
-from lora_assets.core.dedup import BandIndex, normalise_text, word_shingles
+from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words
+from lora_assets.core.minhash import MinHasher, crc32_hashes
 from lora_assets.core.diversity import NARROW_IDS, DiversityCounter
 
 Split = Literal["train", "validation"]
@@ -63,6 +63,8 @@ _NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|t
 # A capitalised word (Title case, two letters or more; "I" and acronyms are not names).
 _NAME = re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
 _FIRST_WORD = re.compile(r"^\W*\w")
+_ADDRESSED = re.compile(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,")  # a first word that names the client
+_DIGIT = re.compile(r"\d")
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
@@ -79,18 +81,23 @@ def mask_template(sentence: str) -> str:
     """The sentence as a template: money → <MONEY>, numbers (incl. percentages) → <NUM>,
     capitalised words → <NAME> (the first word only when a comma follows it); then normalised
     (case, whitespace), so "<NAME>" reads "<name>"."""
-    masked = _MONEY.sub("<MONEY>", sentence.strip())
-    masked = _NUMBER.sub("<NUM>", masked)
+    masked = sentence.strip()
+    if _DIGIT.search(masked):  # money and numbers both need a digit: most sentences skip both
+        masked = _MONEY.sub("<MONEY>", masked)
+        masked = _NUMBER.sub("<NUM>", masked)
     # The first word is capitalised anyway: masking it would erase real differences
     # ("Let us…" / "Consider…"), so there a capitalised word counts as a name only when a comma
     # follows — the advisor addressing the client ("David, …"). This also folds "Yes, …" into
     # "Well, …", which only matters when the rest of the sentence is the same template anyway.
     first = _FIRST_WORD.match(masked)
-    first_end = first.end() if first else 0
-    if first and re.match(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,", masked[first.end() - 1 :]):
-        first_end = 0
-    masked = _NAME.sub(lambda m: m.group(0) if m.start() < first_end else "<NAME>", masked)
-    return normalise_text(masked)
+    if first:
+        # Only a name starting at the first word character can start before the first word's
+        # end; it is kept, and names are masked in what follows it (which starts with a non-word
+        # character, as a name ends at \b, so the cut changes no match).
+        kept = _NAME.match(masked, first.end() - 1)
+        if kept and not _ADDRESSED.match(masked, first.end() - 1):
+            return normalise_text(masked[: kept.end()] + _NAME.sub("<NAME>", masked[kept.end() :]))
+    return normalise_text(_NAME.sub("<NAME>", masked))
 
 
 def _digest(text: str) -> bytes:
@@ -304,17 +311,15 @@ class LeakageStats:
     ) -> None:
         if not 0.0 < near_duplicate_jaccard <= 1.0:
             raise ValueError(f"near_duplicate_jaccard {near_duplicate_jaccard!r} must be in (0, 1]")
-        from datasketch import MinHash  # scipy behind it: paid only by a build that uses it
-
         self.near_duplicate_jaccard = near_duplicate_jaccard
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.min_sentence_words = min_sentence_words
         self.min_turn_words = min_turn_words
         self.seed = seed
-        first = MinHash(num_perm=num_perm, seed=seed)
-        # Drawn once and reused (see dedup.Deduplicator._minhash): drawing per turn is the cost.
-        self._permutations, self._scheme = first.permutations, first.scheme
+        # datasketch's MinHash(num_perm, seed, hashfunc=zlib.crc32), in numpy: CRC-32 instead of
+        # the default SHA-1 per shingle is deterministic too, and several times cheaper.
+        self._hasher = MinHasher(num_perm, seed, crc32_hashes)
         if num_perm % _BAND_ROWS:
             raise ValueError(f"num_perm {num_perm!r} must be a multiple of {_BAND_ROWS}")
         # Train signatures back to back (num_perm uint32 each: 256 bytes a turn at 64): the LSH
@@ -337,18 +342,9 @@ class LeakageStats:
         self._template_texts: dict[int, str] = {}
         self._first_template: tuple[int, str] | None = None
 
-    def _signature(self, text: str) -> np.ndarray:
-        from datasketch import MinHash
-
-        # CRC-32 instead of datasketch's default SHA-1 per shingle: deterministic too, and several
-        # times cheaper (hashing was most of a turn's cost); the permutations spread it anyway.
-        m = MinHash(
-            num_perm=self.num_perm, seed=self.seed, hashfunc=zlib.crc32, permutations=self._permutations, scheme=self._scheme
-        )
-        shingles = sorted(word_shingles(text, self.shingle_size))
-        if shingles:
-            m.update_batch([s.encode() for s in shingles])
-        return m.hashvalues.astype(np.uint32)  # values are < 2**32; halves the memory
+    def _signature(self, words: list[str]) -> np.ndarray:
+        """The MinHash signature of a turn's word shingles (`words`: its normalised words)."""
+        return self._hasher.signature([s.encode() for s in shingles_of_words(words, self.shingle_size)])
 
     def add(
         self,
@@ -390,7 +386,7 @@ class LeakageStats:
                     self._short_turns += 1
                 continue
             digest = _digest(text)
-            signature = self._signature(text)
+            signature = self._signature(words)
             if split == "train":
                 self._train_turns.setdefault(digest, conversation_id)
                 self._train_signatures.frombytes(signature.tobytes())
