@@ -156,6 +156,33 @@ class BandIndex:
                 found.add(index)
         return sorted(found)
 
+    def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (query row, kept index) pair sharing at least one whole band, for a matrix of
+        query signatures at once (`candidates` of each row, in one numpy pass): two int64 arrays,
+        sorted by query row, then kept index."""
+        empty = np.empty(0, dtype=np.int64)
+        if self._count > self._recent_from:
+            self._merge()  # everything into the sorted part: one bisection per (query, band)
+        if not len(queries) or not self._count:
+            return empty, empty
+        m = len(queries)
+        values = queries[:, : self.bands * self.rows].reshape(m, self.bands, self.rows).astype(np.uint64)
+        keys = ((values * self._mix).sum(axis=2, dtype=np.uint64) ^ self._salt).ravel()  # as `_keys`, per row
+        lo = np.searchsorted(self._sorted_keys, keys, side="left")
+        counts = np.searchsorted(self._sorted_keys, keys, side="right") - lo
+        total = int(counts.sum())
+        if not total:
+            return empty, empty
+        slot = np.repeat(np.arange(len(keys)), counts)  # (query, band) of each proposal
+        first = np.cumsum(counts) - counts
+        kept = self._sorted_index[lo[slot] + (np.arange(total) - first[slot])].astype(np.int64)
+        query, band = slot // self.bands, slot % self.bands
+        # A key only proposes: the band's values decide (as in `candidates`).
+        columns = band[:, None] * self.rows + np.arange(self.rows)
+        same = (self._signatures[kept[:, None], columns] == queries[query[:, None], columns]).all(axis=1)
+        code = np.unique(query[same] * self._count + kept[same])
+        return code // self._count, code % self._count
+
     def insert(self, signature: np.ndarray) -> int:
         """Remember `signature` as the next kept index (returned)."""
         index = self._count

@@ -68,6 +68,8 @@ _DIGIT = re.compile(r"\d")
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
+#: Train signatures looked up per numpy pass in `_near_matches` (bounds its temporaries).
+_QUERY_BLOCK = 1024
 #: How many examples of a finding a result keeps for its messages.
 EXAMPLES_KEPT = 5
 
@@ -342,10 +344,6 @@ class LeakageStats:
         self._template_texts: dict[int, str] = {}
         self._first_template: tuple[int, str] | None = None
 
-    def _signature(self, words: list[str]) -> np.ndarray:
-        """The MinHash signature of a turn's word shingles (`words`: its normalised words)."""
-        return self._hasher.signature([s.encode() for s in shingles_of_words(words, self.shingle_size)])
-
     def add(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -368,6 +366,9 @@ class LeakageStats:
 
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
         turn_ids: list[np.ndarray] = []
+        compared: list[tuple[int, bytes]] = []  # (turn index, digest) of the turns long enough to compare
+        shingles: list[bytes] = []
+        bounds = [0]  # compared turn i's shingles are shingles[bounds[i]:bounds[i + 1]]
         for turn_index, content in enumerate(answers, start=1):
             text = normalise_text(content)
             words = _WORD.findall(text)
@@ -385,14 +386,19 @@ class LeakageStats:
                 if split == "validation":
                     self._short_turns += 1
                 continue
-            digest = _digest(text)
-            signature = self._signature(words)
-            if split == "train":
-                self._train_turns.setdefault(digest, conversation_id)
-                self._train_signatures.frombytes(signature.tobytes())
-                self._train_turn_owner.append(conversation_id)
-            else:
-                self._validation_turns.append((conversation_id, turn_index, digest, signature))
+            compared.append((turn_index, _digest(text)))
+            shingles.extend(s.encode() for s in shingles_of_words(words, self.shingle_size))
+            bounds.append(len(shingles))
+        if compared:
+            # Every compared turn of the example in one numpy pass.
+            signatures = self._hasher.signatures(shingles, bounds)
+            for (turn_index, digest), signature in zip(compared, signatures, strict=True):
+                if split == "train":
+                    self._train_turns.setdefault(digest, conversation_id)
+                    self._train_signatures.frombytes(signature.tobytes())
+                    self._train_turn_owner.append(conversation_id)
+                else:
+                    self._validation_turns.append((conversation_id, turn_index, digest, signature))
         if not self._wide and len(self._vocabulary) > NARROW_IDS:
             for counter in (self._overall, *self._cells.values()):
                 counter.widen()
@@ -440,15 +446,22 @@ class LeakageStats:
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
         for *_, signature in self._validation_turns:
             index.insert(signature)
+        validation = np.stack([signature for *_, signature in self._validation_turns])
         train = np.frombuffer(self._train_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
-        best: dict[int, tuple[float, int]] = {}
-        for train_index, signature in enumerate(train):
-            for candidate in index.candidates(signature):
-                sim = float(np.count_nonzero(self._validation_turns[candidate][3] == signature)) / self.num_perm
-                # Train turns come in order, so a strictly greater similarity wins; ties keep the earliest.
-                if sim >= self.near_duplicate_jaccard and (candidate not in best or sim > best[candidate][0]):
-                    best[candidate] = (sim, train_index)
-        return best
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (validation turn, similarity, train turn)
+        for start in range(0, len(train), _QUERY_BLOCK):
+            block = train[start : start + _QUERY_BLOCK]
+            rows, candidates = index.pairs(block)
+            similarity = np.count_nonzero(validation[candidates] == block[rows], axis=1) / self.num_perm
+            close = similarity >= self.near_duplicate_jaccard
+            found.append((candidates[close], similarity[close], rows[close] + start))
+        if not found:
+            return {}
+        turn, similarity, owner = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        # Per validation turn the most similar train turn; among equals the earliest.
+        order = np.lexsort((owner, -similarity, turn))
+        firsts = order[np.flatnonzero(np.r_[True, np.diff(turn[order]) != 0])] if len(order) else order
+        return {int(turn[i]): (float(similarity[i]), int(owner[i])) for i in firsts}
 
     def result(self) -> LeakageReport:
         """The report over everything added so far."""

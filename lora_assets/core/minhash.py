@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -84,6 +84,23 @@ class MinHasher:
             block = (hv * self._a + self._b).min(axis=0)  # a·h + b mod 2**32: the uint32 wrap is the modulo
             out = block if out is None else np.minimum(out, block)
         return out  # type: ignore[return-value]
+
+
+    def signatures(self, shingles: Sequence[bytes], bounds: Sequence[int]) -> np.ndarray:
+        """Signatures of several shingle sets at once (one row each): set i is
+        `shingles[bounds[i]:bounds[i + 1]]`. One numpy pass for, say, every turn of a conversation."""
+        groups = len(bounds) - 1
+        out = np.full((groups, self.num_perm), _MAX32, dtype=np.uint32)
+        if not shingles:
+            return out
+        hv = _fmix32(self._hashes(shingles))[:, None]
+        values = hv * self._a + self._b
+        edges = np.asarray(bounds, dtype=np.intp)
+        filled = edges[:-1] < edges[1:]
+        # Each non-empty set's rows run up to the next non-empty set's start (empty sets in
+        # between have no rows), the last one's to the end: what reduceat reduces.
+        out[filled] = np.minimum.reduceat(values, edges[:-1][filled], axis=0)
+        return out
 
 
 @lru_cache(maxsize=64)
