@@ -21,6 +21,11 @@ __all__ = ["NARROW_IDS", "DiversityCounter"]
 NARROW_IDS = 1 << 16
 
 
+#: Codes a counter collects before its first merges: a persona × arc × topic cell gets a few
+#: conversations, and a np.unique per conversation per cell was most of its cost (≤ 8 KB a cell).
+_MIN_MERGE = 1024
+
+
 class _DistinctCodes:
     """An exact count of distinct integer codes: a sorted array of the distinct ones plus the
     codes added since, merged in once they are as many as it holds (so amortised O(log n) per
@@ -39,7 +44,7 @@ class _DistinctCodes:
             self._pending = []
         self._pending.extend(codes)
         self._pending_count += sum(len(c) for c in codes)
-        if self._pending_count >= len(self._distinct):
+        if self._pending_count >= max(len(self._distinct), _MIN_MERGE):
             self._merge()
 
     def _merge(self) -> None:
