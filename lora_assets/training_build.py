@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
@@ -288,13 +288,28 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int) -> _
     return cur
 
 
+class _Tee:
+    """A binary write handle that writes to two: the JSONL goes to the store and to a local copy,
+    from which the JSON document is then made (instead of reading the JSONL back from the store)."""
+
+    def __init__(self, first: IO[bytes], second: IO[bytes]) -> None:
+        self._first, self._second = first, second
+
+    def write(self, data: bytes) -> int:
+        self._first.write(data)
+        self._second.write(data)
+        return len(data)
+
+
 def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split: dict[str, str],
-                    min_quality: float | None, measures: BuildMeasures) -> tuple[AggregateStats, ExportStats]:
-    """Pass 2: the JSONL and every export at once, conversation by conversation (each with the
-    DB's review state on its pairs); every exported chat example is measured on the way."""
+                    min_quality: float | None, measures: BuildMeasures,
+                    jsonl_copy: IO[bytes]) -> tuple[AggregateStats, ExportStats]:
+    """Pass 2: the JSONL (also into `jsonl_copy`) and every export at once, conversation by
+    conversation (each with the DB's review state on its pairs); every exported chat example is
+    measured on the way. The store uploads each file part by part while this goes on."""
     with ExitStack() as stack:
         handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in _STREAMED}
-        aggregate = AggregateWriter(handles["jsonl"])
+        aggregate = AggregateWriter(_Tee(handles["jsonl"], jsonl_copy))
         # Entered after the handles, so it is closed (Parquet footer) before they are.
         exports = stack.enter_context(ExportWriter(
             messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
@@ -342,11 +357,13 @@ class _Built:
 
 
 def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobStore, key: dict[str, str],
-                built: _Built) -> None:
-    """The JSON document (from the JSONL), the Axolotl snippet and the dataset card."""
-    with store.open_read(key["jsonl"]) as jsonl_in, store.writer(key["json"]) as json_out:
+                built: _Built, jsonl_copy: IO[bytes]) -> None:
+    """The JSON document (from the local copy of the JSONL), the Axolotl snippet and the
+    dataset card."""
+    jsonl_copy.seek(0)
+    with store.writer(key["json"]) as json_out:
         write_training_json(dataset_name=plan.name, created_date=built.created, consultant=inputs.consultant,
-                            stats=built.stats, jsonl_in=jsonl_in, json_out=json_out)
+                            stats=built.stats, jsonl_in=jsonl_copy, json_out=json_out)
     store.put_bytes(key["axolotl"], axolotl_config(
         train_path=OUTPUTS["messages-train"], validation_path=OUTPUTS["messages-validation"],
         sequence_len=built.measured.lengths.recommended_sequence_len).encode())
@@ -479,9 +496,10 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
         key = {fmt: f"{prefix}/{pattern.format(name=plan.name)}" for fmt, pattern in OUTPUTS.items()}
         try:
             measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
-            stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures)
-            built = _Built(version, datetime.now(UTC), stats, export, split, measures.result())
-            _write_rest(plan, inputs, cur, store, key, built)
+            with tempfile.TemporaryFile(prefix="lora-jsonl-") as jsonl_copy:
+                stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures, jsonl_copy)
+                built = _Built(version, datetime.now(UTC), stats, export, split, measures.result())
+                _write_rest(plan, inputs, cur, store, key, built, jsonl_copy)
             built.outputs = _outputs(store, key, built)
             with engine.begin() as conn:
                 tfq.record_version(conn, inputs.tf["id"], version_row,
