@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine
 
 from lora_assets.core.aggregate import AggregateStats, AggregateWriter, write_training_json
 from lora_assets.core.card import SourceBatch, dataset_card
-from lora_assets.core.dedup import DedupDecision, Deduplicator, quality_filter
-from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config
+from lora_assets.core.dedup import DedupDecision, Deduplicator, TargetTexts, quality_filter
+from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config, chat_example
 from lora_assets.core.leakage import LeakageReport, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, TokenizerLoadError, token_counter
 from lora_assets.core.split import train_validation_split
@@ -220,6 +220,23 @@ class _Curation:
     dropped: list[tuple[dict[str, Any], DedupDecision]] = field(default_factory=list)
     dedup: Deduplicator = field(default_factory=Deduplicator)
     copies: _LocalCopies = field(default_factory=_LocalCopies)
+    #: By kept member: what its example adds to its split, measured in pass 1 (None: it exports
+    #: no example; `_UNMEASURED`: its turns do not form one, which pass 2 reports as it did).
+    measured: list[Any] = field(default_factory=list)
+
+
+#: A kept member whose example could not be built in pass 1 (pass 2's export raises the error).
+_UNMEASURED = object()
+
+
+def _measure(conv: EnrichedConversation, row: dict[str, Any], targets: TargetTexts, measures: BuildMeasures) -> Any:
+    """Pass 1's share of a kept member's measures (see `BuildMeasures.measure`), its answers'
+    text normalised once for dedup and the leakage check."""
+    try:
+        example = chat_example(conv, row["id"])
+    except ValueError:
+        return _UNMEASURED
+    return measures.measure(example, row, known=targets.known())
 
 
 def _load(engine: Engine, name: str) -> _Inputs:
@@ -260,19 +277,23 @@ def _filter(members: list[dict[str, Any]], min_quality: float | None, min_judge_
     return candidates
 
 
-def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int) -> _Curation:
-    """Pass 1 (metadata + target texts only): filters and dedup decide who is in; the kept
-    members' bytes are copied locally for pass 2."""
+def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, measures: BuildMeasures) -> _Curation:
+    """Pass 1: filters and dedup decide who is in, and each kept member's example is measured
+    (lengths, diversity, leakage sketches: everything but its split) while the next members are
+    read; the kept members' bytes are copied locally for pass 2."""
     cur = _Curation()
     candidates = _filter(inputs.members, inputs.tf["min_quality"], inputs.tf.get("min_judge_score"), cur)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="blobs") as pool:
         try:
             reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates, 2 * concurrency)
             for number, (m, data) in enumerate(reads, start=1):
-                decision = cur.dedup.check(_member(m, data), conversation_id=m["id"])
+                conv = _member(m, data)
+                targets = TargetTexts.of(conv)
+                decision = cur.dedup.check(conv, conversation_id=m["id"], targets=targets)
                 if decision.keep:
                     cur.kept.append(m)
                     cur.copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
+                    cur.measured.append(_measure(conv, m, targets, measures))
                 else:
                     cur.dropped.append((m, decision))
                 if number % 256 == 0:
@@ -317,11 +338,14 @@ def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split
             sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
             parquet=handles["parquet"], min_trained_quality=min_quality,
         ))
-        for m in cur.kept:
+        for m, measured in zip(cur.kept, cur.measured, strict=True):
             conv = with_review(_member(m, cur.copies.get(m["id"])), m)
             aggregate.add(conv, conversation_id=m["id"])
             example = exports.add(conv, split[m["id"]], conversation_id=m["id"])  # type: ignore[arg-type]
-            measures.add(example, split[m["id"]], m)  # type: ignore[arg-type]
+            if measured is _UNMEASURED:  # cannot happen (the export raised); measured now to be safe
+                measures.add(example, split[m["id"]], m)  # type: ignore[arg-type]
+            else:
+                measures.record(measured, split[m["id"]], m)  # type: ignore[arg-type]
         export_stats = exports.close()
         return aggregate.stats, export_stats
 
@@ -484,7 +508,8 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
     except TokenizerLoadError as exc:
         raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
     inputs = _load(engine, plan.name)
-    cur = _curate(plan.name, inputs, store, concurrency)
+    measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
+    cur = _curate(plan.name, inputs, store, concurrency, measures)
     try:
         split = train_validation_split([tfq.summary_of(m) for m in cur.kept],
                                        validation_fraction=plan.validation_fraction, seed=plan.split_seed)
@@ -495,7 +520,6 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
         prefix = version_prefix(plan.name, version)
         key = {fmt: f"{prefix}/{pattern.format(name=plan.name)}" for fmt, pattern in OUTPUTS.items()}
         try:
-            measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
             with tempfile.TemporaryFile(prefix="lora-jsonl-") as jsonl_copy:
                 stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures, jsonl_copy)
                 built = _Built(version, datetime.now(UTC), stats, export, split, measures.result())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -80,8 +81,38 @@ def normalise_text(text: str) -> str:
 def target_text(conv: EnrichedConversation) -> str:
     """The conversation's normalised assistant text: its pairs' targets in turn order, one per
     line (targets of unanswered turns are absent)."""
-    pairs = sorted(conv.training_pairs, key=lambda p: p.turn_number)
-    return "\n".join(normalise_text(p.target_response) for p in pairs if p.target_response is not None)
+    return TargetTexts.of(conv).text
+
+
+@dataclass(frozen=True)
+class TargetTexts:
+    """A conversation's answered targets in turn order, each as given, normalised and split into
+    words: computed once per member and shared by dedup (the whole text) and the leakage check
+    (turn by turn), so a build goes over each answer's text once."""
+
+    raw: tuple[str, ...]
+    normalised: tuple[str, ...]
+    words: tuple[list[str], ...]
+
+    @classmethod
+    def of(cls, conv: EnrichedConversation) -> TargetTexts:
+        raw = tuple(p.target_response for p in sorted(conv.training_pairs, key=lambda p: p.turn_number)
+                    if p.target_response is not None)
+        normalised = tuple(map(normalise_text, raw))
+        return cls(raw, normalised, tuple(_WORD.findall(t) for t in normalised))
+
+    @property
+    def text(self) -> str:
+        """`target_text`: the normalised targets, one per line."""
+        return "\n".join(self.normalised)
+
+    def all_words(self) -> list[str]:
+        """The words of `text` (a line break is not a word character, so no word spans two targets)."""
+        return [w for words in self.words for w in words]
+
+    def known(self) -> dict[str, tuple[str, list[str]]]:
+        """Raw target → (normalised, words), for a caller that meets the same answers again."""
+        return dict(zip(self.raw, zip(self.normalised, self.words, strict=True), strict=True))
 
 
 def word_shingles(text: str, size: int) -> set[str]:
@@ -253,18 +284,23 @@ class Deduplicator:
 
     def signature(self, text: str) -> np.ndarray:
         """The MinHash signature (num_perm uint32) of the word shingles of normalised `text`."""
-        return self._hasher.signature([s.encode() for s in word_shingles(text, self.shingle_size)])
+        return self._signature_of_words(_WORD.findall(text))
 
-    def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None) -> DedupDecision:
-        """Decide on `conv` and, when kept, remember it for later checks. Raises
-        `DuplicateMemberError` if the same conversation id is checked twice (a caller bug, not
-        a content duplicate)."""
+    def _signature_of_words(self, words: list[str]) -> np.ndarray:
+        return self._hasher.signature(list(map(str.encode, shingles_of_words(words, self.shingle_size))))
+
+    def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None,
+              targets: TargetTexts | None = None) -> DedupDecision:
+        """Decide on `conv` and, when kept, remember it for later checks (`targets`: its
+        `TargetTexts`, when the caller has them already). Raises `DuplicateMemberError` if the
+        same conversation id is checked twice (a caller bug, not a content duplicate)."""
         cid = conversation_id_of(conv, conversation_id)
         if cid in self._seen:
             raise DuplicateMemberError(cid)
         self._seen.add(cid)
         self._checked += 1
-        text = target_text(conv)
+        targets = targets if targets is not None else TargetTexts.of(conv)
+        text = targets.text
         if not text.strip():
             # No assistant text: nothing to compare, and nothing that could collide with it.
             self._empty += 1
@@ -277,7 +313,7 @@ class Deduplicator:
             self._exact_dups += 1
             return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=first, similarity=1.0)
 
-        signature = self.signature(text)
+        signature = self._signature_of_words(targets.all_words())
         best: tuple[float, int] | None = None
         for candidate in self._index.candidates(signature):
             sim = float(np.count_nonzero(self._index.signature(candidate) == signature)) / self.num_perm

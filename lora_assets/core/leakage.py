@@ -39,6 +39,7 @@ import re
 from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -297,6 +298,23 @@ class LeakageReport(BaseModel):
 # Accumulators
 
 
+def _check_split(split: str) -> None:
+    if split not in ("train", "validation"):
+        raise ValueError(f"split {split!r}: must be 'train' or 'validation'")
+
+
+@dataclass(frozen=True)
+class ExampleMeasure:
+    """What one example adds to its split (`LeakageStats.measure`, then `record`): the digests
+    of its sentences long enough to compare, its compared turns (index, digest) with their MinHash
+    signatures (one row each), and how many turns were too short to compare."""
+
+    sentences: list[bytes]
+    turns: list[tuple[int, bytes]]
+    signatures: np.ndarray
+    short_turns: int
+
+
 class LeakageStats:
     """Streaming leakage and diversity accumulator: `add(messages, split, conversation_id=…,
     cell=(persona, arc, topic))` per example, in any order of splits; `result()` at the end."""
@@ -353,10 +371,17 @@ class LeakageStats:
         cell: Sequence[str | None] | None = None,
     ) -> None:
         """Take one example's assistant turns into account. `cell` is its (persona, arc, topic)
-        keys; None or None keys count as the legacy cell."""
-        if split not in ("train", "validation"):
-            raise ValueError(f"split {split!r}: must be 'train' or 'validation'")
-        self._examples[split] += 1
+        keys; None or None keys count as the legacy cell. The same as `record(measure(…), …)`."""
+        _check_split(split)
+        self.record(self.measure(messages, cell=cell), split, conversation_id=conversation_id)
+
+    def measure(self, messages: Sequence[Mapping[str, str]], *, cell: Sequence[str | None] | None = None,
+                known: Mapping[str, tuple[str, list[str]]] | None = None) -> ExampleMeasure:
+        """The first half of `add`, which needs no split: the example's diversity and templates
+        are counted now, and what goes to its split is returned, for `record` once the split is
+        known (a build measures while it reads its members, then splits). Examples must be
+        recorded in the order they were measured. `known`: raw answer → (normalised, words) for
+        answers the caller has normalised already (`dedup.TargetTexts.known`)."""
         key = _cell_key(cell)
         group = self._cells.get(key)
         if group is None:
@@ -366,45 +391,56 @@ class LeakageStats:
 
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
         turn_ids: list[np.ndarray] = []
+        sentences: list[bytes] = []
         compared: list[tuple[int, bytes]] = []  # (turn index, digest) of the turns long enough to compare
         shingles: list[bytes] = []
         bounds = [0]  # compared turn i's shingles are shingles[bounds[i]:bounds[i + 1]]
+        short = 0
         for turn_index, content in enumerate(answers, start=1):
-            text = normalise_text(content)
-            words = _WORD.findall(text)
+            done = known.get(content) if known is not None else None
+            if done is None:
+                text = normalise_text(content)
+                words = _WORD.findall(text)
+            else:
+                text, words = done
             turn_ids.append(self._word_ids(words))
             for sentence in split_sentences(content):
                 self._add_template(sentence, group)
                 normalised = normalise_text(sentence)
-                if len(_WORD.findall(normalised)) < self.min_sentence_words:
-                    continue
-                if split == "train":
-                    self._train_sentences.add(_digest(normalised))
-                else:
-                    self._validation_sentences.append(_digest(normalised))
+                if len(_WORD.findall(normalised)) >= self.min_sentence_words:
+                    sentences.append(_digest(normalised))
             if len(words) < self.min_turn_words:
-                if split == "validation":
-                    self._short_turns += 1
+                short += 1
                 continue
             compared.append((turn_index, _digest(text)))
-            shingles.extend(s.encode() for s in shingles_of_words(words, self.shingle_size))
+            shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
             bounds.append(len(shingles))
-        if compared:
-            # Every compared turn of the example in one numpy pass.
-            signatures = self._hasher.signatures(shingles, bounds)
-            for (turn_index, digest), signature in zip(compared, signatures, strict=True):
-                if split == "train":
-                    self._train_turns.setdefault(digest, conversation_id)
-                    self._train_signatures.frombytes(signature.tobytes())
-                    self._train_turn_owner.append(conversation_id)
-                else:
-                    self._validation_turns.append((conversation_id, turn_index, digest, signature))
+        # Every compared turn of the example in one numpy pass.
+        signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
         if not self._wide and len(self._vocabulary) > NARROW_IDS:
             for counter in (self._overall, *self._cells.values()):
                 counter.widen()
             self._wide = True
         self._overall.add_turns(turn_ids, wide=self._wide)
         group.add_turns(turn_ids, wide=self._wide)
+        return ExampleMeasure(sentences, compared, signatures, short)
+
+    def record(self, measured: ExampleMeasure, split: Split, *, conversation_id: str) -> None:
+        """The second half of `add`: the measured example's sentences and turns go to `split`."""
+        _check_split(split)
+        self._examples[split] += 1
+        if split == "train":
+            self._train_sentences.update(measured.sentences)
+        else:
+            self._validation_sentences.extend(measured.sentences)
+            self._short_turns += measured.short_turns
+        for (turn_index, digest), signature in zip(measured.turns, measured.signatures, strict=True):
+            if split == "train":
+                self._train_turns.setdefault(digest, conversation_id)
+                self._train_signatures.frombytes(signature.tobytes())
+                self._train_turn_owner.append(conversation_id)
+            else:
+                self._validation_turns.append((conversation_id, turn_index, digest, signature))
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
