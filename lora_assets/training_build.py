@@ -390,7 +390,8 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
                             stats=built.stats, jsonl_in=jsonl_copy, json_out=json_out)
     store.put_bytes(key["axolotl"], axolotl_config(
         train_path=OUTPUTS["messages-train"], validation_path=OUTPUTS["messages-validation"],
-        sequence_len=built.measured.lengths.recommended_sequence_len).encode())
+        sequence_len=built.measured.lengths.recommended_sequence_len,
+        sequence_len_counted_with=built.measured.lengths.method).encode())
     tf = inputs.tf
     built.card = dataset_card(
         name=plan.name, stats=built.stats, sources=_sources(cur.kept, inputs.batches), export=built.export,

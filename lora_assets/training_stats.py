@@ -157,7 +157,7 @@ def length_problems(measured: Measured) -> list[str]:
         return []
     return [
         f"{t.examples_over} example(s) exceed max_length {t.max_length} ({measured.lengths.method}); "
-        f"{t.assistant_tokens_cut} of {t.assistant_tokens_total} assistant tokens ({t.assistant_cut_rate:.1%}) "
+        f"{t.assistant_tokens_cut} of {t.assistant_tokens_total} trained (assistant) tokens ({t.assistant_cut_rate:.1%}) "
         f"would be cut and never trained (longest example {measured.lengths.examples.max}; recommended TRL "
         f"max_length {measured.lengths.recommended_max_length})"
     ]

@@ -191,7 +191,7 @@ def test_a_named_tokenizer_changes_the_method_label_and_the_counts(data: Data, t
                                    run_id="r")
     counted = build_training_file(BuildPlan(name=name, tokenizer=str(path)), engine=data.engine, store=data.store,
                                   concurrency=2, run_id="r")
-    assert estimate.lengths.method == "estimate: chars/4"
+    assert estimate.lengths.method == "estimate: chars/4 + 10%"
     assert counted.lengths.method == str(path) and counted.lengths.examples.count == len(data.ids)
     assert counted.lengths.examples.max != estimate.lengths.examples.max  # really counted with the tokenizer
     assert f"Counted with the tokenizer `{path}`" in counted.card
@@ -200,6 +200,43 @@ def test_a_named_tokenizer_changes_the_method_label_and_the_counts(data: Data, t
     assert stats["tokenizer"] == str(path) and stats["lengths"]["method"] == str(path)
     axolotl = data.store.get_bytes(counted.outputs["axolotl"].path).decode()
     assert f"sequence_len: {counted.lengths.recommended_sequence_len}\n" in axolotl
+
+
+def test_a_tokenizer_directory_with_a_chat_template_counts_what_the_trainer_counts(data: Data, tmp_path: Path) -> None:
+    """The issue-25 rebuild: `tokenizer` names a directory holding tokenizer.json and a ChatML
+    chat_template.jinja; the recorded max and trained-token figures equal transformers'
+    apply_chat_template(..., return_assistant_tokens_mask=True) over the exported messages files."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    from lora_assets_tests.core.test_tokens_chat_template import CHATML
+
+    folder = tmp_path / "tok"
+    tiny_tokenizer(folder / "tokenizer.json")
+    (folder / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
+    name = new_file(data, data.ids)
+    built = build_training_file(BuildPlan(name=name, tokenizer=str(folder)), engine=data.engine, store=data.store,
+                                concurrency=2, run_id="r")
+    lengths = built.lengths
+    assert lengths.counting == "chat_template" and lengths.chat_template == str(folder / "chat_template.jinja")
+
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), chat_template=CHATML)
+    counts = []
+    for output in ("messages-train", "messages-validation"):
+        for line in data.store.get_bytes(built.outputs[output].path).decode().splitlines():
+            enc = tok.apply_chat_template(json.loads(line)["messages"], tokenize=True, return_dict=True,
+                                          return_assistant_tokens_mask=True)
+            counts.append((len(enc["input_ids"]), sum(enc["assistant_masks"])))
+    assert lengths.examples.count == len(counts) == len(data.ids)
+    assert lengths.examples.max == max(n for n, _ in counts)
+    assert lengths.assistant_tokens == sum(m for _, m in counts)
+    assert lengths.recommended_max_length >= lengths.examples.max and lengths.truncation is not None
+    assert lengths.truncation.assistant_tokens_cut == 0
+    assert f"its own chat template `{folder / 'chat_template.jinja'}`" in built.card
+    assert f"**Trained (assistant) tokens:** {lengths.assistant_tokens:,}" in built.card
+    axolotl = data.store.get_bytes(built.outputs["axolotl"].path).decode()
+    assert f"sequence_len: {lengths.recommended_sequence_len}\n" in axolotl
+    assert f'counted with "{folder / "tokenizer.json"}"' in axolotl
 
 
 def test_a_bad_tokenizer_is_a_build_error_naming_the_path(data: Data, tmp_path: Path) -> None:
@@ -237,4 +274,4 @@ def test_exact_duplicate_decision_blocks_and_thresholds_configure_it() -> None:
     relaxed = again.model_copy(update={"leakage_thresholds": LeakageThresholds(max_exact_duplicate_turns=1)})
     assert leakage_problems(relaxed)[0] == []
     [cut] = length_problems(again)
-    assert cut.startswith("1 example(s) exceed max_length 8 (estimate: chars/4)")
+    assert cut.startswith("1 example(s) exceed max_length 8 (estimate: chars/4 + 10%)")

@@ -110,21 +110,39 @@ def _pct(part: int, whole: int) -> str:
     return f"{part:,} of {whole:,} ({part / whole:.1%})" if whole else f"{part:,} of 0"
 
 
+def _counted_how(lengths: LengthReport) -> str:
+    """The sentence saying how the token figures were counted (method, framing, margin)."""
+    if lengths.counting == "chat_template":
+        return (
+            f"Counted with the tokenizer `{lengths.method}`, each example (system + all turns) rendered through "
+            f"its own chat template `{lengths.chat_template}` as transformers' `apply_chat_template` renders it "
+            "for TRL (`assistant_only_loss=True`). Trained tokens are those inside the template's "
+            "`{% generation %}` blocks, turn-end tokens included."
+        )
+    if lengths.method == ESTIMATE_METHOD:
+        margin = f"{lengths.estimate_margin:.0%}" if lengths.estimate_margin is not None else "no"
+        how = (f"`{ESTIMATE_METHOD}` — an **estimate** (characters / 4 plus a {margin} margin), not a tokenizer "
+               "count; no tokenizer was named")
+    else:
+        how = f"the tokenizer `{lengths.method}` (no chat template next to it)"
+    return (
+        f"Counted with {how}. Each example is counted as the messages export renders it (system + all turns), "
+        f"plus {lengths.message_overhead_tokens} chat-template tokens per message; an assistant turn trains its "
+        f"content and its turn-end token. Name a tokenizer directory with its chat template for exact figures."
+    )
+
+
 def _token_lengths_section(lengths: LengthReport | None) -> list[str]:
     """"Token lengths" section lines (empty when no report was passed)."""
     if lengths is None:
         return []
-    how = (
-        f"`{ESTIMATE_METHOD}` — an **estimate** (characters / 4), not a tokenizer count"
-        if lengths.method == ESTIMATE_METHOD
-        else f"the tokenizer `{lengths.method}`"
-    )
+    # Exact only through the chat template; otherwise the claim holds for the stated count.
+    nothing = "nothing" if lengths.counting == "chat_template" else "nothing by this count"
     out = [
         "",
         "## Token lengths",
         "",
-        f"Counted with {how}. Each example is counted as the messages export renders it (system + all "
-        f"turns), plus {lengths.message_overhead_tokens} chat-template tokens per message.",
+        _counted_how(lengths),
         "",
         *_table(
             ["tokens", "count", "p50", "p95", "p99", "max"],
@@ -132,22 +150,28 @@ def _token_lengths_section(lengths: LengthReport | None) -> list[str]:
                 [label, p.count, p.p50, p.p95, p.p99, p.max]
                 for label, p in (
                     ("examples", lengths.examples),
-                    ("turns (user + assistant)", lengths.turns),
-                    ("assistant turns", lengths.assistant_turns),
+                    ("turns (user + assistant" + (", content only)" if lengths.counting == "chat_template"
+                                                  else ", with template tokens)"), lengths.turns),
+                    ("trained tokens per assistant turn (turn end included)", lengths.assistant_turns),
                 )
             ],
         ),
         "",
+        f"- **Trained (assistant) tokens:** {lengths.assistant_tokens:,} (turn-end tokens included)",
         f"- **Recommended Axolotl `sequence_len`:** {lengths.recommended_sequence_len} "
-        f"(p99 rounded up to a multiple of {LENGTH_MULTIPLE})",
+        f"(the longest example rounded up to a multiple of {LENGTH_MULTIPLE}: drops or truncates {nothing})",
         f"- **Recommended TRL `max_length`:** {lengths.recommended_max_length} "
-        f"(the longest example rounded up to a multiple of {LENGTH_MULTIPLE}: truncates nothing)",
+        f"(the longest example rounded up to a multiple of {LENGTH_MULTIPLE}: truncates {nothing})",
     ]
+    if lengths.counting == "chat_template" and lengths.examples.count and not lengths.assistant_tokens:
+        out.append("- **Warning:** the chat template has no `{% generation %}` block around assistant turns: TRL's "
+                   "`assistant_only_loss` would train nothing with it (transformers marks no assistant token)")
     t = lengths.truncation
     if t is not None:
         out.append(
             f"- **At max_length {t.max_length}:** {t.examples_over:,} example(s) exceed it; "
-            f"{_pct(t.assistant_tokens_cut, t.assistant_tokens_total)} assistant tokens would be cut (never trained)"
+            f"{_pct(t.assistant_tokens_cut, t.assistant_tokens_total)} trained (assistant) tokens would be cut "
+            "(never trained)"
         )
     return out
 
@@ -168,8 +192,8 @@ def _leakage_section(leakage: LeakageReport | None) -> list[str]:
          _pct(o.exact_duplicate_turns, o.validation_turns)],
         [f"validation assistant turns near-duplicating a train turn (MinHash Jaccard ≥ {o.near_duplicate_jaccard:g})",
          _pct(o.near_duplicate_turns, o.validation_turns)],
-        ["assistant tokens", f"{d.assistant_tokens:,}"],
-        ["distinct-1 / distinct-2 (assistant tokens)", f"{d.distinct_1:.3f} / {d.distinct_2:.3f}"],
+        ["assistant words (not tokens)", f"{d.assistant_words:,}"],
+        ["distinct-1 / distinct-2 (assistant words)", f"{d.distinct_1:.3f} / {d.distinct_2:.3f}"],
         ["template rate (distinct sentences after masking names and numbers / sentences)",
          f"{d.template_rate:.2f} ({d.distinct_templates:,} of {d.sentences:,})"],
         ["most repeated template", "—" if d.top_template is None else f"“{d.top_template}” ({d.top_template_count:,}×)"],

@@ -111,7 +111,7 @@ class DiversityCounter:
             top, top_count = int(ids[best]), int(counts[best])
         return {
             "conversations": self.conversations,
-            "assistant_tokens": self.tokens,
+            "assistant_words": self.tokens,
             "distinct_1": round(len(self.unigrams) / self.tokens, 4) if self.tokens else 0.0,
             "distinct_2": round(len(self.bigrams) / self.bigrams_total, 4) if self.bigrams_total else 0.0,
             "sentences": len(self.templates),

@@ -449,6 +449,7 @@ def axolotl_config(
     chat_template_jinja: str | None = None,
     train_on_eos: Literal["turn", "last", "all"] = "turn",
     sequence_len: int | None = None,
+    sequence_len_counted_with: str | None = None,
 ) -> str:
     """A YAML **snippet** (not a full Axolotl config) declaring the messages files as
     `type: chat_template` datasets: merge it into a config that sets `base_model`,
@@ -462,7 +463,9 @@ def axolotl_config(
     file, if any, goes to `test_datasets` (a local JSON file loads as split "train", hence
     `split: train`) and `val_set_size: 0` stops Axolotl from carving a second validation set
     out of the training data. `sequence_len` should come from the length statistics
-    (`LengthReport.recommended_sequence_len`); 2048 when unknown.
+    (`LengthReport.recommended_sequence_len`: the longest example rounded up, so Axolotl drops or
+    truncates nothing); 2048 when unknown. `sequence_len_counted_with` (the report's method) is
+    written beside it, so a reader knows whether it is a tokenizer count or an estimate.
     """
     if chat_template_jinja is not None:
         chat_template = "jinja"
@@ -521,6 +524,9 @@ def axolotl_config(
         ]
     if chat_template_jinja is not None:
         out.append(f"chat_template_jinja: {_yaml_str(chat_template_jinja)}")
+    if sequence_len_counted_with is not None:
+        out.append(f"# sequence_len: the longest example rounded up to a multiple of 64, counted with "
+                   f"{_yaml_str(sequence_len_counted_with)}")
     out += [
         f"sequence_len: {sequence_len}",
         "datasets:",

@@ -20,7 +20,7 @@ learns from: the assistant turns.
 
 **Diversity** (train and validation together, overall and per persona × arc × topic cell):
 
-* *distinct-1 / distinct-2* — distinct word unigrams / bigrams over all assistant tokens
+* *distinct-1 / distinct-2* — distinct word unigrams / bigrams over all assistant words
   (bigrams do not cross turns). Both fall as a corpus grows, so compare like with like.
 * *template rate* — assistant sentences with capitalised names, money and numbers masked
   (`mask_template`), then distinct masked sentences / all sentences: 1.0 means no sentence is a
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
 from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words
@@ -189,7 +189,9 @@ class Diversity(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     conversations: int = 0
-    assistant_tokens: int = 0
+    # Words (the diversity measures count words, not tokenizer tokens); versions recorded before
+    # the rename say `assistant_tokens`.
+    assistant_words: int = Field(default=0, validation_alias=AliasChoices("assistant_words", "assistant_tokens"))
     distinct_1: float = 0.0
     distinct_2: float = 0.0
     sentences: int = 0
@@ -277,7 +279,7 @@ class LeakageReport(BaseModel):
                 f"one template makes up {d.top_template_count / d.sentences:.1%} of assistant sentences "
                 f"({d.top_template_count}×): {d.top_template!r}"
             )
-        if t.min_distinct_2 is not None and d.assistant_tokens and d.distinct_2 < t.min_distinct_2:
+        if t.min_distinct_2 is not None and d.assistant_words and d.distinct_2 < t.min_distinct_2:
             warnings.append(f"distinct-2 {d.distinct_2:.3f} is below {t.min_distinct_2:g}")
         if t.min_cell_template_rate is not None:
             low = sorted(

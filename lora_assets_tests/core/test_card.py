@@ -164,14 +164,25 @@ def test_card_token_lengths_overlap_diversity_and_filters_sections() -> None:
     )
     # Token lengths: method labelled as an estimate, percentiles, recommendations, truncation.
     assert "## Token lengths" in card
-    assert "`estimate: chars/4` — an **estimate**" in card
+    assert "`estimate: chars/4 + 10%` — an **estimate** (characters / 4 plus a 10% margin)" in card
+    assert "plus 8 chat-template tokens per message; an assistant turn trains its content and its turn-end token" in card
     e = lengths.examples
     assert f"| examples | 3 | {e.p50} | {e.p95} | {e.p99} | {e.max} |" in card
-    assert f"Recommended Axolotl `sequence_len`:** {lengths.recommended_sequence_len} (p99 rounded up to a multiple of 64)" in card
+    a = lengths.assistant_turns
+    assert f"| trained tokens per assistant turn (turn end included) | 7 | {a.p50} | {a.p95} | {a.p99} | {a.max} |" in card
+    assert f"**Trained (assistant) tokens:** {lengths.assistant_tokens:,} (turn-end tokens included)" in card
+    assert lengths.recommended_sequence_len == lengths.recommended_max_length >= e.max
+    assert (f"Recommended Axolotl `sequence_len`:** {lengths.recommended_sequence_len} (the longest example rounded "
+            "up to a multiple of 64: drops or truncates nothing by this count)") in card
     assert f"Recommended TRL `max_length`:** {lengths.recommended_max_length}" in card
     t = lengths.truncation
     assert t is not None and t.examples_over == 3  # every example is longer than 128 tokens
-    assert f"At max_length 128:** 3 example(s) exceed it; {t.assistant_tokens_cut:,} of {t.assistant_tokens_total:,}" in card
+    assert t.assistant_tokens_total == lengths.assistant_tokens
+    assert (f"At max_length 128:** 3 example(s) exceed it; {t.assistant_tokens_cut:,} of {t.assistant_tokens_total:,}"
+            in card)
+    # Word counts say words: the diversity figures are not tokenizer tokens.
+    assert f"| assistant words (not tokens) | {leakage.diversity.assistant_words:,} |" in card
+    assert "| assistant tokens |" not in card
     # Overlap and diversity figures and the per-cell table.
     assert "## Overlap and diversity" in card
     assert "| validation assistant turns identical to a train turn (≥ 8 words) | 0 of 2 (0.0%) |" in card
@@ -197,7 +208,8 @@ def test_card_names_the_tokenizer_when_one_counted(tmp_path) -> None:
     lengths.add([{"role": "user", "content": "a small question"}, {"role": "assistant", "content": "a small answer"}])
     stats, export, _ = _inputs()
     card = dataset_card(name="x", stats=stats, export=export, sources=[CLAUDE], lengths=lengths.result(), filters_run=[])
-    assert f"Counted with the tokenizer `{tmp_path / 'tokenizer.json'}`" in card
+    assert f"Counted with the tokenizer `{tmp_path / 'tokenizer.json'}` (no chat template next to it)" in card
+    assert "plus 5 chat-template tokens per message" in card
     assert "estimate" not in card.split("## Token lengths")[1].split("## Quality")[0]
     assert "At max_length" not in card
     assert "Filters that ran: none." in card

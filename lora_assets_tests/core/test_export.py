@@ -328,6 +328,16 @@ def test_axolotl_config_snippet() -> None:
     assert only_train["sequence_len"] == 2048  # unknown lengths: the default
 
 
+def test_axolotl_sequence_len_says_how_it_was_counted() -> None:
+    text = axolotl_config(train_path="t.jsonl", sequence_len=1152, sequence_len_counted_with="estimate: chars/4 + 10%")
+    assert ('# sequence_len: the longest example rounded up to a multiple of 64, counted with '
+            '"estimate: chars/4 + 10%"\nsequence_len: 1152\n') in text
+    cfg = yaml.safe_load(text)  # a comment: the settings are unchanged
+    _assert_axolotl_schema(cfg)
+    assert cfg["sequence_len"] == 1152
+    assert "counted with" not in axolotl_config(train_path="t.jsonl", sequence_len=1152)
+
+
 def test_axolotl_config_explicit_template_choices() -> None:
     llama = yaml.safe_load(axolotl_config(train_path="t.jsonl", chat_template="llama3"))
     _assert_axolotl_schema(llama)

@@ -147,7 +147,7 @@ def test_distinct_n_and_template_rate() -> None:
     # Two turns: bigrams never cross a turn boundary.
     stats.add(_example("the cat", "the cat"), "train", conversation_id="b", cell=("p", "a", "t"))
     d = stats.result().diversity
-    assert d.assistant_tokens == 8
+    assert d.assistant_words == 8
     assert d.distinct_1 == pytest.approx(3 / 8)
     assert d.distinct_2 == pytest.approx(3 / 5)  # the-cat, cat-the, the-dog, the-cat, the-cat
     assert (d.sentences, d.distinct_templates) == (3, 2)
@@ -220,3 +220,11 @@ def test_diversity_is_exact_when_the_vocabulary_outgrows_16_bit_word_ids(monkeyp
     first.add(examples[0][0], "train", conversation_id="c0")
     after_first = len(first._vocabulary)  # widened while the second example is added
     assert report(1 << 16) == report(after_first) == report(0)
+
+
+def test_word_counts_recorded_under_their_old_name_still_load() -> None:
+    """Versions recorded before the rename say `assistant_tokens` for what is a word count."""
+    from lora_assets.core.leakage import Diversity
+
+    assert Diversity.model_validate({"assistant_tokens": 9}).assistant_words == 9
+    assert "assistant_words" in Diversity(assistant_words=9).model_dump()

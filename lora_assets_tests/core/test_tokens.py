@@ -11,7 +11,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from lora_assets.core.export import ExportWriter
 from lora_assets.core.tokens import (
+    BATCH,
     ESTIMATE_METHOD,
+    ESTIMATE_OVERHEAD_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
     CharEstimateCounter,
     LengthStats,
@@ -52,16 +54,20 @@ def _messages(system: str, *turns: str) -> list[dict[str, str]]:
     return out
 
 
-def test_estimate_is_chars_over_four_and_labelled() -> None:
+def test_estimate_is_chars_over_four_plus_its_margin_and_labelled() -> None:
     counter = token_counter(None)
     assert isinstance(counter, TokenCounter)
-    assert counter.method == ESTIMATE_METHOD == "estimate: chars/4"
-    assert counter.count_many(["", "abcd", "abcde", "x" * 400]) == [0, 1, 2, 100]
+    assert counter.method == ESTIMATE_METHOD == "estimate: chars/4 + 10%"
+    assert counter.counting == "message_overhead" and counter.chat_template is None
+    assert counter.message_overhead_tokens == ESTIMATE_OVERHEAD_TOKENS == 8
+    # ceil(chars × 1.1 / 4), exact at multiples (no float rounding: 400 chars → 110, not 111).
+    assert counter.count_many(["", "abcd", "abcde", "x" * 400, "x" * 40]) == [0, 2, 2, 110, 11]
 
 
 def test_tokenizer_counter_counts_real_tokens(tokenizer_dir: Path) -> None:
-    counter = token_counter(tokenizer_dir)  # a directory holding tokenizer.json
+    counter = token_counter(tokenizer_dir)  # a directory holding tokenizer.json, no chat template
     assert isinstance(counter, TokenizerCounter)
+    assert counter.counting == "message_overhead" and counter.message_overhead_tokens == MESSAGE_OVERHEAD_TOKENS
     assert counter.method == str(tokenizer_dir / "tokenizer.json")
     raw = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     text = "Let us look at your emergency fund."
@@ -87,19 +93,25 @@ def test_tokenizer_path_errors(tmp_path: Path) -> None:
         TokenizerCounter(bad)
 
 
-def test_example_length_includes_template_overhead_and_positions_assistant_spans() -> None:
-    stats = LengthStats(CharEstimateCounter())
-    # system 8 chars = 2 tokens, user 4 = 1, assistant 40 = 10
-    length = stats.add(_messages("s" * 8, "u" * 4, "a" * 40))
-    assert length == 2 + 1 + 10 + 3 * MESSAGE_OVERHEAD_TOKENS == 28
-    # Assistant content sits at positions [3+2+2 + 3+1+2 + 3, +10) = [16, 26).
-    assert stats.over(28).assistant_tokens_cut == 0 and stats.over(28).examples_over == 0
-    assert stats.over(27).examples_over == 1 and stats.over(27).assistant_tokens_cut == 0  # only the footer is cut
-    assert stats.over(20).assistant_tokens_cut == 6
-    assert stats.over(16).assistant_tokens_cut == 10
-    assert stats.over(5).assistant_tokens_cut == 10
-    assert stats.over(20).assistant_tokens_total == 10
-    assert stats.over(20).assistant_cut_rate == pytest.approx(0.6)
+def test_example_length_includes_template_overhead_and_positions_trained_spans(tokenizer_dir: Path) -> None:
+    stats = LengthStats(TokenizerCounter(tokenizer_dir))
+    raw = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    system, user, answer = "Let us look", "Should I invest", "It makes sense to feel unsure"
+    s, u, a = (len(raw.encode(t, add_special_tokens=False).ids) for t in (system, user, answer))
+    stats.add(_messages(system, user, answer))
+    [length] = stats.lengths
+    assert length == s + u + a + 3 * MESSAGE_OVERHEAD_TOKENS
+    # The assistant content starts after two framed messages and its header; its turn end (1) is trained.
+    start = (3 + s + 2) + (3 + u + 2) + 3
+    trained = a + 1
+    assert stats.over(length).assistant_tokens_cut == 0 and stats.over(length).examples_over == 0
+    assert stats.over(length - 1).examples_over == 1 and stats.over(length - 1).assistant_tokens_cut == 0  # "\n"
+    assert stats.over(start + trained - 1).assistant_tokens_cut == 1  # only the turn end is cut
+    assert stats.over(start + 2).assistant_tokens_cut == trained - 2
+    assert stats.over(start).assistant_tokens_cut == trained
+    assert stats.over(5).assistant_tokens_cut == trained
+    assert stats.over(start + 2).assistant_tokens_total == trained == stats.result().assistant_tokens
+    assert stats.over(start + 2).assistant_cut_rate == pytest.approx((trained - 2) / trained)
     with pytest.raises(ValueError):
         stats.over(0)
 
@@ -112,20 +124,21 @@ def test_percentiles_nearest_rank_and_recommendations() -> None:
 
     stats = LengthStats()
     for i in range(1, 101):
-        # One message of 4*k characters: k + 5 tokens of template.
-        stats.add([{"role": "assistant", "content": "a" * (4 * i * 10)}])
+        # One message of 40*i characters: 11*i estimated tokens (chars/4 + 10%) + 8 of template.
+        stats.add([{"role": "assistant", "content": "a" * (40 * i)}])
     report = stats.result(max_length=512)
-    assert report.method == ESTIMATE_METHOD
-    assert report.examples.p99 == 990 + MESSAGE_OVERHEAD_TOKENS
-    assert report.examples.max == 1000 + MESSAGE_OVERHEAD_TOKENS
-    assert report.recommended_sequence_len == 1024  # 995 → next multiple of 64
-    assert report.recommended_max_length == 1024
-    assert report.recommended_sequence_len % 64 == 0
+    assert report.method == ESTIMATE_METHOD and report.estimate_margin == 0.1
+    assert report.message_overhead_tokens == ESTIMATE_OVERHEAD_TOKENS
+    assert report.examples.p99 == 1089 + 8
+    assert report.examples.max == 1100 + 8
+    # Both recommendations keep the longest example whole: 1108 → next multiple of 64.
+    assert report.recommended_sequence_len == report.recommended_max_length == 1152
     assert report.truncation is not None and report.truncation.max_length == 512
-    # Examples of 10*i + 5 tokens longer than 512: i ≥ 51 → 50 examples.
-    assert report.truncation.examples_over == 50
-    # Each of them loses content tokens after 512 (content starts at position 3).
-    assert report.truncation.assistant_tokens_cut == sum(10 * i + 3 - 512 for i in range(51, 101))
+    # Examples of 11*i + 8 tokens longer than 512: i ≥ 46 → 55 examples.
+    assert report.truncation.examples_over == 55
+    # Each loses its trained tokens (content from position 6, then the turn end) at positions ≥ 512.
+    assert report.truncation.assistant_tokens_cut == sum(6 + 11 * i + 1 - 512 for i in range(46, 101))
+    assert report.assistant_tokens == sum(11 * i + 1 for i in range(1, 101))
     assert stats.result().truncation is None
 
 
@@ -140,9 +153,26 @@ def test_turn_stats_split_by_role_and_system_excluded() -> None:
     stats.add(_messages("s" * 400, "u" * 40, "a" * 80, "u" * 4, "a" * 8))
     report = stats.result()
     assert report.turns.count == 4
+    assert report.turns.max == 22 + ESTIMATE_OVERHEAD_TOKENS
     assert report.assistant_turns.count == 2
-    assert report.assistant_turns.max == 20 + MESSAGE_OVERHEAD_TOKENS
-    assert report.examples.max == 100 + 10 + 20 + 1 + 2 + 5 * MESSAGE_OVERHEAD_TOKENS
+    assert report.assistant_turns.max == 22 + 1  # trained: content + turn end
+    assert report.examples.max == 110 + 11 + 22 + 2 + 3 + 5 * ESTIMATE_OVERHEAD_TOKENS
+
+
+def test_examples_are_counted_in_batches_in_the_order_added() -> None:
+    """Buffered for one tokenizer call per batch: every example counted once, none lost at the
+    end, and the same figures as one at a time."""
+    stats = LengthStats()
+    sizes = [(i * 37) % 301 + 1 for i in range(BATCH * 2 + 7)]
+    for n in sizes:
+        stats.add(_messages("system", "q" * n, "a" * (2 * n)))
+    assert stats.result().examples.count == len(sizes)
+    one = []
+    for n in sizes[:20]:
+        single = LengthStats()
+        single.add(_messages("system", "q" * n, "a" * (2 * n)))
+        one.append(single.result().examples.max)
+    assert stats.lengths[:20] == one
 
 
 def test_exported_messages_with_tokenizer_and_estimate(tokenizer_dir: Path) -> None:
@@ -164,3 +194,15 @@ def test_exported_messages_with_tokenizer_and_estimate(tokenizer_dir: Path) -> N
     assert r.examples.max > r.examples.p50 and e.examples.max > e.examples.p50
     assert r.truncation is not None and r.truncation.assistant_tokens_total > 0
     assert r.recommended_sequence_len >= r.examples.p99 and r.recommended_sequence_len % 64 == 0
+
+
+def test_reports_recorded_before_the_chat_template_still_load() -> None:
+    """A version row's `stats` from before: no counting / template / trained-token fields."""
+    from lora_assets.core.tokens import LengthReport
+
+    old = {"method": "estimate: chars/4", "message_overhead_tokens": 5,
+           "examples": {"count": 2, "p50": 10, "p95": 12, "p99": 12, "max": 12, "mean": 11.0},
+           "turns": {"count": 4}, "assistant_turns": {"count": 2}, "recommended_sequence_len": 64,
+           "recommended_max_length": 64, "truncation": None}
+    report = LengthReport.model_validate(old)
+    assert report.counting == "message_overhead" and report.chat_template is None and report.assistant_tokens == 0

@@ -946,7 +946,7 @@ def test_card_metadata_and_axolotl_state_lengths_and_leakage(world: World, built
     examples = lengths["examples"]
     assert examples["count"] == 8 and 0 < examples["p50"] <= examples["p95"] <= examples["max"]
     assert (md["tokens_p50"], md["tokens_p95"], md["tokens_max"]) == (examples["p50"], examples["p95"], examples["max"])
-    assert md["token_count_method"] == v["stats"]["tokenizer"] == "estimate: chars/4"
+    assert md["token_count_method"] == v["stats"]["tokenizer"] == "estimate: chars/4 + 10%"
     seq_len = md["recommended_sequence_len"]
     assert seq_len == lengths["recommended_sequence_len"] >= examples["p99"] and seq_len % 64 == 0
     assert md["recommended_max_length"] == lengths["recommended_max_length"] >= examples["max"]
@@ -961,7 +961,7 @@ def test_card_metadata_and_axolotl_state_lengths_and_leakage(world: World, built
     assert md["filters_run"] == "review-rejected, dedup" and md["review_rejected_out"] == 0
 
     card = w.store.get_bytes(v["outputs"]["card"]["path"]).decode()
-    assert "## Token lengths" in card and "`estimate: chars/4` — an **estimate**" in card
+    assert "## Token lengths" in card and "`estimate: chars/4 + 10%` — an **estimate**" in card
     assert f"| examples | 8 | {examples['p50']} | {examples['p95']} | {examples['p99']} | {examples['max']} |" in card
     assert f"**Recommended Axolotl `sequence_len`:** {seq_len}" in card
     assert f"**Recommended TRL `max_length`:** {lengths['recommended_max_length']}" in card
@@ -1061,8 +1061,8 @@ def test_max_length_below_the_examples_warns_with_what_would_be_cut(world: World
     assert ev.passed is False and ev.severity == AssetCheckSeverity.WARN
     cut = version_row(w, name)["stats"]["lengths"]["truncation"]
     assert cut["max_length"] == 64 and cut["examples_over"] == 4 and cut["assistant_tokens_cut"] > 0
-    assert (f"4 example(s) exceed max_length 64 (estimate: chars/4); {cut['assistant_tokens_cut']} of "
-            f"{cut['assistant_tokens_total']} assistant tokens") in ev.description
+    assert (f"4 example(s) exceed max_length 64 (estimate: chars/4 + 10%); {cut['assistant_tokens_cut']} of "
+            f"{cut['assistant_tokens_total']} trained (assistant) tokens") in ev.description
     md = h.metadata(result, "training_files")
     assert md["max_length"] == "64" and md["examples_over_max_length"] == 4
 
