@@ -106,3 +106,17 @@ def test_mask_template_is_the_callback_one() -> None:
     generated = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
     for sentence in fixed + generated:
         assert mask_template(sentence) == _old_mask(sentence), sentence
+
+
+def test_a_build_process_imports_neither_datasketch_nor_scipy() -> None:
+    """scipy (behind datasketch's LSH module) cost ≈ 0.7 s in every process that built a file."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from lora_assets.core.dedup import Deduplicator; from lora_assets.core.leakage import "
+            "LeakageStats; import lora_assets.training_build; d = Deduplicator(); s = LeakageStats(); "
+            "s.add([{'role': 'assistant', 'content': 'one two three four five six seven eight nine'}], 'train', "
+            "conversation_id='c'); s.result(); "
+            "print(sorted(m for m in ('scipy', 'datasketch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
