@@ -27,7 +27,7 @@ from lora_assets.core.dedup import DedupDecision, Deduplicator, quality_filter
 from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config
 from lora_assets.core.leakage import LeakageReport, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, TokenizerLoadError, token_counter
-from lora_assets.core.split import train_validation_split
+from lora_assets.core.split import SplitReport, grouped_split, turn_keys
 from lora_assets.schemas import ConsultantProfile, EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import training_files as tfq
@@ -142,6 +142,7 @@ class BuildResult(BaseModel):
     leakage: LeakageReport
     leakage_blocking: list[str]
     leakage_warnings: list[str]
+    split_groups: SplitReport
     card: str
 
 
@@ -220,6 +221,8 @@ class _Curation:
     dropped: list[tuple[dict[str, Any], DedupDecision]] = field(default_factory=list)
     dedup: Deduplicator = field(default_factory=Deduplicator)
     copies: _LocalCopies = field(default_factory=_LocalCopies)
+    # Kept member id -> digests of its assistant turns: the split keeps sharers on one side.
+    turn_keys: dict[str, frozenset[bytes]] = field(default_factory=dict)
 
 
 def _load(engine: Engine, name: str) -> _Inputs:
@@ -269,9 +272,11 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int) -> _
         try:
             reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates, 2 * concurrency)
             for number, (m, data) in enumerate(reads, start=1):
-                decision = cur.dedup.check(_member(m, data), conversation_id=m["id"])
+                conv = _member(m, data)
+                decision = cur.dedup.check(conv, conversation_id=m["id"])
                 if decision.keep:
                     cur.kept.append(m)
+                    cur.turn_keys[m["id"]] = turn_keys(p.target_response for p in conv.training_pairs)
                     cur.copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
                 else:
                     cur.dropped.append((m, decision))
@@ -337,6 +342,7 @@ class _Built:
     export: ExportStats
     split: dict[str, str]
     measured: Measured
+    split_report: SplitReport
     card: str = ""
     outputs: dict[str, OutputFile] = field(default_factory=dict)
 
@@ -348,7 +354,8 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
         write_training_json(dataset_name=plan.name, created_date=built.created, consultant=inputs.consultant,
                             stats=built.stats, jsonl_in=jsonl_in, json_out=json_out)
     store.put_bytes(key["axolotl"], axolotl_config(
-        train_path=OUTPUTS["messages-train"], validation_path=OUTPUTS["messages-validation"],
+        train_path=OUTPUTS["messages-train"],
+        validation_path=OUTPUTS["messages-validation"] if built.export.conversations_validation else None,
         sequence_len=built.measured.lengths.recommended_sequence_len).encode())
     tf = inputs.tf
     built.card = dataset_card(
@@ -360,6 +367,7 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
         train_file=OUTPUTS["messages-train"], validation_file=OUTPUTS["messages-validation"],
         review_rejected_out=len(cur.review_rejected), lengths=built.measured.lengths, leakage=built.measured.leakage,
         filters_run=filters_run(tf["min_quality"], tf.get("min_judge_score")),
+        split_report=built.split_report,
     )
     store.put_bytes(key["card"], built.card.encode())
 
@@ -404,6 +412,7 @@ def _version_values(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Bu
                                for m in cur.judge_filtered],
             "review_rejected": [m["id"] for m in cur.review_rejected],
             "filters_run": filters_run(inputs.tf["min_quality"], inputs.tf.get("min_judge_score")),
+            "split_groups": built.split_report.model_dump(mode="json"),
             **built.measured.stats(),
         },
         "conversation_ids": [m["id"] for m in cur.kept],
@@ -435,6 +444,9 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         human_reviewed=bool(m["human_reviewed"]) or m.get("review_decision") == APPROVE,
     ) for m in cur.kept]
     blocking, warnings = built.measured.leakage.problems(built.measured.leakage_thresholds)
+    no_validation = built.split_report.line()
+    if no_validation:
+        warnings = [no_validation, *warnings]
     return BuildResult(
         name=plan.name, version=built.version, prefix=prefix, location=f"{store.location}/{prefix}",
         outputs=built.outputs, members=len(inputs.members), kept=kept,
@@ -451,7 +463,7 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         human_reviewed_count=qs.human_reviewed_count, quality_histogram=list(stats.quality_histogram),
         scaffolding_distribution=_distribution(plan.name, built), card=built.card,
         lengths=built.measured.lengths, max_length=built.measured.max_length, leakage=built.measured.leakage,
-        leakage_blocking=blocking, leakage_warnings=warnings,
+        leakage_blocking=blocking, leakage_warnings=warnings, split_groups=built.split_report,
     )
 
 
@@ -469,8 +481,9 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
     inputs = _load(engine, plan.name)
     cur = _curate(plan.name, inputs, store, concurrency)
     try:
-        split = train_validation_split([tfq.summary_of(m) for m in cur.kept],
-                                       validation_fraction=plan.validation_fraction, seed=plan.split_seed)
+        grouped = grouped_split([tfq.summary_of(m) for m in cur.kept], validation_fraction=plan.validation_fraction,
+                                seed=plan.split_seed, keys=cur.turn_keys)
+        split = grouped.sides
         try:
             version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
         except tfq.BuildInProgressError as exc:
@@ -480,7 +493,7 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
         try:
             measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
             stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures)
-            built = _Built(version, datetime.now(UTC), stats, export, split, measures.result())
+            built = _Built(version, datetime.now(UTC), stats, export, split, measures.result(), grouped.report)
             _write_rest(plan, inputs, cur, store, key, built)
             built.outputs = _outputs(store, key, built)
             with engine.begin() as conn:
