@@ -2,7 +2,9 @@
 
 Templates use `str.format` slots filled in `content.compose_conversation`: name, first, topic,
 topic_l (the topic mid-sentence), topic_desc, arc, start, end, demographics, background,
-emotion, and the figures income, amount, monthly, rate, years, projection, contributions, share.
+emotion, and the figures income, amount, monthly, rate, years, projection, contributions, share;
+the advisor's banks also fact_label / fact_value (one line of the persona's financial background),
+concept (a clause of the topic description) and who (the persona as a noun phrase).
 """
 
 from __future__ import annotations
@@ -73,48 +75,134 @@ USER_CLOSERS = (
     "That feels like {end}.",
     "Honestly, I expected to leave more stressed. Instead it's {end}. Let's set up the {monthly} transfer.",
 )
+# --- The advisor: a grammar, not a list of sentences --------------------------------------------
+# `[a|b|c]` picks one option (an empty option drops the part), expanded left to right by the
+# conversation's seeded generator before the `{slots}` are filled (see `content.expand`). A few
+# choices per part multiply into thousands of sentences per template, so two conversations about
+# the same persona rarely say the same sentence word for word — as with a model's answers.
+
+#: The advisor's first sentence: the client's feeling, named, before any figure (rule 6 of the
+#: system prompt); always addresses the client by first name.
 ADVISOR_ACKS = (
-    "{first}, thank you for being so open about the {emotion}. That's a completely normal reaction "
-    "when this much is at stake.",
-    "I can hear the {emotion} in what you're saying, {first}, and it makes sense: {topic_l} touches "
-    "your security and your family's.",
-    "It takes courage to name {emotion} out loud, {first}. Let's slow down and take this one piece at a time.",
-    "Feeling {emotion} here doesn't mean you've done anything wrong, {first}; it means you care about "
-    "getting it right.",
-    "That {emotion} is worth listening to, {first}. It points at the questions we should answer first.",
-    "I really appreciate you telling me that, {first}. A lot of people feel {emotion} at exactly this point.",
+    "[{first}, thank you|Thank you, {first},|Thanks, {first},] for [being so open|being this honest|saying that out loud|"
+    "putting it into words|telling me straight] about the {emotion}[| you're carrying| you feel| that comes up].",
+    "I can [hear|sense|tell there's] [the|some|a real] {emotion} in [what you just said|how you put that|your question], "
+    "{first}[, and it makes sense| and it's understandable|; that's a reasonable place to be|, which is fair].",
+    "[It takes courage|It's not easy|It says a lot] to [name|admit to|talk about] {emotion} [out loud|openly|"
+    "this early|with someone you've just met], {first}[.|, so thank you.|, and I'm glad you did.]",
+    "[Feeling|Noticing|Sitting with] {emotion} [here|about this|at this point] [doesn't mean|isn't a sign] you've "
+    "[done anything wrong|made a mistake|fallen behind], {first}[; it means you care about getting it right|; it usually "
+    "means this matters to you|. It's a sign you're taking it seriously].",
+    "That {emotion} is [worth listening to|telling us something|useful information], {first}[, because it points at| since it "
+    "shows us| and it tells me] [the questions to answer first|where to start|what matters most to you].",
+    "{first}, [a lot of|many|plenty of] [people|clients|families I work with] [feel|describe|run into] {emotion} [at exactly "
+    "this point|when they first look at this|around this stage][, so you're in good company|, and it passes|].",
+    "[Let's|I'd like to|We can] [slow down|take a breath|pause] for a [second|moment|minute], {first}: {emotion} is a "
+    "[normal|natural|very human|completely reasonable] [reaction|response|place to be] [when this much is at stake|when the "
+    "stakes feel this high|with something this personal].",
+    "[I appreciate|I'm glad|It helps] that you [told me about|mentioned|were upfront about] the {emotion}, {first}[; we'll "
+    "work with it, not around it|. It shapes how we go about this|, because it changes where I'd start].",
+    "[Okay|Alright|Right], {first}, [so |]there's {emotion} [in the mix|underneath this|behind that question][, and that's "
+    "fine|, which is worth naming|. Good to know].",
+    "[Hearing|Knowing] that you [feel|are feeling|still feel] {emotion} [helps me|tells me a lot|is useful], {first}[, "
+    "because we can pace this around it|; let's keep that in view as we go|, and we'll take it one step at a time].",
 )
+#: Turns that say how the advisor will proceed (no figures; optional after the acknowledgement).
+ADVISOR_BRIDGES = (
+    "[Let's|Let me|I'd like to] [take this|break this down|walk through this] [one piece at a time|in small steps|"
+    "in plain terms|slowly] [so nothing gets lost|so it's easier to hold|so you can see how the pieces fit|].",
+    "[Before we get to|Ahead of] [any|the] [numbers|details|products], I [want|'d like] to [make sure|check] we're "
+    "[looking at|solving|answering] the [right|same] [question|problem] for {topic_l}.",
+    "[There are|I see] [two|three|a couple of] [parts|pieces|angles] to {topic_l} [here|in your case|worth separating], "
+    "and [we can|I'd suggest we|it helps to] [take them in order|start with the simplest one|look at each on its own].",
+    "[Nothing|None of this] [has to|needs to] be [decided|settled|locked in] today; [the goal|what I want|my aim] "
+    "[right now |today |]is [clarity|a clear picture|a plan you understand|a first step you're comfortable with].",
+)
+#: Body sentences. Each uses the conversation's own numbers, the persona's own background
+#: (`fact_label` / `fact_value`) and the topic (`topic_l`, `concept`).
 ADVISOR_FACTS = (
-    "Here's the big picture on {topic_l}. {topic_desc} Now the numbers: if you put {monthly} a month toward it at an "
-    "assumed {rate} annual return, that grows to roughly {projection} over {years} years.",
-    "Let's put numbers on it. Starting from {amount} and adding {monthly} a month, you'd have about "
-    "{projection} in {years} years at {rate}, and even at half that return you'd be well ahead of waiting.",
-    "The key idea with {topic_l} is that consistency beats timing. {monthly} a month for {years} years "
-    "is {contributions} in contributions alone, before any growth.",
-    "A useful rule of thumb: keep three to six months of expenses easy to reach before taking more "
-    "risk. With {amount} already set aside, you're closer to that than it feels.",
-    "Let me frame {topic_l} first. {topic_desc} In your case the gap between a {rate} return and a more "
-    "cautious assumption is a few hundred dollars a year, not a disaster.",
-    "On {income} a year, {monthly} a month is about {share} of gross income, which is a sustainable "
-    "pace for {topic_l} without squeezing your day-to-day budget.",
+    "[You mentioned|You told me|From what you've shared,|Looking at your notes,] [that |]your {fact_label} [is|comes to|"
+    "stands at] {fact_value}[, which|. That] [gives us|is|makes] a [solid|real|useful|workable] [starting point|"
+    "foundation|base] for {topic_l}.",
+    "[If you|Suppose you|Say you] [put|set aside|direct|automate] {monthly} a month [toward|into] [this|{topic_l}|that "
+    "goal] at [an assumed|a conservative|a modest|a middle-of-the-road] {rate} [annual |]return, [you'd have|that grows "
+    "to|you're looking at] [roughly|about|around|close to] {projection} [in|after|over] {years} years.",
+    "{monthly} a month for {years} years [is|adds up to|comes to] {contributions} [in contributions alone|of your own "
+    "money|before any growth|before a single dollar of return][, which surprises most people|, and that part is fully in "
+    "your control|].",
+    "[On|With] {income} [a year|of income|coming in], {monthly} [a month |]is [about|roughly|around|just under] {share} of "
+    "[gross|your gross|your] income[, a pace most households can keep up|, which leaves room for everything else|; "
+    "sustainable, not heroic|].",
+    "[The key idea|The part that matters most|What tends to matter|The piece people often miss|The heart of it] "
+    "[with|in|about] {topic_l} is {concept}[.|, more than anything else.|, and it's simpler than it sounds.]",
+    "[When I look at|Thinking about|If we weigh] {concept}, [your|the] {fact_label} ({fact_value}) [matters|"
+    "changes the picture|is the number I'd keep in mind|is what I'd anchor on] [more than the headlines do|for "
+    "{topic_l}|here].",
+    "[Even at|Even if returns are only|At] half of {rate}, [starting from|building on|with] {amount} [you'd still|you would "
+    "still|you'd] [be ahead of|beat|come out ahead of] waiting [another|a few more|one more] [year|years|cycle].",
+    "[A useful|One practical|A simple] rule of thumb [for {topic_l} |]is to [keep|hold] [three|four|six] months of "
+    "[expenses|spending|essentials] [easy to reach|in cash|somewhere boring] before [taking more risk|investing more|"
+    "stretching further][, and {amount} already covers part of that|].",
+    "[In your case|For you|Given your situation], the gap between {rate} and a more [cautious|conservative|pessimistic] "
+    "assumption is [a few hundred dollars a year|small in any single year|real but manageable], not [a disaster|a crisis|"
+    "something to lose sleep over].",
+    "[Consistency|Showing up every month|A steady habit] [beats|matters more than|outweighs] [timing|picking the perfect "
+    "moment|clever moves] [with|for|in] {topic_l}[, especially over {years} years|, which is good news for you|].",
+    "[As|Since you're|Being] {who}, [you're|you are] [in a better spot than it feels|further along than you think|"
+    "not starting from zero] on {topic_l}[, honestly|, from what I can see|].",
+    "[What I'd|What I would|The first thing I'd] [look at|check|want to understand] is {concept}, [because|since] "
+    "[it drives|it shapes|everything else follows from] [the rest of the plan|the other decisions|how much risk makes sense].",
+    "[Your|The] {fact_label} ({fact_value}) [and|plus] {monthly} a month [give us|make|are] [two|a couple of] "
+    "[levers|dials|numbers] we can [actually control|adjust without drama|move as life changes].",
+    "[Over|Across] {years} years, the [difference|gap] between [doing nothing|waiting|starting now] and {monthly} a month "
+    "[is|comes to] [roughly|about|something like] {projection}[ at {rate}|, assuming {rate}|].",
 )
+#: Questions back to the client (the advisor's last sentence in a middle turn).
 ADVISOR_QUESTIONS = (
-    "What part of that feels most uncertain to you?",
-    "Does that match what you were picturing?",
-    "Would it help if we mapped out the first three months together?",
-    "How does that land for you?",
-    "What would make this feel more doable?",
-    "Which of those numbers would you like to look at more closely?",
+    "[What|Which] [part|piece] of [that|this|the plan] [feels|seems] [most uncertain|least clear|hardest|most uncomfortable] "
+    "[to you|right now|for you|so far]?",
+    "[Does that|Does this|Does any of that] [match|fit|line up with] what you [were picturing|had in mind|expected|hoped]"
+    "[, {first}|]?",
+    "Would it [help|be useful|make it easier] if we [mapped out|sketched|wrote down] the [first|next] [three months|few "
+    "weeks|couple of steps] [together|right now|before you leave]?",
+    "How does [that|this|all of that] [land|sit|feel] [for you|with you|so far][, {first}|]?",
+    "What would make [this|{topic_l}|the plan] feel [more doable|more manageable|less heavy|more like yours]?",
+    "[Which|What] [of those numbers|part of the math|figure] would you like to [look at|go through|test] [more closely|"
+    "again|together|with different assumptions]?",
+    "[Is there|Do you have] [a|any] [worry|question|scenario] [about {topic_l} |]that we [haven't touched yet|should "
+    "look at next|skipped over]?",
+    "[How would|What would] [your family|your partner|the people at home] [think|say] about [this|that approach|"
+    "a plan like this]?",
 )
+#: The last advisor turn: the ending feeling first, then a recap with the figures, then a sign-off.
 ADVISOR_CLOSERS = (
-    "I'm really glad you're feeling {end} now, {first}. To recap: automate {monthly} a month, keep the "
-    "{amount} where it is for now, and we'll review {topic_l} together in six months.",
-    "{first}, you did the hard part today by looking at this directly, and that {end} is earned. "
-    "Next steps: set up the {monthly} transfer, note the {rate} assumption, and check back after your next pay review.",
-    "It's wonderful to hear that {end} in your voice, {first}. Your plan for {topic_l} is simple on purpose: {monthly} a "
-    "month, a {years}-year horizon, and a check-in twice a year. I'll send a written summary today.",
-    "Thank you for trusting me with this, {first}. Hold on to that {end}: with {amount} to start and "
-    "{monthly} a month, you're on track for roughly {projection} in {years} years.",
+    "[I'm really glad|I'm so glad|It's good|It's wonderful] [to hear|that you're feeling|to see] {end} [now|today|"
+    "where there was {start}], {first}.",
+    "{first}, you did the hard part [today|in this conversation|this afternoon] by [looking at this directly|facing "
+    "it|asking the questions][, and that {end} is earned|; the {end} you feel is earned|, and it shows in the "
+    "{end} you describe].",
+    "[Hold on to|Keep hold of|Remember] that {end}, {first}[; it came from understanding, not luck|, because you built "
+    "it yourself today|: it's based on real numbers now].",
+    "[Thank you|Thanks] for [trusting me|working through this|sticking with it], {first}; [hearing|that shift to] {end} "
+    "[in your voice |]is [exactly what I hoped for|the best outcome of today|what matters most].",
+)
+ADVISOR_RECAPS = (
+    "[To recap|So, to sum up|Here's the plan in short|Let me summarise]: [automate|set up|start] {monthly} a month, "
+    "[keep|leave] {amount} [where it is|as your base|untouched for now], and [we'll review|we'll revisit|let's check] "
+    "{topic_l} [together |]in [six months|the spring|a few months].",
+    "[Next steps|Your next steps|What happens next]: [set up|schedule] the {monthly} transfer, [note|write down] the {rate} "
+    "assumption, and [check back|we'll talk again|let's review] [after your next pay review|in six months|before year end].",
+    "[Your plan for {topic_l} is simple on purpose|The plan is deliberately simple|Nothing fancy]: {monthly} a month, a "
+    "{years}-year horizon, and a check-in [twice a year|every six months|once a year].",
+    "With {amount} to start and {monthly} a month, you're [on track for|heading toward|looking at] [roughly|about|around] "
+    "{projection} in {years} years[ at {rate}|, if returns average {rate}|].",
+)
+ADVISOR_SIGNOFFS = (
+    "[I'll send|You'll get|I'll email] a [written|short|one-page] summary [today|tonight|by tomorrow][ so you can share it|"
+    " with every number we used|].",
+    "[Call me|Reach out|Send me a note] [any time|whenever|if] [something changes|questions come up|life shifts the "
+    "numbers][, that's what I'm here for|; we'll adjust together|].",
+    "[You've got this|You're ready for this|This is very doable], {first}[.|, and I'll be here for the check-ins.]",
 )
 EARLY_EMOTIONS = ("cautious curiosity", "guarded hope", "uncertainty", "tentative interest", "hesitation")
 LATE_EMOTIONS = ("growing relief", "cautious optimism", "emerging clarity", "steadiness", "reassurance")
