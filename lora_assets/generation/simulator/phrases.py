@@ -82,127 +82,157 @@ USER_CLOSERS = (
 # the same persona rarely say the same sentence word for word — as with a model's answers.
 
 #: The advisor's first sentence: the client's feeling, named, before any figure (rule 6 of the
-#: system prompt); always addresses the client by first name.
+#: system prompt); always addresses the client by first name. No option ends a sentence early:
+#: every sentence carries the name, the feeling and several choices.
 ADVISOR_ACKS = (
-    "[{first}, thank you|Thank you, {first},|Thanks, {first},] for [being so open|being this honest|saying that out loud|"
-    "putting it into words|telling me straight] about the {emotion}[| you're carrying| you feel| that comes up].",
-    "I can [hear|sense|tell there's] [the|some|a real] {emotion} in [what you just said|how you put that|your question], "
-    "{first}[, and it makes sense| and it's understandable|; that's a reasonable place to be|, which is fair].",
-    "[It takes courage|It's not easy|It says a lot] to [name|admit to|talk about] {emotion} [out loud|openly|"
-    "this early|with someone you've just met], {first}[.|, so thank you.|, and I'm glad you did.]",
-    "[Feeling|Noticing|Sitting with] {emotion} [here|about this|at this point] [doesn't mean|isn't a sign] you've "
-    "[done anything wrong|made a mistake|fallen behind], {first}[; it means you care about getting it right|; it usually "
-    "means this matters to you|. It's a sign you're taking it seriously].",
-    "That {emotion} is [worth listening to|telling us something|useful information], {first}[, because it points at| since it "
-    "shows us| and it tells me] [the questions to answer first|where to start|what matters most to you].",
-    "{first}, [a lot of|many|plenty of] [people|clients|families I work with] [feel|describe|run into] {emotion} [at exactly "
-    "this point|when they first look at this|around this stage][, so you're in good company|, and it passes|].",
-    "[Let's|I'd like to|We can] [slow down|take a breath|pause] for a [second|moment|minute], {first}: {emotion} is a "
-    "[normal|natural|very human|completely reasonable] [reaction|response|place to be] [when this much is at stake|when the "
-    "stakes feel this high|with something this personal].",
-    "[I appreciate|I'm glad|It helps] that you [told me about|mentioned|were upfront about] the {emotion}, {first}[; we'll "
-    "work with it, not around it|. It shapes how we go about this|, because it changes where I'd start].",
-    "[Okay|Alright|Right], {first}, [so |]there's {emotion} [in the mix|underneath this|behind that question][, and that's "
-    "fine|, which is worth naming|. Good to know].",
-    "[Hearing|Knowing] that you [feel|are feeling|still feel] {emotion} [helps me|tells me a lot|is useful], {first}[, "
-    "because we can pace this around it|; let's keep that in view as we go|, and we'll take it one step at a time].",
+    "[{first}, thank you|Thank you, {first},|Thanks, {first},|{first}, I appreciate you] for [being so open|being this "
+    "honest|saying that out loud|putting it into words|telling me straight|trusting me with it] about the {emotion}"
+    "[| you're carrying| you feel| that comes up| around {topic_l}][, because it helps me help you|; it tells me where "
+    "to start|; that matters here|, truly|].",
+    "I can [hear|sense|tell there's|pick up] [the|some|a real|a bit of] {emotion} in [what you just said|how you put "
+    "that|your question|your voice][ about {topic_l}|], {first}[, and it makes sense| and it's understandable|; that's a "
+    "reasonable place to be|, which is fair|, and I'm glad you said it].",
+    "[It takes courage|It's not easy|It says a lot|It means something] to [name|admit to|talk about|bring up] {emotion} "
+    "[out loud|openly|this early|with someone you've just met|about money], {first}[, so thank you|, and I'm glad you "
+    "did|, especially about {topic_l}|; most people keep that to themselves].",
+    "[Feeling|Noticing|Sitting with|Carrying] {emotion} [here|about this|at this point|around {topic_l}] [doesn't "
+    "mean|isn't a sign|is no sign] you've [done anything wrong|made a mistake|fallen behind|missed something], {first}"
+    "[; it means you care about getting it right|; it usually means this matters to you|; it's a sign you're taking it "
+    "seriously|, and we can work with it].",
+    "That {emotion} is [worth listening to|telling us something|useful information|a good compass], {first}[, because "
+    "it points at| since it shows us| and it tells me|, as it hints at] [the questions to answer first|where to "
+    "start|what matters most to you|which part of {topic_l} to tackle first].",
+    "{first}, [a lot of|many|plenty of|most] [people|clients|families I work with|couples] [feel|describe|run into|talk "
+    "about] {emotion} [at exactly this point|when they first look at {topic_l}|around this stage|when the numbers get "
+    "real][, so you're in good company|, and it does pass|, and it usually eases once there's a plan|].",
+    "[Let's|I'd like to|We can] [slow down|take a breath|pause] for a [second|moment|minute], {first}[:|;] {emotion} is a "
+    "[normal|natural|very human|completely reasonable] [reaction|response|place to be] [when this much is at "
+    "stake|when the stakes feel this high|with something this personal|when {topic_l} is on the table].",
+    "[I appreciate|I'm glad|It helps] that you [told me about|mentioned|were upfront about|named] the {emotion}, "
+    "{first}[; we'll work with it, not around it|; it shapes how we go about {topic_l}|, because it changes where I'd "
+    "start|, since it tells me how fast to go].",
+    "[Okay|Alright|Right|I hear you], {first}[, so|,|;] there's {emotion} [in the mix|underneath this|behind that "
+    "question|around {topic_l}][, and that's fine|, which is worth naming|, and that's good to know|, and we'll make "
+    "room for it].",
+    "[Hearing|Knowing] that you [feel|are feeling|still feel|now feel] {emotion} [helps me|tells me a lot|is "
+    "useful|matters], {first}[, because we can pace {topic_l} around it|; let's keep that in view as we go|, and we'll "
+    "take it one step at a time|, so thank you for saying so].",
 )
-#: Turns that say how the advisor will proceed (no figures; optional after the acknowledgement).
+#: How the advisor will proceed (no figures; optional after the acknowledgement).
 ADVISOR_BRIDGES = (
-    "[Let's|Let me|I'd like to] [take this|break this down|walk through this] [one piece at a time|in small steps|"
-    "in plain terms|slowly] [so nothing gets lost|so it's easier to hold|so you can see how the pieces fit|].",
-    "[Before we get to|Ahead of] [any|the] [numbers|details|products], I [want|'d like] to [make sure|check] we're "
-    "[looking at|solving|answering] the [right|same] [question|problem] for {topic_l}.",
-    "[There are|I see] [two|three|a couple of] [parts|pieces|angles] to {topic_l} [here|in your case|worth separating], "
-    "and [we can|I'd suggest we|it helps to] [take them in order|start with the simplest one|look at each on its own].",
-    "[Nothing|None of this] [has to|needs to] be [decided|settled|locked in] today; [the goal|what I want|my aim] "
-    "[right now |today |]is [clarity|a clear picture|a plan you understand|a first step you're comfortable with].",
+    "[Let's|Let me|I'd like to|We can] [take|break|walk through|unpack] {topic_l} [one piece at a time|in small "
+    "steps|in plain terms|slowly|from the ground up] [so nothing gets lost|so it's easier to hold|so you can see how the "
+    "pieces fit|and keep your own numbers in front of us|].",
+    "[Before we get to|Ahead of] [any|the] [numbers|details|products|options], I [want|'d like] to [make sure|check|be "
+    "sure] we're [looking at|solving|answering] the [right|same] [question|problem] [for {topic_l}|about {concept}|for "
+    "you and your family].",
+    "[There are|I see] [two|three|a couple of] [parts|pieces|angles] to {topic_l} [here|in your case|worth "
+    "separating], and [we can|I'd suggest we|it helps to] [take them in order|start with {concept}|look at each on its "
+    "own|begin with the simplest one].",
+    "[Nothing|None of this] [has to|needs to] be [decided|settled|locked in] [today|this week|right now] on {topic_l}"
+    "[, {first}|]; [the goal|what I want|my aim] [right now |today |]is [clarity|a clear picture|a plan you "
+    "understand|a first step you're comfortable with] [on {concept}|for your household|that fits your life].",
 )
 #: Body sentences. Each uses the conversation's own numbers, the persona's own background
 #: (`fact_label` / `fact_value`) and the topic (`topic_l`, `concept`).
 ADVISOR_FACTS = (
-    "[You mentioned|You told me|From what you've shared,|Looking at your notes,] [that |]your {fact_label} [is|comes to|"
-    "stands at] {fact_value}[, which|. That] [gives us|is|makes] a [solid|real|useful|workable] [starting point|"
-    "foundation|base] for {topic_l}.",
-    "[If you|Suppose you|Say you] [put|set aside|direct|automate] {monthly} a month [toward|into] [this|{topic_l}|that "
-    "goal] at [an assumed|a conservative|a modest|a middle-of-the-road] {rate} [annual |]return, [you'd have|that grows "
-    "to|you're looking at] [roughly|about|around|close to] {projection} [in|after|over] {years} years.",
-    "{monthly} a month for {years} years [is|adds up to|comes to] {contributions} [in contributions alone|of your own "
-    "money|before any growth|before a single dollar of return][, which surprises most people|, and that part is fully in "
-    "your control|].",
-    "[On|With] {income} [a year|of income|coming in], {monthly} [a month |]is [about|roughly|around|just under] {share} of "
-    "[gross|your gross|your] income[, a pace most households can keep up|, which leaves room for everything else|; "
-    "sustainable, not heroic|].",
+    "[You mentioned|You told me|From what you've shared,|Looking at your notes,|If I have it right,] [that |]your "
+    "{fact_label} [is|comes to|stands at|amounts to] {fact_value}[, which|; that] [gives us|is|makes] a [solid|real|"
+    "useful|workable|decent] [starting point|foundation|base|anchor] for {topic_l}.",
+    "[If you|Suppose you|Say you|Imagine you] [put|set aside|direct|automate|move] {monthly} a month [toward|into] "
+    "[this|{topic_l}|that goal|{concept}] at [an assumed|a conservative|a modest|a middle-of-the-road] {rate} [annual "
+    "|]return, [you'd have|that grows to|you're looking at|it builds to] [roughly|about|around|close to] {projection} "
+    "[in|after|over] {years} years.",
+    "{monthly} a month for {years} years [is|adds up to|comes to|works out to] {contributions} [in contributions "
+    "alone|of your own money|before any growth|before a single dollar of return][, which surprises most people|, and "
+    "that part is fully in your control|, and it all counts toward {topic_l}|].",
+    "[On|With] {income} [a year|of income|coming in|of household income], {monthly} [a month |]is [about|roughly|"
+    "around|just under] {share} of [gross|your gross|your] income[, a pace most households can keep up|, which leaves "
+    "room for everything else|; sustainable, not heroic|, a sensible share for {topic_l}].",
     "[The key idea|The part that matters most|What tends to matter|The piece people often miss|The heart of it] "
-    "[with|in|about] {topic_l} is {concept}[.|, more than anything else.|, and it's simpler than it sounds.]",
-    "[When I look at|Thinking about|If we weigh] {concept}, [your|the] {fact_label} ({fact_value}) [matters|"
+    "[with|in|about|for] {topic_l} is {concept}[, more than anything else|, and it's simpler than it sounds|, at "
+    "least for a household like yours|, {first}|].",
+    "[When I look at|Thinking about|If we weigh|Turning to] {concept}, [your|the] {fact_label} ({fact_value}) [matters|"
     "changes the picture|is the number I'd keep in mind|is what I'd anchor on] [more than the headlines do|for "
-    "{topic_l}|here].",
-    "[Even at|Even if returns are only|At] half of {rate}, [starting from|building on|with] {amount} [you'd still|you would "
-    "still|you'd] [be ahead of|beat|come out ahead of] waiting [another|a few more|one more] [year|years|cycle].",
-    "[A useful|One practical|A simple] rule of thumb [for {topic_l} |]is to [keep|hold] [three|four|six] months of "
-    "[expenses|spending|essentials] [easy to reach|in cash|somewhere boring] before [taking more risk|investing more|"
-    "stretching further][, and {amount} already covers part of that|].",
-    "[In your case|For you|Given your situation], the gap between {rate} and a more [cautious|conservative|pessimistic] "
-    "assumption is [a few hundred dollars a year|small in any single year|real but manageable], not [a disaster|a crisis|"
-    "something to lose sleep over].",
-    "[Consistency|Showing up every month|A steady habit] [beats|matters more than|outweighs] [timing|picking the perfect "
-    "moment|clever moves] [with|for|in] {topic_l}[, especially over {years} years|, which is good news for you|].",
-    "[As|Since you're|Being] {who}, [you're|you are] [in a better spot than it feels|further along than you think|"
-    "not starting from zero] on {topic_l}[, honestly|, from what I can see|].",
-    "[What I'd|What I would|The first thing I'd] [look at|check|want to understand] is {concept}, [because|since] "
-    "[it drives|it shapes|everything else follows from] [the rest of the plan|the other decisions|how much risk makes sense].",
+    "{topic_l}|here|most of all].",
+    "[Even at|Even if returns are only|At] half of {rate}, [starting from|building on|with] {amount} [and {monthly} a "
+    "month |]you'd [still be ahead of|still beat|come out ahead of] [waiting|holding off|doing nothing] [another|a few "
+    "more|one more] [year|years|cycle] on {topic_l}.",
+    "[A useful|One practical|A simple|A dependable] rule of thumb [for {topic_l} |]is to [keep|hold|park] [three|four|"
+    "six] months of [expenses|spending|essentials] [easy to reach|in cash|somewhere boring] before [taking more "
+    "risk|investing more|stretching further][, and {amount} already covers part of that|, which for you means "
+    "roughly {monthly} a month for a while|].",
+    "[In your case|For you|Given your situation], the gap between {rate} and a more [cautious|conservative|"
+    "pessimistic] assumption [over {years} years|on {monthly} a month|on {amount}] is [a few hundred dollars a "
+    "year|small in any single year|real but manageable], not [a disaster|a crisis|something to lose sleep over].",
+    "[Consistency|Showing up every month|A steady habit|Regular saving] [beats|matters more than|outweighs] [timing|"
+    "picking the perfect moment|clever moves] [with|for|in] {topic_l}[, especially over {years} years|, which is good "
+    "news at {monthly} a month|, and {concept} is where that shows].",
+    "[As|Since you're|Being] {who}, [you're|you are] [in a better spot than it feels|further along than you think|not "
+    "starting from zero] on {topic_l}[, honestly|, from what I can see|, especially on {concept}].",
+    "[What I'd|What I would|The first thing I'd] [look at|check|want to understand] [for {topic_l} |]is {concept}, "
+    "[because|since] [it drives|it shapes|everything else follows from] [the rest of the plan|the other "
+    "decisions|how much risk makes sense|what {monthly} a month can do].",
     "[Your|The] {fact_label} ({fact_value}) [and|plus] {monthly} a month [give us|make|are] [two|a couple of] "
-    "[levers|dials|numbers] we can [actually control|adjust without drama|move as life changes].",
+    "[levers|dials|numbers] we can [actually control|adjust without drama|move as life changes] [on {topic_l}|over "
+    "{years} years|].",
     "[Over|Across] {years} years, the [difference|gap] between [doing nothing|waiting|starting now] and {monthly} a month "
-    "[is|comes to] [roughly|about|something like] {projection}[ at {rate}|, assuming {rate}|].",
+    "[is|comes to] [roughly|about|something like] {projection}[ at {rate}|, assuming {rate}|, before taxes].",
 )
 #: Questions back to the client (the advisor's last sentence in a middle turn).
 ADVISOR_QUESTIONS = (
-    "[What|Which] [part|piece] of [that|this|the plan] [feels|seems] [most uncertain|least clear|hardest|most uncomfortable] "
-    "[to you|right now|for you|so far]?",
-    "[Does that|Does this|Does any of that] [match|fit|line up with] what you [were picturing|had in mind|expected|hoped]"
-    "[, {first}|]?",
+    "[What|Which] [part|piece] of [that|this|the plan for {topic_l}|the {monthly}-a-month idea|{concept}] [feels|seems] "
+    "[most uncertain|least clear|hardest|most uncomfortable] [to you|right now|for you|so far][, {first}|]?",
+    "[Does that|Does this|Does any of that] [match|fit|line up with] what you [were picturing|had in mind|expected|"
+    "hoped] [for {topic_l}|about {concept}|at {monthly} a month][, {first}|]?",
     "Would it [help|be useful|make it easier] if we [mapped out|sketched|wrote down] the [first|next] [three months|few "
-    "weeks|couple of steps] [together|right now|before you leave]?",
-    "How does [that|this|all of that] [land|sit|feel] [for you|with you|so far][, {first}|]?",
-    "What would make [this|{topic_l}|the plan] feel [more doable|more manageable|less heavy|more like yours]?",
-    "[Which|What] [of those numbers|part of the math|figure] would you like to [look at|go through|test] [more closely|"
-    "again|together|with different assumptions]?",
-    "[Is there|Do you have] [a|any] [worry|question|scenario] [about {topic_l} |]that we [haven't touched yet|should "
-    "look at next|skipped over]?",
-    "[How would|What would] [your family|your partner|the people at home] [think|say] about [this|that approach|"
-    "a plan like this]?",
+    "weeks|couple of steps] [of {topic_l}|with {monthly} a month|around {concept}] [together|right now|before you "
+    "leave]?",
+    "How does [that|this|all of that] [land|sit|feel] [for you|with you|so far] [given {concept}|next to your "
+    "{fact_label}|with {amount} in mind][, {first}|]?",
+    "What would [make|help] [this|{topic_l}|the plan|{monthly} a month|{concept}] [feel|seem|become] [more doable|more "
+    "manageable|less heavy|more like yours|easier to stick with] [for you|at home|this year|over {years} years|in a "
+    "busy month][, {first}|]?",
+    "[Which|What] [of those numbers|part of the math|figure] [on {topic_l}|about {concept}|behind {projection}] would "
+    "you like to [look at|go through|test] [more closely|again|together|with different assumptions]?",
+    "[Is there|Do you have] [a|any] [worry|question|scenario] [about {topic_l}|about {concept}|around your "
+    "{fact_label}] that we [haven't touched yet|should look at next|skipped over][, {first}|]?",
+    "[How would|What would] [your family|your partner|the people at home] [think|say] about [this|that approach|a plan "
+    "like this] [for {topic_l}|at {monthly} a month|given {concept}]?",
 )
 #: The last advisor turn: the ending feeling first, then a recap with the figures, then a sign-off.
 ADVISOR_CLOSERS = (
     "[I'm really glad|I'm so glad|It's good|It's wonderful] [to hear|that you're feeling|to see] {end} [now|today|"
-    "where there was {start}], {first}.",
-    "{first}, you did the hard part [today|in this conversation|this afternoon] by [looking at this directly|facing "
-    "it|asking the questions][, and that {end} is earned|; the {end} you feel is earned|, and it shows in the "
-    "{end} you describe].",
-    "[Hold on to|Keep hold of|Remember] that {end}, {first}[; it came from understanding, not luck|, because you built "
-    "it yourself today|: it's based on real numbers now].",
-    "[Thank you|Thanks] for [trusting me|working through this|sticking with it], {first}; [hearing|that shift to] {end} "
-    "[in your voice |]is [exactly what I hoped for|the best outcome of today|what matters most].",
+    "where there was {start}|about {topic_l}], {first}[, and you got there yourself|; that shift matters|].",
+    "{first}, you did the hard part [today|in this conversation|this afternoon] by [looking at {topic_l} "
+    "directly|facing it|asking the questions][, and that {end} is earned|; the {end} you feel is earned|, and it shows "
+    "in the {end} you describe].",
+    "[Hold on to|Keep hold of|Remember] that {end}, {first}[; it came from understanding {topic_l}, not luck|, because "
+    "you built it yourself today|: it rests on real numbers now|; {start} had every reason to be there, and so does "
+    "this].",
+    "[Thank you|Thanks] for [trusting me|working through this|sticking with it] on {topic_l}, {first}; [hearing|that "
+    "shift to] {end} [in your voice |]is [exactly what I hoped for|the best outcome of today|what matters most].",
 )
 ADVISOR_RECAPS = (
     "[To recap|So, to sum up|Here's the plan in short|Let me summarise]: [automate|set up|start] {monthly} a month, "
     "[keep|leave] {amount} [where it is|as your base|untouched for now], and [we'll review|we'll revisit|let's check] "
     "{topic_l} [together |]in [six months|the spring|a few months].",
     "[Next steps|Your next steps|What happens next]: [set up|schedule] the {monthly} transfer, [note|write down] the {rate} "
-    "assumption, and [check back|we'll talk again|let's review] [after your next pay review|in six months|before year end].",
+    "assumption, and [check back|we'll talk again|let's review {topic_l}] [after your next pay review|in six "
+    "months|before year end].",
     "[Your plan for {topic_l} is simple on purpose|The plan is deliberately simple|Nothing fancy]: {monthly} a month, a "
-    "{years}-year horizon, and a check-in [twice a year|every six months|once a year].",
+    "{years}-year horizon, and a check-in [twice a year|every six months|once a year][ on {concept}|].",
     "With {amount} to start and {monthly} a month, you're [on track for|heading toward|looking at] [roughly|about|around] "
     "{projection} in {years} years[ at {rate}|, if returns average {rate}|].",
 )
 ADVISOR_SIGNOFFS = (
-    "[I'll send|You'll get|I'll email] a [written|short|one-page] summary [today|tonight|by tomorrow][ so you can share it|"
-    " with every number we used|].",
+    "[I'll send|You'll get|I'll email] a [written|short|one-page] summary [of {topic_l}|with the {monthly} plan|of what "
+    "we covered] [today|tonight|by tomorrow][ so you can share it| with every number we used|].",
     "[Call me|Reach out|Send me a note] [any time|whenever|if] [something changes|questions come up|life shifts the "
-    "numbers][, that's what I'm here for|; we'll adjust together|].",
-    "[You've got this|You're ready for this|This is very doable], {first}[.|, and I'll be here for the check-ins.]",
+    "numbers] [on {topic_l}|with {concept}|before the review][, that's what I'm here for|; we'll adjust together|].",
+    "[You've got this|You're ready for this|This is very doable|You're in good shape], {first}[, and I'll be here for "
+    "the check-ins on {topic_l}|; {topic_l} is in hand now|, one {monthly} transfer at a time|, with {amount} behind "
+    "you|; {concept} no longer has to be a mystery].",
 )
 EARLY_EMOTIONS = ("cautious curiosity", "guarded hope", "uncertainty", "tentative interest", "hesitation")
 LATE_EMOTIONS = ("growing relief", "cautious optimism", "emerging clarity", "steadiness", "reassurance")
