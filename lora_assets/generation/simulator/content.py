@@ -233,6 +233,10 @@ class _Plan:
     body: tuple[int, int]
 
 
+#: Body templates whose fixed part (outside every choice) names a figure.
+_FIGURED_FACTS = tuple(t for t in ADVISOR_FACTS if re.search(r"\{(monthly|projection|rate)\}", re.sub(r"\[[^\]]*\]", "", t)))
+
+
 def _body_range(turns: int) -> tuple[int, int]:
     """Body sentences per advisor turn (min, max) by length tier: short conversations (the
     template tier's 4–5 turns) answer briefly, long ones (the edge cases' 8–10) at length."""
@@ -315,6 +319,9 @@ def _advisor_turn(rng: random.Random, plan: _Plan, i: int, slots: dict[str, str]
         for _ in range(rng.randint(*plan.body)):
             sentences.append(_say(plan.facts[used[0] % len(plan.facts)], rng, vary()))
             used[0] += 1
+        if not any(ch.isdigit() for ch in " ".join(sentences)):
+            # Specific means a figure of the client's in every answer (rule 6 of the system prompt).
+            sentences.append(_say(rng.choice(_FIGURED_FACTS), rng, vary()))
         if rng.random() < 0.85:
             sentences.append(_say(rng.choice(ADVISOR_QUESTIONS), rng, vary()))
     return {"turn_number": number, "role": "assistant", "content": " ".join(sentences)}
