@@ -114,6 +114,15 @@ ADVISOR_ACKS = (
     "[Okay|Alright|Right|I hear you], {first}[, so|,|;] there's {emotion} [in the mix|underneath this|behind that "
     "question|around {topic_l}][, and that's fine|, which is worth naming|, and that's good to know|, and we'll make "
     "room for it].",
+    "[Honestly|Frankly|Truthfully], {first}, {emotion} [fits|suits|matches] [the moment|the situation|where you "
+    "stand] [— money conversations stir things up|; finances are tangled up with family and identity|; few subjects are "
+    "as loaded as this one|, given how much rides on {topic_l}].",
+    "[You're not alone in|There's nothing unusual about|Nobody should be embarrassed by] [that|this|the] {emotion}, "
+    "{first}[; I've sat across from dozens of households wrestling with {topic_l}|; seasoned professionals feel it "
+    "too|; it's practically universal with {topic_l}|, believe me].",
+    "[Thank you for trusting me with|I'm grateful you shared|I won't brush past] the {emotion}, {first}[; "
+    "acknowledging it usually makes the arithmetic easier to absorb|; let's give it some air before any "
+    "spreadsheets|, because decisions made while it's unspoken tend to unravel].",
     "[Hearing|Knowing] that you [feel|are feeling|still feel|now feel] {emotion} [helps me|tells me a lot|is "
     "useful|matters], {first}[, because we can pace {topic_l} around it|; let's keep that in view as we go|, and we'll "
     "take it one step at a time|, so thank you for saying so].",
@@ -176,6 +185,30 @@ ADVISOR_FACTS = (
     "[Your|The] {fact_label} ({fact_value}) [and|plus] {monthly} a month [give us|make|are] [two|a couple of] "
     "[levers|dials|numbers] we can [actually control|adjust without drama|move as life changes] [on {topic_l}|over "
     "{years} years|].",
+    "[Inflation|Rising prices|The slow creep of living costs] [quietly erodes|chips away at|nibbles at] cash, so "
+    "[parking|leaving|stashing] [everything|all of] {amount} [idle|in checking|under the mattress] [carries|has] its "
+    "own [risk|cost|downside] [for {topic_l}|over {years} years|even if it feels safe].",
+    "[Compounding|Growth on growth|Reinvested returns] [does|handles|takes care of] [the heavy lifting|most of the "
+    "work|the quiet part] [later|eventually|in the back half]: of the roughly {projection} after {years} years, "
+    "{contributions} [comes from|is] your own deposits.",
+    "[Taxes|The tax treatment|Which account holds the money] [can matter|often matters|sometimes matters] as much as "
+    "[returns|performance|the investment itself] [with|for|in] {topic_l}[, so we'll check the wrappers before the "
+    "contents|; a tax-advantaged account can stretch {monthly} a month noticeably|].",
+    "[Liquidity|Being able to reach the money quickly|Access in a pinch] [deserves|needs|earns] [a seat at the "
+    "table|its own line in the plan|real weight] [because|since|as] [surprises|emergencies|job changes|medical bills] "
+    "[rarely|seldom|almost never] [send warning|arrive on schedule|wait politely][, {first}|].",
+    "[Diversification|Spreading the money around|Not betting everything on one thing] [keeps|stops] [one bad "
+    "year|a single setback|one employer's troubles] from [derailing|sinking|unravelling] {topic_l}[, which "
+    "matters when {fact_label} is {fact_value}|, especially over {years} years|].",
+    "[Insurance|Adequate coverage|The right policy] [protects|shields|guards] [the plan|your progress|everything "
+    "we're building] [against|from] [the things savings can't absorb|a catastrophe|a disability or an early death]"
+    "[, so it belongs alongside {topic_l}|; it's cheaper than most people expect|].",
+    "[Automating|Scheduling|Setting up] the {monthly} [transfer|deposit|contribution] [for payday|right after "
+    "payday|on the first of the month] [removes|takes away|spares you] [the monthly decision|the willpower "
+    "part|the temptation to skip it][, and {concept} stays on track|; habits beat heroics|].",
+    "[Revisiting|Reviewing|Checking] [the numbers|the assumptions|this plan] [annually|every spring|after any big "
+    "change] [keeps|lets] {topic_l} [aligned with|in step with|responsive to] [your life|raises, moves and "
+    "milestones|whatever {years} years bring].",
     "[Over|Across] {years} years, the [difference|gap] between [doing nothing|waiting|starting now] and {monthly} a month "
     "[is|comes to] [roughly|about|something like] {projection}[ at {rate}|, assuming {rate}|, before taxes].",
 )
@@ -197,6 +230,13 @@ ADVISOR_QUESTIONS = (
     "you like to [look at|go through|test] [more closely|again|together|with different assumptions]?",
     "[Is there|Do you have] [a|any] [worry|question|scenario] [about {topic_l}|about {concept}|around your "
     "{fact_label}] that we [haven't touched yet|should look at next|skipped over][, {first}|]?",
+    "[If|Suppose] [money|cash|budget] weren't [a constraint|tight|the issue], [what|which outcome] [would you "
+    "prioritise|would matter most|would you protect first] [with {topic_l}|about {concept}|over {years} years]?",
+    "[Can you|Could you] [picture|imagine|describe] [a month|a year|the day] when {topic_l} [feels|is] "
+    "[finished|settled|handled], and what [changed|happened|you'd notice] [first|along the way]?",
+    "[Shall we|Should we|Do you want to] [stress-test|double-check|pressure-test] [the {rate} assumption|the {monthly} "
+    "figure|{concept}] [against|with] a [rougher|worse|tougher] [year|scenario|stretch] before [committing|deciding|we "
+    "move on]?",
     "[How would|What would] [your family|your partner|the people at home] [think|say] about [this|that approach|a plan "
     "like this] [for {topic_l}|at {monthly} a month|given {concept}]?",
 )
