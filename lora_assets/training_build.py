@@ -10,6 +10,7 @@ asset only reads its partition, config and resources, calls `build_training_file
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from lora_assets.core.dedup import DedupDecision, Deduplicator, TargetTexts, qua
 from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config, chat_example
 from lora_assets.core.leakage import LeakageReport, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, TokenizerLoadError, token_counter
-from lora_assets.core.split import train_validation_split
+from lora_assets.core.split import MIN_TURN_WORDS, SplitReport, grouped_split
 from lora_assets.schemas import ConsultantProfile, EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import training_files as tfq
@@ -142,6 +143,7 @@ class BuildResult(BaseModel):
     leakage: LeakageReport
     leakage_blocking: list[str]
     leakage_warnings: list[str]
+    split_groups: SplitReport
     card: str
 
 
@@ -223,6 +225,8 @@ class _Curation:
     #: By kept member: what its example adds to its split, measured in pass 1 (None: it exports
     #: no example; `_UNMEASURED`: its turns do not form one, which pass 2 reports as it did).
     measured: list[Any] = field(default_factory=list)
+    # Kept member id -> digests of its assistant turns: the split keeps sharers on one side.
+    turn_keys: dict[str, frozenset[bytes]] = field(default_factory=dict)
 
 
 #: A kept member whose example could not be built in pass 1 (pass 2's export raises the error).
@@ -237,6 +241,14 @@ def _measure(conv: EnrichedConversation, row: dict[str, Any], targets: TargetTex
     except ValueError:
         return _UNMEASURED
     return measures.measure(example, row, known=targets.known())
+
+
+def _turn_keys(targets: TargetTexts) -> frozenset[bytes]:
+    """`split.turn_keys` of the member's answers, from the text dedup normalised already (the same
+    digests: normalised answers of at least MIN_TURN_WORDS words; tested)."""
+    return frozenset(hashlib.blake2b(text.encode(), digest_size=16).digest()
+                     for text, words in zip(targets.normalised, targets.words, strict=True)
+                     if len(words) >= MIN_TURN_WORDS)
 
 
 def _load(engine: Engine, name: str) -> _Inputs:
@@ -292,6 +304,7 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
                 decision = cur.dedup.check(conv, conversation_id=m["id"], targets=targets)
                 if decision.keep:
                     cur.kept.append(m)
+                    cur.turn_keys[m["id"]] = _turn_keys(targets)
                     cur.copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
                     cur.measured.append(_measure(conv, m, targets, measures))
                 else:
@@ -376,6 +389,7 @@ class _Built:
     export: ExportStats
     split: dict[str, str]
     measured: Measured
+    split_report: SplitReport
     card: str = ""
     outputs: dict[str, OutputFile] = field(default_factory=dict)
 
@@ -389,7 +403,8 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
         write_training_json(dataset_name=plan.name, created_date=built.created, consultant=inputs.consultant,
                             stats=built.stats, jsonl_in=jsonl_copy, json_out=json_out)
     store.put_bytes(key["axolotl"], axolotl_config(
-        train_path=OUTPUTS["messages-train"], validation_path=OUTPUTS["messages-validation"],
+        train_path=OUTPUTS["messages-train"],
+        validation_path=OUTPUTS["messages-validation"] if built.export.conversations_validation else None,
         sequence_len=built.measured.lengths.recommended_sequence_len,
         sequence_len_counted_with=built.measured.lengths.method).encode())
     tf = inputs.tf
@@ -402,6 +417,7 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
         train_file=OUTPUTS["messages-train"], validation_file=OUTPUTS["messages-validation"],
         review_rejected_out=len(cur.review_rejected), lengths=built.measured.lengths, leakage=built.measured.leakage,
         filters_run=filters_run(tf["min_quality"], tf.get("min_judge_score")),
+        split_report=built.split_report,
     )
     store.put_bytes(key["card"], built.card.encode())
 
@@ -446,6 +462,7 @@ def _version_values(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Bu
                                for m in cur.judge_filtered],
             "review_rejected": [m["id"] for m in cur.review_rejected],
             "filters_run": filters_run(inputs.tf["min_quality"], inputs.tf.get("min_judge_score")),
+            "split_groups": built.split_report.model_dump(mode="json"),
             **built.measured.stats(),
         },
         "conversation_ids": [m["id"] for m in cur.kept],
@@ -477,6 +494,9 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         human_reviewed=bool(m["human_reviewed"]) or m.get("review_decision") == APPROVE,
     ) for m in cur.kept]
     blocking, warnings = built.measured.leakage.problems(built.measured.leakage_thresholds)
+    no_validation = built.split_report.line()
+    if no_validation:
+        warnings = [no_validation, *warnings]
     return BuildResult(
         name=plan.name, version=built.version, prefix=prefix, location=f"{store.location}/{prefix}",
         outputs=built.outputs, members=len(inputs.members), kept=kept,
@@ -493,7 +513,7 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         human_reviewed_count=qs.human_reviewed_count, quality_histogram=list(stats.quality_histogram),
         scaffolding_distribution=_distribution(plan.name, built), card=built.card,
         lengths=built.measured.lengths, max_length=built.measured.max_length, leakage=built.measured.leakage,
-        leakage_blocking=blocking, leakage_warnings=warnings,
+        leakage_blocking=blocking, leakage_warnings=warnings, split_groups=built.split_report,
     )
 
 
@@ -512,8 +532,9 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
     measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
     cur = _curate(plan.name, inputs, store, concurrency, measures)
     try:
-        split = train_validation_split([tfq.summary_of(m) for m in cur.kept],
-                                       validation_fraction=plan.validation_fraction, seed=plan.split_seed)
+        grouped = grouped_split([tfq.summary_of(m) for m in cur.kept], validation_fraction=plan.validation_fraction,
+                                seed=plan.split_seed, keys=cur.turn_keys)
+        split = grouped.sides
         try:
             version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
         except tfq.BuildInProgressError as exc:
@@ -523,7 +544,7 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
         try:
             with tempfile.TemporaryFile(prefix="lora-jsonl-") as jsonl_copy:
                 stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures, jsonl_copy)
-                built = _Built(version, datetime.now(UTC), stats, export, split, measures.result())
+                built = _Built(version, datetime.now(UTC), stats, export, split, measures.result(), grouped.report)
                 _write_rest(plan, inputs, cur, store, key, built, jsonl_copy)
             built.outputs = _outputs(store, key, built)
             with engine.begin() as conn:

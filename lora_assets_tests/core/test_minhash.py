@@ -120,3 +120,16 @@ def test_a_build_process_imports_neither_datasketch_nor_scipy() -> None:
             "print(sorted(m for m in ('scipy', 'datasketch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_build_turn_keys_are_split_turn_keys() -> None:
+    """The build computes the split's turn keys from dedup's normalised answers."""
+    from lora_assets.core.dedup import TargetTexts
+    from lora_assets.core.split import turn_keys
+    from lora_assets.training_build import _turn_keys
+    from lora_assets_tests.core.test_aggregate import make_conversation
+
+    answers = ["Short one.", "  Eight words  are\tenough to count as a TURN here. ", "ünïcödé " * 9, "a b c d e f g h"]
+    conv = make_conversation("k", pairs=4, answers=answers, unanswered_last=False)
+    assert _turn_keys(TargetTexts.of(conv)) == turn_keys(p.target_response for p in conv.training_pairs)
+    assert len(_turn_keys(TargetTexts.of(conv))) == 3
