@@ -351,7 +351,8 @@ def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split
             sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
             parquet=handles["parquet"], min_trained_quality=min_quality,
         ))
-        for m, measured in zip(cur.kept, cur.measured, strict=True):
+        for index, (m, measured) in enumerate(zip(cur.kept, cur.measured, strict=True)):
+            cur.measured[index] = None  # recorded below: its sketches then live in the leakage check only
             conv = with_review(_member(m, cur.copies.get(m["id"])), m)
             aggregate.add(conv, conversation_id=m["id"])
             example = exports.add(conv, split[m["id"]], conversation_id=m["id"])  # type: ignore[arg-type]
