@@ -167,25 +167,40 @@ class BandIndex:
 
     def candidates(self, signature: np.ndarray) -> list[int]:
         """Kept indexes (ascending) sharing at least one whole band with `signature`."""
+        return self.candidate_array(signature).tolist()
+
+    def candidate_array(self, signature: np.ndarray) -> np.ndarray:
+        """`candidates` as an ascending int64 array, in one numpy pass: text that shares many
+        bands with what came before (a simulator's grammar, a templated corpus) proposes
+        hundreds of candidates per conversation, which a Python loop paid for one by one."""
         keys = self._keys(signature)
-        proposed: list[tuple[int, int]] = []  # (kept index, band)
+        kept_parts: list[np.ndarray] = []
+        band_parts: list[np.ndarray] = []
         if len(self._sorted_keys):
             lo = np.searchsorted(self._sorted_keys, keys, side="left")
-            hi = np.searchsorted(self._sorted_keys, keys, side="right")
-            for band in np.flatnonzero(hi > lo).tolist():
-                proposed.extend((int(i), band) for i in self._sorted_index[lo[band] : hi[band]])
+            counts = np.searchsorted(self._sorted_keys, keys, side="right") - lo
+            total = int(counts.sum())
+            if total:
+                band = np.repeat(np.arange(self.bands), counts)
+                first = np.cumsum(counts) - counts
+                kept_parts.append(self._sorted_index[lo[band] + (np.arange(total) - first[band])].astype(np.int64))
+                band_parts.append(band)
         recent = self._count - self._recent_from
         if recent:
             rows, bands = np.nonzero(self._recent_keys[:recent] == keys)
-            proposed.extend(zip((rows + self._recent_from).tolist(), bands.tolist(), strict=True))
-        found: set[int] = set()
-        for index, band in proposed:
-            if index in found:
-                continue
-            start = band * self.rows
-            if np.array_equal(self._signatures[index, start : start + self.rows], signature[start : start + self.rows]):
-                found.add(index)
-        return sorted(found)
+            kept_parts.append(rows.astype(np.int64) + self._recent_from)
+            band_parts.append(bands)
+        if not kept_parts:
+            return np.empty(0, dtype=np.int64)
+        kept, band = np.concatenate(kept_parts), np.concatenate(band_parts)
+        # A key only proposes: the band's values decide.
+        columns = band[:, None] * self.rows + np.arange(self.rows)
+        same = (self._signatures[kept[:, None], columns] == signature[columns]).all(axis=1)
+        return np.unique(kept[same])
+
+    def similarities(self, indexes: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """Share of equal values between `signature` and each kept signature of `indexes`."""
+        return np.count_nonzero(self._signatures[indexes] == signature, axis=1) / self._signatures.shape[1]
 
     def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (query row, kept index) pair sharing at least one whole band, for a matrix of
@@ -314,18 +329,15 @@ class Deduplicator:
             return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=first, similarity=1.0)
 
         signature = self._signature_of_words(targets.all_words())
-        best: tuple[float, int] | None = None
-        for candidate in self._index.candidates(signature):
-            sim = float(np.count_nonzero(self._index.signature(candidate) == signature)) / self.num_perm
-            if sim >= self.threshold:
-                # Most similar wins; among equals, the earliest kept conversation.
-                key = (-sim, candidate)
-                if best is None or key < best:
-                    best = key
-        if best is not None:
+        candidates = self._index.candidate_array(signature)
+        similarity = self._index.similarities(candidates, signature)
+        close = similarity >= self.threshold
+        if close.any():
+            # Most similar wins; among equals, the earliest kept conversation (candidates ascend).
+            best = float(similarity[close].max())
+            first = int(candidates[close][similarity[close] == best][0])
             self._near_dups += 1
-            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[best[1]],
-                                 similarity=-best[0])
+            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first], similarity=best)
 
         self._exact[digest] = cid
         self._index.insert(signature)
