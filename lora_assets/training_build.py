@@ -10,24 +10,25 @@ asset only reads its partition, config and resources, calls `build_training_file
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
 from lora_assets.core.aggregate import AggregateStats, AggregateWriter, write_training_json
 from lora_assets.core.card import SourceBatch, dataset_card
-from lora_assets.core.dedup import DedupDecision, Deduplicator, quality_filter
-from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config
+from lora_assets.core.dedup import DedupDecision, Deduplicator, TargetTexts, quality_filter
+from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config, chat_example
 from lora_assets.core.leakage import LeakageReport, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, TokenizerLoadError, token_counter
-from lora_assets.core.split import train_validation_split
+from lora_assets.core.split import MIN_TURN_WORDS, SplitReport, grouped_split
 from lora_assets.schemas import ConsultantProfile, EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import training_files as tfq
@@ -142,6 +143,7 @@ class BuildResult(BaseModel):
     leakage: LeakageReport
     leakage_blocking: list[str]
     leakage_warnings: list[str]
+    split_groups: SplitReport
     card: str
 
 
@@ -220,6 +222,33 @@ class _Curation:
     dropped: list[tuple[dict[str, Any], DedupDecision]] = field(default_factory=list)
     dedup: Deduplicator = field(default_factory=Deduplicator)
     copies: _LocalCopies = field(default_factory=_LocalCopies)
+    #: By kept member: what its example adds to its split, measured in pass 1 (None: it exports
+    #: no example; `_UNMEASURED`: its turns do not form one, which pass 2 reports as it did).
+    measured: list[Any] = field(default_factory=list)
+    # Kept member id -> digests of its assistant turns: the split keeps sharers on one side.
+    turn_keys: dict[str, frozenset[bytes]] = field(default_factory=dict)
+
+
+#: A kept member whose example could not be built in pass 1 (pass 2's export raises the error).
+_UNMEASURED = object()
+
+
+def _measure(conv: EnrichedConversation, row: dict[str, Any], targets: TargetTexts, measures: BuildMeasures) -> Any:
+    """Pass 1's share of a kept member's measures (see `BuildMeasures.measure`), its answers'
+    text normalised once for dedup and the leakage check."""
+    try:
+        example = chat_example(conv, row["id"])
+    except ValueError:
+        return _UNMEASURED
+    return measures.measure(example, row, known=targets.known())
+
+
+def _turn_keys(targets: TargetTexts) -> frozenset[bytes]:
+    """`split.turn_keys` of the member's answers, from the text dedup normalised already (the same
+    digests: normalised answers of at least MIN_TURN_WORDS words; tested)."""
+    return frozenset(hashlib.blake2b(text.encode(), digest_size=16).digest()
+                     for text, words in zip(targets.normalised, targets.words, strict=True)
+                     if len(words) >= MIN_TURN_WORDS)
 
 
 def _load(engine: Engine, name: str) -> _Inputs:
@@ -260,19 +289,24 @@ def _filter(members: list[dict[str, Any]], min_quality: float | None, min_judge_
     return candidates
 
 
-def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int) -> _Curation:
-    """Pass 1 (metadata + target texts only): filters and dedup decide who is in; the kept
-    members' bytes are copied locally for pass 2."""
+def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, measures: BuildMeasures) -> _Curation:
+    """Pass 1: filters and dedup decide who is in, and each kept member's example is measured
+    (lengths, diversity, leakage sketches: everything but its split) while the next members are
+    read; the kept members' bytes are copied locally for pass 2."""
     cur = _Curation()
     candidates = _filter(inputs.members, inputs.tf["min_quality"], inputs.tf.get("min_judge_score"), cur)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="blobs") as pool:
         try:
             reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates, 2 * concurrency)
             for number, (m, data) in enumerate(reads, start=1):
-                decision = cur.dedup.check(_member(m, data), conversation_id=m["id"])
+                conv = _member(m, data)
+                targets = TargetTexts.of(conv)
+                decision = cur.dedup.check(conv, conversation_id=m["id"], targets=targets)
                 if decision.keep:
                     cur.kept.append(m)
+                    cur.turn_keys[m["id"]] = _turn_keys(targets)
                     cur.copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
+                    cur.measured.append(_measure(conv, m, targets, measures))
                 else:
                     cur.dropped.append((m, decision))
                 if number % 256 == 0:
@@ -288,13 +322,28 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int) -> _
     return cur
 
 
+class _Tee:
+    """A binary write handle that writes to two: the JSONL goes to the store and to a local copy,
+    from which the JSON document is then made (instead of reading the JSONL back from the store)."""
+
+    def __init__(self, first: IO[bytes], second: IO[bytes]) -> None:
+        self._first, self._second = first, second
+
+    def write(self, data: bytes) -> int:
+        self._first.write(data)
+        self._second.write(data)
+        return len(data)
+
+
 def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split: dict[str, str],
-                    min_quality: float | None, measures: BuildMeasures) -> tuple[AggregateStats, ExportStats]:
-    """Pass 2: the JSONL and every export at once, conversation by conversation (each with the
-    DB's review state on its pairs); every exported chat example is measured on the way."""
+                    min_quality: float | None, measures: BuildMeasures,
+                    jsonl_copy: IO[bytes]) -> tuple[AggregateStats, ExportStats]:
+    """Pass 2: the JSONL (also into `jsonl_copy`) and every export at once, conversation by
+    conversation (each with the DB's review state on its pairs); every exported chat example is
+    measured on the way. The store uploads each file part by part while this goes on."""
     with ExitStack() as stack:
         handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in _STREAMED}
-        aggregate = AggregateWriter(handles["jsonl"])
+        aggregate = AggregateWriter(_Tee(handles["jsonl"], jsonl_copy))
         # Entered after the handles, so it is closed (Parquet footer) before they are.
         exports = stack.enter_context(ExportWriter(
             messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
@@ -302,11 +351,15 @@ def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split
             sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
             parquet=handles["parquet"], min_trained_quality=min_quality,
         ))
-        for m in cur.kept:
+        for index, (m, measured) in enumerate(zip(cur.kept, cur.measured, strict=True)):
+            cur.measured[index] = None  # recorded below: its sketches then live in the leakage check only
             conv = with_review(_member(m, cur.copies.get(m["id"])), m)
             aggregate.add(conv, conversation_id=m["id"])
             example = exports.add(conv, split[m["id"]], conversation_id=m["id"])  # type: ignore[arg-type]
-            measures.add(example, split[m["id"]], m)  # type: ignore[arg-type]
+            if measured is _UNMEASURED:  # cannot happen (the export raised); measured now to be safe
+                measures.add(example, split[m["id"]], m)  # type: ignore[arg-type]
+            else:
+                measures.record(measured, split[m["id"]], m)  # type: ignore[arg-type]
         export_stats = exports.close()
         return aggregate.stats, export_stats
 
@@ -337,18 +390,22 @@ class _Built:
     export: ExportStats
     split: dict[str, str]
     measured: Measured
+    split_report: SplitReport
     card: str = ""
     outputs: dict[str, OutputFile] = field(default_factory=dict)
 
 
 def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobStore, key: dict[str, str],
-                built: _Built) -> None:
-    """The JSON document (from the JSONL), the Axolotl snippet and the dataset card."""
-    with store.open_read(key["jsonl"]) as jsonl_in, store.writer(key["json"]) as json_out:
+                built: _Built, jsonl_copy: IO[bytes]) -> None:
+    """The JSON document (from the local copy of the JSONL), the Axolotl snippet and the
+    dataset card."""
+    jsonl_copy.seek(0)
+    with store.writer(key["json"]) as json_out:
         write_training_json(dataset_name=plan.name, created_date=built.created, consultant=inputs.consultant,
-                            stats=built.stats, jsonl_in=jsonl_in, json_out=json_out)
+                            stats=built.stats, jsonl_in=jsonl_copy, json_out=json_out)
     store.put_bytes(key["axolotl"], axolotl_config(
-        train_path=OUTPUTS["messages-train"], validation_path=OUTPUTS["messages-validation"],
+        train_path=OUTPUTS["messages-train"],
+        validation_path=OUTPUTS["messages-validation"] if built.export.conversations_validation else None,
         sequence_len=built.measured.lengths.recommended_sequence_len,
         sequence_len_counted_with=built.measured.lengths.method).encode())
     tf = inputs.tf
@@ -361,6 +418,7 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
         train_file=OUTPUTS["messages-train"], validation_file=OUTPUTS["messages-validation"],
         review_rejected_out=len(cur.review_rejected), lengths=built.measured.lengths, leakage=built.measured.leakage,
         filters_run=filters_run(tf["min_quality"], tf.get("min_judge_score")),
+        split_report=built.split_report,
     )
     store.put_bytes(key["card"], built.card.encode())
 
@@ -405,6 +463,7 @@ def _version_values(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Bu
                                for m in cur.judge_filtered],
             "review_rejected": [m["id"] for m in cur.review_rejected],
             "filters_run": filters_run(inputs.tf["min_quality"], inputs.tf.get("min_judge_score")),
+            "split_groups": built.split_report.model_dump(mode="json"),
             **built.measured.stats(),
         },
         "conversation_ids": [m["id"] for m in cur.kept],
@@ -436,6 +495,9 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         human_reviewed=bool(m["human_reviewed"]) or m.get("review_decision") == APPROVE,
     ) for m in cur.kept]
     blocking, warnings = built.measured.leakage.problems(built.measured.leakage_thresholds)
+    no_validation = built.split_report.line()
+    if no_validation:
+        warnings = [no_validation, *warnings]
     return BuildResult(
         name=plan.name, version=built.version, prefix=prefix, location=f"{store.location}/{prefix}",
         outputs=built.outputs, members=len(inputs.members), kept=kept,
@@ -452,7 +514,7 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         human_reviewed_count=qs.human_reviewed_count, quality_histogram=list(stats.quality_histogram),
         scaffolding_distribution=_distribution(plan.name, built), card=built.card,
         lengths=built.measured.lengths, max_length=built.measured.max_length, leakage=built.measured.leakage,
-        leakage_blocking=blocking, leakage_warnings=warnings,
+        leakage_blocking=blocking, leakage_warnings=warnings, split_groups=built.split_report,
     )
 
 
@@ -468,10 +530,12 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
     except TokenizerLoadError as exc:
         raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
     inputs = _load(engine, plan.name)
-    cur = _curate(plan.name, inputs, store, concurrency)
+    measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
+    cur = _curate(plan.name, inputs, store, concurrency, measures)
     try:
-        split = train_validation_split([tfq.summary_of(m) for m in cur.kept],
-                                       validation_fraction=plan.validation_fraction, seed=plan.split_seed)
+        grouped = grouped_split([tfq.summary_of(m) for m in cur.kept], validation_fraction=plan.validation_fraction,
+                                seed=plan.split_seed, keys=cur.turn_keys)
+        split = grouped.sides
         try:
             version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
         except tfq.BuildInProgressError as exc:
@@ -479,10 +543,10 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
         prefix = version_prefix(plan.name, version)
         key = {fmt: f"{prefix}/{pattern.format(name=plan.name)}" for fmt, pattern in OUTPUTS.items()}
         try:
-            measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
-            stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures)
-            built = _Built(version, datetime.now(UTC), stats, export, split, measures.result())
-            _write_rest(plan, inputs, cur, store, key, built)
+            with tempfile.TemporaryFile(prefix="lora-jsonl-") as jsonl_copy:
+                stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures, jsonl_copy)
+                built = _Built(version, datetime.now(UTC), stats, export, split, measures.result(), grouped.report)
+                _write_rest(plan, inputs, cur, store, key, built, jsonl_copy)
             built.outputs = _outputs(store, key, built)
             with engine.begin() as conn:
                 tfq.record_version(conn, inputs.tf["id"], version_row,

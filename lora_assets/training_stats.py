@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from lora_assets.core.export import ChatExample, Split
-from lora_assets.core.leakage import LeakageReport, LeakageStats, LeakageThresholds
+from lora_assets.core.leakage import ExampleMeasure, LeakageReport, LeakageStats, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, LengthStats, TokenCounter
 from lora_assets.schemas import EnrichedConversation
 
@@ -102,12 +102,24 @@ class BuildMeasures:
 
     def add(self, example: ChatExample | None, split: Split, row: Mapping[str, Any]) -> None:
         """Measure one member's exported example (None: it exported none); `row` is its member row
-        (its persona / arc / topic keys are the diversity cell)."""
+        (its persona / arc / topic keys are the diversity cell). `record(measure(…), …)`."""
+        self.record(self.measure(example, row), split, row)
+
+    def measure(self, example: ChatExample | None, row: Mapping[str, Any], *,
+                known: Mapping[str, tuple[str, list[str]]] | None = None) -> ExampleMeasure | None:
+        """Everything about the example that does not depend on its split (lengths, diversity,
+        templates, digests and signatures), while the build reads its members; `record` it once
+        the split is known, in the same order. `known`: answers already normalised (dedup's)."""
         if example is None:
-            return
+            return None
         self.lengths.add(example.messages)
-        self.leakage.add(example.messages, split, conversation_id=row["id"],
-                         cell=(row.get("persona_key"), row.get("arc_key"), row.get("topic_key")))
+        return self.leakage.measure(example.messages, known=known,
+                                    cell=(row.get("persona_key"), row.get("arc_key"), row.get("topic_key")))
+
+    def record(self, measured: ExampleMeasure | None, split: Split, row: Mapping[str, Any]) -> None:
+        """The measured example (None: it exported none) goes to `split`."""
+        if measured is not None:
+            self.leakage.record(measured, split, conversation_id=row["id"])
 
     def result(self) -> Measured:
         """The figures; the truncation is computed at the configured max_length, else at the

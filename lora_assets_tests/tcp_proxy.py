@@ -147,14 +147,16 @@ class TcpProxy:
         self.cut += len(pairs)
         return len(pairs)
 
-    def cut_after(self, pattern: bytes, *, hold_s: float = 0.2) -> threading.Event:
+    def cut_after(self, pattern: bytes, *, hold_s: float = 0.2, then_stop: bool = False) -> threading.Event:
         """Arm a one-shot trap: the next client chunk containing `pattern` is forwarded, but
         nothing the server sends back on that connection reaches the client, and `hold_s` later
         the connection is cut (reset). The server acts on the request; the client sees only a
-        broken connection (an answer lost in the network). Returns an event set once cut."""
+        broken connection (an answer lost in the network). With `then_stop` the cut is the start
+        of an outage (`stop()`: every connection cut, connects refused until `resume()`).
+        Returns an event set once cut."""
         fired = threading.Event()
         with self._lock:
-            self._trap = (pattern, hold_s, fired)
+            self._trap = (pattern, hold_s, fired, then_stop)
         return fired
 
     def _spring(self, pair: _Pair, data: bytes) -> None:
@@ -164,13 +166,16 @@ class TcpProxy:
             if trap is None or trap[0] not in data:
                 return
             self._trap = None
-        pattern, hold_s, fired = trap
+        pattern, hold_s, fired, then_stop = trap
         pair.muted = True
 
         def cut() -> None:
             time.sleep(hold_s)
-            pair.close(reset=True)
-            self._forget(pair)
+            if then_stop:
+                self.stop()
+            else:
+                pair.close(reset=True)
+                self._forget(pair)
             fired.set()
 
         threading.Thread(target=cut, daemon=True, name=f"tcp-proxy-{self._port}-trap").start()

@@ -275,3 +275,39 @@ def test_exact_duplicate_decision_blocks_and_thresholds_configure_it() -> None:
     assert leakage_problems(relaxed)[0] == []
     [cut] = length_problems(again)
     assert cut.startswith("1 example(s) exceed max_length 8 (estimate: chars/4 + 10%)")
+
+
+def test_members_sharing_an_assistant_turn_stay_on_one_side(data: Data) -> None:
+    """Every member's first answer rewritten to one shared text: grouping keeps them all in train,
+    the build says so in one line, and the leakage guard has nothing to block."""
+    import json
+
+    from lora_assets.schemas import EnrichedConversation
+
+    shared = "Before anything else, let us make sure your emergency fund covers three months of spending."
+    originals: dict[str, bytes] = {}
+    name = new_file(data, data.ids)
+    with data.engine.connect() as conn:
+        rows = tfq.member_rows(conn, tfq.get_training_file(conn, name)["id"])
+    try:
+        for row in rows:
+            raw = originals[row["enriched_file_path"]] = data.store.get_bytes(row["enriched_file_path"])
+            conv = EnrichedConversation.model_validate_json(raw)
+            first = min((p for p in conv.training_pairs if p.target_response), key=lambda p: p.turn_number)
+            # The answer also sits in later pairs' history: replace it everywhere it is quoted.
+            old, new = json.dumps(first.target_response)[1:-1], json.dumps(shared)[1:-1]
+            data.store.put_bytes(row["enriched_file_path"], raw.replace(old.encode(), new.encode()))
+        result = build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=2,
+                                     run_id="r-grouped")
+    finally:
+        for path, raw in originals.items():
+            data.store.put_bytes(path, raw)
+    assert (result.train_conversations, result.validation_conversations) == (len(data.ids), 0)
+    assert result.split_groups.groups == 1 and result.split_groups.validation_lost >= 1
+    assert result.leakage_blocking == [] and result.leakage.overlap.exact_duplicate_turns == 0
+    assert result.leakage_warnings[0].startswith(f"no validation set: the {len(data.ids)} conversations form 1 group(s)")
+    assert "**no validation set" in result.card
+    axolotl = data.store.get_bytes(result.outputs["axolotl"].path).decode()
+    assert "test_datasets" not in axolotl  # no empty validation file handed to Axolotl
+    with data.engine.connect() as conn:
+        assert tfq.get_version(conn, name)["stats"]["split_groups"]["validation"] == 0

@@ -17,6 +17,7 @@ from lora_assets.core.aggregate import QUALITY_BUCKET_WIDTH, QUALITY_BUCKETS, Ag
 from lora_assets.core.dedup import DedupStats
 from lora_assets.core.export import ExportStats
 from lora_assets.core.leakage import LeakageReport
+from lora_assets.core.split import SplitReport
 from lora_assets.core.tokens import ESTIMATE_METHOD, LENGTH_MULTIPLE, LengthReport
 from lora_assets.core.text import md_cell
 
@@ -244,6 +245,7 @@ def dataset_card(
     leakage: LeakageReport | None = None,
     filters_run: Sequence[str] | None = None,
     review_rejected_out: int | None = None,
+    split_report: SplitReport | None = None,
 ) -> str:
     """The README.md of a training-file version.
 
@@ -422,6 +424,7 @@ def dataset_card(
         "Split by conversation (never one conversation on both sides), stratified by "
         "persona × arc × topic" + (f"; {', '.join(notes)}." if notes else "."),
     ]
+    body += _split_groups_section(split_report)
 
     body += _leakage_section(leakage)
 
@@ -459,3 +462,20 @@ def dataset_card(
         "",
     ]
     return "\n".join(front + body)
+
+
+def _split_groups_section(report: SplitReport | None) -> list[str]:
+    """Card lines on duplicate groups: conversations sharing an assistant turn stay on one side,
+    and what that cost the validation share (`split_report`; nothing when not given)."""
+    if report is None:
+        return []
+    lines = [
+        "",
+        f"Conversations sharing an identical assistant turn are kept on one side: {report.shared_turn_groups} "
+        f"group(s) of {report.grouped_conversations} conversation(s) (largest {report.largest_group}); "
+        f"validation {report.validation} of {report.validation_wanted} wanted"
+        + (f" ({report.validation_lost} place(s) lost to grouping)." if report.validation_lost else " (nothing lost)."),
+    ]
+    if report.line():
+        lines += ["", f"**{report.line()}**"]
+    return lines

@@ -10,8 +10,8 @@ conversation. Two conversations are
   costs about the same however many conversations came before.
 
 The first conversation seen is kept; later ones are reported with the id they duplicate.
-Everything is deterministic: datasketch's MinHash uses a fixed seed and a SHA-1-based hash (not
-Python's salted `hash`), and ties are broken by arrival order. The text itself is not retained:
+Everything is deterministic: the MinHash is datasketch's (fixed seed, SHA-1-based hash, not
+Python's salted `hash`), computed in numpy by `core.minhash`, and ties are broken by arrival order. The text itself is not retained:
 the state per kept conversation is a 32-byte digest, its signature (4 bytes × num_perm, one row
 of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays, `BandIndex`): ≈ 0.9 KB
 at 128 permutations, where datasketch's own index took ≈ 6 KB.
@@ -22,13 +22,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from datasketch import MinHash
 from pydantic import BaseModel, ConfigDict
 
 from lora_assets.core.aggregate import (
@@ -37,12 +33,12 @@ from lora_assets.core.aggregate import (
     conversation_id_of,
     conversation_quality,
 )
+from lora_assets.core.minhash import MinHasher, optimal_bands, sha1_hashes
 from lora_assets.schemas.training import EnrichedConversation
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 
-_WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
 
@@ -77,25 +73,62 @@ class DedupStats(BaseModel):
 
 def normalise_text(text: str) -> str:
     """Text as compared for exact duplicates: Unicode NFKC, case-folded, whitespace collapsed."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    # str.split() splits on the characters `\s` matches (both use Py_UNICODE_ISSPACE) and drops
+    # the empty ends: the same text as `re.sub(r"\s+", " ", …).strip()`, without the regex engine.
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def target_text(conv: EnrichedConversation) -> str:
     """The conversation's normalised assistant text: its pairs' targets in turn order, one per
     line (targets of unanswered turns are absent)."""
-    pairs = sorted(conv.training_pairs, key=lambda p: p.turn_number)
-    return "\n".join(normalise_text(p.target_response) for p in pairs if p.target_response is not None)
+    return TargetTexts.of(conv).text
+
+
+@dataclass(frozen=True)
+class TargetTexts:
+    """A conversation's answered targets in turn order, each as given, normalised and split into
+    words: computed once per member and shared by dedup (the whole text) and the leakage check
+    (turn by turn), so a build goes over each answer's text once."""
+
+    raw: tuple[str, ...]
+    normalised: tuple[str, ...]
+    words: tuple[list[str], ...]
+
+    @classmethod
+    def of(cls, conv: EnrichedConversation) -> TargetTexts:
+        raw = tuple(p.target_response for p in sorted(conv.training_pairs, key=lambda p: p.turn_number)
+                    if p.target_response is not None)
+        normalised = tuple(map(normalise_text, raw))
+        return cls(raw, normalised, tuple(_WORD.findall(t) for t in normalised))
+
+    @property
+    def text(self) -> str:
+        """`target_text`: the normalised targets, one per line."""
+        return "\n".join(self.normalised)
+
+    def all_words(self) -> list[str]:
+        """The words of `text` (a line break is not a word character, so no word spans two targets)."""
+        return [w for words in self.words for w in words]
+
+    def known(self) -> dict[str, tuple[str, list[str]]]:
+        """Raw target → (normalised, words), for a caller that meets the same answers again."""
+        return dict(zip(self.raw, zip(self.normalised, self.words, strict=True), strict=True))
 
 
 def word_shingles(text: str, size: int) -> set[str]:
     """Word `size`-grams of `text` (punctuation ignored); a text shorter than `size` words is one
     shingle, so short answers still compare."""
-    words = _WORD.findall(text)
+    return shingles_of_words(_WORD.findall(text), size)
+
+
+def shingles_of_words(words: list[str], size: int) -> set[str]:
+    """`word_shingles` of text already split into words (`\\w+` runs, in order)."""
     if not words:
         return set()
     if len(words) <= size:
         return {" ".join(words)}
-    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+    # zip of the shifted lists: the same n-grams as slicing, without a slice per position.
+    return set(map(" ".join, zip(*(words[i:] for i in range(size)))))
 
 
 class BandIndex:
@@ -134,25 +167,67 @@ class BandIndex:
 
     def candidates(self, signature: np.ndarray) -> list[int]:
         """Kept indexes (ascending) sharing at least one whole band with `signature`."""
+        return self.candidate_array(signature).tolist()
+
+    def candidate_array(self, signature: np.ndarray) -> np.ndarray:
+        """`candidates` as an ascending int64 array, in one numpy pass: text that shares many
+        bands with what came before (a simulator's grammar, a templated corpus) proposes
+        hundreds of candidates per conversation, which a Python loop paid for one by one."""
         keys = self._keys(signature)
-        proposed: list[tuple[int, int]] = []  # (kept index, band)
+        kept_parts: list[np.ndarray] = []
+        band_parts: list[np.ndarray] = []
         if len(self._sorted_keys):
             lo = np.searchsorted(self._sorted_keys, keys, side="left")
-            hi = np.searchsorted(self._sorted_keys, keys, side="right")
-            for band in np.flatnonzero(hi > lo).tolist():
-                proposed.extend((int(i), band) for i in self._sorted_index[lo[band] : hi[band]])
+            counts = np.searchsorted(self._sorted_keys, keys, side="right") - lo
+            total = int(counts.sum())
+            if total:
+                band = np.repeat(np.arange(self.bands), counts)
+                first = np.cumsum(counts) - counts
+                kept_parts.append(self._sorted_index[lo[band] + (np.arange(total) - first[band])].astype(np.int64))
+                band_parts.append(band)
         recent = self._count - self._recent_from
         if recent:
             rows, bands = np.nonzero(self._recent_keys[:recent] == keys)
-            proposed.extend(zip((rows + self._recent_from).tolist(), bands.tolist(), strict=True))
-        found: set[int] = set()
-        for index, band in proposed:
-            if index in found:
-                continue
-            start = band * self.rows
-            if np.array_equal(self._signatures[index, start : start + self.rows], signature[start : start + self.rows]):
-                found.add(index)
-        return sorted(found)
+            kept_parts.append(rows.astype(np.int64) + self._recent_from)
+            band_parts.append(bands)
+        if not kept_parts:
+            return np.empty(0, dtype=np.int64)
+        kept, band = np.concatenate(kept_parts), np.concatenate(band_parts)
+        # A key only proposes: the band's values decide.
+        columns = band[:, None] * self.rows + np.arange(self.rows)
+        same = (self._signatures[kept[:, None], columns] == signature[columns]).all(axis=1)
+        return np.unique(kept[same])
+
+    def similarities(self, indexes: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """Share of equal values between `signature` and each kept signature of `indexes`."""
+        return np.count_nonzero(self._signatures[indexes] == signature, axis=1) / self._signatures.shape[1]
+
+    def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (query row, kept index) pair sharing at least one whole band, for a matrix of
+        query signatures at once (`candidates` of each row, in one numpy pass): two int64 arrays,
+        sorted by query row, then kept index."""
+        empty = np.empty(0, dtype=np.int64)
+        if self._count > self._recent_from:
+            self._merge()  # everything into the sorted part: one bisection per (query, band)
+        if not len(queries) or not self._count:
+            return empty, empty
+        m = len(queries)
+        values = queries[:, : self.bands * self.rows].reshape(m, self.bands, self.rows).astype(np.uint64)
+        keys = ((values * self._mix).sum(axis=2, dtype=np.uint64) ^ self._salt).ravel()  # as `_keys`, per row
+        lo = np.searchsorted(self._sorted_keys, keys, side="left")
+        counts = np.searchsorted(self._sorted_keys, keys, side="right") - lo
+        total = int(counts.sum())
+        if not total:
+            return empty, empty
+        slot = np.repeat(np.arange(len(keys)), counts)  # (query, band) of each proposal
+        first = np.cumsum(counts) - counts
+        kept = self._sorted_index[lo[slot] + (np.arange(total) - first[slot])].astype(np.int64)
+        query, band = slot // self.bands, slot % self.bands
+        # A key only proposes: the band's values decide (as in `candidates`).
+        columns = band[:, None] * self.rows + np.arange(self.rows)
+        same = (self._signatures[kept[:, None], columns] == queries[query[:, None], columns]).all(axis=1)
+        code = np.unique(query[same] * self._count + kept[same])
+        return code // self._count, code % self._count
 
     def insert(self, signature: np.ndarray) -> int:
         """Remember `signature` as the next kept index (returned)."""
@@ -204,14 +279,15 @@ class Deduplicator:
         # Jaccard 0.85 becomes a candidate with p ~ 0.99; one at 0.5 with p ~ 0.06), capped at
         # 0.9, above which datasketch cannot form two bands.
         lsh_threshold = min(max(threshold - 0.1, threshold / 2), 0.9)
-        # Imported here: datasketch pulls in scipy (~0.7 s), which every process that merely
-        # loads the code location (code server, CLI, each run's steps) would otherwise pay.
-        from datasketch import MinHashLSH
-
-        # datasketch picks the bands (b × r rows) for that threshold; its index itself is not
-        # used (see `BandIndex`).
-        lsh = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=(0.2, 0.8))
-        self._index = BandIndex(lsh.b, lsh.r, num_perm)
+        # datasketch's band choice for that threshold (`MinHashLSH(threshold, num_perm, weights=(0.2,
+        # 0.8))`), computed without importing it (it pulls in scipy); its index is not used either
+        # (see `BandIndex`).
+        bands, rows = optimal_bands(lsh_threshold, num_perm, 0.2, 0.8)
+        if bands < 2:
+            raise ValueError(f"num_perm {num_perm!r} is too small for LSH at threshold {threshold!r} (fewer than 2 bands)")
+        self._index = BandIndex(bands, rows, num_perm)
+        # datasketch's MinHash(num_perm, seed) with its default SHA-1 hash, in numpy.
+        self._hasher = MinHasher(num_perm, seed, sha1_hashes)
         self._exact: dict[bytes, str] = {}
         self._kept_ids: list[str] = []  # by kept index: arrival order
         self._seen: set[str] = set()
@@ -220,33 +296,26 @@ class Deduplicator:
         self._exact_dups = 0
         self._near_dups = 0
         self._empty = 0
-        self._permutations: Any = None
-        self._scheme: Any = None
 
-    def _minhash(self, text: str) -> MinHash:
-        from datasketch import MinHash
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash signature (num_perm uint32) of the word shingles of normalised `text`."""
+        return self._signature_of_words(_WORD.findall(text))
 
-        if self._permutations is None:
-            first = MinHash(num_perm=self.num_perm, seed=self.seed)
-            self._permutations, self._scheme = first.permutations, first.scheme
-        # The same permutations a fresh MinHash(seed) draws, computed once: drawing them per
-        # conversation cost more than hashing its shingles.
-        m = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._permutations, scheme=self._scheme)
-        shingles = sorted(word_shingles(text, self.shingle_size))
-        if shingles:
-            m.update_batch([s.encode() for s in shingles])
-        return m
+    def _signature_of_words(self, words: list[str]) -> np.ndarray:
+        return self._hasher.signature(list(map(str.encode, shingles_of_words(words, self.shingle_size))))
 
-    def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None) -> DedupDecision:
-        """Decide on `conv` and, when kept, remember it for later checks. Raises
-        `DuplicateMemberError` if the same conversation id is checked twice (a caller bug, not
-        a content duplicate)."""
+    def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None,
+              targets: TargetTexts | None = None) -> DedupDecision:
+        """Decide on `conv` and, when kept, remember it for later checks (`targets`: its
+        `TargetTexts`, when the caller has them already). Raises `DuplicateMemberError` if the
+        same conversation id is checked twice (a caller bug, not a content duplicate)."""
         cid = conversation_id_of(conv, conversation_id)
         if cid in self._seen:
             raise DuplicateMemberError(cid)
         self._seen.add(cid)
         self._checked += 1
-        text = target_text(conv)
+        targets = targets if targets is not None else TargetTexts.of(conv)
+        text = targets.text
         if not text.strip():
             # No assistant text: nothing to compare, and nothing that could collide with it.
             self._empty += 1
@@ -259,19 +328,16 @@ class Deduplicator:
             self._exact_dups += 1
             return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=first, similarity=1.0)
 
-        signature = self._minhash(text).hashvalues.astype(np.uint32)  # values are < 2**32: lossless
-        best: tuple[float, int] | None = None
-        for candidate in self._index.candidates(signature):
-            sim = float(np.count_nonzero(self._index.signature(candidate) == signature)) / self.num_perm
-            if sim >= self.threshold:
-                # Most similar wins; among equals, the earliest kept conversation.
-                key = (-sim, candidate)
-                if best is None or key < best:
-                    best = key
-        if best is not None:
+        signature = self._signature_of_words(targets.all_words())
+        candidates = self._index.candidate_array(signature)
+        similarity = self._index.similarities(candidates, signature)
+        close = similarity >= self.threshold
+        if close.any():
+            # Most similar wins; among equals, the earliest kept conversation (candidates ascend).
+            best = float(similarity[close].max())
+            first = int(candidates[close][similarity[close] == best][0])
             self._near_dups += 1
-            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[best[1]],
-                                 similarity=-best[0])
+            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first], similarity=best)
 
         self._exact[digest] = cid
         self._index.insert(signature)

@@ -21,6 +21,11 @@ __all__ = ["NARROW_IDS", "DiversityCounter"]
 NARROW_IDS = 1 << 16
 
 
+#: Codes a counter collects before its first merges: a persona × arc × topic cell gets a few
+#: conversations, and a np.unique per conversation per cell was most of its cost (≤ 8 KB a cell).
+_MIN_MERGE = 1024
+
+
 class _DistinctCodes:
     """An exact count of distinct integer codes: a sorted array of the distinct ones plus the
     codes added since, merged in once they are as many as it holds (so amortised O(log n) per
@@ -39,7 +44,7 @@ class _DistinctCodes:
             self._pending = []
         self._pending.extend(codes)
         self._pending_count += sum(len(c) for c in codes)
-        if self._pending_count >= len(self._distinct):
+        if self._pending_count >= max(len(self._distinct), _MIN_MERGE):
             self._merge()
 
     def _merge(self) -> None:
@@ -82,12 +87,18 @@ class DiversityCounter:
         cross a turn boundary. `wide`: some id is ≥ `NARROW_IDS` (after `widen`)."""
         self.tokens += sum(len(ids) for ids in turns)
         self.bigrams_total += sum(max(0, len(ids) - 1) for ids in turns)
+        # One array of codes per example (not per turn): what waits for a merge is a few bytes a
+        # code, not a numpy object per turn.
         if wide:
-            self.unigrams.add(turns)
-            self.bigrams.add([(ids[:-1].astype(np.uint64) << np.uint64(32)) | ids[1:] for ids in turns if len(ids) > 1])
+            unigrams = turns
+            bigrams = [(ids[:-1].astype(np.uint64) << np.uint64(32)) | ids[1:] for ids in turns if len(ids) > 1]
         else:
-            self.unigrams.add([ids.astype(np.uint16) for ids in turns])
-            self.bigrams.add([(ids[:-1] << np.uint32(16)) | ids[1:] for ids in turns if len(ids) > 1])
+            unigrams = [ids.astype(np.uint16) for ids in turns]
+            bigrams = [(ids[:-1] << np.uint32(16)) | ids[1:] for ids in turns if len(ids) > 1]
+        if unigrams:
+            self.unigrams.add([np.concatenate(unigrams)])
+        if bigrams:
+            self.bigrams.add([np.concatenate(bigrams)])
 
     def widen(self) -> None:
         """From 16-bit word ids to 32-bit ones (the codes held are re-encoded, not re-counted)."""

@@ -73,6 +73,10 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+# The string encoder `_dumps` uses for every str inside a document (ensure_ascii=False).
+_json_str = json.encoder.py_encode_basestring if json.encoder.c_encode_basestring is None else json.encoder.c_encode_basestring
+
+
 # --------------------------------------------------------------------------------------------
 # One chat example per conversation
 
@@ -158,15 +162,21 @@ def chat_example(conv: EnrichedConversation, conversation_id: str | None = None)
 def openai_messages(example: ChatExample, min_trained_quality: float | None) -> list[dict[str, Any]]:
     """The example's messages with OpenAI `weight` on assistant turns: 1 trains the turn, 0
     keeps it as context only (its pair's quality_score is below `min_trained_quality`)."""
-    out: list[dict[str, Any]] = []
+    return [message if weight is None else {**message, "weight": weight}
+            for message, weight in zip(example.messages, openai_weights(example, min_trained_quality), strict=True)]
+
+
+def openai_weights(example: ChatExample, min_trained_quality: float | None) -> list[int | None]:
+    """Per message, the OpenAI `weight` `openai_messages` gives it (None: not an assistant turn)."""
+    out: list[int | None] = []
     answers = iter(example.assistant_pairs)
     for message in example.messages:
         if message["role"] == "assistant":
             pair = next(answers)
             low = min_trained_quality is not None and pair.training_metadata.quality_score < min_trained_quality
-            out.append({**message, "weight": 0 if low else 1})
+            out.append(0 if low else 1)
         else:
-            out.append(message)
+            out.append(None)
     return out
 
 
@@ -309,33 +319,50 @@ class ExportWriter:
 
     def _write_chat(self, example: ChatExample, split: Split) -> None:
         c = self._counts
+        # Each message's role and content JSON-encoded once for the three formats; the lines are
+        # byte for byte what `_dumps` makes of `{"messages": …}` / `{"conversations": …}` (tested).
+        roles = [_json_str(m["role"]) for m in example.messages]
+        contents = [_json_str(m["content"]) for m in example.messages]
         handle = self._handles["messages"][split]
         if handle is not None:
-            handle.write(_dumps({"messages": example.messages}))
+            items = ",".join(f'{{"role":{r},"content":{t}}}' for r, t in zip(roles, contents, strict=True))
+            handle.write(f'{{"messages":[{items}]}}\n'.encode())
             c[f"messages_{split}"] += 1
         handle = self._handles["openai"][split]
         if handle is not None:
-            messages = openai_messages(example, self._min_q)
-            untrained = sum(1 for m in messages if m.get("weight") == 0)
+            weights = openai_weights(example, self._min_q)
+            untrained = sum(1 for w in weights if w == 0)
             c["openai_untrained_turns"] += untrained
             if untrained == len(example.assistant_pairs):
                 # Every answer below the bar: the example would train nothing, so leave it out.
                 c["openai_skipped_untrainable"] += 1
             else:
-                handle.write(_dumps({"messages": messages}))
+                items = ",".join(f'{{"role":{r},"content":{t}' + ("}" if w is None else f',"weight":{w}}}')
+                                 for r, t, w in zip(roles, contents, weights, strict=True))
+                handle.write(f'{{"messages":[{items}]}}\n'.encode())
                 c[f"openai_{split}"] += 1
         handle = self._handles["sharegpt"][split]
         if handle is not None:
-            handle.write(_dumps({"conversations": sharegpt_conversations(example)}))
+            items = ",".join(f'{{"from":{_json_str(_SHAREGPT_FROM[m["role"]])},"value":{t}}}'
+                             for m, t in zip(example.messages, contents, strict=True))
+            handle.write(f'{{"conversations":[{items}]}}\n'.encode())
             c[f"sharegpt_{split}"] += 1
 
     def _buffer_rows(self, conv: EnrichedConversation, split: Split) -> None:
         cols = self._columns
+        turn_json: dict[tuple[int, str, str], str] = {}  # each history turn serialised once per conversation
         for pair in sorted(conv.training_pairs, key=lambda p: p.turn_number):
             meta = pair.conversation_metadata
-            history = json.dumps(
-                [t.model_dump() for t in pair.conversation_history], ensure_ascii=False, separators=(",", ":")
-            )
+            parts = []
+            for t in pair.conversation_history:
+                key = (t.turn_number, t.role, t.content)
+                part = turn_json.get(key)
+                if part is None:
+                    # What json.dumps(t.model_dump(), compact) writes: its three fields in order.
+                    part = turn_json[key] = (f'{{"turn_number":{int(t.turn_number)},"role":{_json_str(t.role)},'
+                                             f'"content":{_json_str(t.content)}}}')
+                parts.append(part)
+            history = f"[{','.join(parts)}]"
             cols["id"].append(pair.id)
             cols["conversation_id"].append(pair.conversation_id)
             cols["turn_number"].append(pair.turn_number)

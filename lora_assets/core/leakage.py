@@ -14,7 +14,7 @@ learns from: the assistant turns.
   Turns shorter than `min_turn_words` words are skipped for the same reason as short sentences.
 * *near-duplicate turns* — validation turns (not exact duplicates) whose MinHash estimate of
   word-shingle Jaccard similarity with some train turn reaches `near_duplicate_jaccard`; the
-  shingling is `dedup.word_shingles`, the signature datasketch's seeded MinHash (64
+  shingling is `dedup.word_shingles`, the signature datasketch's seeded MinHash (`core.minhash`; 64
   permutations by default: an estimate within about ±0.05 of the true similarity, at 256 bytes
   per turn), the candidates come from LSH banding.
 
@@ -36,17 +36,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
-from lora_assets.core.dedup import BandIndex, normalise_text, word_shingles
+from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words
+from lora_assets.core.minhash import MinHasher, crc32_hashes
 from lora_assets.core.diversity import NARROW_IDS, DiversityCounter
 
 Split = Literal["train", "validation"]
@@ -63,9 +64,15 @@ _NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|t
 # A capitalised word (Title case, two letters or more; "I" and acronyms are not names).
 _NAME = re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
 _FIRST_WORD = re.compile(r"^\W*\w")
+_ADDRESSED = re.compile(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,")  # a first word that names the client
+_DIGIT = re.compile(r"\d")
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
+#: A 16-byte digest as numpy compares it (two little-endian words: equality is byte equality).
+_DIGEST_DTYPE = np.dtype([("high", "<u8"), ("low", "<u8")])
+#: Train signatures looked up per numpy pass in `_near_matches` (bounds its temporaries).
+_QUERY_BLOCK = 1024
 #: How many examples of a finding a result keeps for its messages.
 EXAMPLES_KEPT = 5
 
@@ -79,18 +86,23 @@ def mask_template(sentence: str) -> str:
     """The sentence as a template: money → <MONEY>, numbers (incl. percentages) → <NUM>,
     capitalised words → <NAME> (the first word only when a comma follows it); then normalised
     (case, whitespace), so "<NAME>" reads "<name>"."""
-    masked = _MONEY.sub("<MONEY>", sentence.strip())
-    masked = _NUMBER.sub("<NUM>", masked)
+    masked = sentence.strip()
+    if _DIGIT.search(masked):  # money and numbers both need a digit: most sentences skip both
+        masked = _MONEY.sub("<MONEY>", masked)
+        masked = _NUMBER.sub("<NUM>", masked)
     # The first word is capitalised anyway: masking it would erase real differences
     # ("Let us…" / "Consider…"), so there a capitalised word counts as a name only when a comma
     # follows — the advisor addressing the client ("David, …"). This also folds "Yes, …" into
     # "Well, …", which only matters when the rest of the sentence is the same template anyway.
     first = _FIRST_WORD.match(masked)
-    first_end = first.end() if first else 0
-    if first and re.match(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,", masked[first.end() - 1 :]):
-        first_end = 0
-    masked = _NAME.sub(lambda m: m.group(0) if m.start() < first_end else "<NAME>", masked)
-    return normalise_text(masked)
+    if first:
+        # Only a name starting at the first word character can start before the first word's
+        # end; it is kept, and names are masked in what follows it (which starts with a non-word
+        # character, as a name ends at \b, so the cut changes no match).
+        kept = _NAME.match(masked, first.end() - 1)
+        if kept and not _ADDRESSED.match(masked, first.end() - 1):
+            return normalise_text(masked[: kept.end()] + _NAME.sub("<NAME>", masked[kept.end() :]))
+    return normalise_text(_NAME.sub("<NAME>", masked))
 
 
 def _digest(text: str) -> bytes:
@@ -290,6 +302,23 @@ class LeakageReport(BaseModel):
 # Accumulators
 
 
+def _check_split(split: str) -> None:
+    if split not in ("train", "validation"):
+        raise ValueError(f"split {split!r}: must be 'train' or 'validation'")
+
+
+@dataclass(frozen=True)
+class ExampleMeasure:
+    """What one example adds to its split (`LeakageStats.measure`, then `record`): the digests
+    of its sentences long enough to compare, its compared turns (index, digest) with their MinHash
+    signatures (one row each), and how many turns were too short to compare."""
+
+    sentences: bytes  # 16-byte digests back to back
+    turns: list[tuple[int, bytes]]
+    signatures: np.ndarray
+    short_turns: int
+
+
 class LeakageStats:
     """Streaming leakage and diversity accumulator: `add(messages, split, conversation_id=…,
     cell=(persona, arc, topic))` per example, in any order of splits; `result()` at the end."""
@@ -306,17 +335,15 @@ class LeakageStats:
     ) -> None:
         if not 0.0 < near_duplicate_jaccard <= 1.0:
             raise ValueError(f"near_duplicate_jaccard {near_duplicate_jaccard!r} must be in (0, 1]")
-        from datasketch import MinHash  # scipy behind it: paid only by a build that uses it
-
         self.near_duplicate_jaccard = near_duplicate_jaccard
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.min_sentence_words = min_sentence_words
         self.min_turn_words = min_turn_words
         self.seed = seed
-        first = MinHash(num_perm=num_perm, seed=seed)
-        # Drawn once and reused (see dedup.Deduplicator._minhash): drawing per turn is the cost.
-        self._permutations, self._scheme = first.permutations, first.scheme
+        # datasketch's MinHash(num_perm, seed, hashfunc=zlib.crc32), in numpy: CRC-32 instead of
+        # the default SHA-1 per shingle is deterministic too, and several times cheaper.
+        self._hasher = MinHasher(num_perm, seed, crc32_hashes)
         if num_perm % _BAND_ROWS:
             raise ValueError(f"num_perm {num_perm!r} must be a multiple of {_BAND_ROWS}")
         # Train signatures back to back (num_perm uint32 each: 256 bytes a turn at 64): the LSH
@@ -324,9 +351,12 @@ class LeakageStats:
         self._train_signatures = array("I")
         self._train_turn_owner: list[str] = []
         self._validation_turns: list[tuple[str, int, bytes, np.ndarray]] = []
-        self._train_sentences: set[bytes] = set()
-        self._validation_sentences: list[bytes] = []
-        self._train_turns: dict[bytes, str] = {}
+        # Train sentence digests and train turn digests (aligned with `_train_turn_owner`) back to
+        # back, 16 bytes each: a set of bytes objects took ≈ 90 bytes a digest, most of a build's
+        # memory per member. Looked up once, in `result`.
+        self._train_sentences = bytearray()
+        self._validation_sentences = bytearray()
+        self._train_turn_digests = bytearray()
         self._short_turns = 0
         self._examples: Counter[str] = Counter()
         self._overall = DiversityCounter()
@@ -339,19 +369,6 @@ class LeakageStats:
         self._template_texts: dict[int, str] = {}
         self._first_template: tuple[int, str] | None = None
 
-    def _signature(self, text: str) -> np.ndarray:
-        from datasketch import MinHash
-
-        # CRC-32 instead of datasketch's default SHA-1 per shingle: deterministic too, and several
-        # times cheaper (hashing was most of a turn's cost); the permutations spread it anyway.
-        m = MinHash(
-            num_perm=self.num_perm, seed=self.seed, hashfunc=zlib.crc32, permutations=self._permutations, scheme=self._scheme
-        )
-        shingles = sorted(word_shingles(text, self.shingle_size))
-        if shingles:
-            m.update_batch([s.encode() for s in shingles])
-        return m.hashvalues.astype(np.uint32)  # values are < 2**32; halves the memory
-
     def add(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -361,10 +378,17 @@ class LeakageStats:
         cell: Sequence[str | None] | None = None,
     ) -> None:
         """Take one example's assistant turns into account. `cell` is its (persona, arc, topic)
-        keys; None or None keys count as the legacy cell."""
-        if split not in ("train", "validation"):
-            raise ValueError(f"split {split!r}: must be 'train' or 'validation'")
-        self._examples[split] += 1
+        keys; None or None keys count as the legacy cell. The same as `record(measure(…), …)`."""
+        _check_split(split)
+        self.record(self.measure(messages, cell=cell), split, conversation_id=conversation_id)
+
+    def measure(self, messages: Sequence[Mapping[str, str]], *, cell: Sequence[str | None] | None = None,
+                known: Mapping[str, tuple[str, list[str]]] | None = None) -> ExampleMeasure:
+        """The first half of `add`, which needs no split: the example's diversity and templates
+        are counted now, and what goes to its split is returned, for `record` once the split is
+        known (a build measures while it reads its members, then splits). Examples must be
+        recorded in the order they were measured. `known`: raw answer → (normalised, words) for
+        answers the caller has normalised already (`dedup.TargetTexts.known`)."""
         key = _cell_key(cell)
         group = self._cells.get(key)
         if group is None:
@@ -374,37 +398,56 @@ class LeakageStats:
 
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
         turn_ids: list[np.ndarray] = []
+        sentences: list[bytes] = []
+        compared: list[tuple[int, bytes]] = []  # (turn index, digest) of the turns long enough to compare
+        shingles: list[bytes] = []
+        bounds = [0]  # compared turn i's shingles are shingles[bounds[i]:bounds[i + 1]]
+        short = 0
         for turn_index, content in enumerate(answers, start=1):
-            text = normalise_text(content)
-            words = _WORD.findall(text)
+            done = known.get(content) if known is not None else None
+            if done is None:
+                text = normalise_text(content)
+                words = _WORD.findall(text)
+            else:
+                text, words = done
             turn_ids.append(self._word_ids(words))
             for sentence in split_sentences(content):
                 self._add_template(sentence, group)
                 normalised = normalise_text(sentence)
-                if len(_WORD.findall(normalised)) < self.min_sentence_words:
-                    continue
-                if split == "train":
-                    self._train_sentences.add(_digest(normalised))
-                else:
-                    self._validation_sentences.append(_digest(normalised))
+                if len(_WORD.findall(normalised)) >= self.min_sentence_words:
+                    sentences.append(_digest(normalised))
             if len(words) < self.min_turn_words:
-                if split == "validation":
-                    self._short_turns += 1
+                short += 1
                 continue
-            digest = _digest(text)
-            signature = self._signature(text)
-            if split == "train":
-                self._train_turns.setdefault(digest, conversation_id)
-                self._train_signatures.frombytes(signature.tobytes())
-                self._train_turn_owner.append(conversation_id)
-            else:
-                self._validation_turns.append((conversation_id, turn_index, digest, signature))
+            compared.append((turn_index, _digest(text)))
+            shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
+            bounds.append(len(shingles))
+        # Every compared turn of the example in one numpy pass.
+        signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
         if not self._wide and len(self._vocabulary) > NARROW_IDS:
             for counter in (self._overall, *self._cells.values()):
                 counter.widen()
             self._wide = True
         self._overall.add_turns(turn_ids, wide=self._wide)
         group.add_turns(turn_ids, wide=self._wide)
+        return ExampleMeasure(b"".join(sentences), compared, signatures, short)
+
+    def record(self, measured: ExampleMeasure, split: Split, *, conversation_id: str) -> None:
+        """The second half of `add`: the measured example's sentences and turns go to `split`."""
+        _check_split(split)
+        self._examples[split] += 1
+        if split == "train":
+            self._train_sentences += measured.sentences
+        else:
+            self._validation_sentences += measured.sentences
+            self._short_turns += measured.short_turns
+        for (turn_index, digest), signature in zip(measured.turns, measured.signatures, strict=True):
+            if split == "train":
+                self._train_turn_digests += digest
+                self._train_signatures.frombytes(signature.tobytes())
+                self._train_turn_owner.append(conversation_id)
+            else:
+                self._validation_turns.append((conversation_id, turn_index, digest, signature))
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
@@ -446,15 +489,33 @@ class LeakageStats:
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
         for *_, signature in self._validation_turns:
             index.insert(signature)
+        validation = np.stack([signature for *_, signature in self._validation_turns])
         train = np.frombuffer(self._train_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
-        best: dict[int, tuple[float, int]] = {}
-        for train_index, signature in enumerate(train):
-            for candidate in index.candidates(signature):
-                sim = float(np.count_nonzero(self._validation_turns[candidate][3] == signature)) / self.num_perm
-                # Train turns come in order, so a strictly greater similarity wins; ties keep the earliest.
-                if sim >= self.near_duplicate_jaccard and (candidate not in best or sim > best[candidate][0]):
-                    best[candidate] = (sim, train_index)
-        return best
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (validation turn, similarity, train turn)
+        for start in range(0, len(train), _QUERY_BLOCK):
+            block = train[start : start + _QUERY_BLOCK]
+            rows, candidates = index.pairs(block)
+            similarity = np.count_nonzero(validation[candidates] == block[rows], axis=1) / self.num_perm
+            close = similarity >= self.near_duplicate_jaccard
+            found.append((candidates[close], similarity[close], rows[close] + start))
+        if not found:
+            return {}
+        turn, similarity, owner = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        # Per validation turn the most similar train turn; among equals the earliest.
+        order = np.lexsort((owner, -similarity, turn))
+        firsts = order[np.flatnonzero(np.r_[True, np.diff(turn[order]) != 0])] if len(order) else order
+        return {int(turn[i]): (float(similarity[i]), int(owner[i])) for i in firsts}
+
+    def _first_train_owners(self, wanted: set[bytes]) -> dict[bytes, str]:
+        """Of the turn digests `wanted`, those some train turn has → the conversation of the first
+        such train turn (in the order they were recorded)."""
+        owners: dict[bytes, str] = {}
+        digests = self._train_turn_digests
+        for index in range(len(self._train_turn_owner)):
+            digest = bytes(digests[16 * index : 16 * index + 16])
+            if digest in wanted and digest not in owners:
+                owners[digest] = self._train_turn_owner[index]
+        return owners
 
     def result(self) -> LeakageReport:
         """The report over everything added so far."""
@@ -462,8 +523,9 @@ class LeakageStats:
         exact_examples: list[DuplicateTurn] = []
         near_examples: list[DuplicateTurn] = []
         best_match = self._near_matches()
+        train_owner = self._first_train_owners({digest for _, _, digest, _ in self._validation_turns})
         for index, (cid, turn, digest, _) in enumerate(self._validation_turns):
-            owner = self._train_turns.get(digest)
+            owner = train_owner.get(digest)
             if owner is not None:
                 exact += 1
                 if len(exact_examples) < EXAMPLES_KEPT:
@@ -481,7 +543,11 @@ class LeakageStats:
                             similarity=round(best[0], 3),
                         )
                     )
-        verbatim = sum(1 for d in self._validation_sentences if d in self._train_sentences)
+        verbatim = 0
+        if self._validation_sentences and self._train_sentences:
+            train = np.unique(np.frombuffer(bytes(self._train_sentences), dtype=_DIGEST_DTYPE))
+            asked = np.frombuffer(bytes(self._validation_sentences), dtype=_DIGEST_DTYPE)
+            verbatim = int(np.count_nonzero(np.isin(asked, train)))
         texts = dict(self._template_texts)
         if self._first_template is not None:
             texts.setdefault(*self._first_template)
@@ -491,7 +557,7 @@ class LeakageStats:
             min_sentence_words=self.min_sentence_words,
             min_turn_words=self.min_turn_words,
             overlap=Overlap(
-                validation_sentences=len(self._validation_sentences),
+                validation_sentences=len(self._validation_sentences) // 16,
                 verbatim_sentences=verbatim,
                 validation_turns=len(self._validation_turns),
                 short_turns_skipped=self._short_turns,

@@ -3,6 +3,7 @@
 
 import sqlalchemy as sa
 from dagster import (
+    AssetKey,
     ExecutorDefinition,
     Field,
     multi_or_in_process_executor,
@@ -29,10 +30,14 @@ from lora_assets.store.batches import batch_key, least_covered_combinations, pla
 
 # Assets by key, not by object: jobs do not import (and so do not depend on) the modules defining them.
 
+#: The assets of one batch, in order. A run request names them (with their checks), so the run's
+#: own updates do not re-arm parse/enrich (see `conditions.after_upstream_lands`).
+BATCH_ASSETS = [AssetKey("raw_conversations"), AssetKey("parsed_conversations"), AssetKey("enriched_conversations")]
+
 #: One batch end to end: generate → parse → enrich, with every check of those assets.
 batch_pipeline_job = define_asset_job(
     "batch_pipeline",
-    selection=AssetSelection.assets("raw_conversations", "parsed_conversations", "enriched_conversations"),
+    selection=AssetSelection.assets(*BATCH_ASSETS),
     description="Generate, parse and enrich one batch job (partition), with all their checks.",
 )
 
@@ -101,7 +106,8 @@ def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> Sen
     new = [b for b, _ in wanted if b not in existing]
     return SensorResult(
         dynamic_partitions_requests=[batch_jobs_partitions.build_add_request(new)] if new else [],
-        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}-approved" if after_pilot else f"batch-{b}")
+        run_requests=[RunRequest(partition_key=b, run_key=f"batch-{b}-approved" if after_pilot else f"batch-{b}",
+                                 asset_selection=BATCH_ASSETS)
                       for b, after_pilot in wanted],
     )
 
@@ -138,7 +144,7 @@ def nightly_coverage_batch(
     with engine.connect() as conn:
         key = batch_key(conn, batch_id)
     context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [key])
-    return RunRequest(partition_key=key, run_key=f"nightly-{key}")
+    return RunRequest(partition_key=key, run_key=f"nightly-{key}", asset_selection=BATCH_ASSETS)
 
 
 #: Runs the eager conditions (parse after generate, enrich after parse) without anyone clicking.

@@ -9,7 +9,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
-    AutomationCondition,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -30,6 +29,7 @@ from lora_assets.core.rules import (
     pair_scaffolding_problems,
 )
 from lora_assets.defs import recorded_checks
+from lora_assets.defs.conditions import after_upstream_lands
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
@@ -108,7 +108,7 @@ def enrich_row(row: dict[str, Any], data: bytes | BaseException, snapshot: Resol
     partitions_def=batch_jobs_partitions,
     deps=[AssetKey("parsed_conversations")],
     group_name="generation",
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=after_upstream_lands(),
     kinds={"python", "sql"},
 )
 def enriched_conversations(context: AssetExecutionContext, config: EnrichConfig, db: DomainDB,

@@ -8,7 +8,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
-    AutomationCondition,
     MaterializeResult,
     asset,
     asset_check,
@@ -17,6 +16,7 @@ from dagster import (
 from lora_assets.core.parse import ParseError, parse_conversation
 from lora_assets.core.rules import client_persona_problems, input_parameter_problems
 from lora_assets.defs import recorded_checks
+from lora_assets.defs.conditions import after_upstream_lands
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
@@ -66,7 +66,7 @@ def parse_row(row: dict[str, Any], raw: bytes | BaseException, scaffolding: Reso
     partitions_def=batch_jobs_partitions,
     deps=[AssetKey("raw_conversations")],
     group_name="generation",
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=after_upstream_lands(),
     kinds={"python", "sql"},
 )
 def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: BlobStoreResource) -> MaterializeResult:

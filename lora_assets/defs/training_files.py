@@ -31,7 +31,7 @@ from dagster import (
 from pydantic import Field, ValidationError
 
 from lora_assets.core.aggregate import QUALITY_BUCKET_WIDTH, TrainingFileNameError, scan_training_json
-from lora_assets.core.audit import audit_jsonl, member_problems, metadata_problems
+from lora_assets.core.audit import JsonlAudit, audit_jsonl, member_problems, metadata_problems
 from lora_assets.core.leakage import LeakageThresholds
 from lora_assets.defs.partitions import training_files_partitions
 from lora_assets.defs.report import check_result, table
@@ -365,6 +365,20 @@ def _lines(store: BlobStore, key: str) -> Iterator[bytes]:
             yield buffer
 
 
+#: (run id, JSONL key) → its audit. Three checks of a run read the same JSONL: one pass serves them
+#: (a 10,000-conversation file is ≈ 200 MB). Per run, so a file changed since is read again.
+_AUDITS: dict[tuple[str, str], JsonlAudit] = {}
+
+
+def _audit(context: Any, store: BlobStore, key: str) -> JsonlAudit:
+    """`audit_jsonl` of the JSONL at `key`, once per run."""
+    cached = (context.run.run_id, key)
+    if cached not in _AUDITS:
+        _AUDITS.clear()  # a run checks one version: keep one
+        _AUDITS[cached] = audit_jsonl(_lines(store, key))
+    return _AUDITS[cached]
+
+
 def _summary(problems: list[str], ok: str) -> str:
     """A check's description: `ok`, or how many problems and the first."""
     return ok if not problems else f"{len(problems)} problem(s): {problems[0]}"
@@ -379,7 +393,7 @@ def training_file_schema_valid(context, db: DomainDB, blobs: BlobStoreResource) 
 
     _, v = _latest(context, db)
     store = blobs.store()
-    audit = audit_jsonl(_lines(store, v["jsonl_file_path"]))
+    audit = _audit(context, store, v["jsonl_file_path"])
     problems = [f"{v['jsonl_file_path']} {p}" for p in audit.invalid_lines]
     n = audit.pairs + len(audit.invalid_lines)
     # The JSON document's layout is core.aggregate's: it reads back the header and the pairs.
@@ -404,7 +418,7 @@ def training_file_metadata_matches(context, db: DomainDB, blobs: BlobStoreResour
     """Recompute every metadata figure from the JSONL (core.audit) and compare with the DB row."""
     _, v = _latest(context, db)
     store = blobs.store()
-    audit = audit_jsonl(_lines(store, v["jsonl_file_path"]))
+    audit = _audit(context, store, v["jsonl_file_path"])
     problems = metadata_problems(audit, v)
     for label, key in (("jsonl_file_size", "jsonl_file_path"), ("json_file_size", "json_file_path")):
         if v[label] != store.size(v[key]):
@@ -420,7 +434,7 @@ def training_file_metadata_matches(context, db: DomainDB, blobs: BlobStoreResour
 def training_file_members_valid(context, db: DomainDB, blobs: BlobStoreResource) -> AssetCheckResult:
     """Duplicate and eligibility rules of the seed, on the built file."""
     _, v = _latest(context, db)
-    audit = audit_jsonl(_lines(blobs.store(), v["jsonl_file_path"]))
+    audit = _audit(context, blobs.store(), v["jsonl_file_path"])
     with db.engine().connect() as conn:
         statuses = tfq.enrichment_statuses(conn, audit.conversations)
     problems = member_problems(audit, v["conversation_ids"] or [], statuses)

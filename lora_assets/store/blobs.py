@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -129,11 +129,82 @@ def _no_expect_for_small_bodies(request: Any, **_: Any) -> None:
         del request.headers["Expect"]
 
 
-def _upload_config() -> Any:
-    """Multipart uploads of 8 MiB parts, two at a time (boto3's default is ten in flight)."""
-    from boto3.s3.transfer import TransferConfig
+#: Part size of the streamed multipart uploads (S3 wants ≥ 5 MiB for every part but the last).
+PART_BYTES = 8 << 20
 
-    return TransferConfig(multipart_chunksize=8 << 20, max_concurrency=2)
+
+class _StreamedUpload:
+    """The multipart upload of a spool file that is still being written: every whole part is sent
+    as soon as it is on disk, by the store's one upload thread, while the writer goes on (a
+    training-file build computes its next members meanwhile). A part is read from the spool when
+    it is sent, so one part at most is in memory whatever the file's size and however many files
+    are open. Files smaller than one part are sent with one PUT when they are closed."""
+
+    def __init__(self, store: S3BlobStore, s3_key: str, spool: IO[bytes]) -> None:
+        self.store, self.s3_key, self.spool = store, s3_key, spool
+        self.written = 0
+        self.sent = 0  # bytes handed to the upload thread (whole parts)
+        self.upload_id: str | None = None
+        self.parts: list[Future[dict[str, Any]]] = []
+
+    def write(self, data: bytes) -> int:
+        self.spool.write(data)
+        self.written += len(data)
+        if self.written - self.sent >= PART_BYTES:
+            self.spool.flush()  # the upload thread reads the file, not this buffer
+            while self.written - self.sent >= PART_BYTES:
+                self._send(self.sent, PART_BYTES)
+        return len(data)
+
+    def _send(self, offset: int, size: int) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.store.client.create_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key)[
+                "UploadId"]
+        number = len(self.parts) + 1
+        self.parts.append(self.store._uploads().submit(self._part, number, offset, size))
+        self.sent += size
+
+    def _part(self, number: int, offset: int, size: int) -> dict[str, Any]:
+        body = os.pread(self.spool.fileno(), size, offset)
+        answer = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.s3_key, UploadId=self.upload_id,
+                                               PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def finish(self) -> None:
+        """Send the rest and make the object appear (it does only now)."""
+        self.spool.flush()
+        if self.upload_id is None:
+            self.spool.seek(0)
+            self.store.client.put_object(Bucket=self.store.bucket, Key=self.s3_key, Body=self.spool.read())
+            return
+        if self.written > self.sent:
+            self._send(self.sent, self.written - self.sent)
+        parts = [f.result() for f in self.parts]
+        self.store.client.complete_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key,
+                                                    UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+
+    def abort(self) -> None:
+        """Nothing appears: the parts already sent are dropped."""
+        for f in self.parts:
+            f.cancel()
+        wait(self.parts)
+        if self.upload_id is not None:
+            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key,
+                                                     UploadId=self.upload_id)
+
+    # The file-object surface writers use (json.dump, pyarrow's ParquetWriter, shutil).
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.written
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
 
 
 class S3BlobStore:
@@ -145,6 +216,7 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._upload_pool: ThreadPoolExecutor | None = None
         client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies,
                                     unique_id="lora-no-expect-small-put")
 
@@ -202,17 +274,23 @@ class S3BlobStore:
 
     @contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
-        """Spool to a temp file, then upload (boto3 switches to multipart for large files);
-        the object appears only if the block completes."""
-        s3_key = self._key(key)
-        with tempfile.NamedTemporaryFile(prefix="lora-upload-") as spool:
-            yield spool
-            spool.flush()
-            # Uploaded by file name, not as a file object: s3transfer copies every part of a file
-            # object into memory (up to ten 8 MiB parts queued, whatever max_concurrency says), so
-            # a training-file build's peak RSS grew with its outputs on S3 (its JSONL alone is
-            # ≈ 20 KB a member). By name, each part is read from disk as it is sent.
-            self.client.upload_file(spool.name, self.bucket, s3_key, Config=_upload_config())
+        """Stream bytes into `key` through a spool file, uploaded part by part while the block
+        still writes (`_StreamedUpload`); the object appears only if the block completes."""
+        upload = _StreamedUpload(self, self._key(key), tempfile.TemporaryFile(prefix="lora-upload-"))
+        try:
+            yield upload  # type: ignore[misc] - the write surface of a binary file
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+        finally:
+            upload.spool.close()
+
+    def _uploads(self) -> ThreadPoolExecutor:
+        # One thread: parts go one at a time (so one part in memory), in order, for every file.
+        if self._upload_pool is None:
+            self._upload_pool = ThreadPoolExecutor(1, thread_name_prefix="s3-parts")
+        return self._upload_pool
 
     def url(self, key: str, expires_in: int = 3600) -> str:
         return self.client.generate_presigned_url(

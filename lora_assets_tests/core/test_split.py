@@ -140,3 +140,146 @@ def test_properties(sizes: list[int], fraction: float, seed: int) -> None:
         got = sum(1 for j in range(n) if split[f"p{i}-a-t-{j}"] == "validation")
         quota = v * n / total
         assert int(quota) <= got <= int(quota) + 1
+
+
+# --- duplicate groups: conversations sharing an assistant turn never straddle the split -------
+
+from lora_assets.core.leakage import LeakageStats  # noqa: E402
+from lora_assets.core.split import (  # noqa: E402
+    duplicate_groups,
+    grouped_split,
+    turn_keys,
+)
+
+SHARED = "It makes sense to keep three months of expenses in an easy access savings account first."
+
+
+def _answers(members: list[MemberSummary], shared_by: set[str]) -> dict[str, list[str]]:
+    """Two assistant turns per member: one of its own, plus `SHARED` for the ids in `shared_by`."""
+    return {
+        m.conversation_id: [f"Your own situation {m.conversation_id} deserves a plan we build together step by step.",
+                            SHARED if m.conversation_id in shared_by else f"A second answer only for {m.conversation_id} here."]
+        for m in members
+    }
+
+
+def _straddling(split: dict[str, str], answers: dict[str, list[str]]) -> list[str]:
+    """Assistant turns that occur on both sides (the leakage check's exact duplicates)."""
+    sides: dict[str, set[str]] = {}
+    for cid, turns in answers.items():
+        for turn in turns:
+            sides.setdefault(" ".join(turn.lower().split()), set()).add(split[cid])
+    return [t for t, s in sides.items() if len(s) == 2]
+
+
+def test_turn_keys_normalise_and_skip_short_turns() -> None:
+    assert turn_keys([SHARED]) == turn_keys(["  " + SHARED.upper().replace(" ", "\n ")])
+    assert turn_keys(["I understand.", None]) == frozenset()
+    assert len(turn_keys([SHARED, SHARED, SHARED + " Really."])) == 2
+
+
+def test_union_find_groups_transitively() -> None:
+    keys = {"a": {b"1"}, "b": {b"1", b"2"}, "c": {b"2"}, "d": {b"3"}}
+    assert duplicate_groups(["d", "c", "b", "a", "e"], keys) == [["a", "b", "c"], ["d"], ["e"]]
+
+
+def test_conversations_sharing_a_turn_never_straddle_the_split() -> None:
+    members = _members(SPEC)
+    # Every fifth conversation of every stratum shares one answer (20 of 100, across strata).
+    shared_by = {m.conversation_id for m in members if int(m.conversation_id.rsplit("-", 1)[1]) % 5 == 0}
+    answers = _answers(members, shared_by)
+    keys = {cid: turn_keys(turns) for cid, turns in answers.items()}
+    for seed in range(20):
+        result = grouped_split(members, validation_fraction=0.2, seed=seed, keys=keys)
+        assert _straddling(result.sides, answers) == []
+        assert len({result.sides[cid] for cid in shared_by}) == 1
+        # The 20-member group fits the 20 validation places only alone; otherwise it costs nothing.
+        assert result.report.shared_turn_groups == 1 and result.report.grouped_conversations == 20
+        assert result.report.validation == split_counts(result.sides)["validation"]
+        assert result.report.validation_wanted == 20
+        assert result.report.line() is None
+    # The leakage check, fed the same turns, finds no exact duplicate across the split.
+    stats = LeakageStats()
+    for cid, turns in answers.items():
+        stats.add([{"role": "user", "content": "?"}, {"role": "assistant", "content": turns[0]},
+                   {"role": "user", "content": "?"}, {"role": "assistant", "content": turns[1]}],
+                  result.sides[cid], conversation_id=cid)
+    assert stats.result().overlap.exact_duplicate_turns == 0
+
+
+def test_when_every_conversation_shares_one_turn_nothing_goes_to_validation() -> None:
+    members = _members(SPEC)
+    answers = _answers(members, {m.conversation_id for m in members})
+    keys = {cid: turn_keys(turns) for cid, turns in answers.items()}
+    result = grouped_split(members, validation_fraction=0.1, seed=0, keys=keys)
+    assert split_counts(result.sides) == {"train": 100, "validation": 0}
+    assert _straddling(result.sides, answers) == []
+    assert result.report.groups == 1 and result.report.largest_group == 100
+    assert result.report.validation_lost == 10
+    line = result.report.line()
+    assert line is not None and line.startswith("no validation set") and "\n" not in line
+
+
+def test_groups_keep_stratification_where_they_can() -> None:
+    # Pairs of conversations within one stratum share a turn: groups of 2 fit every quota.
+    members = _members(SPEC)
+    keys = {m.conversation_id: {m.conversation_id.rsplit("-", 1)[0].encode() + bytes([int(m.conversation_id.rsplit("-", 1)[1]) // 2])}
+            for m in members}
+    result = grouped_split(members, validation_fraction=0.1, seed=0, keys=keys)
+    by_stratum = Counter(
+        (m.persona_key, m.arc_key, m.topic_key) for m in members if result.sides[m.conversation_id] == "validation"
+    )
+    assert sum(by_stratum.values()) == 10
+    assert by_stratum[("p1", "a1", "t1")] == 4 and by_stratum[("p1", "a2", "t1")] in (2, 3, 4)
+    for a, b in zip(members[::2], members[1::2], strict=True):
+        assert result.sides[a.conversation_id] == result.sides[b.conversation_id]
+
+
+def test_grouping_is_deterministic_and_order_free() -> None:
+    members = _members(SPEC)
+    answers = _answers(members, {m.conversation_id for m in members[::7]})
+    keys = {cid: turn_keys(turns) for cid, turns in answers.items()}
+    shuffled = list(members)
+    random.Random(2).shuffle(shuffled)
+    assert grouped_split(shuffled, seed=4, keys=keys) == grouped_split(members, seed=4, keys=keys)
+    # Without shared turns it is exactly the ungrouped split.
+    assert train_validation_split(members, seed=4, keys={}) == train_validation_split(members, seed=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=6),
+    links=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 4)), max_size=40),
+    fraction=st.floats(min_value=0.01, max_value=0.9),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_groups_never_straddle_properties(sizes: list[int], links: list[tuple[int, int]], fraction: float,
+                                          seed: int) -> None:
+    members = _members({(f"p{i}", "a", "t"): n for i, n in enumerate(sizes)})
+    ids = [m.conversation_id for m in members]
+    keys: dict[str, set[bytes]] = {}
+    for member, key in links:
+        keys.setdefault(ids[member % len(ids)], set()).add(bytes([key]))
+    result = grouped_split(members, validation_fraction=fraction, seed=seed, keys=keys)
+    for key in {k for ks in keys.values() for k in ks}:
+        assert len({result.sides[cid] for cid, ks in keys.items() if key in ks}) == 1
+    counts = split_counts(result.sides)
+    assert counts["validation"] <= validation_count(len(members), fraction)
+    assert counts["validation"] == result.report.validation
+    if not keys:
+        assert counts["validation"] == validation_count(len(members), fraction)
+
+
+def test_card_reports_the_groups_and_their_cost() -> None:
+    # Kept here rather than in test_card.py: it is the split's report the card renders.
+    from lora_assets.core.card import dataset_card
+    from lora_assets_tests.core.test_card import _inputs
+
+    stats, export, dedup = _inputs()
+    members = _members(SPEC)
+    answers = _answers(members, {m.conversation_id for m in members})
+    report = grouped_split(members, keys={c: turn_keys(t) for c, t in answers.items()}).report
+    card = dataset_card(name="grouped", stats=stats, sources=[], export=export, dedup=dedup, split_report=report)
+    assert "1 group(s) of 100 conversation(s) (largest 100); validation 0 of 10 wanted (10 place(s) lost" in card
+    assert "**no validation set: the 100 conversations form 1 group(s)" in card
+    assert "sharing an identical assistant turn" not in dataset_card(name="plain", stats=stats, sources=[])

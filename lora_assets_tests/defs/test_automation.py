@@ -23,7 +23,7 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
-from lora_assets.defs.automation import NIGHTLY_BATCH_SIZE, nightly_coverage_batch, queued_batches_sensor
+from lora_assets.defs.automation import BATCH_ASSETS, NIGHTLY_BATCH_SIZE, nightly_coverage_batch, queued_batches_sensor
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.generation.simulator import ClaudeSimulator
 from lora_assets.schemas import BatchSelection
@@ -130,6 +130,7 @@ def test_queued_batch_sensor_adds_partition_and_requests_a_run(
     assert add.partitions_def_name == batch_jobs_partitions.name and list(add.partition_keys) == [key]
     [run] = result.run_requests
     assert run.partition_key == key and run.run_key == f"batch-{key}"
+    assert run.asset_selection == BATCH_ASSETS  # named: the run's own updates arm no stage
 
     # what the daemon does with the result: register the partition, launch the run
     instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
@@ -248,3 +249,43 @@ def test_nightly_schedule_skips_without_scaffolding(settings_env: str, persisten
     result = run_schedule(instance, settings_env, datetime(2026, 11, 21, 2, tzinfo=UTC))
     assert isinstance(result, SkipReason) and "no scaffolding" in result.skip_message
     assert instance.get_dynamic_partitions(batch_jobs_partitions.name) == []
+
+
+def _armed(tick: Any, key: AssetKey) -> int:
+    """How many `since` nodes of `key`'s condition are true: armed by an upstream update (or, under
+    `eager()`, a new partition) not yet handled. 0 when nothing is waiting to request it."""
+    [result] = [r for r in tick.results if r.key == key]
+    todo, armed = [result], 0
+    while todo:
+        node = todo.pop()
+        if type(node.condition).__name__ == "SinceCondition":
+            armed += 0 if node.true_subset.is_empty else 1
+        todo.extend(node.child_results)
+    return armed
+
+
+def test_a_pipeline_run_leaves_parse_and_enrich_unarmed(sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator,
+                                                          instance: DagsterInstance) -> None:
+    """The cause of a re-run seen under load: a tick that reads the event log as of its start but
+    run status live sees an armed stage, the pipeline run finished and the stage's materialisation
+    not yet: it requests the stage a second time. So nothing the pipeline run itself does may arm
+    parse or enrich — neither its partition being added nor its own raw → parse → enrich updates
+    (the sensor's run request names the batch assets, so Dagster knows the run planned them)."""
+    engine = h.setup_store(sqlite_url)
+    defs = h.make_defs(sqlite_url, h.local_blobs(tmp_path / "blobs"), sim)
+    tick = evaluate_automation_conditions(defs=defs, instance=instance)  # the sensor has been running
+    batch_id = h.plan(engine, 1, 2, 1)
+    h.add_partition(instance, batch_id)
+    tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.total_requested == 0
+    assert (_armed(tick, PARSED), _armed(tick, ENRICHED)) == (0, 0)  # a new partition arms nothing
+
+    # the run the queued-batches sensor requests: the job, with the batch assets named
+    job = defs.resolve_job_def("batch_pipeline").get_subset(asset_selection=set(BATCH_ASSETS))
+    run = job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False, run_config=h.QUIET)
+    assert run.success and h.materialized(run) == {"raw_conversations", "parsed_conversations", "enriched_conversations"}
+    assert all(e.passed for e in h.check_evaluations(run).values())  # the checks ran in the same run
+    for _ in range(2):
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.total_requested == 0
+        assert (_armed(tick, PARSED), _armed(tick, ENRICHED)) == (0, 0)

@@ -101,14 +101,14 @@ def test_six_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bu
     assert steps["generate"] == {"PUT": n}, steps  # no HEAD pass on a fresh partition
     assert steps["parse+enrich+checks"] == {"GET": 2 * n, "PUT": 2 * n}, steps  # the checks read nothing
     build = steps["training-file build"]
-    # Each member once, plus the version's JSONL read back to write its JSON; the version's
-    # files written and sized once each, not per member.
-    # + the sample conversations shown in its metadata (a constant 3, not per member).
-    assert build.get("GET") == n + 1 + min(n, 3), steps
+    # Each member once (the JSON is made from the build's local copy of the JSONL, not read
+    # back), plus the sample conversations shown in its metadata (a constant 3, not per member);
+    # the version's files written and sized once each, not per member.
+    assert build.get("GET") == n + min(n, 3), steps
     assert build.get("PUT", 0) <= len(OUTPUTS) and build.get("HEAD", 0) <= len(OUTPUTS), steps
     per_conversation = (sum(v for k, v in steps["generate"].items() if k != "expect_100")
                         + sum(v for k, v in steps["parse+enrich+checks"].items() if k != "expect_100")
-                        + build["GET"] - 1 - min(n, 3)) / n
+                        + build["GET"] - min(n, 3)) / n
     assert per_conversation == 6
     assert all(s.get("expect_100", 0) == 0 for s in (steps["generate"], steps["parse+enrich+checks"])), steps
 

@@ -114,3 +114,36 @@ def test_small_puts_go_without_expect_continue(s3_bucket: tuple[str, str]) -> No
     store.put_bytes("a/large.bin", b"z" * (2 << 20))
     assert sent == [(6000, False), (100, False), (2 << 20, True)]
     assert store.get_bytes("a/small.json") == b"x" * 6000
+
+
+def test_s3_writer_streams_parts_while_writing_and_leaves_nothing_on_failure(s3_bucket, monkeypatch) -> None:
+    """A file bigger than a part is sent part by part while the block still writes (the parts
+    are on their way before it ends), reads back whole; a block that fails leaves no object and
+    no open multipart upload; pyarrow's ParquetWriter writes through it."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lora_assets.store import blobs
+
+    monkeypatch.setattr(blobs, "PART_BYTES", 5 << 20)  # S3's smallest part
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    store = S3BlobStore(client, bucket, prefix="stream")
+    line = b"x" * 1023 + b"\n"
+    with store.writer("big/data.jsonl") as fh:
+        for _ in range(12 << 10):  # 12 MiB: two whole parts and a rest
+            fh.write(line)
+        assert len(fh.parts) == 2  # sent while writing
+    assert store.get_bytes("big/data.jsonl") == line * (12 << 10)
+    with pytest.raises(RuntimeError):
+        with store.writer("big/partial.jsonl") as fh:
+            fh.write(line * (6 << 10))
+            raise RuntimeError("crash mid-write")
+    assert not store.exists("big/partial.jsonl")
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    table = pa.table({"a": list(range(1000))})
+    with store.writer("big/t.parquet") as fh, pq.ParquetWriter(fh, table.schema) as pw:
+        pw.write_table(table)
+    assert pq.read_table(io.BytesIO(store.get_bytes("big/t.parquet"))).equals(table)

@@ -20,9 +20,12 @@ from lora_assets.schemas import RawConversation
 from .faults import digest
 from .phrases import (
     ADVISOR_ACKS,
+    ADVISOR_BRIDGES,
     ADVISOR_CLOSERS,
     ADVISOR_FACTS,
     ADVISOR_QUESTIONS,
+    ADVISOR_RECAPS,
+    ADVISOR_SIGNOFFS,
     EARLY_EMOTIONS,
     GENERIC,
     LATE_EMOTIONS,
@@ -39,6 +42,7 @@ __all__ = [
     "block_text",
     "compose_conversation",
     "content_text",
+    "expand",
     "judge_scores",
     "last_user_text",
     "malform",
@@ -108,6 +112,67 @@ def _mid_sentence(name: str) -> str:
     return words[0].lower() + name[len(words[0]) :]
 
 
+_CHOICE = re.compile(r"\[([^\[\]]*)\]")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:?!])")
+_LABELLED_FIGURE = re.compile(r"^([A-Za-z][A-Za-z ()'-]*?)\s+([$\d].*)$")
+
+
+def expand(template: str, rng: random.Random) -> str:
+    """`template` with every `[a|b|c]` group replaced by one option drawn from `rng`, left to
+    right (an empty option drops the part); `{slots}` are left for `str.format`."""
+    out: list[str] = []
+    pos = 0
+    for match in _CHOICE.finditer(template):
+        out.append(template[pos : match.start()])
+        out.append(rng.choice(match.group(1).split("|")))
+        pos = match.end()
+    out.append(template[pos:])
+    return "".join(out)
+
+
+def _say(template: str, rng: random.Random, slots: dict[str, str]) -> str:
+    """One sentence: the grammar expanded, the slots filled, the spacing tidied."""
+    text = " ".join(expand(template, rng).format(**slots).split())
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    return text[:1].upper() + text[1:]
+
+
+def _facts(background: str) -> list[tuple[str, str]]:
+    """(label, value) of each part of the financial background: 'Cash savings: $38,000 in a
+    high-yield account' -> ('cash savings', '$38,000 in a high-yield account'); 'Household income
+    $92,000' -> ('household income', '$92,000')."""
+    facts = []
+    for part in (p.strip().rstrip(".") for p in re.split(r";\s*|\.\s+", background)):
+        if not part:
+            continue
+        label, sep, value = part.partition(": ")
+        if not sep:
+            labelled = _LABELLED_FIGURE.match(part)
+            label, value = labelled.groups() if labelled else ("situation", part)
+        facts.append((label.strip().lower(), _mid_sentence(value.strip())))
+    return facts or [("situation", "what you described")]
+
+
+def _concepts(description: str) -> list[str]:
+    """The clauses of a topic description: the ideas an advisor would name."""
+    parts = re.split(r"[:;,.]\s*|\s+and\s+|\s+instead of\s+", description)
+    concepts = [_mid_sentence(p.strip()) for p in parts if len(p.split()) >= 2]
+    return concepts or [_mid_sentence(description.strip().rstrip("."))]
+
+
+def _who(demographics: str, figures: dict[str, str]) -> list[str]:
+    """Noun phrases for the client ('someone who's 37', 'a parent', …), from their demographics."""
+    who = [f"someone with {figures['amount']} already set aside", f"someone earning {figures['income']}"]
+    age = re.search(r"\bAge (\d+)", demographics)
+    if age:
+        who.append(f"someone who's {age.group(1)}")
+    if re.search(r"child|kid|daughter|son\b", demographics, re.I):
+        who.append("a parent")
+    if re.search(r"married|partner|spouse", demographics, re.I):
+        who.append("someone planning as a couple")
+    return who
+
+
 def _figures(rng: random.Random, background: str) -> dict[str, str]:
     """Concrete numbers for the conversation: the persona's own figure when the background has one."""
     income = rng.randrange(55_000, 190_000, 5_000)
@@ -162,23 +227,37 @@ class _Plan:
     turns: int
     user_count: int
     followups: list[str]
-    acks: list[str]
     facts: list[str]
-    questions: list[str]
     start_intensity: float
     end_intensity: float
+    body: tuple[int, int]
+
+
+#: Body templates whose fixed part (outside every choice) names a figure.
+_FIGURED_FACTS = tuple(t for t in ADVISOR_FACTS if re.search(r"\{(monthly|projection|rate)\}", re.sub(r"\[[^\]]*\]", "", t)))
+
+
+def _body_range(turns: int) -> tuple[int, int]:
+    """Body sentences per advisor turn (min, max) by length tier: short conversations (the
+    template tier's 4–5 turns) answer briefly, long ones (the edge cases' 8–10) at length."""
+    if turns <= 5:
+        return (1, 2)
+    if turns <= 7:
+        return (1, 3)
+    return (2, 4)
 
 
 def _plan(rng: random.Random, n: int) -> _Plan:
     # The draw order below is part of the output: changing it changes every conversation.
     user_count = (n + 1) // 2
     followups = rng.sample(USER_FOLLOWUPS, k=min(len(USER_FOLLOWUPS), max(0, user_count - 2)))
-    acks = rng.sample(ADVISOR_ACKS, k=len(ADVISOR_ACKS))
-    facts = rng.sample(ADVISOR_FACTS, k=len(ADVISOR_FACTS))
-    questions = rng.sample(ADVISOR_QUESTIONS, k=len(ADVISOR_QUESTIONS))
+    facts = rng.sample(ADVISOR_FACTS, k=len(ADVISOR_FACTS))  # no body template twice in a conversation
     start_intensity = rng.uniform(0.7, 0.92)
     end_intensity = rng.uniform(0.55, 0.8)
-    return _Plan(n, user_count, followups, acks, facts, questions, start_intensity, end_intensity)
+    low, high = _body_range(n)
+    # Some conversations run terse and some expansive at any tier, as a model's answers do.
+    high += rng.choice((-1, 0, 0, 1))
+    return _Plan(n, user_count, followups, facts, start_intensity, end_intensity, (low, max(low, high)))
 
 
 def _user_turn(rng: random.Random, plan: _Plan, j: int, slots: dict[str, str]) -> dict[str, Any]:
@@ -211,16 +290,41 @@ def _user_turn(rng: random.Random, plan: _Plan, j: int, slots: dict[str, str]) -
     }
 
 
-def _advisor_turn(rng: random.Random, plan: _Plan, i: int, slots: dict[str, str], emotion: str) -> dict[str, Any]:
-    """The advisor's answer at 0-based turn index `i`, to a client who last felt `emotion`."""
-    number, k = i + 1, i // 2
+def _advisor_turn(rng: random.Random, plan: _Plan, i: int, slots: dict[str, str], emotion: str,
+                  used: list[int]) -> dict[str, Any]:
+    """The advisor's answer at 0-based turn index `i`, to a client who last felt `emotion`:
+    the feeling first, then facts drawn from the client's own figures, then (usually) a question.
+    `used` counts the body templates spent so far in the conversation."""
+    number = i + 1
+    local = {**slots, "emotion": emotion}
+
+    def vary() -> dict[str, str]:
+        # Each sentence picks its own background line, topic idea and description of the client.
+        label, value = rng.choice(slots_facts)
+        return {**local, "fact_label": label, "fact_value": value,
+                "concept": rng.choice(slots_concepts), "who": rng.choice(slots_who)}
+
+    slots_facts = json.loads(slots["_facts"])
+    slots_concepts = json.loads(slots["_concepts"])
+    slots_who = json.loads(slots["_who"])
     if number == plan.turns:
-        text = rng.choice(ADVISOR_CLOSERS)
+        sentences = [_say(rng.choice(ADVISOR_CLOSERS), rng, vary())]
+        sentences += [_say(t, rng, vary()) for t in rng.sample(ADVISOR_RECAPS, k=rng.choice((1, 1, 2)))]
+        if rng.random() < 0.6:
+            sentences.append(_say(rng.choice(ADVISOR_SIGNOFFS), rng, vary()))
     else:
-        # Feelings first, then the facts, then a question back to the client.
-        ack, fact = plan.acks[k % len(plan.acks)], plan.facts[k % len(plan.facts)]
-        text = " ".join((ack, fact, plan.questions[k % len(plan.questions)]))
-    return {"turn_number": number, "role": "assistant", "content": text.format(**slots, emotion=emotion)}
+        sentences = [_say(rng.choice(ADVISOR_ACKS), rng, vary())]
+        if rng.random() < 0.35:
+            sentences.append(_say(rng.choice(ADVISOR_BRIDGES), rng, vary()))
+        for _ in range(rng.randint(*plan.body)):
+            sentences.append(_say(plan.facts[used[0] % len(plan.facts)], rng, vary()))
+            used[0] += 1
+        if not any(ch.isdigit() for ch in " ".join(sentences)):
+            # Specific means a figure of the client's in every answer (rule 6 of the system prompt).
+            sentences.append(_say(rng.choice(_FIGURED_FACTS), rng, vary()))
+        if rng.random() < 0.85:
+            sentences.append(_say(rng.choice(ADVISOR_QUESTIONS), rng, vary()))
+    return {"turn_number": number, "role": "assistant", "content": " ".join(sentences)}
 
 
 def compose_conversation(scaffolding: dict[str, str], key: str) -> dict[str, Any]:
@@ -229,14 +333,22 @@ def compose_conversation(scaffolding: dict[str, str], key: str) -> dict[str, Any
     rng = random.Random(digest("compose", key))
     slots = _slots(s, rng)
     plan = _plan(rng, _turn_count(scaffolding.get("turn_count")))
+    # Lists travel through the str-only slots as JSON (only the advisor's turns unpack them).
+    advisor_slots = {
+        **slots,
+        "_facts": json.dumps(_facts(s["persona_financial_background"])),
+        "_concepts": json.dumps(_concepts(s["topic_description"])),
+        "_who": json.dumps(_who(s["persona_demographics"], slots)),
+    }
     turns: list[dict[str, Any]] = []
     last_emotion = slots["start"]
+    used = [0]
     for i in range(plan.turns):
         if i % 2 == 0:
             turn = _user_turn(rng, plan, i // 2, slots)
             last_emotion = turn["emotional_context"]["primary_emotion"]
         else:
-            turn = _advisor_turn(rng, plan, i, slots, last_emotion)
+            turn = _advisor_turn(rng, plan, i, advisor_slots, last_emotion, used)
         turns.append(turn)
     conversation = {
         "conversation_metadata": {

@@ -1,0 +1,148 @@
+"""CPU profile of the partition-scale stages on local disk (no S3, no proxy): where a member's
+milliseconds go, before the S3 benchmark (`bench_scale.py`) measures the same stages against
+the I/O floor.
+
+    python bench/profile_build.py --n 800 --state /tmp/lora-profile prepare   # once: generate + enrich
+    python bench/profile_build.py --state /tmp/lora-profile build [--profile out.prof]
+    python bench/profile_build.py --state /tmp/lora-profile pipeline [--profile out.prof]
+
+`prepare` plans a batch of N items (as bench_scale does: the persona×arc×topic combinations in
+order), generates it against the loopback simulator and parses + enriches it, on SQLite and a
+local blob directory under `--state`. `build` then times `build_training_file` over every
+conversation (a new training file each time), `pipeline` re-parses and re-enriches the batch
+(rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import itertools
+import json
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def prepare(state: Path, n: int) -> None:
+    import sqlalchemy as sa
+    from dagster import DagsterInstance
+
+    from lora_assets.generation.simulator import ClaudeSimulator
+    from lora_assets.schemas import BatchSelection
+    from lora_assets.store import batches as bq
+    from lora_assets.store import tables as t
+    from lora_assets_tests.defs import helpers as h
+
+    state.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{state / 'lora.db'}"
+    engine = h.setup_store(db_url)
+    with engine.connect() as conn:
+        ids = [list(conn.scalars(sa.select(tbl.c.id).order_by(tbl.c.id)))
+               for tbl in (t.personas, t.emotional_arcs, t.training_topics)]
+    distinct = list(itertools.product(*ids))
+    combos = [distinct[i % len(distinct)] for i in range(n)]
+    batch_id, planned = bq.plan_batch(engine, selection=BatchSelection(), combinations=combos,
+                                      model="claude-haiku-5-5", mode="messages", created_by="bench",
+                                      name="profile")
+    with ClaudeSimulator() as sim, DagsterInstance.ephemeral() as instance:
+        defs = h.make_defs(db_url, h.local_blobs(state / "blobs"), sim, max_concurrency=64)
+        assert h.run_batch(defs, instance, batch_id).success
+    (state / "state.json").write_text(json.dumps({"db_url": db_url, "batch_id": batch_id, "n": planned}))
+
+
+def _profiled(fn: Any, profile: Path | None) -> tuple[Any, float, float]:
+    prof = cProfile.Profile() if profile else None
+    cpu0, t0 = _cpu(), time.perf_counter()
+    if prof:
+        prof.enable()
+    out = fn()
+    if prof:
+        prof.disable()
+        prof.dump_stats(str(profile))
+    return out, time.perf_counter() - t0, _cpu() - cpu0
+
+
+def build(state: Path, profile: Path | None, concurrency: int) -> dict[str, Any]:
+    from lora_assets.defs.resources import DomainDB
+    from lora_assets.store import training_files as tfq
+    from lora_assets.store.blobs import LocalBlobStore
+    from lora_assets.training_build import BuildPlan, build_training_file
+
+    st = json.loads((state / "state.json").read_text())
+    engine = DomainDB(database_url=st["db_url"]).engine()
+    with engine.connect() as conn:
+        ids = tfq.conversations_of_batches(conn, [st["batch_id"]])
+    name = f"profile-{uuid.uuid4().hex[:8]}"
+    tfq.create_training_file(engine, name=name, conversation_ids=ids, created_by="bench")
+    store = LocalBlobStore(state / "blobs")
+    result, seconds, cpu = _profiled(lambda: build_training_file(BuildPlan(name=name), engine=engine, store=store,
+                                                                 concurrency=concurrency, run_id="profile"), profile)
+    return {"stage": "build", "members": len(ids), "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
+            "cpu_ms_per_member": round(cpu / len(ids) * 1000, 3), "kept": len(result.kept),
+            "leakage": result.leakage.overlap.model_dump(exclude={"exact_examples", "near_examples"}),
+            "diversity": result.leakage.diversity.model_dump(), "exact_dups": result.exact_duplicates,
+            "near_dups": result.near_duplicates, "train": result.train_conversations,
+            "outputs": {k: v.bytes for k, v in result.outputs.items()}}
+
+
+def pipeline(state: Path, profile: Path | None) -> dict[str, Any]:
+    """parse + enrich of the prepared batch with all their checks in one run (as `batch_pipeline`
+    runs them), after resetting its rows to pending / not started."""
+    import sqlalchemy as sa
+    from dagster import DagsterInstance
+
+    from lora_assets.defs.resources import DomainDB
+    from lora_assets.store import tables as t
+    from lora_assets_tests.defs import helpers as h
+
+    st = json.loads((state / "state.json").read_text())
+    engine = DomainDB(database_url=st["db_url"]).engine()
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.conversations).where(t.conversations.c.batch_job_id == st["batch_id"])
+                     .values(parse_status="pending", enrichment_status="not_started"))
+    defs = h.make_defs(st["db_url"], h.local_blobs(state / "blobs"), type("Sim", (), {"base_url": "http://127.0.0.1:9"}))
+    with DagsterInstance.ephemeral() as instance:
+        h.add_partition(instance, st["batch_id"])
+        result, seconds, cpu = _profiled(lambda: h.run_assets(defs, instance, st["batch_id"],
+                                                              ["parsed_conversations", "enriched_conversations"]), profile)
+    assert result.success
+    n = st["n"]
+    return {"stage": "parse+enrich+checks", "conversations": n, "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
+            "cpu_ms_per_conversation": round(cpu / n * 1000, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["prepare", "build", "pipeline"])
+    parser.add_argument("--n", type=int, default=800)
+    parser.add_argument("--state", type=Path, default=Path("/tmp/lora-profile"))
+    parser.add_argument("--profile", type=Path)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    import lora_assets.training_build  # noqa: F401 - import cost reported apart
+
+    imported = time.perf_counter() - t0
+    if args.what == "prepare":
+        prepare(args.state, args.n)
+    else:
+        out = (build(args.state, args.profile, args.concurrency) if args.what == "build"
+               else pipeline(args.state, args.profile))
+        out["import_s"] = round(imported, 3)
+        print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""`core.minhash` and the vectorised paths of dedup / leakage give exactly what they replace:
+datasketch's MinHash signatures and LSH band choice, `BandIndex.candidates` one query at a time,
+the regex normaliser and the callback name masker."""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+import zlib
+
+import numpy as np
+import pytest
+
+from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words, word_shingles
+from lora_assets.core.leakage import _FIRST_WORD, _MONEY, _NAME, _NUMBER, mask_template
+from lora_assets.core.minhash import MinHasher, crc32_hashes, optimal_bands, sha1_hashes
+
+
+def _shingle_sets(rng: random.Random, count: int) -> list[set[bytes]]:
+    words = [f"w{i}" for i in range(40)]
+    return [{" ".join(rng.choices(words, k=3)).encode() for _ in range(rng.randint(0, 300))} for _ in range(count)]
+
+
+@pytest.mark.parametrize(("num_perm", "seed", "hashfunc", "ours"), [
+    (128, 1, None, sha1_hashes), (64, 1, zlib.crc32, crc32_hashes), (32, 7, None, sha1_hashes)])
+def test_signatures_are_datasketch_hashvalues(num_perm: int, seed: int, hashfunc: object, ours: object) -> None:
+    from datasketch import MinHash
+
+    hasher = MinHasher(num_perm, seed, ours)  # type: ignore[arg-type]
+    sets = _shingle_sets(random.Random(num_perm), 120)
+    for shingles in sets:
+        m = MinHash(num_perm=num_perm, seed=seed, **({} if hashfunc is None else {"hashfunc": hashfunc}))
+        if shingles:
+            m.update_batch(sorted(shingles))
+        assert np.array_equal(hasher.signature(shingles), m.hashvalues.astype(np.uint32))
+    # several sets in one pass, empty ones included
+    flat: list[bytes] = []
+    bounds = [0]
+    for shingles in sets[:30]:
+        flat.extend(shingles)
+        bounds.append(len(flat))
+    together = hasher.signatures(flat, bounds)
+    assert all(np.array_equal(row, hasher.signature(s)) for row, s in zip(together, sets[:30], strict=True))
+
+
+def test_band_choice_is_datasketchs() -> None:
+    from datasketch.lsh import _optimal_param
+
+    for num_perm in (16, 64, 128):
+        for threshold in np.arange(0.05, 0.951, 0.05):
+            for weights in ((0.5, 0.5), (0.2, 0.8)):
+                assert optimal_bands(float(threshold), num_perm, *weights) == _optimal_param(float(threshold), num_perm, *weights)
+
+
+def test_band_index_pairs_are_candidates_of_each_row() -> None:
+    rng = np.random.default_rng(3)
+    index = BandIndex(16, 4, 64)
+    base = rng.integers(0, 50, size=(40, 64), dtype=np.uint32)
+    kept = base[rng.integers(0, 40, size=600)].copy()
+    kept[rng.random(kept.shape) < 0.3] = 99  # partial overlaps: some bands agree, some do not
+    for signature in kept:
+        index.insert(signature)
+    queries = base[rng.integers(0, 40, size=300)].copy()
+    queries[rng.random(queries.shape) < 0.3] = 98
+    rows, candidates = index.pairs(queries)
+    got: dict[int, list[int]] = {}
+    for r, c in zip(rows.tolist(), candidates.tolist(), strict=True):
+        got.setdefault(r, []).append(c)
+    assert sum(map(len, got.values())) > 100
+    for r, q in enumerate(queries):
+        assert got.get(r, []) == index.candidates(q)
+
+
+def _old_normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def test_normalise_text_is_the_regex_one_on_every_whitespace() -> None:
+    spaces = [chr(c) for c in range(0x3100) if chr(c).isspace() or re.match(r"\s", chr(c))]
+    rng = random.Random(1)
+    for _ in range(500):
+        text = "".join(rng.choice([*spaces, "a", "B", "ß", "ﬁ", "1", ".", " "]) for _ in range(rng.randint(0, 30)))
+        assert normalise_text(text) == _old_normalise(text)
+    assert word_shingles("a b c d", 3) == shingles_of_words(["a", "b", "c", "d"], 3) == {"a b c", "b c d"}
+
+
+def _old_mask(sentence: str) -> str:
+    masked = _MONEY.sub("<MONEY>", sentence.strip())
+    masked = _NUMBER.sub("<NUM>", masked)
+    first = _FIRST_WORD.match(masked)
+    first_end = first.end() if first else 0
+    if first and re.match(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,", masked[first.end() - 1 :]):
+        first_end = 0
+    masked = _NAME.sub(lambda m: m.group(0) if m.start() < first_end else "<NAME>", masked)
+    return _old_normalise(masked)
+
+
+def test_mask_template_is_the_callback_one() -> None:
+    fixed = ["David, your $1,200 a month is fine.", "Let us look at Sarah's 401k.", "5Smith owes 3 dollars",
+             "  'Mary-Jane O'Neil, 12% is 3rd.", "I think Bob and Alice agree.", "Yes, Tom.", "...", "", "Consider",
+             "Well, $5k or 5 thousand USD?", "Mc Donald's 2nd plan", "«Émile», hello", "X, y", "Ab,", "A1 Bc"]
+    rng = random.Random(2)
+    pieces = ["David", "Let", ",", " ", "$", "1,000", "5", "k", "%", "Mary-Jane", "O'Neil", "the", "I", "3rd", ".",
+              "'", "(", "USD", "dollars", "Émile", "x2", "twenty"]
+    generated = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    for sentence in fixed + generated:
+        assert mask_template(sentence) == _old_mask(sentence), sentence
+
+
+def test_a_build_process_imports_neither_datasketch_nor_scipy() -> None:
+    """scipy (behind datasketch's LSH module) cost ≈ 0.7 s in every process that built a file."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from lora_assets.core.dedup import Deduplicator; from lora_assets.core.leakage import "
+            "LeakageStats; import lora_assets.training_build; d = Deduplicator(); s = LeakageStats(); "
+            "s.add([{'role': 'assistant', 'content': 'one two three four five six seven eight nine'}], 'train', "
+            "conversation_id='c'); s.result(); "
+            "print(sorted(m for m in ('scipy', 'datasketch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_build_turn_keys_are_split_turn_keys() -> None:
+    """The build computes the split's turn keys from dedup's normalised answers."""
+    from lora_assets.core.dedup import TargetTexts
+    from lora_assets.core.split import turn_keys
+    from lora_assets.training_build import _turn_keys
+    from lora_assets_tests.core.test_aggregate import make_conversation
+
+    answers = ["Short one.", "  Eight words  are\tenough to count as a TURN here. ", "ünïcödé " * 9, "a b c d e f g h"]
+    conv = make_conversation("k", pairs=4, answers=answers, unanswered_last=False)
+    assert _turn_keys(TargetTexts.of(conv)) == turn_keys(p.target_response for p in conv.training_pairs)
+    assert len(_turn_keys(TargetTexts.of(conv))) == 3
