@@ -163,6 +163,16 @@ def length_problems(measured: Measured) -> list[str]:
     ]
 
 
+def split_problems(stats: Mapping[str, Any] | None) -> list[str]:
+    """The one-line warning of a version whose duplicate groups left no validation set (empty
+    otherwise, and for versions built before the split recorded its groups)."""
+    from lora_assets.core.split import SplitReport
+
+    groups = (stats or {}).get("split_groups")
+    line = SplitReport.model_validate(groups).line() if groups else None
+    return [line] if line else []
+
+
 def leakage_problems(measured: Measured) -> tuple[list[str], list[str]]:
     """(blocking, warnings) of the recorded leakage report under the thresholds it was built with."""
     return measured.leakage.problems(measured.leakage_thresholds)

@@ -310,4 +310,10 @@ def test_members_sharing_an_assistant_turn_stay_on_one_side(data: Data) -> None:
     axolotl = data.store.get_bytes(result.outputs["axolotl"].path).decode()
     assert "test_datasets" not in axolotl  # no empty validation file handed to Axolotl
     with data.engine.connect() as conn:
-        assert tfq.get_version(conn, name)["stats"]["split_groups"]["validation"] == 0
+        stats = tfq.get_version(conn, name)["stats"]
+    assert stats["split_groups"]["validation"] == 0
+    # what training_file_leakage reads back from the version row: the same one line, as a warning
+    from lora_assets.training_stats import split_problems
+
+    assert split_problems(stats) == [result.leakage_warnings[0]]
+    assert split_problems({}) == [] and split_problems(None) == []

@@ -50,6 +50,7 @@ from lora_assets.training_build import (  # noqa: F401 - OUTPUTS / version_prefi
     version_prefix,
 )
 from lora_assets.training_stats import NotRecordedError, cell_rows, leakage_problems, length_problems, recorded
+from lora_assets.training_stats import split_problems
 
 #: Rows of the `members` table (a UI table of tens of thousands of rows helps nobody).
 MEMBERS_SHOWN = 500
@@ -518,6 +519,7 @@ def training_file_leakage(context, db: DomainDB) -> AssetCheckResult:
     if isinstance(measured, AssetCheckResult):
         return measured
     blocking, warnings = leakage_problems(measured)
+    warnings = split_problems(v["stats"]) + warnings  # grouping left no validation set: say so
     o, d = measured.leakage.overlap, measured.leakage.diversity
     ok = (f"v{v['version']}: no validation assistant turn occurs in train ({o.verbatim_sentences} of "
           f"{o.validation_sentences} validation sentences verbatim); template rate {d.template_rate:.2f}")

@@ -420,8 +420,6 @@ def test_s3_outage_longer_than_store_retry_aborts_keeps_spool_and_rerun_buys_not
     assert spooled == set(bill1) - stored1, "paid-but-unstored answers must be exactly the spool's content"
     assert len(spool_files(spool_dir, st.batch_id)) == 1  # the aborted run's journal, kept
     assert unrequested, "the first run requested every item (the spool cap should have paused sends)"
-    if outage == "commit_unheard":
-        assert both, "the COMMIT cut by the outage left no item both stored and spooled"
 
     stats2 = asyncio.run(generate_messages(st.requests, ledger_over_s3_proxy(st, s3_proxy), config))
     bill2 = bill(sim)["attempts_by_key"]
