@@ -206,6 +206,13 @@ class _StreamedUpload:
     def writable(self) -> bool:
         return True
 
+    # io.TextIOWrapper (the review CSV export) asks these too.
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
 
 class S3BlobStore:
     """Blobs in an S3 bucket under a prefix, through a boto3 client (dagster-aws's S3Resource
