@@ -397,7 +397,7 @@ def scenario(pg_admin_engine: sa.Engine, moto_endpoint: str, tmp_path_factory: p
                        "fear_to_confidence", "--topic", "mortgage_payoff_strategy", "--topic", "emergency_fund"]
                 for p in personas:
                     cmd += ["--persona", p]
-                m = re.search(r"batch (\S+): (\d+) item\(s\) planned.*; id (\S+)", _run(cmd, env, tmp).stdout)
+                m = re.search(r"batch (\S+): (\d+) item\(s\) planned.*; id ([0-9a-f-]{36})", _run(cmd, env, tmp).stdout)
                 assert m and int(m.group(2)) == 8 and m.group(1) == name
                 batch_keys.append(m.group(1))
                 batch_ids.append(m.group(3))

@@ -2,6 +2,7 @@
 
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,8 +194,12 @@ def watching(context: AssetExecutionContext, engine: Any, batch_id: str, watch: 
             if status == BatchJobStatus.CANCELLED and not seen_cancel:
                 seen_cancel = True
                 watch.request_stop("cancelled")
-                context.log.warning(f"batch {context.partition_key!r} was cancelled: no new request starts; answers "
-                                    "already in flight are stored")
+                seen = (f"batch {context.partition_key!r} was cancelled: no new request starts; answers already in "
+                        "flight are stored")
+                context.log.warning(seen)
+                # Also on the process's own logger: `lora-assets run` shows it at once (its Dagster
+                # console is quiet and prints the run's warnings only when the run ends).
+                logging.getLogger(__name__).warning(seen)
             if watch.stats is not None and watch.total and pacer.due(watch.stats.done + watch.stats.failed):
                 report = pacer.progress(watch.stats)
                 context.log.info(f"progress: {report.line()}")
