@@ -59,9 +59,13 @@ def test_batch_cancel_during_run_stops_requests_keeps_answers_and_exits_cancelle
         sim.hold()  # answers wait (after being counted): the run is mid-batch for as long as needed
         run = subprocess.Popen([*LORA, "run", "cli-cancel"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+        # Both pipes read by threads: communicate() would race the stderr reader for lines.
         err: list[str] = []
-        reader = threading.Thread(target=lambda: err.extend(run.stderr), daemon=True)  # type: ignore[arg-type]
-        reader.start()
+        outs: list[str] = []
+        readers = [threading.Thread(target=lambda: err.extend(run.stderr), daemon=True),  # type: ignore[arg-type]
+                   threading.Thread(target=lambda: outs.extend(run.stdout), daemon=True)]  # type: ignore[arg-type]
+        for reader in readers:
+            reader.start()
         try:
             attempts = lambda: sum(sim.stats.snapshot()["attempts_by_key"].values())  # noqa: E731
             _wait_for(lambda: attempts() >= 2, "two requests in flight")
@@ -73,8 +77,10 @@ def test_batch_cancel_during_run_stops_requests_keeps_answers_and_exits_cancelle
             _wait_for(lambda: any("was cancelled: no new request starts" in line for line in err), "the run sees it")
         finally:
             sim.release()
-            out, _ = run.communicate(timeout=300)
-            reader.join()
+            run.wait(timeout=300)
+            for reader in readers:
+                reader.join()
+        out = "".join(outs)
         after = attempts() - at_cancel
         assert after <= 2 and after == 0, f"{after} request(s) after the cancel returned"
         assert run.returncode == 3, (out, "".join(err)[-2000:])

@@ -20,7 +20,7 @@ Three ways to count, behind one `TokenCounter` protocol, chosen by `token_counte
   and its turn end (`TURN_END_TOKENS` = 1, `<|im_end|>`; Axolotl's `train_on_eos: turn`).
 * `CharEstimateCounter` — no tokenizer named: ``ceil(characters × (1 + ESTIMATE_MARGIN) / 4)``
   per content, framed like `TokenizerCounter` but with a 6-token header
-  (`ESTIMATE_OVERHEAD_TOKENS` = 8 per message: `<|im_start|>` is several tokens where the
+  (`ESTIMATE_OVERHEAD_TOKENS` = 11 per message: `<|im_start|>` is several tokens where the
   tokenizer does not have it as a special token). chars/4 is the usual rule of thumb for English
   BPE vocabularies; the stated margin covers tokenizers that need more tokens per character
   (numbers, names). Reported as ``"estimate: chars/4 + 10%"`` everywhere a figure from it is
@@ -72,9 +72,9 @@ MESSAGE_HEADER_TOKENS = 3
 MESSAGE_FOOTER_TOKENS = 2
 #: Template tokens per message, header + footer.
 MESSAGE_OVERHEAD_TOKENS = MESSAGE_HEADER_TOKENS + MESSAGE_FOOTER_TOKENS
-#: The estimate's template tokens per message: a header of up to 6 tokens (`<|im_start|>` may be
+#: The estimate's template tokens per message: a header of up to 9 tokens (`<|im_start|>` may be
 #: several tokens where it is not a special token of the tokenizer) and the 2-token footer.
-ESTIMATE_HEADER_TOKENS = 6
+ESTIMATE_HEADER_TOKENS = 9
 #: Template tokens per message of the estimate, header + footer.
 ESTIMATE_OVERHEAD_TOKENS = ESTIMATE_HEADER_TOKENS + MESSAGE_FOOTER_TOKENS
 #: Footer tokens trained with each assistant turn (ChatML `<|im_end|>`), as TRL and Axolotl's

@@ -165,7 +165,7 @@ def test_card_token_lengths_overlap_diversity_and_filters_sections() -> None:
     # Token lengths: method labelled as an estimate, percentiles, recommendations, truncation.
     assert "## Token lengths" in card
     assert "`estimate: chars/4 + 10%` — an **estimate** (characters / 4 plus a 10% margin)" in card
-    assert "plus 8 chat-template tokens per message; an assistant turn trains its content and its turn-end token" in card
+    assert "plus 11 chat-template tokens per message; an assistant turn trains its content and its turn-end token" in card
     e = lengths.examples
     assert f"| examples | 3 | {e.p50} | {e.p95} | {e.p99} | {e.max} |" in card
     a = lengths.assistant_turns

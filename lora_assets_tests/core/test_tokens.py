@@ -59,7 +59,7 @@ def test_estimate_is_chars_over_four_plus_its_margin_and_labelled() -> None:
     assert isinstance(counter, TokenCounter)
     assert counter.method == ESTIMATE_METHOD == "estimate: chars/4 + 10%"
     assert counter.counting == "message_overhead" and counter.chat_template is None
-    assert counter.message_overhead_tokens == ESTIMATE_OVERHEAD_TOKENS == 8
+    assert counter.message_overhead_tokens == ESTIMATE_OVERHEAD_TOKENS == 11
     # ceil(chars × 1.1 / 4), exact at multiples (no float rounding: 400 chars → 110, not 111).
     assert counter.count_many(["", "abcd", "abcde", "x" * 400, "x" * 40]) == [0, 2, 2, 110, 11]
 
@@ -124,13 +124,13 @@ def test_percentiles_nearest_rank_and_recommendations() -> None:
 
     stats = LengthStats()
     for i in range(1, 101):
-        # One message of 40*i characters: 11*i estimated tokens (chars/4 + 10%) + 8 of template.
+        # One message of 40*i characters: 11*i estimated tokens (chars/4 + 10%) + 11 of template.
         stats.add([{"role": "assistant", "content": "a" * (40 * i)}])
     report = stats.result(max_length=512)
     assert report.method == ESTIMATE_METHOD and report.estimate_margin == 0.1
     assert report.message_overhead_tokens == ESTIMATE_OVERHEAD_TOKENS
-    assert report.examples.p99 == 1089 + 8
-    assert report.examples.max == 1100 + 8
+    assert report.examples.p99 == 1089 + ESTIMATE_OVERHEAD_TOKENS
+    assert report.examples.max == 1100 + ESTIMATE_OVERHEAD_TOKENS
     # Both recommendations keep the longest example whole: 1108 → next multiple of 64.
     assert report.recommended_sequence_len == report.recommended_max_length == 1152
     assert report.truncation is not None and report.truncation.max_length == 512
