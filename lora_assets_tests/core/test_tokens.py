@@ -137,7 +137,7 @@ def test_percentiles_nearest_rank_and_recommendations() -> None:
     # Examples of 11*i + 8 tokens longer than 512: i ≥ 46 → 55 examples.
     assert report.truncation.examples_over == 55
     # Each loses its trained tokens (content from position 6, then the turn end) at positions ≥ 512.
-    assert report.truncation.assistant_tokens_cut == sum(6 + 11 * i + 1 - 512 for i in range(46, 101))
+    assert report.truncation.assistant_tokens_cut == sum(9 + 11 * i + 1 - 512 for i in range(46, 101))  # header 9 + content + turn end
     assert report.assistant_tokens == sum(11 * i + 1 for i in range(1, 101))
     assert stats.result().truncation is None
 
