@@ -27,10 +27,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: mid-batch). Under xdist they are handed out first, so the short tests fill in around them
 #: instead of one long module starting last.
 SLOW_FIRST = (
-    "lora_assets_tests/ui/test_front_door.py",
     "lora_assets_tests/ui/test_restart.py",
-    "lora_assets_tests/ui/test_ui.py",
+    "lora_assets_tests/ui/test_purse.py",
+    "lora_assets_tests/ui/test_front_door.py",
     "lora_assets_tests/test_production.py",
+    "lora_assets_tests/ui/test_ui.py",
     "lora_assets_tests/defs/test_crash.py",
     "lora_assets_tests/generation/test_outages.py",
 )

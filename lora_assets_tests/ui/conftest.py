@@ -3,8 +3,8 @@
 `dagster_ui` starts `dagster-webserver` and `dagster-daemon` (each in its own process group, on
 127.0.0.1 and a free port) for `workspace.yaml`, against a fresh PostgreSQL-backed instance:
 
-- DAGSTER_HOME is a temp directory holding a copy of the repo's `dagster.yaml`, with
-  DAGSTER_PG_* pointing at a throwaway database created here;
+- DAGSTER_HOME is a temp directory holding the repo's `dagster.yaml` (run queue polled each
+  second, see TEST_INSTANCE), with DAGSTER_PG_* pointing at a throwaway database created here;
 - the domain DB is another throwaway PostgreSQL database (LORA_DATABASE_URL);
 - LORA_DATA_DIR (local blobs) is under tmp; no ANTHROPIC_* variable, so runs use the simulator.
 
@@ -58,14 +58,17 @@ STOP_DEADLINE_S = 30.0
 # --- the instance config ------------------------------------------------------------------------
 
 
+#: Every deployment's run queue is polled each second, not production's 5 s: a test launches a
+#: dozen runs, each waiting half an interval on average to leave the queue.
+TEST_INSTANCE = {"run_coordinator": {"config": {"dequeue_interval_seconds": 1}}}
+
+
 def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None) -> None:
-    """The instance config: the repo's dagster.yaml, verbatim unless a test overrides top-level
-    sections (e.g. shorter run-monitoring intervals, so a test need not wait out production's)."""
-    if not overrides:
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        return
+    """The instance config: the repo's dagster.yaml with TEST_INSTANCE, and top-level sections a
+    test overrides (e.g. shorter run-monitoring intervals, so a test need not wait out
+    production's). test_production.py runs the repo's file verbatim."""
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    for section, value in overrides.items():
+    for section, value in {**TEST_INSTANCE, **(overrides or {})}.items():
         config[section] = {**config.get(section, {}), **value} if isinstance(value, dict) else value
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
 

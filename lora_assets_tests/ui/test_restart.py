@@ -25,11 +25,11 @@ from lora_assets_tests.ui.conftest import batch_of, DagsterServers, dagster_depl
 
 pytestmark = pytest.mark.timeout(900)
 
-#: Every simulated API call takes 4 s and a run keeps 2 in flight: 8 items take ~16 s to
-#: generate — long enough to be killed mid-way. Claims are renewed every third of their TTL, so
-#: a 15 s lease outlives any call; the re-run takes over the killed run's items 15 s after the
-#: kill instead of production's 60 s.
-ENV = {"LORA_SIMULATOR_LATENCY_S": "4", "LORA_MAX_CONCURRENCY": "2", "LORA_CLAIM_TTL_S": "15"}
+#: Every simulated API call takes 2 s and a run keeps 2 in flight: 8 items take ~8 s to
+#: generate — long enough to be killed mid-way (the test polls every 0.2 s). Claims are renewed
+#: every third of their TTL, so an 8 s lease outlives any call; the re-run takes over the killed
+#: run's items 8 s after the kill instead of production's 60 s.
+ENV = {"LORA_SIMULATOR_LATENCY_S": "2", "LORA_MAX_CONCURRENCY": "2", "LORA_CLAIM_TTL_S": "8"}
 #: Run monitoring as in the repo's dagster.yaml (enabled, frees a dead run's pool slots), with
 #: shorter intervals than production's 30 s poll + 60 s grace so the test does not wait them out.
 INSTANCE_OVERRIDES = {"run_monitoring": {"enabled": True, "poll_interval_seconds": 5,
