@@ -4,9 +4,12 @@ Order matters (intent before effect): the status becomes `cancelled` first, so n
 starts afterwards requests anything (and the queued-batch sensor never starts it again); then
 the provider's open Message Batches are cancelled; then Dagster runs of the partition that have
 not started yet are cancelled. A run already generating is not killed: it polls the batch's
-status every second, starts no new request once it sees the cancel, stores the answers already
-in flight (they are paid for) and ends with a materialization of what it kept and one line
-saying it was cancelled. Nothing turns a cancelled batch back into another status.
+status every half second, starts no new request once it sees the cancel, stores the answers
+already in flight (they are paid for) and ends with a materialization of what it kept and one
+line saying it was cancelled. In Message Batches mode it also cancels its open provider batches
+at the API itself (whether or not this cancel reached them), polls them until they end, and
+stores the results that finished before the cancel; the provider's `canceled` results are
+recorded as failed with that reason. Nothing turns a cancelled batch back into another status.
 Stored conversations stay, and parse / enrich / training files can use them.
 """
 

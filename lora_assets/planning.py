@@ -29,6 +29,9 @@ from lora_assets.store.scaffolding import UnknownScaffoldingKeyError
 #: Counts (system tokens, per-prompt tokens) for a system prompt and user prompts.
 TokenCounter = Callable[[str, Sequence[str]], tuple[int, list[int]]]
 
+#: Explicit (persona id, arc id, topic id) combinations (a coverage batch) instead of key lists.
+Combinations = Sequence[tuple[str, str, str]]
+
 
 #: The explicit "every key" choice in a key list (`personas: ["*"]`, `--persona '*'`).
 ALL = "*"
@@ -99,10 +102,16 @@ def _keys(keys: list[str], field: str, noun: str) -> list[str]:
     return given
 
 
-def _selection(request: PlanRequest) -> BatchSelection:
-    personas = _keys(request.personas, "personas", "persona")
-    arcs = _keys(request.arcs, "arcs", "emotional arc")
-    topics = _keys(request.topics, "topics", "training topic")
+def _selection(request: PlanRequest, combinations: Combinations | None = None) -> BatchSelection:
+    if combinations is not None:
+        # The combinations are the selection: key lists beside them would say two things at once.
+        if request.personas or request.arcs or request.topics:
+            raise ValueError("a plan of explicit combinations takes no persona, arc or topic keys")
+        personas, arcs, topics = [], [], []
+    else:
+        personas = _keys(request.personas, "personas", "persona")
+        arcs = _keys(request.arcs, "arcs", "emotional arc")
+        topics = _keys(request.topics, "topics", "training topic")
     try:
         return BatchSelection(persona_keys=personas, arc_keys=arcs, topic_keys=topics,
                               conversations_per_combination=request.per_combination, tier=request.tier,
@@ -121,35 +130,41 @@ def check_model(request: PlanRequest, model_label: str = "model") -> None:
         raise PlanRefusedError(f"{model_label} {request.model!r}: {exc}") from None
 
 
-def check_size(engine: Engine, request: PlanRequest, max_items: int) -> int:
+def check_size(engine: Engine, request: PlanRequest, max_items: int, combinations: Combinations | None = None) -> int:
     """The number of items `request` plans, counted with COUNT queries (no combination is
     resolved, so memory stays flat however large the scaffolding); LimitExceededError above
     `max_items`, then PlanRefusedError for a key list that is not an explicit choice. Every
-    entry point (job, CLI, --estimate) calls this before anything else reads the scaffolding."""
+    entry point (job, CLI, --estimate, the nightly schedule) calls this before anything else
+    reads the scaffolding. With explicit `combinations`, those are what is counted."""
     def counted(keys: list[str]) -> list[str]:
         return [] if ALL in keys else [k for k in keys if k.strip()]
 
-    with engine.connect() as conn:
-        p, a, x = q.selection_size(conn, counted(request.personas), counted(request.arcs), counted(request.topics))
-    n = p * a * x * request.per_combination
+    if combinations is not None:
+        n = len(combinations) * request.per_combination
+        what = f"{len(combinations):,} combinations × {request.per_combination} per combination"
+    else:
+        with engine.connect() as conn:
+            p, a, x = q.selection_size(conn, counted(request.personas), counted(request.arcs), counted(request.topics))
+        n = p * a * x * request.per_combination
+        what = f"{p} personas × {a} arcs × {x} topics × {request.per_combination} per combination"
     if n > max_items:
-        raise LimitExceededError(
-            "batch plan", f"the selection plans {n:,} items ({p} personas × {a} arcs × {x} topics × "
-            f"{request.per_combination} per combination)", max_items, "items per batch", env_var("max_items_per_batch"))
-    _selection(request)
+        raise LimitExceededError("batch plan", f"the selection plans {n:,} items ({what})", max_items,
+                                 "items per batch", env_var("max_items_per_batch"))
+    _selection(request, combinations)
     return n
 
 
 def estimate(engine: Engine, request: PlanRequest, counter: TokenCounter, *, concurrency: int,
-             max_items: int) -> CostEstimate:
-    """The expected cost of `request`, without writing anything: the prompts generation would send
-    for a sample of its combinations, counted by `counter` (the API's count_tokens). The item
-    limit is checked first (LimitExceededError), before any combination is resolved."""
-    check_size(engine, request, max_items)
-    selection = _selection(request)
+             max_items: int, combinations: Combinations | None = None) -> CostEstimate:
+    """The expected cost of `request` (over explicit `combinations`, if given), without writing
+    anything: the prompts generation would send for a sample of its combinations, counted by
+    `counter` (the API's count_tokens). The item limit is checked first (LimitExceededError),
+    before any combination is resolved."""
+    check_size(engine, request, max_items, combinations)
+    selection = _selection(request, combinations)
     with engine.connect() as conn:
         try:
-            preview = q.preview_plan(conn, selection)
+            preview = q.preview_plan(conn, selection, list(combinations) if combinations is not None else None)
         except (UnknownScaffoldingKeyError, q.EmptySelectionError) as exc:
             raise PlanRefusedError(str(exc)) from None
         history = q.output_token_history(conn, tier=request.tier, model=request.model)
@@ -181,21 +196,23 @@ def cost_cap(request: PlanRequest, limits: PlanLimits) -> tuple[float, str]:
 
 
 def plan(engine: Engine, request: PlanRequest, *, created_by: str, limits: PlanLimits, counter: TokenCounter,
-         concurrency: int, model_label: str = "model") -> PlannedBatch:
+         concurrency: int, model_label: str = "model", combinations: Combinations | None = None) -> PlannedBatch:
     """Check `request`, estimate it, refuse it above its cost cap, then write the batch
     (scaffolding snapshot fixed now) under a unique slug of its name. Above the auto-approve
     threshold it is written `planned` and waits for `approve`; with `pilot_items` the first run
     generates only those, then the batch waits. PlanRefusedError / LimitExceededError name the
     reason (`model_label`: how the caller names the model field, e.g. `--model`); nothing is
-    written then."""
+    written then. `combinations` (persona, arc, topic ids; the nightly coverage batch) replace
+    the key lists, which must then be empty; they are counted against the item limit first."""
     check_model(request, model_label)
-    n = check_size(engine, request, limits.max_items)
-    selection = _selection(request)
+    n = check_size(engine, request, limits.max_items, combinations)
+    selection = _selection(request, combinations)
     if request.pilot_items is not None and request.pilot_items >= n:
         raise PlanRefusedError(f"pilot_items: {request.pilot_items} is not fewer than the batch's {n} item(s); "
                                "leave it out to plan the batch without a pilot")
     cap, cap_source = cost_cap(request, limits)
-    cost = estimate(engine, request, counter, concurrency=concurrency, max_items=limits.max_items)
+    cost = estimate(engine, request, counter, concurrency=concurrency, max_items=limits.max_items,
+                    combinations=combinations)
     try:
         refuse_over_budget(cost, cap)
     except OverBudgetError as exc:
@@ -216,7 +233,8 @@ def plan(engine: Engine, request: PlanRequest, *, created_by: str, limits: PlanL
                                        created_by=created_by, name=request.name,
                                        estimate=cost.model_dump(mode="json") | {
                                            "cost_cap_usd": cap, "cost_cap_source": cap_source},
-                                       status=status, pilot_items=request.pilot_items)
+                                       status=status, pilot_items=request.pilot_items,
+                                       combinations=list(combinations) if combinations is not None else None)
     except (UnknownScaffoldingKeyError, q.EmptySelectionError) as exc:
         raise PlanRefusedError(str(exc)) from None
     with engine.connect() as conn:

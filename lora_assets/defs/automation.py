@@ -25,8 +25,8 @@ from dagster import (
 
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import ClaudeResource, DomainDB
-from lora_assets.schemas import BatchJobStatus, BatchSelection
-from lora_assets.store.batches import batch_key, least_covered_combinations, plan_batch, queued_batches
+from lora_assets.schemas import BatchJobStatus
+from lora_assets.store.batches import least_covered_combinations, queued_batches
 
 # Assets by key, not by object: jobs do not import (and so do not depend on) the modules defining them.
 
@@ -124,27 +124,36 @@ NIGHTLY_BATCH_SIZE = 30
 def nightly_coverage_batch(
     context: ScheduleEvaluationContext, db: DomainDB, claude: ClaudeResource
 ) -> RunRequest | SkipReason:
-    """Every night, plan a batch that fills the persona × arc × topic combinations with the
-    fewest conversations (coverage-driven), register its partition and run it. Stopped by
-    default: turning it on is a spending decision."""
+    """Every night, plan a Message Batches-mode batch over the persona × arc × topic combinations
+    with the fewest conversations (coverage-driven), through the same planning as `plan_batch`:
+    item limit, estimate, cost cap (LORA_MAX_BATCH_COST_USD) and auto-approve threshold
+    (LORA_AUTO_APPROVE_USD). Within the threshold it registers the partition and requests the run;
+    above it the batch waits as `planned` (the tick skips, saying so) and the queued-batch sensor
+    starts it once approved; over the cap nothing is written and the tick skips with the reason.
+    Stopped by default: turning it on is a spending decision."""
+    from lora_assets import planning
+    from lora_assets.errors import UserInputError
+
     engine = db.engine()
+    limits = db.plan_limits()
     with engine.connect() as conn:
         combos = least_covered_combinations(conn, NIGHTLY_BATCH_SIZE)
     if not combos:
         return SkipReason("no scaffolding loaded")
-    batch_id, _ = plan_batch(
-        engine,
-        selection=BatchSelection(),
-        model=claude.model,
-        mode="batches",
-        created_by="nightly-schedule",
-        name=f"nightly-{context.scheduled_execution_time:%Y%m%d}",
-        combinations=combos,
-    )
-    with engine.connect() as conn:
-        key = batch_key(conn, batch_id)
-    context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [key])
-    return RunRequest(partition_key=key, run_key=f"nightly-{key}", asset_selection=BATCH_ASSETS)
+    request = planning.PlanRequest(name=f"nightly-{context.scheduled_execution_time:%Y%m%d}", mode="batches",
+                                   model=claude.model)
+    try:
+        planned = planning.plan(engine, request, created_by="nightly-schedule", limits=limits,
+                                counter=claude.token_counter(request.model), concurrency=claude.max_concurrency,
+                                combinations=combos)
+    except UserInputError as exc:
+        # Over the cost cap or the item limit, unknown model: nothing was written.
+        return SkipReason(f"nightly coverage batch not planned: {exc}")
+    context.log.info(planned.summary())
+    context.instance.add_dynamic_partitions(batch_jobs_partitions.name, [planned.key])
+    if planned.status == BatchJobStatus.PLANNED:
+        return SkipReason(f"nightly coverage batch {planned.key!r} planned, not started: {planned.approval}")
+    return RunRequest(partition_key=planned.key, run_key=f"nightly-{planned.key}", asset_selection=BATCH_ASSETS)
 
 
 #: Runs the eager conditions (parse after generate, enrich after parse) without anyone clicking.

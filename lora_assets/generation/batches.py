@@ -71,6 +71,8 @@ BATCH_MAX_BYTES = 200 * 1024 * 1024
 #: A provider batch created this long before its intent was recorded is not a candidate
 #: (clock skew between us and the API).
 RECONCILE_SKEW_S = 300.0
+#: Longest nap between polls of open batches: how soon a cancel seen by the run reaches the API.
+STOP_CHECK_S = 0.25
 
 _T = TypeVar("_T")
 
@@ -111,6 +113,7 @@ class _BatchRun:
         self.attempts: Counter[str] = Counter()
         self.wasted: defaultdict[str, float] = defaultdict(float)
         self.left_to_others: set[str] = set()  # items of open submissions another live run polls
+        self.cancel_sent: set[str] = set()  # tokens of open batches this run asked the API to cancel
 
     # --- control calls -------------------------------------------------------------------------
 
@@ -279,10 +282,13 @@ class _BatchRun:
 
     async def drive(self) -> None:
         while self.open and self.run.abort is None:
+            if self.run.stopping():
+                await self._cancel_open()
             now = time.monotonic()
             due = [b for b in self.open.values() if b.next_poll <= now]
             if not due:
-                await asyncio.sleep(min(b.next_poll for b in self.open.values()) - now)
+                # Short naps, not the whole poll interval: a cancel is acted on within a second.
+                await asyncio.sleep(min(min(b.next_poll for b in self.open.values()) - now, STOP_CHECK_S))
                 continue
             for b in due:
                 try:
@@ -301,6 +307,25 @@ class _BatchRun:
                     await self._resubmit(b)
                 await self._ledger("close_provider_batch", self.ledger.close_provider_batch, b.token, "ended")
                 del self.open[b.token]
+
+    async def _cancel_open(self) -> None:
+        """A cancel seen by the live run (issue 21): cancel every open provider batch at the API
+        (idempotent there; the cancel action may have done it already), then poll it at once. It
+        ends within moments; what finished before is stored, the rest comes back `canceled`."""
+        for b in list(self.open.values()):
+            if b.token in self.cancel_sent:
+                continue
+            self.cancel_sent.add(b.token)
+            try:
+                await self._control("cancel", b.id, lambda b=b: self.client.messages.batches.cancel(b.id))
+            except _BatchNotFound:
+                pass  # the next retrieve records it as lost
+            except ProviderBatchError as exc:
+                log.error("could not cancel provider batch %s (%s): polling it until it ends", b.id, exc)
+                continue
+            log.warning("run cancelled: provider batch %s cancelled at the API; the results that arrive are stored",
+                        b.id)
+            b.next_poll = time.monotonic()
 
     async def _collect(self, b: _OpenBatch) -> None:
         async def read() -> None:

@@ -3,6 +3,7 @@ reading a batch's state and progress."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import re
 import time
@@ -76,10 +77,12 @@ def _template_and_combinations(conn: Connection, selection: BatchSelection,
     return template_id, combinations
 
 
-def preview_plan(conn: Connection, selection: BatchSelection) -> PlanPreview:
-    """The scaffolding `plan_batch` would fix for `selection`, one entry per distinct combination;
-    UnknownScaffoldingKeyError / EmptySelectionError as `plan_batch` raises them. Writes nothing."""
-    template_id, combos = _template_and_combinations(conn, selection, None)
+def preview_plan(conn: Connection, selection: BatchSelection,
+                 combinations: list[tuple[str, str, str]] | None = None) -> PlanPreview:
+    """The scaffolding `plan_batch` would fix for `selection` (or for explicit `combinations`, as
+    `plan_batch` takes them), one entry per distinct combination; UnknownScaffoldingKeyError /
+    EmptySelectionError as `plan_batch` raises them. Writes nothing."""
+    template_id, combos = _template_and_combinations(conn, selection, combinations)
     snapshot = plan_snapshot(conn, combos, template_id)
     if snapshot.get("consultant_profile") is None:
         raise EmptySelectionError("no consultant profile in the domain DB (materialise the scaffolding assets first)")
@@ -210,9 +213,9 @@ def least_covered_combinations(conn: Connection, size: int) -> list[tuple[str, s
         [r[0] for r in conn.execute(sa.select(tbl.c.id).order_by(tbl.c.id))]
         for tbl in (t.personas, t.emotional_arcs, t.training_topics)
     ]
-    combos = list(itertools.product(*ids))
-    combos.sort(key=lambda c: (have.get(c, 0), c))
-    return combos[:size]
+    # The `size` smallest of the product, streamed: memory grows with `size`, not with the product
+    # (1,000 personas × 8 arcs × 1,000 topics would otherwise be 8 million tuples in a list).
+    return heapq.nsmallest(size, itertools.product(*ids), key=lambda c: (have.get(c, 0), c))
 
 
 # --- reading batches ---------------------------------------------------------------------

@@ -58,10 +58,11 @@ def sensor_context(instance: DagsterInstance, db_url: str) -> Any:
     return build_sensor_context(instance=instance, resources={"db": h.DomainDB(database_url=db_url)})
 
 
-def run_schedule(instance: DagsterInstance, db_url: str, when: datetime) -> Any:
+def run_schedule(instance: DagsterInstance, db_url: str, when: datetime, **limits: Any) -> Any:
     """Evaluate the nightly schedule with the DomainDB and Claude resources in its context (a
-    context manager: the Claude resource has a teardown)."""
-    resources = {"db": h.DomainDB(database_url=db_url), "claude": h.ClaudeResource()}
+    context manager: the Claude resource has a teardown). `limits`: DomainDB fields
+    (max_batch_cost_usd, auto_approve_usd, max_items_per_batch), as the settings would set them."""
+    resources = {"db": h.DomainDB(database_url=db_url, **limits), "claude": h.ClaudeResource()}
     with build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources) as context:
         return nightly_coverage_batch(context)
 
@@ -225,6 +226,10 @@ def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinat
         batch = get_batch(conn, nightly)
     assert batch["status"] == "queued" and batch["mode"] == "batches" and batch["name"] == "nightly-20261121"
     assert batch["total_items"] == NIGHTLY_BATCH_SIZE and batch["created_by"] == "nightly-schedule"
+    # Planned like any other batch: estimated from counted tokens, under the default cost cap.
+    est = batch["estimate"]
+    assert est["items"] == NIGHTLY_BATCH_SIZE and 0 < est["total_usd"] <= 0.25 and est["mode"] == "batches"
+    assert (est["cost_cap_usd"], est["cost_cap_source"]) == (5.0, "the LORA_MAX_BATCH_COST_USD default")
     planned = _batch_combinations(engine, nightly)
     # the least-covered combinations: none of the covered ones, then in stable id order
     assert planned == every[4 : 4 + NIGHTLY_BATCH_SIZE]
@@ -239,6 +244,94 @@ def test_nightly_schedule_plans_a_coverage_batch_over_the_least_covered_combinat
     assert result.success
     assert h.progress(engine, nightly)["enrichment"]["completed"] == NIGHTLY_BATCH_SIZE
     assert sim.stats.batches_created >= 1
+
+
+def _batch_count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(sa.func.count()).select_from(t.batch_jobs)) or 0
+
+
+def test_nightly_batch_above_the_auto_approve_threshold_waits_for_approval_then_the_sensor_starts_it(
+    settings_env: str, persistent_instance: DagsterInstance
+) -> None:
+    """The nightly schedule applies the same limits as `plan_batch`: above LORA_AUTO_APPROVE_USD
+    its batch is written `planned`, the tick requests no run and says which batch waits and why;
+    after `approve` the queued-batch sensor starts it."""
+    instance = persistent_instance
+    engine = h.setup_store(settings_env)
+    when = datetime(2026, 11, 21, 2, tzinfo=UTC)
+
+    result = run_schedule(instance, settings_env, when, auto_approve_usd=0.000001)
+
+    assert isinstance(result, SkipReason), result
+    message = result.skip_message or ""
+    assert message.startswith("nightly coverage batch 'nightly-20261121' planned, not started: waits for approval: "
+                              "estimate $"), message
+    assert "above the auto-approve threshold $0.00 (LORA_AUTO_APPROVE_USD)" in message
+    assert "`approve_batch` job or `lora-assets batch approve`" in message and "\n" not in message
+    nightly = h.batch_id_of(engine, "nightly-20261121")
+    with engine.connect() as conn:
+        batch = get_batch(conn, nightly)
+    assert batch["status"] == "planned" and batch["total_items"] == NIGHTLY_BATCH_SIZE
+    assert batch["estimate"]["cost_cap_source"] == "the LORA_MAX_BATCH_COST_USD default"
+    assert instance.get_runs() == []
+    waiting = queued_batches_sensor(sensor_context(instance, settings_env))
+    assert isinstance(waiting, SkipReason)  # planned: never started unapproved
+
+    from lora_assets.planning import approve
+
+    assert approve(engine, "nightly-20261121").previous_status == "planned"
+    started = queued_batches_sensor(sensor_context(instance, settings_env))
+    assert isinstance(started, SensorResult)
+    assert [(r.partition_key, r.run_key) for r in started.run_requests] == [("nightly-20261121", "batch-nightly-20261121")]
+
+
+@pytest.mark.parametrize("limits, reason", [
+    ({"max_batch_cost_usd": 0.000001},
+     r"^nightly coverage batch not planned: estimated cost \$[0-9.]+ is above max_cost_usd \$0\.0000 .*"
+     r"\(cap from the LORA_MAX_BATCH_COST_USD default\)$"),
+    ({"max_items_per_batch": NIGHTLY_BATCH_SIZE - 1},
+     rf"^nightly coverage batch not planned: batch plan: the selection plans {NIGHTLY_BATCH_SIZE} items "
+     rf"\({NIGHTLY_BATCH_SIZE} combinations × 1 per combination\), over the limit of {NIGHTLY_BATCH_SIZE - 1} items "
+     r"per batch \(raise it with LORA_MAX_ITEMS_PER_BATCH=<n> if you mean it\)$"),
+])
+def test_nightly_batch_over_a_limit_is_skipped_with_the_reason_and_nothing_is_written(
+    settings_env: str, persistent_instance: DagsterInstance, limits: dict[str, Any], reason: str
+) -> None:
+    import re
+
+    instance = persistent_instance
+    engine = h.setup_store(settings_env)
+    result = run_schedule(instance, settings_env, datetime(2026, 11, 21, 2, tzinfo=UTC), **limits)
+    assert isinstance(result, SkipReason), result
+    assert re.search(reason, result.skip_message or ""), result.skip_message
+    assert _batch_count(engine) == 0
+    assert instance.get_dynamic_partitions(batch_jobs_partitions.name) == []
+
+
+def test_the_nightly_picks_its_gaps_in_memory_bounded_by_its_size(sqlite_url: str) -> None:
+    """200 personas × 8 arcs × 200 topics = 320,000 combinations: the least covered 30 are
+    streamed out of their product, never listed (a list of them alone would take ~25 MB)."""
+    import tracemalloc
+    import uuid
+
+    from lora_assets.store.batches import least_covered_combinations
+
+    engine = h.setup_store(sqlite_url)
+    with engine.begin() as conn:
+        for table, key in ((t.personas, "persona_key"), (t.training_topics, "topic_key")):
+            first = dict(conn.execute(sa.select(table).limit(1)).mappings().one())
+            have = conn.scalar(sa.select(sa.func.count()).select_from(table))
+            conn.execute(sa.insert(table), [first | {"id": str(uuid.uuid4()), key: f"{first[key]}_{i}"}
+                                            for i in range(200 - have)])
+        tracemalloc.start()
+        try:
+            picked = least_covered_combinations(conn, NIGHTLY_BATCH_SIZE)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert len(picked) == NIGHTLY_BATCH_SIZE and picked == sorted(picked)  # no coverage yet: id order
+    assert peak < 2 * 1024 * 1024, f"peak {peak / 1024 / 1024:.1f} MiB"
 
 
 def test_nightly_schedule_skips_without_scaffolding(settings_env: str, persistent_instance: DagsterInstance) -> None:

@@ -12,7 +12,7 @@ from dagster import DagsterInstance, build_sensor_context
 from lora_assets.defs.automation import queued_batches_sensor
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.generation.simulator import ClaudeSimulator
-from lora_assets.store.batches import batch_for_key, slugify
+from lora_assets.store.batches import batch_for_key, open_provider_batch_ids, slugify
 from lora_assets_tests.defs import helpers as h
 
 
@@ -355,3 +355,71 @@ def test_a_cancel_is_seen_by_the_live_run_which_keeps_what_it_bought_and_ends_ca
         assert batch_for_key(conn, "live-cancel")["status"] == "cancelled"
     assert "cancelled" in h.metadata(again, "raw_conversations")["cancelled"]
     del DagsterEventType, EventRecordsFilter
+
+
+def test_a_cancel_seen_by_a_live_batches_run_cancels_its_api_batch_and_keeps_what_arrives(
+        tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance) -> None:
+    """Message Batches mode: the run is polling its provider batch when the batch is cancelled.
+    The cancel here reaches only the domain DB (as when the provider call failed, or raced the
+    batch's create), so it is the live run that cancels the API batch: within seconds, not at its
+    next poll (5 s here). It then stores the results that arrive, submits nothing, ends cancelled,
+    and the batch stays cancelled. Requests are counted at the simulator's HTTP layer."""
+    import threading
+    import time
+
+    from lora_assets import cancel
+    from lora_assets.definitions import build_defs
+    from lora_assets.generation.simulator import FaultConfig
+
+    # Requests of the provider batch finish over 8 s: a cancel midway leaves some done, some not.
+    sim.config = FaultConfig(batch_processing_s=8.0)
+    routes: list[tuple[float, str, str]] = []
+    route = sim._route
+
+    def counted(handler: Any, method: str, request_id: str) -> None:
+        routes.append((time.monotonic(), method, handler.path))
+        route(handler, method, request_id)
+
+    sim._route = counted  # type: ignore[method-assign]
+    db_url = f"sqlite:///{tmp_path / 'lora.db'}"
+    engine = h.setup_store(db_url)
+    defs = build_defs(h.make_resources(db_url, h.local_blobs(tmp_path / "blobs"), sim, poll_interval_s=5.0))
+    batch_id = h.plan(engine, 2, 2, 4, mode="batches", name="batches cancel")
+    h.add_partition(instance, "batches-cancel")
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(h.run_batch(defs, instance, "batches-cancel")))
+    runner.start()
+    try:
+        def open_ids() -> list[str]:
+            with engine.connect() as conn:
+                return open_provider_batch_ids(conn, batch_id)
+        _wait_for(lambda: sim.stats.batches_created == 1, "the provider batch created")
+        created = time.monotonic()
+        _wait_for(open_ids, "its id recorded")
+        [provider_batch_id] = open_ids()
+        time.sleep(max(0.0, created + 2.0 - time.monotonic()))  # about a quarter of its requests done
+        result = cancel.cancel_batch(engine, "batches-cancel", provider=None, instance=None)
+        assert result.previous_status == "processing" and result.provider_batches_cancelled == []
+        at_cancel = time.monotonic()
+    finally:
+        runner.join(timeout=60)
+    (run,) = results
+    after = [(t, m, p) for t, m, p in routes if t >= at_cancel]
+    cancels = [t for t, m, p in after if m == "POST" and p == f"/v1/messages/batches/{provider_batch_id}/cancel"]
+    # The run cancelled its API batch itself, once, within seconds of the cancel (not at its next poll).
+    assert len(cancels) == 1 and cancels[0] - at_cancel < 3.0, after
+    # After the cancel: only that batch's cancel, retrieve and results; no new batch, no message.
+    batch_path = f"/v1/messages/batches/{provider_batch_id}"
+    assert {p for _, _, p in after} <= {batch_path, f"{batch_path}/cancel", f"{batch_path}/results"}, after
+    assert sim.stats.batches_created == 1
+    outcomes = sim.stats.snapshot()["by_outcome"]
+    canceled = outcomes.get("batch_canceled", 0)
+    assert 1 <= canceled < 16, outcomes  # the cancel landed mid-batch
+    # What arrived is stored; the rest is recorded as canceled by the provider.
+    p = h.progress(engine, batch_id)
+    assert p["items"]["generated"] == 16 - canceled and p["items"]["failed"] == canceled, p
+    assert not run.success
+    assert re.search(rf"^batch 'batches-cancel' cancelled: {16 - canceled} conversation\(s\) stored, {canceled} "
+                     r"failed, 0 not generated, \$[0-9.]+ spent", _failure(run)), _failure(run)
+    with engine.connect() as conn:
+        assert batch_for_key(conn, "batches-cancel")["status"] == "cancelled"
