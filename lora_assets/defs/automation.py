@@ -23,6 +23,7 @@ from dagster import (
     sensor,
 )
 
+from lora_assets.defs.conditions import PIPELINE_RUN_TAG
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import ClaudeResource, DomainDB
 from lora_assets.schemas import BatchJobStatus
@@ -39,6 +40,8 @@ batch_pipeline_job = define_asset_job(
     "batch_pipeline",
     selection=AssetSelection.assets(*BATCH_ASSETS),
     description="Generate, parse and enrich one batch job (partition), with all their checks.",
+    # However the run is launched: its own updates must not arm parse/enrich again (conditions.py).
+    run_tags={PIPELINE_RUN_TAG: "true"},
 )
 
 

@@ -130,12 +130,13 @@ def run_assets(
     defs: Definitions, instance: DagsterInstance, batch_id: str, asset_names: Iterable[str], *, with_checks: bool = True
 ) -> ExecuteInProcessResult:
     """Materialise only `asset_names` (assets of `batch_pipeline`) for the partition, with their
-    checks unless told not to."""
+    checks unless told not to: a run of the implicit asset job, as an asset page's Materialize
+    button launches (a `batch_pipeline` run would carry its run tag, which arms no later stage)."""
     add_partition(instance, batch_id)
     keys = {AssetKey(n) for n in asset_names}
     graph = defs.resolve_asset_graph()
     checks = {k for k in graph.asset_check_keys if k.asset_key in keys} if with_checks else set()
-    job = defs.resolve_job_def("batch_pipeline").get_subset(asset_selection=keys, asset_check_selection=checks)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=keys, asset_check_selection=checks)
     return job.execute_in_process(partition_key=batch_id, instance=instance, raise_on_error=False, run_config=QUIET)
 
 

@@ -23,6 +23,7 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
+from lora_assets.defs.conditions import PIPELINE_RUN_TAG
 from lora_assets.defs.automation import BATCH_ASSETS, NIGHTLY_BATCH_SIZE, nightly_coverage_batch, queued_batches_sensor
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.generation.simulator import ClaudeSimulator
@@ -382,3 +383,29 @@ def test_a_pipeline_run_leaves_parse_and_enrich_unarmed(sqlite_url: str, tmp_pat
         tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
         assert tick.total_requested == 0
         assert (_armed(tick, PARSED), _armed(tick, ENRICHED)) == (0, 0)
+
+
+def test_a_pipeline_run_that_does_not_name_enrich_leaves_it_unarmed(
+    sqlite_url: str, tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance
+) -> None:
+    """What a racing tick sees of a `batch_pipeline` run launched without an asset selection (its
+    page in the UI, `lora-assets run`, GraphQL): raw and parse updated by a run that does not name
+    enrich, enrich not yet updated, nothing in progress. Before the pipeline's run tag counted,
+    this tick requested enrich (test_restart's daemon log: an `__ASSET_JOB` run of
+    `enriched_conversations` right after the pipeline run). Runs outside the pipeline still arm
+    the next stage (test_enrichment_is_requested_automatically_after_parsing)."""
+    engine = h.setup_store(sqlite_url)
+    defs = h.make_defs(sqlite_url, h.local_blobs(tmp_path / "blobs"), sim)
+    tick = evaluate_automation_conditions(defs=defs, instance=instance)
+    batch_id = h.plan(engine, 1, 2, 1)
+    h.add_partition(instance, batch_id)
+    tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+
+    pipeline = defs.resolve_job_def("batch_pipeline")
+    run = pipeline.get_subset(asset_selection={RAW, PARSED}).execute_in_process(
+        partition_key=batch_id, instance=instance, raise_on_error=False, run_config=h.QUIET)
+    assert run.success and h.materialized(run) == {"raw_conversations", "parsed_conversations"}
+    tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.total_requested == 0
+    assert (_armed(tick, PARSED), _armed(tick, ENRICHED)) == (0, 0)
+    assert run.dagster_run.tags.get(PIPELINE_RUN_TAG) == "true"
