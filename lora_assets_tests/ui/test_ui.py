@@ -163,6 +163,10 @@ def _run_everything(ui: DagsterServers, engine: sa.Engine, browser: Any) -> None
         assert run["tags"].get("dagster/sensor_name") == AUTOMATION_SENSOR, run["tags"]
         assert run["status"] == "SUCCESS", f"automation run {run_id}: {run['status']}\n{ui.failure_summary(run_id)}"
     assert raw_only_run not in auto_runs
+    # ...and the whole-job run of batch 1 (launched without an asset selection) armed nothing:
+    # by now the sensor has ticked past it, and its stages were materialised by that run alone.
+    assert {m["runId"] for a in ("parsed_conversations", "enriched_conversations")
+            for m in ui.materializations(a, batch1)} == {batch_run}
     counts2 = _batch_counts(engine, batch2)
     assert counts2 == {"items": {ItemStatus.GENERATED: 1}, "conversations": 1, "distinct_items": 1,
                        "enrichment": ["completed"]}, counts2
