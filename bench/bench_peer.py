@@ -60,6 +60,7 @@ import functools
 import io
 import json
 import math
+import os
 import pstats
 import resource
 import shutil
@@ -452,6 +453,7 @@ def measured(runner: Callable[[str, list[GenerationRequest], int], dict[str, Any
     _control(base_url, "/reset", "POST")
     result = runner(base_url, requests, concurrency)
     result["server"] = _control(base_url, "/stats")
+    result["load_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was
     return result
 
 
@@ -478,6 +480,7 @@ def _summary(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "server_cpu_ms_per_request": round(statistics.median(r["server"]["server_cpu_s"] for r in runs) / n * 1000, 3),
         "lost": lost,
         "runs_wall_s": [round(r["wall_s"], 3) for r in runs],
+        "load_1m": [r["load_1m"] for r in runs],
         "runs": runs,
     }
 
