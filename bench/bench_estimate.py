@@ -53,7 +53,9 @@ def one_tier(tier: str, per: int, effort: str, workdir: Path) -> dict[str, Any]:
                                        arcs=["fear_to_confidence", "confusion_to_clarity"],
                                        topics=["retirement_catch_up", "estate_planning_basics", "emergency_fund"],
                                        per_combination=per, tier=tier, model="claude-haiku-5-5", effort=effort)
-        planned = planning.plan(engine, request, created_by="bench", max_items=10_000,
+        # Limits high enough that the batch is written `queued` (no approval step) and runs now.
+        limits = planning.PlanLimits(max_items=10_000, max_cost_usd=1_000.0, auto_approve_usd=1_000.0)
+        planned = planning.plan(engine, request, created_by="bench", limits=limits,
                                 counter=claude.token_counter(request.model), concurrency=claude.max_concurrency)
         with DagsterInstance.ephemeral() as instance:
             result = h.run_batch(defs, instance, planned.key)

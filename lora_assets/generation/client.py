@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import aiohttp
 import anthropic
 import httpx2
 from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient, transform_schema
@@ -238,10 +239,6 @@ class MissingResultError(GenerationError):
 # ---------------------------------------------------------------------------------------------
 
 
-_SENT_AT = "lora_sent_at"
-_RECEIVED_AT = "lora_received_at"
-
-
 @dataclass(frozen=True)
 class HttpTiming:
     """Monotonic times the request went to the transport and its response headers came back:
@@ -250,20 +247,6 @@ class HttpTiming:
 
     sent: float
     received: float
-
-
-async def _stamp_request(request: httpx2.Request) -> None:
-    request.extensions[_SENT_AT] = time.monotonic()
-
-
-async def _stamp_response(response: httpx2.Response) -> None:
-    response.extensions[_RECEIVED_AT] = time.monotonic()
-
-
-def _timing(response: httpx2.Response) -> HttpTiming | None:
-    sent = response.request.extensions.get(_SENT_AT)
-    received = response.extensions.get(_RECEIVED_AT)
-    return HttpTiming(sent, received) if sent is not None and received is not None else None
 
 
 @functools.cache
@@ -276,41 +259,67 @@ def make_client(api_key: str, base_url: str | None, timeout_s: float, *, max_con
     """The official async client with its own retries off: we retry ourselves, within a budget
     and rate-limit aware (SDK retries would be invisible to both). Its HTTP client is the SDK's
     default one with the pool sized to our concurrency (the SDK keeps only 100 idle connections,
-    so above that every answer would cost a new connection), plus two event hooks that time each
-    round trip (see HttpTiming)."""
+    so above that every answer would cost a new connection). Message Batches and count_tokens
+    talk through it; Messages requests go through `MessagesClient`."""
     limits = httpx2.Limits(max_connections=max(1, max_connections) + 4,
                            max_keepalive_connections=max(1, max_connections) + 4, keepalive_expiry=30.0)
-    http_client = DefaultAsyncHttpxClient(limits=limits, verify=_ssl_context(),
-                                          event_hooks={"request": [_stamp_request], "response": [_stamp_response]})
+    http_client = DefaultAsyncHttpxClient(limits=limits, verify=_ssl_context())
     return AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s, http_client=http_client)
 
 
-class ClientPool:
-    """Several SDK clients, each with its own small connection pool, handed out least-loaded
-    first. httpx's pool checks every idle connection for expiry (a syscall each) whenever it
-    assigns or returns one, so one pool of C connections costs O(C) per request; pools of
-    `PER_POOL` keep that constant (at C = 128 it was half the client's CPU)."""
+class MessagesClient:
+    """The Messages hot path of one run: bodies posted over one aiohttp connection pool with the
+    URL and headers of an official SDK client (auth, API version, user agent), answers validated
+    as the SDK's `Message` by pydantic-core straight from the bytes, and non-2xx answers turned
+    into the SDK's own error types (`_make_status_error_from_response`).
 
-    PER_POOL = 16
+    Why not `client.messages.create` (or `client.post`): at hundreds of requests a second the SDK's
+    per-request work (options model, header merging, httpx's request/response objects, httpcore's
+    pool, which checks every pooled connection on each request) was ~75% of our CPU per request;
+    the same answer through aiohttp (the SDK's own `anthropic[aiohttp]` transport library) costs a
+    quarter of that. The SDK client is still what decides what is sent and how a failure reads.
+    Create it anywhere; the aiohttp session is opened on first use, inside the running loop."""
 
-    def __init__(self, api_key: str, base_url: str | None, timeout_s: float, concurrency: int) -> None:
-        n = max(1, -(-concurrency // self.PER_POOL))
-        per = -(-concurrency // n)
-        self.clients = [make_client(api_key, base_url, timeout_s, max_connections=per) for _ in range(n)]
-        self.load = [0] * n
+    def __init__(self, api_key: str, base_url: str | None, timeout_s: float, max_connections: int = 16) -> None:
+        self.sdk = make_client(api_key, base_url, timeout_s, max_connections=1)  # never sends: headers and errors
+        self.url, self.headers = _wire(self.sdk)
+        self.timeout_s = timeout_s
+        self.max_connections = max(1, max_connections)
+        self._session: aiohttp.ClientSession | None = None
 
-    def take(self) -> int:
-        """The index of the least-loaded client (call `give` with it when the request ends)."""
-        i = min(range(len(self.load)), key=self.load.__getitem__)
-        self.load[i] += 1
-        return i
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Keep-alive like the SDK's pool; room for every request in flight plus a few.
+            connector = aiohttp.TCPConnector(limit=self.max_connections + 4, limit_per_host=0, keepalive_timeout=30.0,
+                                             ssl=_ssl_context())
+            # The SDK's timeout applies to connecting and to each read: an endpoint that accepts the
+            # request and never answers times out after `timeout_s`, however long the answer would be.
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_connect=self.timeout_s,
+                                            sock_read=self.timeout_s)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers)
+        return self._session
 
-    def give(self, i: int) -> None:
-        self.load[i] -= 1
+    async def post(self, body: bytes, item_id: str) -> tuple[int, Any, bytes, HttpTiming]:
+        """POST one Messages body: (status, headers, body bytes, timing). Raises TimeoutError or
+        aiohttp.ClientError/OSError when no answer came back."""
+        sent = time.monotonic()
+        async with self.session().post(self.url, data=body, headers={ITEM_ID_HEADER: item_id,
+                                                                     "content-type": "application/json"}) as response:
+            received = time.monotonic()
+            content = await response.read()
+            return response.status, response.headers, content, HttpTiming(sent, received)
+
+    def status_error(self, status: int, headers: Any, content: bytes) -> anthropic.APIStatusError:
+        """The SDK's exception for a non-2xx answer (its type, message and request id)."""
+        response = httpx2.Response(status, headers=list(headers.items()), content=content,
+                                   request=httpx2.Request("POST", self.url))
+        return self.sdk._make_status_error_from_response(response)
 
     async def close(self) -> None:
-        for c in self.clients:
-            await c.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.sdk.close()
 
 
 #: The 5.5 models cache no prompt below 512 tokens. English text runs well under 2 characters a
@@ -415,45 +424,34 @@ class SentMessage:
     timing: HttpTiming | None = None
 
 
-async def send_message(client: AsyncAnthropic, request: GenerationRequest, model: str, *, secret: str = "",
+async def send_message(client: MessagesClient, request: GenerationRequest, model: str, *, secret: str = "",
                        effort: str = DEFAULT_EFFORT, max_tokens: int | None = None) -> SentMessage:
     """POST one Messages request. Raises the GenerationError subclass of the failure; `secret`
     (the API key) is scrubbed from any reason text, whatever a server echoes back. A 200 whose
     body is not a Message raises UnreadableResponseError (answered, so possibly billed)."""
-    # The SDK's own client does the talking: its HTTP client (pool, timeouts, TLS), its headers
-    # (auth, API version, user agent) and its error types. We skip only its per-request option
-    # building (a pydantic options model, header merging, URL parsing: about a quarter of our
-    # CPU per request at high concurrency) by posting a body encoded once to a URL and headers
-    # computed once per client; pydantic-core then validates the Message from the bytes.
     body = encode_params(request, model, effort=effort, max_tokens=max_tokens)
-    url, headers = _wire(client)
     try:
-        response = await client._client.post(url, content=body, headers={**headers, ITEM_ID_HEADER: request.item_id},
-                                              timeout=client.timeout)
-    except httpx2.TimeoutException:
+        status, headers, content, timing = await client.post(body, request.item_id)
+    except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors
         raise RequestTimeoutError(request.item_id, "no response before the client timeout") from None
-    except httpx2.HTTPError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
         raise ConnectionFailedError(request.item_id, scrub(f"connection failed ({type(exc).__name__})", secret)) from None
-    if response.status_code >= 300:
-        err = classify_error(client._make_status_error_from_response(response), request.item_id, secret=secret)
-        err.timing = _timing(response)
+    if status >= 300:
+        err = classify_error(client.status_error(status, headers, content), request.item_id, secret=secret)
+        err.timing = timing
         raise err from None
     try:
-        message = Message.model_validate_json(response.content)
+        message = Message.model_validate_json(content)
     except ValueError as exc:
-        snippet = " ".join(response.content[:80].decode("utf-8", "replace").split())
+        snippet = " ".join(content[:80].decode("utf-8", "replace").split())
         err = UnreadableResponseError(request.item_id, scrub(
-            f"HTTP 200 with a body that is not a Message ({response.headers.get('content-type') or 'no content-type'}"
-            f", {len(response.content)} bytes, starts {snippet!r}): {type(exc).__name__}", secret),
-            rate_limit=rate_limit_snapshot(response.headers))
-        err.timing = _timing(response)
+            f"HTTP {status} with a body that is not a Message ({headers.get('content-type') or 'no content-type'}"
+            f", {len(content)} bytes, starts {snippet!r}): {type(exc).__name__}", secret),
+            rate_limit=rate_limit_snapshot(headers))
+        err.timing = timing
         raise err from None
-    return SentMessage(
-        message=message,
-        request_id=response.headers.get("request-id"),
-        rate_limit=rate_limit_snapshot(response.headers),
-        timing=_timing(response),
-    )
+    return SentMessage(message=message, request_id=headers.get("request-id"), rate_limit=rate_limit_snapshot(headers),
+                       timing=timing)
 
 
 def classify_error(exc: anthropic.APIError, item_id: str, *, secret: str = "") -> GenerationError:

@@ -34,7 +34,7 @@ from lora_assets.generation.client import (
     check_message,
     kind_label,
     max_tokens_cap,
-    ClientPool,
+    MessagesClient,
     send_message,
     usage_of,
 )
@@ -49,6 +49,7 @@ from lora_assets.generation.engine import (
     why_stopped,
 )
 from lora_assets.generation.flow import FlowControl, OutputSizer
+from lora_assets.generation.headers import RateLimitSnapshot
 from lora_assets.generation.ledger import BatchLedger, Ledger
 from lora_assets.generation.pricing import cost_usd
 from lora_assets.schemas.rows import Usage
@@ -96,7 +97,7 @@ async def generate_messages(requests: list[GenerationRequest], ledger: Ledger, c
     """
     check_run(requests, config)
     run = Run(config, ledger, RunStats(), RetryBudget(_budget(config, len(requests))))
-    client = ClientPool(run.secret, config.base_url, config.timeout_s, config.max_concurrency)
+    client = MessagesClient(run.secret, config.base_url, config.timeout_s, config.max_concurrency)
     flow = FlowControl(config.max_concurrency)
     pace = _Pace(config, OutputSizer(enabled=config.size_max_tokens, expected=config.expected_output_tokens))
     try:
@@ -171,7 +172,7 @@ def _endpoint(config: RunConfig) -> str:
     return config.base_url or "https://api.anthropic.com"
 
 
-async def _generate_one(request: GenerationRequest, client: ClientPool, flow: FlowControl, pace: _Pace,
+async def _generate_one(request: GenerationRequest, client: MessagesClient, flow: FlowControl, pace: _Pace,
                         run: Run) -> None:
     """Attempts for one item until it is stored, fails for good, or the run aborts. Refusals
     (429/529) are waited out and sent again without counting as attempts."""
@@ -195,14 +196,12 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
         stats.requests += 1
         task = asyncio.current_task()
         try:
-            slot = client.take()
             run.sending.add(task)
             try:
-                sent = await send_message(client.clients[slot], request, config.model, secret=run.secret,
-                                          effort=config.effort, max_tokens=max_tokens)
+                sent = await send_message(client, request, config.model, secret=run.secret, effort=config.effort,
+                                          max_tokens=max_tokens)
             finally:
                 run.sending.discard(task)
-                client.give(slot)
         except GenerationError as exc:
             err: GenerationError = exc
             congested = isinstance(err, (RateLimitedError, OverloadedError))
@@ -230,11 +229,12 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                     stats.rate_limited += 1
                 else:
                     stats.overloaded += 1
-                if isinstance(err, RateLimitedError) and in_a_row == 1 and snap is not None \
-                        and (snap.output_tokens is not None or snap.input_tokens is not None):
-                    # The 429's headers have synced the token-bucket mirror: flow control holds
-                    # this request until the bucket refills what it needs (what `retry-after`
-                    # says, rounded up to whole seconds). Refused again: wait `retry-after`.
+                if isinstance(err, RateLimitedError) and in_a_row == 1 and _short(snap, need_in, max_tokens):
+                    # The 429's headers show the bucket that refused it and have synced our mirror
+                    # of it: flow control holds this request until that bucket refills what it
+                    # needs (what `retry-after` says, rounded up to whole seconds). Refused
+                    # again, or refused while the headers show room (a limit over a shorter
+                    # interval than they report): wait `retry-after`.
                     continue
                 delay = _retry_delay(err, refusals, config)
                 log.debug("item %s: %s, sending again in %.2fs", item_id, err.kind, delay)
@@ -284,7 +284,7 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
                 record = build_record(
                     item_id, sent.message, config.model, request_id=sent.request_id, batch=False,
                     extra={"mode": "messages", "attempts": attempts, "refused": refusals, "wasted_cost_usd": wasted,
-                           "effort": config.effort, "max_tokens": max_tokens},
+                           "effort": config.effort, "max_tokens": max_tokens, "truncations": truncations},
                 )
                 # The backlog bounds answers waiting for the ledger: a full one pauses this
                 # worker (its answer in hand, no request slot held), never requests in flight.
@@ -307,6 +307,19 @@ async def _generate_one(request: GenerationRequest, client: ClientPool, flow: Fl
             continue
         await run.fail(item_id, err, attempts, wasted, why_stopped(err, attempts, config, run.budget))
         return
+
+
+def _short(snap: RateLimitSnapshot | None, need_in: float, max_tokens: int) -> bool:
+    """True when a 429's `anthropic-ratelimit-*` headers show a bucket without room for this
+    request (requests exhausted, fewer input tokens than it takes, less output than its
+    `max_tokens`): the headers explain the refusal, and the mirrors they synced can pace it."""
+    if snap is None:
+        return False
+    if snap.remaining is not None and snap.remaining <= 0 and snap.reset_at is not None:
+        return True
+    if snap.input_tokens is not None and snap.input_tokens.remaining < need_in:
+        return True
+    return snap.output_tokens is not None and snap.output_tokens.remaining < max_tokens
 
 
 def _unknown_cost(request: GenerationRequest, config: RunConfig, need_in: float, max_tokens: int,

@@ -1,6 +1,8 @@
 """A deliberately broken Messages endpoint for the failure-mode tests: it hangs, answers 200 with
-HTML, or answers a fixed Message after a fixed latency, and counts what reached it at the HTTP
-layer (requests, peak in flight). Plain asyncio streams on 127.0.0.1, in a thread of its own;
+HTML, answers a fixed Message after a fixed latency, or refuses each item's first requests as the
+API refuses (429 with `retry-after` in whole seconds and the `anthropic-ratelimit-*` headers, then
+529 `overloaded_error`), and counts what reached it at the HTTP layer (requests, peak in flight,
+when each item's requests arrived). Plain asyncio streams on 127.0.0.1, in a thread of its own;
 `stop()` closes every connection it accepted."""
 
 from __future__ import annotations
@@ -8,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
 from typing import Literal
 
-Mode = Literal["hang", "html", "ok"]
+Mode = Literal["hang", "html", "ok", "refuse"]
 
 _MESSAGE = {
     "id": "msg_fake", "type": "message", "role": "assistant", "model": "claude-haiku-5-5",
@@ -19,13 +24,30 @@ _MESSAGE = {
 }
 
 
+def _room() -> str:
+    """What "refuse" mode's answers report: every bucket nearly full (so the refusal is not explained
+    by them, like a limit enforced over a shorter interval than the headers show)."""
+    now, out = time.time(), []
+    for kind, limit, used in (("requests", 4000, 1), ("input-tokens", 400_000, 1000), ("output-tokens", 80_000, 1000),
+                              ("tokens", 80_000, 1000)):
+        reset = datetime.fromtimestamp(now + used * 60 / limit, timezone.utc).isoformat().replace("+00:00", "Z")
+        out.append(f"anthropic-ratelimit-{kind}-limit: {limit}\r\nanthropic-ratelimit-{kind}-remaining: "
+                   f"{limit - used}\r\nanthropic-ratelimit-{kind}-reset: {reset}\r\n")
+    return "".join(out)
+
+
 class FakeEndpoint:
     """`POST /v1/messages` per `mode`: "hang" (reads the request, never answers), "html" (200 with
-    an HTML page), "ok" (a fixed Message after `latency_s`)."""
+    an HTML page), "ok" (a fixed Message after `latency_s`), "refuse" (each item's first
+    `refusals_429` requests get a 429 with `retry-after: 1` and bucket headers showing room, its
+    next `refusals_529` a 529, then a fixed Message). `arrivals` holds each item's request times."""
 
-    def __init__(self, mode: Mode, latency_s: float = 0.0) -> None:
+    def __init__(self, mode: Mode, latency_s: float = 0.0, *, refusals_429: int = 1, refusals_529: int = 0) -> None:
         self.mode = mode
         self.latency_s = latency_s
+        self.refusals_429 = refusals_429
+        self.refusals_529 = refusals_529
+        self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
         self.requests = 0
         self.inflight = 0
         self.max_inflight = 0
@@ -75,6 +97,19 @@ class FakeEndpoint:
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     continue
                 self.requests += 1
+                seen = self.arrivals[headers.get("x-lora-item-id", "")]
+                seen.append(time.monotonic())
+                if self.mode == "refuse" and len(seen) <= self.refusals_429 + self.refusals_529:
+                    if len(seen) <= self.refusals_429:
+                        status, extra = "429 Too Many Requests", "retry-after: 1\r\n" + _room()
+                        error = {"type": "rate_limit_error", "message": "rate limited: retry after the retry-after header"}
+                    else:
+                        status, extra, error = "529 Overloaded", _room(), {"type": "overloaded_error", "message": "Overloaded"}
+                    body = json.dumps({"type": "error", "error": error}).encode()
+                    writer.write(f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                                 f"{extra}connection: keep-alive\r\n\r\n".encode() + body)
+                    await writer.drain()
+                    continue
                 self.inflight += 1
                 self.max_inflight = max(self.max_inflight, self.inflight)
                 try:
@@ -83,12 +118,13 @@ class FakeEndpoint:
                     await asyncio.sleep(self.latency_s)
                 finally:
                     self.inflight -= 1
+                extra = _room() if self.mode == "refuse" else ""
                 if self.mode == "html":
                     status, kind, body = "200 OK", "text/html", b"<html><body>Welcome to nginx!</body></html>"
                 else:
                     status, kind, body = "200 OK", "application/json", json.dumps(_MESSAGE).encode()
                 writer.write(f"HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {len(body)}\r\n"
-                             "connection: keep-alive\r\n\r\n".encode() + body)
+                             f"{extra}connection: keep-alive\r\n\r\n".encode() + body)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass

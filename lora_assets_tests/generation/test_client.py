@@ -34,7 +34,7 @@ from lora_assets.generation.client import (
     TruncatedError,
     build_record,
     check_message,
-    make_client,
+    MessagesClient,
     message_params,
     message_text,
     rate_limit_snapshot,
@@ -78,7 +78,7 @@ def sim() -> Iterator[ClaudeSimulator]:
 
 
 async def _send(sim: ClaudeSimulator, request: GenerationRequest, *, timeout_s: float = 10.0, model: str = MODEL) -> Any:
-    client = make_client("sk-test-client", sim.base_url, timeout_s)
+    client = MessagesClient("sk-test-client", sim.base_url, timeout_s)
     try:
         return await send_message(client, request, model)
     finally:

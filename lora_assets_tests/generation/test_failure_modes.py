@@ -64,6 +64,25 @@ def test_a_429_and_529_storm_never_fails_an_item_nor_uses_its_attempts() -> None
     assert sum(r.extra["refused"] > 0 for r in ledger.successes.values()) >= len(requests) // 2
 
 
+@pytest.mark.parametrize("endpoint", [("refuse", 0.0)], indirect=True)
+def test_429s_as_the_api_sends_them_are_waited_out_for_their_whole_seconds_and_never_fail_an_item(
+        endpoint: FakeEndpoint) -> None:
+    # Each item: two 429s with `retry-after: 1` (whole seconds, no retry-after-ms) and headers that
+    # show room in every bucket, then two 529s, then the answer; one attempt per item, no budget.
+    endpoint.refusals_429, endpoint.refusals_529 = 2, 2
+    requests = make_requests(6)
+    ledger = MemoryLedger()
+    stats = asyncio.run(generate_messages(requests, ledger, config(
+        endpoint.base_url, max_attempts_per_item=1, retry_budget=0)))
+    assert stats.done == 6 == len(ledger.successes) and stats.failed == 0 and not ledger.failures
+    assert (stats.rate_limited, stats.overloaded, stats.retries) == (12, 12, 0)
+    assert stats.requests == endpoint.requests == 30
+    assert all(r.extra["attempts"] == 1 and r.extra["refused"] == 4 for r in ledger.successes.values())
+    for times in endpoint.arrivals.values():
+        # The headers do not explain the refusal: its retry-after was waited out each time.
+        assert len(times) == 5 and times[1] - times[0] >= 1.0 and times[2] - times[1] >= 1.0
+
+
 @pytest.mark.parametrize("endpoint", [("hang", 0.0)], indirect=True)
 def test_a_hanging_endpoint_stops_the_run_after_one_wave_with_one_line(endpoint: FakeEndpoint) -> None:
     requests = make_requests(30)
@@ -80,6 +99,21 @@ def test_a_hanging_endpoint_stops_the_run_after_one_wave_with_one_line(endpoint:
     assert elapsed < 3.0, elapsed
     assert 8 <= endpoint.requests <= 16
     assert not ledger.failures and not ledger.successes
+
+
+@pytest.mark.parametrize("endpoint", [("hang", 0.0)], indirect=True)
+def test_planning_against_a_hanging_endpoint_stops_after_two_timeouts_with_one_line(endpoint: FakeEndpoint) -> None:
+    from lora_assets.generation.count_tokens import TokenCountError, count_prompt_tokens
+
+    started = time.monotonic()
+    with pytest.raises(TokenCountError) as info:
+        count_prompt_tokens(api_key=KEY, base_url=endpoint.base_url, model=MODEL, system="s", users=["u"] * 3,
+                            timeout_s=0.3)
+    # Each of the two first counts timed out twice (one retry), then planning stopped: not 5 x.
+    assert time.monotonic() - started < 2.5
+    assert endpoint.requests == 4
+    line = str(info.value)
+    assert "not answering" in line and endpoint.base_url in line and "\n" not in line
 
 
 @pytest.mark.parametrize("endpoint", [("html", 0.01)], indirect=True)
@@ -150,6 +184,7 @@ def test_max_tokens_follows_the_output_seen_and_a_cut_from_sizing_is_not_an_atte
     records = list(ledger.successes.values())
     assert all(r.extra["attempts"] == 1 and r.stop_reason == "end_turn" for r in records)
     longest = max(r.usage.output_tokens for r in records)
-    # Once 20 answers are in, max_tokens is 1.5x the longest seen: far below the 8,192 cap.
-    late = [r.extra["max_tokens"] for r in records[-5:]]
+    # Once 20 answers are in, max_tokens is 1.5x the longest seen: far below the 8,192 cap (an item
+    # cut earlier asks twice that for each cut, whenever its answer lands).
+    late = [r.extra["max_tokens"] / 2 ** r.extra["truncations"] for r in records[-5:]]
     assert all(m < 8192 for m in late) and max(late) <= 1.5 * longest + 1
