@@ -94,9 +94,11 @@ def test_a_hanging_endpoint_stops_the_run_after_one_wave_with_one_line(endpoint:
     line = _one_line(info.value)
     assert "is not answering" in line and "8 requests in a row" in line and "LORA_REQUEST_TIMEOUT_S" in line
     assert "30 item(s) left unrecorded for a re-run" in line
-    # One wave of 8 timed out together; the retries they had started were cut, not waited for.
-    # At the defaults (120 s, concurrency 8) the same run ends after ~120 s, under 5 minutes.
-    assert elapsed < 3.0, elapsed
+    # One wave of 8 timed out together; the retries they had started were cut, not waited for
+    # (~1 s; without the stop, 30 items x 4 attempts at 8 in flight wait 15 s). At the defaults
+    # (120 s, concurrency 8) the same run ends after ~120 s, under 5 minutes. The bound is loose:
+    # the request counts below are the proof, the clock only guards a wait-it-out regression.
+    assert elapsed < 10.0, elapsed
     assert 8 <= endpoint.requests <= 16
     assert not ledger.failures and not ledger.successes
 
@@ -109,8 +111,9 @@ def test_planning_against_a_hanging_endpoint_stops_after_two_timeouts_with_one_l
     with pytest.raises(TokenCountError) as info:
         count_prompt_tokens(api_key=KEY, base_url=endpoint.base_url, model=MODEL, system="s", users=["u"] * 3,
                             timeout_s=0.3)
-    # Each of the two first counts timed out twice (one retry), then planning stopped: not 5 x.
-    assert time.monotonic() - started < 2.5
+    # Each of the two first counts timed out twice (one retry), then planning stopped: not 5 x
+    # (the request count is the proof; the clock bound is loose, the machine may be saturated).
+    assert time.monotonic() - started < 10.0
     assert endpoint.requests == 4
     line = str(info.value)
     assert "not answering" in line and endpoint.base_url in line and "\n" not in line
