@@ -10,7 +10,14 @@ the I/O floor.
 order), generates it against the loopback simulator and parses + enriches it, on SQLite and a
 local blob directory under `--state`. `build` then times `build_training_file` over every
 conversation (a new training file each time), `pipeline` re-parses and re-enriches the batch
-(rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation.
+(rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation (the
+process's and the main thread's: blob threads apart), the peak RSS and, for `build`, the
+wall-clock seconds of each of its steps.
+
+`--profile out.prof` writes cProfile stats timed by the main thread's CPU (`time.thread_time`),
+`--profile out.txt` (or `.html`) a pyinstrument sampling profile (`uv pip install pyinstrument`):
+cProfile inflates code that makes many small calls, so compare shares, not seconds. For the S3
+path, `bench_scale.py --profile-stages combined,tf_build` samples the stages with py-spy.
 """
 
 from __future__ import annotations

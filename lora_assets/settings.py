@@ -58,7 +58,7 @@ class Settings(BaseModel):
     blob_io_process: bool = Field(default=False, description="LORA_BLOB_IO_PROCESS: 1 sends the S3 requests of small "
                                   "objects (a conversation's files) through a helper process, beside the stage's own "
                                   "work rather than under its GIL: worth it with a spare core (on a busy 2-core machine "
-                                  "it measured even, for ~0.6 ms more CPU per conversation).")
+                                  "it measured even, for ~0.9 ms more CPU per conversation).")
 
     # --- limits: each refusal names its limit and the variable that raises it ----------------------
     max_items_per_batch: int = Field(default=10_000, ge=1, description="LORA_MAX_ITEMS_PER_BATCH: items one "
