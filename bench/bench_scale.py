@@ -31,15 +31,29 @@ combined → tf_create → tf_build → tf_checks (on batch A), to compare the p
 
 Generation goes through a second proxy without delay (counted the same way) unless
 `--generate-through-delay`: it calls no model here and is not part of the acceptance figure.
+
+**The floor of a stage is measured, in the same run, right after it** (`_child_replay`): the
+S3 requests the stage's client sent (counted by method and body size in the stage process by
+botocore hooks, `_count_s3_io`) are sent again by a plain boto3 pool of the blob pool's size
+(boto3's default configuration), through the same proxy to the same moto, with no work in
+between: the GETs read the same objects (keys from the DB, big files by key), the PUTs send
+bodies of the stage's mean size, multipart parts go as parts of the same size. The machine's
+load at that moment is the stage's, within seconds. (Earlier versions extrapolated the floor
+from a capacity loop of 6 KB objects run once at the end, which underrated a build's uploads
+and a stage's larger bodies, and measured the server at another moment.)
+
 Per stage: seconds (around the materialisation call, inside the subprocess; the whole
 subprocess too), s per 1,000 conversations, S3 requests per conversation by method, round trips,
-the I/O bound (round trips × delay ÷ pool size, pool = $LORA_BLOB_CONCURRENCY or 32), the
-S3-server bound (requests ÷ the server's own capacity, measured in the same run by a plain boto3
-thread pool of 6 KB PUTs/GETs through the same proxy), peak RSS, and the CPU seconds of the stage,
-moto and the proxy (`cpu_busy` = their sum ÷ (seconds × cores): near 1, this machine is the bound).
-Client CPU per conversation: the stage process's CPU (all its threads) ÷ N; the capacity loop also
-measures what its plain boto3 client spends per PUT and per GET, so each total says how much of
-the client's CPU the same requests cost boto3 alone (`boto3_cpu_ms_per_conv`) and how much is ours.
+the floor (measured as above; also the old estimate: the I/O bound = round trips × delay ÷
+pool size, and the S3-server bound from the capacity loop, `floor_estimate_s`), peak RSS, and
+the CPU seconds of the stage, moto and the proxy (`cpu_busy` = their sum ÷ (seconds × cores):
+near 1, this machine is the bound). Client CPU per conversation: the stage process's CPU (all its
+threads, and the store's S3 helper process when LORA_BLOB_IO_PROCESS=1) ÷ N; the floor's own
+client CPU on the same requests is what boto3 alone costs (`boto3_cpu_ms_per_conv`), the rest
+is ours. `--profile-stages` samples chosen stages with py-spy.
+
+The machine is shared (2 cores, other sessions' work): every figure of a run is read against the
+floor of the same run, and `load_1m` is recorded with each stage.
 """
 
 from __future__ import annotations
@@ -55,8 +69,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -165,6 +181,69 @@ def _child_tf_create(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "members": len(ids), "success": True}
 
 
+#: GETs of objects at least this large are replayed by key (a check streaming a 200 MB JSONL); the
+#: smaller ones (a conversation's JSON) by count, from the keys the DB names (see `_child_replay`).
+BIG_OBJECT = 1 << 20
+
+
+def _count_s3_io(settings: Any) -> dict[str, Any]:
+    """Count what the stage's S3 client sends, by operation, with body bytes (botocore hooks on the
+    one client the stage uses): what `_child_replay` sends again with no work in between."""
+    from lora_assets.defs.resources import _s3_client
+
+    io: dict[str, Any] = {"small_get": 0, "small_get_bytes": 0, "big_gets": [], "put": 0, "put_bytes": 0,
+                          "part": 0, "part_bytes": 0, "other": 0}
+    client = _s3_client(settings.s3_endpoint_url or "", settings.blob_concurrency)
+
+    def sent(request: Any, event_name: str, **_: Any) -> None:
+        op = event_name.rsplit(".", 1)[-1]
+        body = request.body
+        size = len(body) if isinstance(body, bytes | bytearray) else int(request.headers.get("Content-Length") or 0)
+        if op == "PutObject":
+            io["put"] += 1
+            io["put_bytes"] += size
+        elif op == "UploadPart":
+            io["part"] += 1
+            io["part_bytes"] += size
+        elif op != "GetObject":
+            io["other"] += 1
+
+    def got(http_response: Any, parsed: Any, **_: Any) -> None:
+        size = int(parsed.get("ContentLength") or 0)
+        if size >= BIG_OBJECT:  # path-style URL: /bucket/key (percent-encoded)
+            io["big_gets"].append(urllib.parse.unquote(urllib.parse.urlsplit(http_response.url).path.split("/", 2)[2]))
+        else:
+            io["small_get"] += 1
+            io["small_get_bytes"] += size
+
+    client.meta.events.register("before-send.s3", sent, unique_id="bench-scale-sent")
+    client.meta.events.register("after-call.s3.GetObject", got, unique_id="bench-scale-got")
+
+    # Small objects may go through the store's helper process (`store.s3_io`): counted where
+    # they are handed to it.
+    from lora_assets.store import s3_io
+
+    call = s3_io.S3IOProcess.call
+
+    def counted(self: Any, op: str, bucket: str, key: str, body: bytes | None = None, *rest: Any) -> Any:
+        value = call(self, op, bucket, key, body, *rest)
+        if op == "get":
+            if len(value) >= BIG_OBJECT:
+                io["big_gets"].append(key)
+            else:
+                io["small_get"] += 1
+                io["small_get_bytes"] += len(value)
+        elif op == "put":
+            io["put"] += 1
+            io["put_bytes"] += len(body or b"")
+        else:
+            io["other"] += 1
+        return value
+
+    s3_io.S3IOProcess.call = counted  # type: ignore[method-assign]
+    return io
+
+
 def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Materialise `assets` and/or the checks of `checks_of` (by name) for one partition of `job`,
     in process, on the persistent instance; time the execution call only."""
@@ -172,8 +251,11 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
 
     from lora_assets.defs.resources import build_resources
     from lora_assets.definitions import build_defs
+    from lora_assets.settings import Settings
 
-    defs = build_defs(build_resources())
+    settings = Settings.from_env()
+    io = _count_s3_io(settings) if settings.s3_bucket else None
+    defs = build_defs(build_resources(settings))
     graph = defs.resolve_asset_graph()
     job = defs.resolve_job_def(spec["job"])
     asset_keys = {AssetKey(a) for a in spec["assets"]}
@@ -198,6 +280,14 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
                                            raise_on_error=False, run_config=QUIET)
         seconds = time.perf_counter() - t0
         cpu = _cpu_self() - cpu0
+    # The S3 helper process of the store (`store.s3_io`), if the stage used one: its CPU is the
+    # stage's too (started during the run), its memory is reported beside the stage's.
+    from lora_assets.store import s3_io
+
+    helpers = s3_io.helpers()
+    helper_cpu = sum(h.cpu_seconds() for h in helpers)
+    helper_rss = max((h.peak_rss_mb() for h in helpers), default=0.0)
+    s3_io.close_all()
     materialised = {
         ev.asset_key.to_user_string(): {k: _plain(v.value) for k, v in ev.materialization.metadata.items()}
         for ev in result.get_asset_materialization_events()
@@ -210,11 +300,81 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
     # `checks_failed`, not as a failed stage.
     ran = result.success or all("DagsterAssetCheckFailedError" in f for f in failures)
     return {
-        "seconds": round(seconds, 3), "cpu_s": round(cpu, 2), "success": ran, "rss_start_mb": rss_start,
+        "seconds": round(seconds, 3), "cpu_s": round(cpu + helper_cpu, 2), "success": ran, "rss_start_mb": rss_start,
+        "own_cpu_s": round(cpu, 2), "io_process_cpu_s": round(helper_cpu, 2), "io_process_rss_peak_mb": helper_rss,
         "assets": sorted(materialised), "checks": checks, "checks_selected": sorted(k.name for k in check_keys),
         "checks_failed": sorted(name for name, passed in checks.items() if not passed),
-        "metadata": materialised, "failures": failures, "note": note,
+        "metadata": materialised, "failures": failures, "note": note, "s3_io": io,
     }
+
+
+def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
+    """The floor of a stage: the S3 requests it sent (`s3_io`, counted by `_count_s3_io`) sent again
+    by a plain boto3 pool of the blob pool's size, through the same proxy, with nothing else in
+    between. "Plain": boto3's default client configuration but for a connection pool as wide as
+    the thread pool and no `Expect: 100-continue` on small PUTs (a protocol round trip, not work:
+    the stores' client skips it too). The stages' client is otherwise tuned
+    (`resources._s3_client`: no parameter validation, checksums only where required), and what
+    that saves shows as the stages' own gain. GETs read the
+    objects the stage read (their keys come from the DB: `get_columns` of the batch's rows, and
+    the big objects by key); PUTs send bodies of the stage's mean size to 64 scratch keys; parts
+    of streamed uploads go as parts of one multipart upload of the same part sizes (aborted
+    afterwards); other requests (HEAD, multipart create/complete, DELETE) as HEADs. All of them
+    shuffled into one queue, as a stage interleaves them. Timed around the requests only."""
+    import random
+
+    import boto3
+    import sqlalchemy as sa
+    from botocore.config import Config
+
+    from lora_assets.settings import Settings
+    from lora_assets.store import tables as t
+
+    settings = Settings.from_env()
+    bucket, io, threads = settings.s3_bucket, spec["io"], settings.blob_concurrency
+    client = boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url or None,
+                                            config=Config(max_pool_connections=threads))
+    from lora_assets.store.blobs import _no_expect_for_small_bodies
+
+    client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies)
+    keys: list[str] = []
+    if io["small_get"]:
+        engine = sa.create_engine(spec["db_url"])
+        c = t.conversations
+        with engine.connect() as conn:
+            for col in spec["get_columns"]:
+                keys += [k for k in conn.scalars(sa.select(c.c[col]).where(c.c.batch_job_id == spec["batch"])
+                                                 .order_by(c.c.id)) if k]
+        engine.dispose()
+        if not keys:
+            raise RuntimeError(f"no keys in {spec['get_columns']} to replay {io['small_get']} GETs")
+    scratch = f"bench-floor/{uuid.uuid4().hex[:8]}"
+    put_body = os.urandom(io["put_bytes"] // io["put"]) if io["put"] else b""
+    part_body = os.urandom(io["part_bytes"] // io["part"]) if io["part"] else b""
+    client.put_object(Bucket=bucket, Key=f"{scratch}/head", Body=b"x")
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=f"{scratch}/parts")["UploadId"] if io["part"] else ""
+
+    def get(key: str) -> None:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        while body.read(1 << 20):
+            pass
+
+    tasks: list[Any] = [lambda k=keys[i % len(keys)]: get(k) for i in range(io["small_get"])]
+    tasks += [lambda k=key: get(k) for key in io["big_gets"]]
+    tasks += [lambda i=i: client.put_object(Bucket=bucket, Key=f"{scratch}/{i % 64}", Body=put_body)
+              for i in range(io["put"])]
+    tasks += [lambda i=i: client.upload_part(Bucket=bucket, Key=f"{scratch}/parts", UploadId=upload_id,
+                                             PartNumber=i + 1, Body=part_body) for i in range(io["part"])]
+    tasks += [lambda: client.head_object(Bucket=bucket, Key=f"{scratch}/head") for _ in range(io["other"])]
+    random.Random(0).shuffle(tasks)
+    with ThreadPoolExecutor(threads, thread_name_prefix="replay") as pool:
+        cpu0, t0 = _cpu_self(), time.perf_counter()
+        list(pool.map(lambda f: f(), tasks))
+        seconds, cpu = time.perf_counter() - t0, _cpu_self() - cpu0
+    if upload_id:
+        client.abort_multipart_upload(Bucket=bucket, Key=f"{scratch}/parts", UploadId=upload_id)
+    return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "requests": len(tasks), "success": True,
+            "put_body_bytes": len(put_body), "part_body_bytes": len(part_body), "big_gets": len(io["big_gets"])}
 
 
 def child_main(spec_path: Path) -> None:
@@ -223,7 +383,8 @@ def child_main(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     kind = spec["kind"]
     try:
-        out = {"setup": _child_setup, "tf_create": _child_tf_create, "run": _child_run}[kind](spec)
+        out = {"setup": _child_setup, "tf_create": _child_tf_create, "run": _child_run,
+               "replay": _child_replay}[kind](spec)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the bench
         import traceback
 
@@ -390,7 +551,9 @@ class Run:
     """One delay's run: services up, stages in order, figures."""
 
     def __init__(self, n: int, delay_ms: float, tmp: Path, *, generate_through_delay: bool, capacity_requests: int,
-                 log: Any, rss_only: bool = False) -> None:
+                 log: Any, rss_only: bool = False, profile_stages: tuple[str, ...] = (),
+                 profile_dir: Path = ROOT) -> None:
+        self.profile_stages, self.profile_dir = profile_stages, profile_dir
         self.n, self.delay_ms, self.tmp = n, delay_ms, tmp
         self.rss_only = rss_only
         self.generate_through_delay = generate_through_delay
@@ -421,8 +584,23 @@ class Run:
         return env
 
     def stage(self, name: str, spec: dict[str, Any], env: dict[str, str], proxy: Proxy | None,
-              moto: subprocess.Popen[bytes]) -> dict[str, Any]:
-        """Run one stage in a fresh subprocess; S3 counts from `proxy` before/after it."""
+              moto: subprocess.Popen[bytes], *, replay: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run one stage in a fresh subprocess; S3 counts from `proxy` before/after it. With
+        `replay` (`batch` and `get_columns`: where the keys of the objects it read are), its floor
+        is measured right after it, on the same proxy (`_child_replay`)."""
+        result = self._subprocess(name, spec, env, proxy, moto)
+        self.stages.append(result)
+        if replay is not None and proxy is not None and result.get("s3_io"):
+            floor = self._subprocess(f"{name}_floor", {"kind": "replay", "io": result["s3_io"], **replay}, env, proxy,
+                                     moto)
+            result["floor_replay"] = {k: floor.get(k) for k in (
+                "seconds", "cpu_s", "requests", "requests_total", "round_trips", "moto_cpu_s", "proxy_cpu_s", "load_1m",
+                "put_body_bytes", "part_body_bytes", "big_gets", "success", "failures")}
+            result["s3_io"] = {k: (len(v) if k == "big_gets" else v) for k, v in result["s3_io"].items()}
+        return result
+
+    def _subprocess(self, name: str, spec: dict[str, Any], env: dict[str, str], proxy: Proxy | None,
+                    moto: subprocess.Popen[bytes]) -> dict[str, Any]:
         self.seq += 1
         spec_path = self.tmp / f"stage-{self.seq:02d}-{name}.json"
         spec = {**spec, "result": str(spec_path.with_suffix(".result.json"))}
@@ -430,8 +608,12 @@ class Run:
         before = proxy.snapshot() if proxy else None
         moto_before = cpu_s(moto.pid)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)]
+        if name in self.profile_stages:  # sampled by py-spy (GIL holder only: what the stage's Python costs)
+            out = self.profile_dir / f"{self.n}-{self.delay_ms:g}ms-{name}.txt"
+            command = [str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "-r", "200",
+                       "-f", "raw", "-o", str(out), "--", *command]
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - t0
         moto_cpu = cpu_s(moto.pid) - moto_before
         result_path = Path(spec["result"])
@@ -445,7 +627,6 @@ class Run:
                        "through_proxy_delay_ms": proxy.delay_ms if proxy else None})
         if proxy is not None and before is not None:
             result.update(counts_between(before, proxy.snapshot()))
-        self.stages.append(result)
         status = "ok" if result.get("success") else "FAILED " + "; ".join(result.get("failures", []))[:800]
         self.log(f"  [{self.delay_ms:g} ms, N={self.n}] {name}: {result.get('seconds', '?')} s "
                  f"(process {result['subprocess_wall_s']} s), {result.get('requests_total', '-')} S3 requests, "
@@ -486,22 +667,33 @@ class Run:
                         "partition": tf_name, "assets": assets, "checks_of": checks_of}
 
             both = ["parsed_conversations", "enriched_conversations"]
+
+            def floor(partition: str, *columns: str) -> dict[str, Any]:
+                return {"db_url": db_url, "batch": partition, "get_columns": list(columns)}
+
             self.stage("generate", batch(["raw_conversations"], [], a), gen_env, gen_proxy, moto)
             if self.rss_only:  # the batch run and the build, for the RSS comparison only
-                self.stage("combined", batch(both, both, a), env, proxy, moto)
+                self.stage("combined", batch(both, both, a), env, proxy, moto,
+                           replay=floor(a, "raw_response_path", "file_path"))
             else:
-                self.stage("raw_checks", batch([], ["raw_conversations"], a), env, proxy, moto)
-                self.stage("parse", batch(["parsed_conversations"], [], a), env, proxy, moto)
-                self.stage("parsed_checks", batch([], ["parsed_conversations"], a), env, proxy, moto)
-                self.stage("enrich", batch(["enriched_conversations"], [], a), env, proxy, moto)
-                self.stage("enriched_checks", batch([], ["enriched_conversations"], a), env, proxy, moto)
+                self.stage("raw_checks", batch([], ["raw_conversations"], a), env, proxy, moto,
+                           replay=floor(a, "raw_response_path"))
+                self.stage("parse", batch(["parsed_conversations"], [], a), env, proxy, moto,
+                           replay=floor(a, "raw_response_path"))
+                self.stage("parsed_checks", batch([], ["parsed_conversations"], a), env, proxy, moto,
+                           replay=floor(a, "file_path"))
+                self.stage("enrich", batch(["enriched_conversations"], [], a), env, proxy, moto,
+                           replay=floor(a, "file_path"))
+                self.stage("enriched_checks", batch([], ["enriched_conversations"], a), env, proxy, moto,
+                           replay=floor(a, "enriched_file_path"))
             self.stage("tf_create", {"kind": "tf_create", "db_url": db_url, "batch": a, "training_file": tf_name},
                        env, proxy, moto)
-            self.stage("tf_build", tf(["training_files"], []), env, proxy, moto)
-            self.stage("tf_checks", tf([], ["training_files"]), env, proxy, moto)
+            self.stage("tf_build", tf(["training_files"], []), env, proxy, moto, replay=floor(a, "enriched_file_path"))
+            self.stage("tf_checks", tf([], ["training_files"]), env, proxy, moto, replay=floor(a, "enriched_file_path"))
             if not self.rss_only:
                 self.stage("generate_b", batch(["raw_conversations"], [], b), gen_env, gen_proxy, moto)
-                self.stage("combined", batch(both, both, b), env, proxy, moto)
+                self.stage("combined", batch(both, both, b), env, proxy, moto,
+                           replay=floor(b, "raw_response_path", "file_path"))
             self.log(f"  [{self.delay_ms:g} ms, N={self.n}] S3 server capacity ({self.pool} threads)…")
             cap = capacity(proxy, self.pool, self.capacity_requests, moto.pid)
         return self.figures(cap, time.perf_counter() - started)
@@ -520,7 +712,11 @@ class Run:
             delay_here = (s.get("through_proxy_delay_ms") or 0) / 1000
             io_bound = s.get("round_trips", 0) * delay_here / self.pool
             server_bound = puts / put_rate + others / get_rate
-            floor = max(io_bound, server_bound)
+            estimate = max(io_bound, server_bound)
+            replayed = s.get("floor_replay") or {}
+            # The floor: the same requests replayed right after the stage by a plain pool (measured);
+            # the estimate from the capacity loop only where nothing was replayed.
+            floor = replayed["seconds"] if replayed.get("success") and replayed.get("seconds") else estimate
             seconds = s.get("seconds")
             cpu = sum(s.get(k) or 0 for k in ("cpu_s", "moto_cpu_s", "proxy_cpu_s"))
             rows.append({
@@ -533,9 +729,14 @@ class Run:
                 "round_trips": s.get("round_trips", 0), "round_trips_per_conv": round(s.get("round_trips", 0) / n, 3),
                 "expect_100": s.get("expect_100", 0),
                 "delay_ms": s.get("through_proxy_delay_ms"),
-                "io_bound_s": round(io_bound, 3), "s3_server_bound_s": round(server_bound, 3), "floor_s": round(floor, 3),
+                "io_bound_s": round(io_bound, 3), "s3_server_bound_s": round(server_bound, 3),
+                "floor_estimate_s": round(estimate, 3), "floor_s": round(floor, 3),
+                "floor_measured": bool(replayed.get("success")), "floor_replay": replayed or None,
+                "s3_io": s.get("s3_io"),
                 "ratio_to_floor": round(seconds / floor, 2) if seconds and floor else None,
+                "replay_cpu_ms_per_conv": round((replayed.get("cpu_s") or 0) / n * 1000, 2) if replayed else None,
                 "rss_peak_mb": s.get("rss_peak_mb"), "rss_start_mb": s.get("rss_start_mb"),
+                "io_process_rss_peak_mb": s.get("io_process_rss_peak_mb"), "io_process_cpu_s": s.get("io_process_cpu_s"),
                 "cpu_s_stage_moto_proxy": round(cpu, 2),
                 "cpu_busy": round(cpu / (seconds * CORES), 2) if seconds else None,
                 "stage_cpu_s": s.get("cpu_s"),
@@ -559,6 +760,7 @@ class Run:
                     "io_bound_s": round(sum(r["io_bound_s"] for r in sel), 2),
                     "s3_server_bound_s": round(sum(r["s3_server_bound_s"] for r in sel), 2),
                     "floor_s": round(floor, 2), "floor_s_per_1000": round(floor / n * 1000, 2),
+                    "floor_measured": all(r["floor_measured"] for r in sel if r["requests_total"]),
                     "cpu_s_stage_moto_proxy": round(sum(r["cpu_s_stage_moto_proxy"] for r in sel), 1),
                     "ratio_to_floor": round(seconds / floor, 2) if floor else None,
                     "rss_peak_mb": max((r["rss_peak_mb"] or 0 for r in sel), default=0),
@@ -570,8 +772,11 @@ class Run:
                         (sum(r["stage_cpu_s"] or 0 for r in sel) * 1000 - boto3_ms(sel)) / n, 2)}
 
         def boto3_ms(sel: list[dict[str, Any]]) -> float:
+            # What the replay's plain pool spent on the same requests (measured), else the capacity
+            # loop's per-request figures times the requests.
             put_ms, get_ms = cap.get("client_cpu_ms_per_put") or 0, cap.get("client_cpu_ms_per_get") or 0
-            return sum((r["requests"].get("PUT", 0) + r["requests"].get("POST", 0)) * put_ms
+            return sum((r["floor_replay"]["cpu_s"] * 1000) if r.get("floor_measured") else
+                       (r["requests"].get("PUT", 0) + r["requests"].get("POST", 0)) * put_ms
                        + (r["requests_total"] - r["requests"].get("PUT", 0) - r["requests"].get("POST", 0)) * get_ms
                        for r in sel)
 
@@ -644,7 +849,9 @@ def acceptance(runs: list[dict[str, Any]], rss_run: dict[str, Any] | None) -> di
         by = {s["stage"]: s for s in run["stages"]}
         return {"generate": by["generate"]["rss_peak_mb"], "batch_run (combined)": by["combined"]["rss_peak_mb"],
                 "training_file_build": by["tf_build"]["rss_peak_mb"], "training_file_checks": by["tf_checks"]["rss_peak_mb"],
-                "max_any_stage": max(s["rss_peak_mb"] or 0 for s in run["stages"])}
+                "max_any_stage": max(s["rss_peak_mb"] or 0 for s in run["stages"]),
+                # The stores' S3 helper process (`store.s3_io`), beside a stage's own process.
+                "io_process_max": max((s.get("io_process_rss_peak_mb") or 0) for s in run["stages"])}
 
     big = next((r for r in runs if r["delay_ms"] == 0), runs[0])
     out["peak_rss_mb"] = {"n": big["n"], "delay_ms": big["delay_ms"], **peaks(big), "aim_mb": 500}
@@ -654,6 +861,28 @@ def acceptance(runs: list[dict[str, Any]], rss_run: dict[str, Any] | None) -> di
         out["rss_ratio_n_to_small"] = {k: round(peaks(big)[k] / v, 3) if v else None for k, v in small.items()}
         out["rss_ratio_aim"] = "within 0.9–1.1"
     return out
+
+
+def _environment() -> dict[str, Any]:
+    """What a reader needs to reproduce a run: the commit, versions, cores, the settings that
+    change the stages' S3 path."""
+    import platform
+
+    import boto3
+    import botocore
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", None
+    return {"git_commit": commit, "uncommitted_changes": dirty, "python": platform.python_version(),
+            "boto3": boto3.__version__, "botocore": botocore.__version__, "cores": CORES,
+            "load_1m_at_start": round(os.getloadavg()[0], 2),
+            "LORA_BLOB_IO_PROCESS": os.environ.get("LORA_BLOB_IO_PROCESS", "0 (default)"),
+            "LORA_BLOB_CONCURRENCY": os.environ.get("LORA_BLOB_CONCURRENCY", "32 (default)")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -670,7 +899,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--capacity-requests", type=int, default=1000, help="PUTs and GETs of the S3-capacity loop.")
     parser.add_argument("--generate-through-delay", action="store_true",
                         help="Generation's S3 traffic pays the delay too (default: a 0 ms proxy, still counted).")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json",
+                        help="Where the JSON report goes (the acceptance run: docs/bench-scale-n10000-run2.json).")
+    parser.add_argument("--profile-stages", default="",
+                        help="Comma-separated stages (e.g. combined,tf_build) to run under `py-spy record --gil` (needs "
+                             "py-spy in the venv); raw collapsed stacks go next to --out. Sampling slows them: "
+                             "figures of a profiled run are not comparable.")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -682,13 +916,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so servers, databases and temp dirs go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    kw = {"generate_through_delay": args.generate_through_delay, "capacity_requests": args.capacity_requests, "log": log}
+    kw = {"generate_through_delay": args.generate_through_delay, "capacity_requests": args.capacity_requests, "log": log,
+          "profile_stages": tuple(x for x in args.profile_stages.split(",") if x), "profile_dir": args.out.parent}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     delays = [float(d) for d in args.delays.split(",") if d.strip()]
     runs = [run_once(args.n, d, rss_only=args.normal_path_only, **kw) for d in delays]
     rss_run = run_once(args.rss_n, args.rss_delay, rss_only=True, **kw) if args.rss_n else None
     pool, source = pool_size()
     results = {
+        "command": " ".join(["bench/bench_scale.py", *(argv if argv is not None else sys.argv[1:])]),
+        "environment": _environment(),
         "n": args.n, "delays_ms": delays, "pool_size": pool, "pool_size_source": source,
         "runs": runs, "rss_run": rss_run, "acceptance": acceptance(runs, rss_run),
         "all_succeeded": all(r["all_succeeded"] for r in runs) and (rss_run is None or rss_run["all_succeeded"]),

@@ -10,7 +10,14 @@ the I/O floor.
 order), generates it against the loopback simulator and parses + enriches it, on SQLite and a
 local blob directory under `--state`. `build` then times `build_training_file` over every
 conversation (a new training file each time), `pipeline` re-parses and re-enriches the batch
-(rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation.
+(rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation (the
+process's and the main thread's: blob threads apart), the peak RSS and, for `build`, the
+wall-clock seconds of each of its steps.
+
+`--profile out.prof` writes cProfile stats timed by the main thread's CPU (`time.thread_time`),
+`--profile out.txt` (or `.html`) a pyinstrument sampling profile (`uv pip install pyinstrument`):
+cProfile inflates code that makes many small calls, so compare shares, not seconds. For the S3
+path, `bench_scale.py --profile-stages combined,tf_build` samples the stages with py-spy.
 """
 
 from __future__ import annotations
@@ -63,14 +70,31 @@ def prepare(state: Path, n: int) -> None:
 
 
 def _profiled(fn: Any, profile: Path | None) -> tuple[Any, float, float]:
-    prof = cProfile.Profile() if profile else None
-    cpu0, t0 = _cpu(), time.perf_counter()
+    """Run `fn`, timed; with `profile`, under cProfile (stats dumped there) or, for a `.txt` /
+    `.html` path, pyinstrument (sampling, so Python-heavy code is not inflated; main thread only)."""
+    sampler = prof = None
+    if profile is not None and profile.suffix in (".txt", ".html"):
+        from pyinstrument import Profiler  # optional: `uv pip install pyinstrument`
+
+        sampler = Profiler(interval=0.0005)
+    elif profile is not None:
+        # The main thread's CPU time, not wall time: blob threads waiting on I/O (or the GIL) and
+        # other processes on a shared machine do not inflate what the stage's own code costs.
+        prof = cProfile.Profile(time.thread_time)
+    cpu0, main0, t0 = _cpu(), time.thread_time(), time.perf_counter()
+    if sampler:
+        sampler.start()
     if prof:
         prof.enable()
     out = fn()
     if prof:
         prof.disable()
         prof.dump_stats(str(profile))
+    if sampler:
+        sampler.stop()
+        profile.write_text(sampler.output_html() if profile.suffix == ".html"  # type: ignore[union-attr]
+                           else sampler.output_text(unicode=False, color=False, show_all=False))
+    _profiled.main_thread_cpu = time.thread_time() - main0  # type: ignore[attr-defined]
     return out, time.perf_counter() - t0, _cpu() - cpu0
 
 
@@ -90,11 +114,13 @@ def build(state: Path, profile: Path | None, concurrency: int) -> dict[str, Any]
     result, seconds, cpu = _profiled(lambda: build_training_file(BuildPlan(name=name), engine=engine, store=store,
                                                                  concurrency=concurrency, run_id="profile"), profile)
     return {"stage": "build", "members": len(ids), "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
-            "cpu_ms_per_member": round(cpu / len(ids) * 1000, 3), "kept": len(result.kept),
+            "cpu_ms_per_member": round(cpu / len(ids) * 1000, 3),
+            "main_thread_cpu_ms_per_member": round(_profiled.main_thread_cpu / len(ids) * 1000, 3),  # type: ignore[attr-defined]
+            "kept": len(result.kept),
             "leakage": result.leakage.overlap.model_dump(exclude={"exact_examples", "near_examples"}),
             "diversity": result.leakage.diversity.model_dump(), "exact_dups": result.exact_duplicates,
             "near_dups": result.near_duplicates, "train": result.train_conversations,
-            "outputs": {k: v.bytes for k, v in result.outputs.items()}}
+            "outputs": {k: v.bytes for k, v in result.outputs.items()}, "phases": result.phase_seconds}
 
 
 def pipeline(state: Path, profile: Path | None) -> dict[str, Any]:
@@ -120,7 +146,8 @@ def pipeline(state: Path, profile: Path | None) -> dict[str, Any]:
     assert result.success
     n = st["n"]
     return {"stage": "parse+enrich+checks", "conversations": n, "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
-            "cpu_ms_per_conversation": round(cpu / n * 1000, 3)}
+            "cpu_ms_per_conversation": round(cpu / n * 1000, 3),
+            "main_thread_cpu_ms_per_conversation": round(_profiled.main_thread_cpu / n * 1000, 3)}  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -141,6 +168,7 @@ def main() -> None:
         out = (build(args.state, args.profile, args.concurrency) if args.what == "build"
                else pipeline(args.state, args.profile))
         out["import_s"] = round(imported, 3)
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(out, indent=1))
 
 

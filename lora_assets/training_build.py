@@ -11,24 +11,30 @@ asset only reads its partition, config and resources, calls `build_training_file
 from __future__ import annotations
 
 import hashlib
+import pickle
+import shutil
 import tempfile
+import time
+from array import array
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
 from lora_assets.core.aggregate import AggregateStats, AggregateWriter, write_training_json
 from lora_assets.core.card import SourceBatch, dataset_card
-from lora_assets.core.dedup import DedupDecision, Deduplicator, TargetTexts, quality_filter
-from lora_assets.core.export import ExportStats, ExportWriter, axolotl_config, chat_example
+from lora_assets.core.aggregate import MemberSummary
+from lora_assets.core.dedup import DedupDecision, Deduplicator, DedupStats, TargetTexts, quality_filter
+from lora_assets.core.export import ExportStats, ExportWriter, Rendered, axolotl_config, render
 from lora_assets.core.leakage import LeakageReport, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, TokenizerLoadError, token_counter
-from lora_assets.core.split import MIN_TURN_WORDS, SplitReport, grouped_split
+from lora_assets.core.split import MIN_TURN_WORDS, SharedTurns, SplitReport, grouped_split
 from lora_assets.schemas import ConsultantProfile, EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import training_files as tfq
@@ -109,8 +115,43 @@ class KeptMember(BaseModel):
     human_reviewed: bool = False
 
 
+def kept_member(row: Any) -> KeptMember:
+    """A member row as the members table shows it."""
+    return KeptMember(
+        conversation_id=row["id"], batch_id=row["batch_job_id"], batch_name=row.get("batch_name"),
+        persona_key=row["persona_key"], arc_key=row["arc_key"], topic_key=row["topic_key"],
+        quality_score=row["quality_score"], judge_score=judge_score_of(row["judge_scores"]),
+        human_reviewed=bool(row["human_reviewed"]) or row.get("review_decision") == APPROVE,
+    )
+
+
+class KeptMembers(Sequence[KeptMember]):
+    """The kept members, in order, each a `KeptMember` made when it is read: a version of 10,000
+    conversations held 10,000 models (≈ 1 KB each) for a table that shows 500."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> KeptMember: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[KeptMember]: ...
+    def __getitem__(self, index: int | slice) -> KeptMember | list[KeptMember]:
+        if isinstance(index, slice):
+            return [kept_member(r) for r in self._rows[index]]
+        return kept_member(self._rows[index])
+
+    def __iter__(self) -> Iterator[KeptMember]:
+        return map(kept_member, self._rows)
+
+
 class BuildResult(BaseModel):
     """What a build stored and recorded (also on the version row), for the asset's metadata."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: str
     version: int
@@ -118,7 +159,7 @@ class BuildResult(BaseModel):
     location: str
     outputs: dict[str, OutputFile]
     members: int
-    kept: list[KeptMember]
+    kept: KeptMembers
     min_quality: float | None
     min_judge_score: float | None
     quality_filtered_out: int
@@ -145,6 +186,8 @@ class BuildResult(BaseModel):
     leakage_warnings: list[str]
     split_groups: SplitReport
     card: str
+    #: Wall-clock seconds of each step of the build (load, pass 1, split, pass 2, rest, record).
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
 
 
 def judge_score_of(judge_scores: Any) -> float | None:
@@ -177,25 +220,31 @@ def _member(row: dict[str, Any], data: bytes | BaseException) -> EnrichedConvers
     return conv
 
 
-class _LocalCopies:
-    """The kept members' enriched.json bytes in one local temp file, so the second pass reads
-    each member from local disk instead of from the blob store again (one GET per member)."""
+class _Spool:
+    """Pass 1's work for pass 2, in one local temp file: what each kept member adds to the exports
+    (`export.Rendered`: its lines and Parquet rows, before its split is known) and to the leakage
+    check (its sketches), pickled. Pass 2 only puts each under its side: it neither reads the
+    member again nor parses it, and memory per member is one array entry."""
 
     def __init__(self) -> None:
         # Unlinked at creation (TemporaryFile): nothing is left behind whatever happens.
-        self._file = tempfile.TemporaryFile()
-        self._where: dict[str, tuple[int, int]] = {}
-        self._end = 0
+        self._file = tempfile.TemporaryFile(prefix="lora-build-")
+        self._sizes = array("q")
 
-    def put(self, conversation_id: str, data: bytes) -> None:
-        self._where[conversation_id] = (self._end, len(data))
-        self._file.write(data)  # appends: every put happens before the first get
-        self._end += len(data)
+    def put(self, rendered: Rendered, measured: Any) -> None:
+        blob = pickle.dumps((rendered, measured), protocol=pickle.HIGHEST_PROTOCOL)
+        self._file.write(blob)
+        self._sizes.append(len(blob))
 
-    def get(self, conversation_id: str) -> bytes:
-        offset, size = self._where[conversation_id]
-        self._file.seek(offset)
-        return self._file.read(size)
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def read(self) -> Iterator[tuple[Rendered, Any]]:
+        """(rendered, measure) of every member, in the order they were put."""
+        self._file.flush()
+        self._file.seek(0)
+        for size in self._sizes:
+            yield pickle.loads(self._file.read(size))
 
     def close(self) -> None:
         self._file.close()
@@ -218,29 +267,25 @@ class _Curation:
     review_rejected: list[dict[str, Any]] = field(default_factory=list)
     quality_filtered: list[dict[str, Any]] = field(default_factory=list)
     judge_filtered: list[dict[str, Any]] = field(default_factory=list)
-    kept: list[dict[str, Any]] = field(default_factory=list)
-    dropped: list[tuple[dict[str, Any], DedupDecision]] = field(default_factory=list)
-    dedup: Deduplicator = field(default_factory=Deduplicator)
-    copies: _LocalCopies = field(default_factory=_LocalCopies)
-    #: By kept member: what its example adds to its split, measured in pass 1 (None: it exports
-    #: no example; `_UNMEASURED`: its turns do not form one, which pass 2 reports as it did).
-    measured: list[Any] = field(default_factory=list)
-    # Kept member id -> digests of its assistant turns: the split keeps sharers on one side.
-    turn_keys: dict[str, frozenset[bytes]] = field(default_factory=dict)
+    kept: list[Any] = field(default_factory=list)
+    dropped: list[tuple[Any, DedupDecision]] = field(default_factory=list)
+    dedup: Deduplicator | None = field(default_factory=Deduplicator)
+    #: The dedup's figures, once pass 1 is done (its index is then let go).
+    dedup_stats: DedupStats = field(default_factory=DedupStats)
+    #: By kept member, in order: what it adds to the exports and (None: it exports no example)
+    #: to its side of the leakage check.
+    spool: _Spool = field(default_factory=_Spool)
+    #: The JSONL (written in pass 1: it does not depend on the split), in a local temp file that
+    #: pass 2 uploads and the JSON document is made from.
+    jsonl: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="lora-jsonl-"))
+    aggregate: AggregateStats | None = None
 
-
-#: A kept member whose example could not be built in pass 1 (pass 2's export raises the error).
-_UNMEASURED = object()
-
-
-def _measure(conv: EnrichedConversation, row: dict[str, Any], targets: TargetTexts, measures: BuildMeasures) -> Any:
-    """Pass 1's share of a kept member's measures (see `BuildMeasures.measure`), its answers'
-    text normalised once for dedup and the leakage check."""
-    try:
-        example = chat_example(conv, row["id"])
-    except ValueError:
-        return _UNMEASURED
-    return measures.measure(example, row, known=targets.known())
+    def close(self) -> None:
+        self.spool.close()
+        self.jsonl.close()
+    #: Digests of the kept members' assistant turns (by kept index): the split keeps sharers on
+    #: one side.
+    turns: SharedTurns = field(default_factory=SharedTurns)
 
 
 def _turn_keys(targets: TargetTexts) -> frozenset[bytes]:
@@ -249,6 +294,21 @@ def _turn_keys(targets: TargetTexts) -> frozenset[bytes]:
     return frozenset(hashlib.blake2b(text.encode(), digest_size=16).digest()
                      for text, words in zip(targets.normalised, targets.words, strict=True)
                      if len(words) >= MIN_TURN_WORDS)
+
+
+class _Summaries(Sequence[MemberSummary]):
+    """The kept members' `MemberSummary`, each made when the split reads it (not a list of them)."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [tfq.summary_of(r) for r in self._rows[index]]
+        return tfq.summary_of(self._rows[index])
 
 
 def _load(engine: Engine, name: str) -> _Inputs:
@@ -270,8 +330,8 @@ def _load(engine: Engine, name: str) -> _Inputs:
     return _Inputs(tf, members, consultant, batches)
 
 
-def _filter(members: list[dict[str, Any]], min_quality: float | None, min_judge_score: float | None,
-            cur: _Curation) -> list[dict[str, Any]]:
+def _filter(members: list[Any], min_quality: float | None, min_judge_score: float | None,
+            cur: _Curation) -> list[Any]:
     """Leave out what a human reviewer rejected, then apply the quality filter, then the judge
     filter (a member below both counts as low quality; one never judged counts as below
     `min_judge_score`). Returns the candidates."""
@@ -295,55 +355,65 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
     read; the kept members' bytes are copied locally for pass 2."""
     cur = _Curation()
     candidates = _filter(inputs.members, inputs.tf["min_quality"], inputs.tf.get("min_judge_score"), cur)
+    dedup = cur.dedup
+    assert dedup is not None
+    aggregate = AggregateWriter(cur.jsonl)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="blobs") as pool:
         try:
             reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates, 2 * concurrency)
             for number, (m, data) in enumerate(reads, start=1):
                 conv = _member(m, data)
                 targets = TargetTexts.of(conv)
-                decision = cur.dedup.check(conv, conversation_id=m["id"], targets=targets)
+                decision = dedup.check(conv, conversation_id=m["id"], targets=targets)
                 if decision.keep:
+                    # With the DB's review state on its pairs: what the version holds and counts.
+                    reviewed = with_review(conv, m)
+                    aggregate.add(reviewed, conversation_id=m["id"])
+                    rendered, example = render(reviewed, min_trained_quality=inputs.tf["min_quality"],
+                                               conversation_id=m["id"])
+                    cur.spool.put(rendered, measures.measure(example, m, known=targets.known()))
+                    cur.turns.add(len(cur.kept), _turn_keys(targets))
                     cur.kept.append(m)
-                    cur.turn_keys[m["id"]] = _turn_keys(targets)
-                    cur.copies.put(m["id"], data)  # type: ignore[arg-type] - _member raised on an exception
-                    cur.measured.append(_measure(conv, m, targets, measures))
                 else:
                     cur.dropped.append((m, decision))
                 if number % 256 == 0:
                     release_freed_memory()
-        except MemberFileError as exc:
-            cur.copies.close()
+        except (MemberFileError, ValueError) as exc:
+            # An unusable member (a missing or invalid file, turns that form no chat: core raises
+            # ValueError naming the conversation) is the user's to fix; nothing is written yet.
+            cur.close()
             raise BuildError(f"training file {name!r}: {exc}; no version was written") from exc
+    # Its index (signatures, digests, ids) is not needed any more: only its figures.
+    cur.dedup_stats, cur.dedup = dedup.stats, None
+    cur.aggregate = aggregate.stats
+    del dedup, aggregate
+    release_freed_memory()
     if not cur.kept:
-        cur.copies.close()
+        cur.close()
         raise BuildError(f"training file {name!r}: no conversation left after quality filter "
                          f"({len(cur.quality_filtered)}), judge filter ({len(cur.judge_filtered)}), review "
                          f"rejections ({len(cur.review_rejected)}) and dedup ({len(cur.dropped)})")
     return cur
 
 
-class _Tee:
-    """A binary write handle that writes to two: the JSONL goes to the store and to a local copy,
-    from which the JSON document is then made (instead of reading the JSONL back from the store)."""
-
-    def __init__(self, first: IO[bytes], second: IO[bytes]) -> None:
-        self._first, self._second = first, second
-
-    def write(self, data: bytes) -> int:
-        self._first.write(data)
-        self._second.write(data)
-        return len(data)
-
-
-def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split: dict[str, str],
-                    min_quality: float | None, measures: BuildMeasures,
-                    jsonl_copy: IO[bytes]) -> tuple[AggregateStats, ExportStats]:
-    """Pass 2: the JSONL (also into `jsonl_copy`) and every export at once, conversation by
-    conversation (each with the DB's review state on its pairs); every exported chat example is
-    measured on the way. The store uploads each file part by part while this goes on."""
+def _stream_outputs(plan: BuildPlan, inputs: _Inputs, store: BlobStore, key: dict[str, str], cur: _Curation,
+                    split: dict[str, str], measures: BuildMeasures, created: datetime
+                    ) -> tuple[ExportStats, dict[str, int]]:
+    """Pass 2: the JSONL (copied from pass 1's local file) and the JSON document made from it
+    (its figures are known since pass 1), then every export at once, each kept member's rendered
+    lines under its side; its measures go to the leakage check of its side. The store uploads
+    each file part by part while this goes on. Returns the export figures and each file's size
+    (what was written: no request asks the store afterwards)."""
+    assert cur.aggregate is not None
     with ExitStack() as stack:
-        handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in _STREAMED}
-        aggregate = AggregateWriter(_Tee(handles["jsonl"], jsonl_copy))
+        handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in (*_STREAMED, "json")}
+        cur.jsonl.flush()
+        cur.jsonl.seek(0)
+        shutil.copyfileobj(cur.jsonl, handles["jsonl"], 1 << 20)
+        cur.jsonl.seek(0)
+        write_training_json(dataset_name=plan.name, created_date=created, consultant=inputs.consultant,
+                            stats=cur.aggregate, jsonl_in=cur.jsonl, json_out=handles["json"])
+        min_quality = inputs.tf["min_quality"]
         # Entered after the handles, so it is closed (Parquet footer) before they are.
         exports = stack.enter_context(ExportWriter(
             messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
@@ -351,20 +421,15 @@ def _stream_outputs(store: BlobStore, key: dict[str, str], cur: _Curation, split
             sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
             parquet=handles["parquet"], min_trained_quality=min_quality,
         ))
-        for index, (m, measured) in enumerate(zip(cur.kept, cur.measured, strict=True)):
-            cur.measured[index] = None  # recorded below: its sketches then live in the leakage check only
-            conv = with_review(_member(m, cur.copies.get(m["id"])), m)
-            aggregate.add(conv, conversation_id=m["id"])
-            example = exports.add(conv, split[m["id"]], conversation_id=m["id"])  # type: ignore[arg-type]
-            if measured is _UNMEASURED:  # cannot happen (the export raised); measured now to be safe
-                measures.add(example, split[m["id"]], m)  # type: ignore[arg-type]
-            else:
-                measures.record(measured, split[m["id"]], m)  # type: ignore[arg-type]
-        export_stats = exports.close()
-        return aggregate.stats, export_stats
+        for m, (rendered, measured) in zip(cur.kept, cur.spool.read(), strict=True):
+            side = split[m["id"]]
+            exports.write(rendered, side)  # type: ignore[arg-type]
+            measures.record(measured, side, m)  # type: ignore[arg-type]
+        export_stats = exports.close()  # the Parquet footer is written: every handle holds its whole file
+        return export_stats, {fmt: handle.tell() for fmt, handle in handles.items()}
 
 
-def _sources(kept: list[dict[str, Any]], batches: dict[str, dict[str, Any]]) -> list[SourceBatch]:
+def _sources(kept: list[Any], batches: dict[str, dict[str, Any]]) -> list[SourceBatch]:
     """Provenance of every batch that contributed kept members."""
     sources = []
     for b, n in sorted(Counter(m["batch_job_id"] for m in kept).items(), key=lambda kv: str(kv[0])):
@@ -393,25 +458,25 @@ class _Built:
     split_report: SplitReport
     card: str = ""
     outputs: dict[str, OutputFile] = field(default_factory=dict)
+    #: Bytes of each output, as written.
+    sizes: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobStore, key: dict[str, str],
-                built: _Built, jsonl_copy: IO[bytes]) -> None:
-    """The JSON document (from the local copy of the JSONL), the Axolotl snippet and the
-    dataset card."""
-    jsonl_copy.seek(0)
-    with store.writer(key["json"]) as json_out:
-        write_training_json(dataset_name=plan.name, created_date=built.created, consultant=inputs.consultant,
-                            stats=built.stats, jsonl_in=jsonl_copy, json_out=json_out)
-    store.put_bytes(key["axolotl"], axolotl_config(
+                built: _Built) -> None:
+    """The Axolotl snippet and the dataset card."""
+    axolotl = axolotl_config(
         train_path=OUTPUTS["messages-train"],
         validation_path=OUTPUTS["messages-validation"] if built.export.conversations_validation else None,
         sequence_len=built.measured.lengths.recommended_sequence_len,
-        sequence_len_counted_with=built.measured.lengths.method).encode())
+        sequence_len_counted_with=built.measured.lengths.method).encode()
+    store.put_bytes(key["axolotl"], axolotl)
+    built.sizes["axolotl"] = len(axolotl)
     tf = inputs.tf
     built.card = dataset_card(
         name=plan.name, stats=built.stats, sources=_sources(cur.kept, inputs.batches), export=built.export,
-        dedup=cur.dedup.stats, min_quality=tf["min_quality"], quality_filtered_out=len(cur.quality_filtered),
+        dedup=cur.dedup_stats, min_quality=tf["min_quality"], quality_filtered_out=len(cur.quality_filtered),
         min_judge_score=tf.get("min_judge_score"), judge_filtered_out=len(cur.judge_filtered),
         validation_fraction=plan.validation_fraction, split_seed=plan.split_seed, version=built.version,
         description=tf["description"], created_date=built.created,
@@ -420,12 +485,16 @@ def _write_rest(plan: BuildPlan, inputs: _Inputs, cur: _Curation, store: BlobSto
         filters_run=filters_run(tf["min_quality"], tf.get("min_judge_score")),
         split_report=built.split_report,
     )
-    store.put_bytes(key["card"], built.card.encode())
+    card = built.card.encode()
+    store.put_bytes(key["card"], card)
+    built.sizes["card"] = len(card)
 
 
 def _outputs(store: BlobStore, key: dict[str, str], built: _Built) -> dict[str, OutputFile]:
-    """Every output with its size and, for line formats, its line (or row) count."""
-    outputs = {fmt: OutputFile(path=key[fmt], bytes=store.size(key[fmt])) for fmt in OUTPUTS}
+    """Every output with its size (as written; the store is asked only about one not measured)
+    and, for line formats, its line (or row) count."""
+    outputs = {fmt: OutputFile(path=key[fmt], bytes=built.sizes[fmt] if fmt in built.sizes else store.size(key[fmt]))
+               for fmt in OUTPUTS}
     for fmt, side in _SPLIT_FILES:
         outputs[f"{fmt}-{side}"].lines = built.export.lines(fmt, side)  # type: ignore[arg-type]
     outputs["jsonl"].lines = built.stats.total_training_pairs
@@ -451,8 +520,8 @@ def _version_values(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Bu
             "quality_filtered_out": len(cur.quality_filtered),
             "judge_filtered_out": len(cur.judge_filtered),
             "min_judge_score": inputs.tf.get("min_judge_score"),
-            "exact_duplicates": cur.dedup.stats.exact_duplicates,
-            "near_duplicates": cur.dedup.stats.near_duplicates,
+            "exact_duplicates": cur.dedup_stats.exact_duplicates,
+            "near_duplicates": cur.dedup_stats.near_duplicates,
             "train_conversations": built.export.conversations_train,
             "validation_conversations": built.export.conversations_validation,
             "estimated_tokens": stats.estimated_tokens,
@@ -488,12 +557,7 @@ def _rollback(engine: Engine, store: BlobStore, key: dict[str, str], version_row
 def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, store: BlobStore) -> BuildResult:
     qs, stats = built.stats.quality_summary, built.stats
     prefix = version_prefix(plan.name, built.version)
-    kept = [KeptMember(
-        conversation_id=m["id"], batch_id=m["batch_job_id"], batch_name=m.get("batch_name"),
-        persona_key=m["persona_key"], arc_key=m["arc_key"], topic_key=m["topic_key"],
-        quality_score=m["quality_score"], judge_score=judge_score_of(m["judge_scores"]),
-        human_reviewed=bool(m["human_reviewed"]) or m.get("review_decision") == APPROVE,
-    ) for m in cur.kept]
+    kept = KeptMembers(cur.kept)
     blocking, warnings = built.measured.leakage.problems(built.measured.leakage_thresholds)
     no_validation = built.split_report.line()
     if no_validation:
@@ -505,7 +569,7 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         quality_filtered_out=len(cur.quality_filtered), judge_filtered_out=len(cur.judge_filtered),
         review_rejected_out=len(cur.review_rejected),
         filters_run=filters_run(inputs.tf["min_quality"], inputs.tf.get("min_judge_score")),
-        exact_duplicates=cur.dedup.stats.exact_duplicates, near_duplicates=cur.dedup.stats.near_duplicates,
+        exact_duplicates=cur.dedup_stats.exact_duplicates, near_duplicates=cur.dedup_stats.near_duplicates,
         train_conversations=built.export.conversations_train,
         validation_conversations=built.export.conversations_validation,
         conversations=stats.conversation_count, training_pairs=stats.total_training_pairs,
@@ -515,7 +579,21 @@ def _result(plan: BuildPlan, inputs: _Inputs, cur: _Curation, built: _Built, sto
         scaffolding_distribution=_distribution(plan.name, built), card=built.card,
         lengths=built.measured.lengths, max_length=built.measured.max_length, leakage=built.measured.leakage,
         leakage_blocking=blocking, leakage_warnings=warnings, split_groups=built.split_report,
+        phase_seconds={k: round(v, 3) for k, v in built.phases.items()},
     )
+
+
+class _Clock:
+    """Wall-clock laps of a build's steps (shown with its metadata)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
 
 
 def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, concurrency: int,
@@ -525,32 +603,43 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
     version's builder (its checks judge that version). Raises BuildError for what a user can
     fix (unknown file, no members, a tokenizer that cannot be loaded, a member's unusable file,
     nothing left after curation, a concurrent build); nothing partial is left behind in any case."""
+    clock = _Clock()
     try:
         counter = token_counter(plan.tokenizer)  # before anything is read: a bad path fails fast
     except TokenizerLoadError as exc:
         raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
     inputs = _load(engine, plan.name)
+    clock.lap("load")
     measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
     cur = _curate(plan.name, inputs, store, concurrency, measures)
+    clock.lap("pass_1_read_dedup_render_measure")
     try:
-        grouped = grouped_split([tfq.summary_of(m) for m in cur.kept], validation_fraction=plan.validation_fraction,
-                                seed=plan.split_seed, keys=cur.turn_keys)
+        grouped = grouped_split(_Summaries(cur.kept), validation_fraction=plan.validation_fraction,
+                                seed=plan.split_seed, keys=cur.turns)
         split = grouped.sides
+        cur.turns = SharedTurns()  # the groups are made
         try:
             version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
         except tfq.BuildInProgressError as exc:
             raise BuildError(str(exc)) from exc
+        clock.lap("split")
         prefix = version_prefix(plan.name, version)
         key = {fmt: f"{prefix}/{pattern.format(name=plan.name)}" for fmt, pattern in OUTPUTS.items()}
         try:
-            with tempfile.TemporaryFile(prefix="lora-jsonl-") as jsonl_copy:
-                stats, export = _stream_outputs(store, key, cur, split, inputs.tf["min_quality"], measures, jsonl_copy)
-                built = _Built(version, datetime.now(UTC), stats, export, split, measures.result(), grouped.report)
-                _write_rest(plan, inputs, cur, store, key, built, jsonl_copy)
+            created = datetime.now(UTC)
+            export, sizes = _stream_outputs(plan, inputs, store, key, cur, split, measures, created)
+            clock.lap("pass_2_outputs_uploaded")
+            assert cur.aggregate is not None
+            built = _Built(version, created, cur.aggregate, export, split, measures.result(), grouped.report,
+                           sizes=sizes)
+            _write_rest(plan, inputs, cur, store, key, built)
             built.outputs = _outputs(store, key, built)
+            clock.lap("leakage_card")
             with engine.begin() as conn:
                 tfq.record_version(conn, inputs.tf["id"], version_row,
                                    _version_values(plan, inputs, cur, built, run_id))
+            clock.lap("record")
+            built.phases = clock.laps
         except BaseException as exc:
             _rollback(engine, store, key, version_row)
             # Unusable member data (core raises ValueError naming the conversation) is the user's
@@ -559,5 +648,6 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
                 raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
             raise
     finally:
-        cur.copies.close()
+        cur.close()
+        measures.close()
     return _result(plan, inputs, cur, built, store)

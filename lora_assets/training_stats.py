@@ -121,6 +121,10 @@ class BuildMeasures:
         if measured is not None:
             self.leakage.record(measured, split, conversation_id=row["id"])
 
+    def close(self) -> None:
+        """Let go of the leakage check's temporary files (after `result`)."""
+        self.leakage.close()
+
     def result(self) -> Measured:
         """The figures; the truncation is computed at the configured max_length, else at the
         recommended one (which cuts nothing by construction)."""

@@ -12,9 +12,9 @@ conversation. Two conversations are
 The first conversation seen is kept; later ones are reported with the id they duplicate.
 Everything is deterministic: the MinHash is datasketch's (fixed seed, SHA-1-based hash, not
 Python's salted `hash`), computed in numpy by `core.minhash`, and ties are broken by arrival order. The text itself is not retained:
-the state per kept conversation is a 32-byte digest, its signature (4 bytes × num_perm, one row
-of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays, `BandIndex`): ≈ 0.9 KB
-at 128 permutations, where datasketch's own index took ≈ 6 KB.
+the state per kept conversation is a 32-byte digest (in a bytearray), its signature (4 bytes ×
+num_perm, one row of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays,
+`BandIndex`): ≈ 0.7 KB at 128 permutations, where datasketch's own index took ≈ 6 KB.
 """
 
 from __future__ import annotations
@@ -233,7 +233,9 @@ class BandIndex:
         """Remember `signature` as the next kept index (returned)."""
         index = self._count
         if index == len(self._signatures):
-            grown = np.empty((2 * len(self._signatures), self._signatures.shape[1]), dtype=np.uint32)
+            # ×1.5, not ×2: the slack of a large index is at most a third of it.
+            grown = np.empty((len(self._signatures) + max(64, len(self._signatures) // 2), self._signatures.shape[1]),
+                             dtype=np.uint32)
             grown[:index] = self._signatures
             self._signatures = grown
         self._signatures[index] = signature
@@ -288,7 +290,10 @@ class Deduplicator:
         self._index = BandIndex(bands, rows, num_perm)
         # datasketch's MinHash(num_perm, seed) with its default SHA-1 hash, in numpy.
         self._hasher = MinHasher(num_perm, seed, sha1_hashes)
-        self._exact: dict[bytes, str] = {}
+        # SHA-256 of each indexed conversation's text, by kept index (32 bytes each, back to back):
+        # identical text means identical shingles, so an exact duplicate is always among the LSH
+        # candidates, and its digest is compared there (a dict of digests took ≈ 150 bytes each).
+        self._digests = bytearray()
         self._kept_ids: list[str] = []  # by kept index: arrival order
         self._seen: set[str] = set()
         self._checked = 0
@@ -323,13 +328,13 @@ class Deduplicator:
             return DedupDecision(keep=True)
 
         digest = hashlib.sha256(text.encode()).digest()
-        first = self._exact.get(digest)
-        if first is not None:
-            self._exact_dups += 1
-            return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=first, similarity=1.0)
-
         signature = self._signature_of_words(targets.all_words())
         candidates = self._index.candidate_array(signature)
+        for kept in candidates.tolist():
+            if self._digests[32 * kept : 32 * kept + 32] == digest:  # at most one: a second is never kept
+                self._exact_dups += 1
+                return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=self._kept_ids[kept],
+                                     similarity=1.0)
         similarity = self._index.similarities(candidates, signature)
         close = similarity >= self.threshold
         if close.any():
@@ -339,7 +344,7 @@ class Deduplicator:
             self._near_dups += 1
             return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first], similarity=best)
 
-        self._exact[digest] = cid
+        self._digests += digest
         self._index.insert(signature)
         self._kept_ids.append(cid)
         self._kept += 1

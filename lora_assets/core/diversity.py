@@ -1,20 +1,23 @@
 """Exact distinct-n and sentence-template counts of groups of assistant turns, in a few bytes
 per word (the leakage check's diversity figures, per file and per persona × arc × topic cell).
 
-Words are ids of the caller's vocabulary, word pairs one integer code, sentences template ids;
-a Python set took ≈ 90 bytes per code, and one per cell made a build's memory grow with its
-members.
+Words are ids of the caller's vocabulary, word pairs one integer code, sentences 64-bit template
+hashes counted once at the end (`template_figures`); a Python set took ≈ 90 bytes per code, and
+one per cell made a build's memory grow with its members.
 """
 
 from __future__ import annotations
 
+import struct
+import tempfile
 from array import array
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["NARROW_IDS", "DiversityCounter"]
+__all__ = ["NARROW_IDS", "CellCounters", "DiversityCounter", "TemplateFigures", "template_figures"]
 
 #: Word ids below this fit 16 bits: unigrams are then held as uint16 and bigrams as uint32
 #: (first << 16 | second); a vocabulary that outgrows it widens every counter to 32 / 64 bits.
@@ -72,7 +75,7 @@ class DiversityCounter:
     persona × arc × topic cell): words as ids of the accumulator's vocabulary, word pairs as one
     code (first id, second id), sentences as template ids — exact, and a few bytes each."""
 
-    __slots__ = ("conversations", "tokens", "bigrams_total", "unigrams", "bigrams", "templates")
+    __slots__ = ("conversations", "tokens", "bigrams_total", "unigrams", "bigrams")
 
     def __init__(self, *, wide: bool = False) -> None:
         self.conversations = 0
@@ -80,7 +83,6 @@ class DiversityCounter:
         self.bigrams_total = 0
         self.unigrams = _DistinctCodes(np.uint32 if wide else np.uint16)
         self.bigrams = _DistinctCodes(np.uint64 if wide else np.uint32)
-        self.templates = array("I")  # the template id of every sentence, in order
 
     def add_turns(self, turns: list[np.ndarray], *, wide: bool) -> None:
         """One example's assistant turns, each its word ids (uint32) in order; bigrams never
@@ -105,23 +107,141 @@ class DiversityCounter:
         self.unigrams.widen(lambda codes: codes.astype(np.uint32))
         self.bigrams.widen(_widen_bigrams)
 
-    def figures(self, texts: Mapping[int, str]) -> dict[str, Any]:
-        top: int | None = None
-        top_count = distinct = 0
-        if self.templates:
-            ids, first, counts = np.unique(np.frombuffer(self.templates, dtype=np.uint32), return_index=True,
-                                           return_counts=True)
-            distinct = len(ids)
-            # The most frequent; among equals, the one that occurred first in this group.
-            best = min(np.flatnonzero(counts == counts.max()).tolist(), key=lambda i: first[i])
-            top, top_count = int(ids[best]), int(counts[best])
+    def figures(self, templates: dict[str, Any]) -> dict[str, Any]:
+        """The group's figures, with its template figures (`template_figures`) merged in."""
         return {
             "conversations": self.conversations,
             "assistant_words": self.tokens,
             "distinct_1": round(len(self.unigrams) / self.tokens, 4) if self.tokens else 0.0,
             "distinct_2": round(len(self.bigrams) / self.bigrams_total, 4) if self.bigrams_total else 0.0,
-            "sentences": len(self.templates),
-            "distinct_templates": distinct,
-            "top_template": texts.get(top) if top is not None else None,
-            "top_template_count": top_count,
+            **templates,
         }
+
+
+_RECORD = struct.Struct("<III")  # cell id, word codes, word-pair codes
+
+
+def _pair_codes(turns: list[np.ndarray]) -> np.ndarray:
+    # (first id << 32) | second id, per consecutive pair within a turn: never across turns.
+    pairs = [(ids[:-1].astype(np.uint64) << np.uint64(32)) | ids[1:].astype(np.uint64) for ids in turns if len(ids) > 1]
+    return np.concatenate(pairs) if pairs else np.empty(0, dtype=np.uint64)
+
+
+class CellCounters:
+    """`DiversityCounter` figures (conversations, words, distinct-1, distinct-2) of many groups at
+    once (the persona × arc × topic cells, by cell id), exact, in a few bytes of memory per cell:
+    each example's word ids and word-pair codes go to one of `buckets` temporary files (by cell
+    id) and are counted per cell at the end, one file at a time. Held in memory per cell, the
+    distinct codes grew with the conversations of every cell (≈ 0.6 KB a conversation)."""
+
+    def __init__(self, buckets: int = 16) -> None:
+        self._buckets = buckets
+        self._files: list[IO[bytes]] = []
+        self.conversations = array("q")
+        self.words = array("q")
+        self.pairs = array("q")
+
+    def _grow(self, cell: int) -> None:
+        while len(self.conversations) <= cell:
+            for counts in (self.conversations, self.words, self.pairs):
+                counts.append(0)
+
+    def add(self, cell: int, turns: list[np.ndarray]) -> None:
+        """One example of `cell`: its assistant turns, each its word ids (uint32) in order."""
+        self._grow(cell)
+        self.conversations[cell] += 1
+        words = np.concatenate(turns).astype(np.uint32) if turns else np.empty(0, dtype=np.uint32)
+        pairs = _pair_codes(turns)
+        self.words[cell] += len(words)
+        self.pairs[cell] += len(pairs)
+        if not self._files:
+            self._files = [tempfile.TemporaryFile(prefix="lora-cells-") for _ in range(self._buckets)]
+        out = self._files[cell % self._buckets]
+        out.write(_RECORD.pack(cell, len(words), len(pairs)))
+        out.write(words.tobytes())
+        out.write(pairs.tobytes())
+
+    def figures(self) -> list[dict[str, Any]]:
+        """Per cell id: conversations, assistant_words, distinct_1, distinct_2 (as `DiversityCounter`)."""
+        distinct_words = [0] * len(self.conversations)
+        distinct_pairs = [0] * len(self.conversations)
+        for out in self._files:
+            out.flush()
+            out.seek(0)
+            data = out.read()
+            words: dict[int, list[np.ndarray]] = {}
+            pairs: dict[int, list[np.ndarray]] = {}
+            at = 0
+            while at < len(data):
+                cell, n_words, n_pairs = _RECORD.unpack_from(data, at)
+                at += _RECORD.size
+                words.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint32, count=n_words, offset=at))
+                at += 4 * n_words
+                pairs.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint64, count=n_pairs, offset=at))
+                at += 8 * n_pairs
+            for cell, parts in words.items():
+                distinct_words[cell] = len(np.unique(np.concatenate(parts)))
+            for cell, parts in pairs.items():
+                distinct_pairs[cell] = len(np.unique(np.concatenate(parts)))
+            del data, words, pairs
+        return [{"conversations": self.conversations[c], "assistant_words": self.words[c],
+                 "distinct_1": round(distinct_words[c] / self.words[c], 4) if self.words[c] else 0.0,
+                 "distinct_2": round(distinct_pairs[c] / self.pairs[c], 4) if self.pairs[c] else 0.0}
+                for c in range(len(self.conversations))]
+
+    def close(self) -> None:
+        for out in self._files:
+            out.close()
+        self._files = []
+
+
+@dataclass(frozen=True)
+class TemplateFigures:
+    """Template figures of the whole file and of each cell (by cell id): `sentences`,
+    `distinct_templates`, `top_template` (its text, or None) and `top_template_count`."""
+
+    overall: dict[str, Any]
+    cells: list[dict[str, Any]]
+
+
+def _figures(sentences: int, distinct: int, top: int | None, count: int, texts: dict[int, str]) -> dict[str, Any]:
+    return {"sentences": sentences, "distinct_templates": distinct,
+            "top_template": texts.get(top) if top is not None else None, "top_template_count": count}
+
+
+def template_figures(hashes: np.ndarray, cells: np.ndarray, n_cells: int,
+                     texts: Callable[[set[int]], dict[int, str]]) -> TemplateFigures:
+    """Template figures from every sentence's template hash and cell id, in sentence order (one
+    sort, whatever the number of cells). A group's top template is its most frequent one; among
+    equals, the one that occurs first in the group. Its text is given for a template that occurs
+    twice or more in the file, and for the file's very first template (so an all-distinct corpus
+    still names one); `texts(positions)` reads the text of the templates at those sentence
+    positions."""
+    n = len(hashes)
+    if not n:
+        empty = _figures(0, 0, None, 0, {})
+        return TemplateFigures(dict(empty), [dict(empty) for _ in range(n_cells)])
+    _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    tied = np.flatnonzero(counts == counts.max())
+    top = int(tied[np.argmin(first[tied])])
+    # Runs of one template within one cell: (cell, template, position) order.
+    order = np.lexsort((np.arange(n), inverse, cells))
+    c, u = cells[order], inverse[order]
+    starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (u[1:] != u[:-1])])
+    run_cell, run_template, run_first = c[starts], u[starts], order[starts]
+    run_count = np.diff(np.r_[starts, n])
+    # Each cell's top run: highest count, then earliest first position.
+    ranked = np.lexsort((run_first, -run_count, run_cell))
+    heads = ranked[np.flatnonzero(np.r_[True, run_cell[ranked][1:] != run_cell[ranked][:-1]])]
+    sentences = np.bincount(cells, minlength=n_cells)
+    distinct = np.bincount(run_cell, minlength=n_cells)
+    named = {t for t in [top, *run_template[heads].tolist()] if counts[t] >= 2 or t == inverse[0]}
+    text_at = texts({int(first[t]) for t in named})
+    text = {t: text_at[int(first[t])] for t in named}
+    cell_figures = [_figures(0, 0, None, 0, {}) for _ in range(n_cells)]
+    for head in heads.tolist():
+        cell = int(run_cell[head])
+        cell_figures[cell] = _figures(int(sentences[cell]), int(distinct[cell]), int(run_template[head]),
+                                      int(run_count[head]), text)
+    return TemplateFigures(_figures(n, len(counts), top, int(counts[top]), text), cell_figures)

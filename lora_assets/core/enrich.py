@@ -215,6 +215,12 @@ def enrich_conversation(
     turns = parsed.turns
     user_turns = [t for t in turns if t.role == "user"]
     pairs: list[TrainingPair] = []
+    # The pair models are built with `model_construct`: every value comes from the validated
+    # parsed conversation, the consultant and the scores (clamped to 1-5), so validating them
+    # again (a history turn per earlier turn, per pair) was most of an enrichment's CPU; the
+    # schema has no validators beyond those field types, and enriched.json is validated whole
+    # wherever it is read.
+    history = [HistoryTurn.model_construct(turn_number=t.turn_number, role=t.role, content=t.content) for t in turns]
     for index, turn in enumerate(turns):
         if turn.role != "user":
             continue
@@ -223,20 +229,19 @@ def enrich_conversation(
         criteria = score_response(target, turn.content, turn.emotional_context, consultant)
         score = overall(criteria)
         pairs.append(
-            TrainingPair(
+            TrainingPair.model_construct(
                 id=f"{conversation_id}_turn{turn.turn_number}",
                 conversation_id=conversation_id,
                 turn_number=turn.turn_number,
                 # Each pair owns its metadata: a shared instance would make an edit of one pair edit all.
                 conversation_metadata=pair_metadata.model_copy(),
                 system_prompt=system_prompt,
-                conversation_history=[
-                    HistoryTurn(turn_number=t.turn_number, role=t.role, content=t.content) for t in turns[:index]
-                ],
+                # Each pair its own history turns, for the same reason.
+                conversation_history=[h.model_copy() for h in history[:index]],
                 current_user_input=turn.content,
                 emotional_context=turn.emotional_context,
                 target_response=target,
-                training_metadata=TrainingMetadata(
+                training_metadata=TrainingMetadata.model_construct(
                     difficulty_level=difficulty,
                     key_learning_objective=objective,
                     demonstrates_skills=detect_skills(target),

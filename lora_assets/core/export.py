@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import IO, Any, Literal
 
 import pyarrow as pa
@@ -231,6 +232,97 @@ class ExportStats(BaseModel):
 # --------------------------------------------------------------------------------------------
 # The writer
 
+#: `PARQUET_SCHEMA` columns of a rendered row, in order (`split` is added when it is written).
+_ROW_COLUMNS = tuple(name for name in PARQUET_SCHEMA.names if name != "split")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What one conversation adds to the exports, before its split is known (`ExportWriter.render`):
+    its line per chat format (openai: None when it trains nothing), its Parquet rows without the
+    `split` column, and what it adds to the counts. Picklable: a build spools it to local disk."""
+
+    conversation_id: str
+    pairs: int
+    chars: int
+    assistant_turns: int
+    answered: bool
+    openai_untrained_turns: int
+    lines: dict[str, bytes | None]
+    rows: list[tuple[Any, ...]]
+
+
+def _chat_lines(example: ChatExample, formats: Collection[str], min_trained_quality: float | None
+            ) -> tuple[dict[str, bytes | None], int]:
+    """The example's line in each enabled chat format (openai: None when it would train
+    nothing), and how many of its answers OpenAI would not train."""
+    out: dict[str, bytes | None] = {}
+    untrained = 0
+    # Each message's role and content JSON-encoded once for the three formats; the lines are
+    # byte for byte what `_dumps` makes of `{"messages": …}` / `{"conversations": …}` (tested).
+    roles = [_json_str(m["role"]) for m in example.messages]
+    contents = [_json_str(m["content"]) for m in example.messages]
+    if "messages" in formats:
+        items = ",".join(f'{{"role":{r},"content":{t}}}' for r, t in zip(roles, contents, strict=True))
+        out["messages"] = f'{{"messages":[{items}]}}\n'.encode()
+    if "openai" in formats:
+        weights = openai_weights(example, min_trained_quality)
+        untrained = sum(1 for w in weights if w == 0)
+        if untrained == len(example.assistant_pairs):
+            out["openai"] = None
+        else:
+            items = ",".join(f'{{"role":{r},"content":{t}' + ("}" if w is None else f',"weight":{w}}}')
+                             for r, t, w in zip(roles, contents, weights, strict=True))
+            out["openai"] = f'{{"messages":[{items}]}}\n'.encode()
+    if "sharegpt" in formats:
+        items = ",".join(f'{{"from":{_json_str(_SHAREGPT_FROM[m["role"]])},"value":{t}}}'
+                         for m, t in zip(example.messages, contents, strict=True))
+        out["sharegpt"] = f'{{"conversations":[{items}]}}\n'.encode()
+    return out, untrained
+
+def _rows(conv: EnrichedConversation) -> list[tuple[Any, ...]]:
+    """The conversation's Parquet rows (one per pair, in turn order), every column but `split`."""
+    rows = []
+    turn_json: dict[tuple[int, str, str], str] = {}  # each history turn serialised once per conversation
+    for pair in sorted(conv.training_pairs, key=lambda p: p.turn_number):
+        meta = pair.conversation_metadata
+        parts = []
+        for t in pair.conversation_history:
+            key = (t.turn_number, t.role, t.content)
+            part = turn_json.get(key)
+            if part is None:
+                # What json.dumps(t.model_dump(), compact) writes: its three fields in order.
+                part = turn_json[key] = (f'{{"turn_number":{int(t.turn_number)},"role":{_json_str(t.role)},'
+                                         f'"content":{_json_str(t.content)}}}')
+            parts.append(part)
+        rows.append((pair.id, pair.conversation_id, pair.turn_number, meta.persona_archetype,
+                     meta.emotional_arc_key, meta.training_topic_key, pair.system_prompt,
+                     f"[{','.join(parts)}]", pair.current_user_input, pair.target_response,
+                     pair.training_metadata.quality_score))
+    return rows
+
+
+def render(conv: EnrichedConversation, *, formats: Collection[str] = ("messages", "openai", "sharegpt"),
+           min_trained_quality: float | None = None, parquet: bool = True,
+           conversation_id: str | None = None) -> tuple[Rendered, ChatExample | None]:
+    """Everything `conv` adds to the exports in `formats` (and Parquet), whatever its split
+    (`ExportWriter.write` puts it under one), and its chat example. Raises
+    `ConversationShapeError` for turns that do not form a chat. A build renders its members while
+    it reads them, before the split is known."""
+    cid = conversation_id_of(conv, conversation_id)
+    example = chat_example(conv, cid)
+    lines: dict[str, bytes | None] = {}
+    untrained = 0
+    if example is not None:
+        lines, untrained = _chat_lines(example, formats, min_trained_quality)
+    return Rendered(
+        conversation_id=cid, pairs=len(conv.training_pairs),
+        chars=example.chars if example is not None else 0,
+        assistant_turns=len(example.assistant_pairs) if example is not None else 0,
+        answered=example is not None, openai_untrained_turns=untrained, lines=lines,
+        rows=_rows(conv) if parquet else [],
+    ), example
+
 
 class ExportWriter:
     """Streams every export format at once: call `add(conv, split)` per conversation, then
@@ -288,96 +380,65 @@ class ExportWriter:
         `ConversationShapeError` for turns that do not form a chat, `InvalidSplitError`,
         `MissingExportHandleError`. Nothing is written for a conversation that raises.
         """
+        cid = conversation_id_of(conv, conversation_id)
+        self._check(cid, split)
+        rendered, example = self.render(conv, conversation_id=cid)  # may raise before anything is written
+        self.write(rendered, split)
+        return example
+
+    def _check(self, cid: str, split: str) -> None:
         if self._closed:
             raise RuntimeError("ExportWriter is closed")
         if split not in SPLITS:
             raise InvalidSplitError(f"split {split!r}: must be 'train' or 'validation'")
-        cid = conversation_id_of(conv, conversation_id)
         if cid in self._members:
             raise DuplicateMemberError(cid)
         for fmt in sorted(self._enabled):
-            if self._handles[fmt][split] is None:
+            if self._handles[fmt][split] is None:  # type: ignore[index]
                 raise MissingExportHandleError(
                     f"conversation {cid!r} is in split {split!r} but the {fmt} export has no {split} handle"
                 )
-        example = chat_example(conv, cid)  # may raise before anything is written
-        self._members.add(cid)
+
+    def render(self, conv: EnrichedConversation, *, conversation_id: str | None = None
+               ) -> tuple[Rendered, ChatExample | None]:
+        """`render` for this writer's formats and settings."""
+        return render(conv, formats=self._enabled, min_trained_quality=self._min_q,
+                      parquet=self._parquet is not None, conversation_id=conversation_id)
+
+    def write(self, rendered: Rendered, split: Split) -> None:
+        """Write a rendered conversation under `split` (the same checks and counts as `add`)."""
+        self._check(rendered.conversation_id, split)
+        self._members.add(rendered.conversation_id)
         c = self._counts
         c[f"conversations_{split}"] += 1
-        c[f"pairs_{split}"] += len(conv.training_pairs)
-
-        if example is None:
+        c[f"pairs_{split}"] += rendered.pairs
+        if not rendered.answered:
             c["skipped_without_answer"] += 1
         else:
-            c["assistant_turns"] += len(example.assistant_pairs)
-            c[f"chat_chars_{split}"] += example.chars
-            self._write_chat(example, split)
-
+            c["assistant_turns"] += rendered.assistant_turns
+            c[f"chat_chars_{split}"] += rendered.chars
+            c["openai_untrained_turns"] += rendered.openai_untrained_turns
+            for fmt in ("messages", "openai", "sharegpt"):
+                handle = self._handles[fmt][split]
+                if handle is None or fmt not in rendered.lines:
+                    continue
+                line = rendered.lines[fmt]
+                if line is None:  # openai: every answer below the bar, the example would train nothing
+                    c["openai_skipped_untrainable"] += 1
+                    continue
+                handle.write(line)
+                c[f"{fmt}_{split}"] += 1
         if self._parquet is not None:
-            self._buffer_rows(conv, split)
-        return example
+            self._buffer_rows(rendered.rows, split)
 
-    def _write_chat(self, example: ChatExample, split: Split) -> None:
-        c = self._counts
-        # Each message's role and content JSON-encoded once for the three formats; the lines are
-        # byte for byte what `_dumps` makes of `{"messages": …}` / `{"conversations": …}` (tested).
-        roles = [_json_str(m["role"]) for m in example.messages]
-        contents = [_json_str(m["content"]) for m in example.messages]
-        handle = self._handles["messages"][split]
-        if handle is not None:
-            items = ",".join(f'{{"role":{r},"content":{t}}}' for r, t in zip(roles, contents, strict=True))
-            handle.write(f'{{"messages":[{items}]}}\n'.encode())
-            c[f"messages_{split}"] += 1
-        handle = self._handles["openai"][split]
-        if handle is not None:
-            weights = openai_weights(example, self._min_q)
-            untrained = sum(1 for w in weights if w == 0)
-            c["openai_untrained_turns"] += untrained
-            if untrained == len(example.assistant_pairs):
-                # Every answer below the bar: the example would train nothing, so leave it out.
-                c["openai_skipped_untrainable"] += 1
-            else:
-                items = ",".join(f'{{"role":{r},"content":{t}' + ("}" if w is None else f',"weight":{w}}}')
-                                 for r, t, w in zip(roles, contents, weights, strict=True))
-                handle.write(f'{{"messages":[{items}]}}\n'.encode())
-                c[f"openai_{split}"] += 1
-        handle = self._handles["sharegpt"][split]
-        if handle is not None:
-            items = ",".join(f'{{"from":{_json_str(_SHAREGPT_FROM[m["role"]])},"value":{t}}}'
-                             for m, t in zip(example.messages, contents, strict=True))
-            handle.write(f'{{"conversations":[{items}]}}\n'.encode())
-            c[f"sharegpt_{split}"] += 1
-
-    def _buffer_rows(self, conv: EnrichedConversation, split: Split) -> None:
+    def _buffer_rows(self, rows: list[tuple[Any, ...]], split: Split) -> None:
         cols = self._columns
-        turn_json: dict[tuple[int, str, str], str] = {}  # each history turn serialised once per conversation
-        for pair in sorted(conv.training_pairs, key=lambda p: p.turn_number):
-            meta = pair.conversation_metadata
-            parts = []
-            for t in pair.conversation_history:
-                key = (t.turn_number, t.role, t.content)
-                part = turn_json.get(key)
-                if part is None:
-                    # What json.dumps(t.model_dump(), compact) writes: its three fields in order.
-                    part = turn_json[key] = (f'{{"turn_number":{int(t.turn_number)},"role":{_json_str(t.role)},'
-                                             f'"content":{_json_str(t.content)}}}')
-                parts.append(part)
-            history = f"[{','.join(parts)}]"
-            cols["id"].append(pair.id)
-            cols["conversation_id"].append(pair.conversation_id)
-            cols["turn_number"].append(pair.turn_number)
-            cols["persona_key"].append(meta.persona_archetype)
-            cols["arc_key"].append(meta.emotional_arc_key)
-            cols["topic_key"].append(meta.training_topic_key)
-            cols["system_prompt"].append(pair.system_prompt)
-            cols["history_json"].append(history)
-            cols["input"].append(pair.current_user_input)
-            cols["target"].append(pair.target_response)
-            cols["quality_score"].append(pair.training_metadata.quality_score)
+        for row in rows:
+            for name, value in zip(_ROW_COLUMNS, row, strict=True):
+                cols[name].append(value)
             cols["split"].append(split)
-            self._buffered_bytes += (
-                len(pair.system_prompt) + len(history) + len(pair.current_user_input) + len(pair.target_response or "")
-            )
+            # system_prompt + history + input + target
+            self._buffered_bytes += len(row[6]) + len(row[7]) + len(row[8]) + len(row[9] or "")
         if len(cols["id"]) >= self._rg_rows or self._buffered_bytes >= self._rg_bytes:
             self._flush_rows()
 

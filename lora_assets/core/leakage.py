@@ -27,18 +27,21 @@ learns from: the assistant turns.
   fill-in-the-blanks copy of another; the most repeated template is reported with its count.
 
 `LeakageStats` is a streaming accumulator (`add(messages, split, …)` per example in any order,
-`result()` at the end). It keeps hashes, MinHash sketches and word ids (the distinct words once,
-as the vocabulary), never the text, except the text of templates that occur more than once (so
-the top one can be shown).
+`result()` at the end). It keeps hashes and word ids (the distinct words once, as the vocabulary)
+in flat arrays, a few bytes per sentence and turn, never the text: the train turns' MinHash
+sketches and the templates' text go to a temporary file (read back once in `result`, the text
+only of the templates a report names).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,7 +51,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from lora_assets.core.aggregate import LEGACY_KEY
 from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words
 from lora_assets.core.minhash import MinHasher, crc32_hashes
-from lora_assets.core.diversity import NARROW_IDS, DiversityCounter
+from lora_assets.core.diversity import NARROW_IDS, CellCounters, DiversityCounter, template_figures
 
 Split = Literal["train", "validation"]
 
@@ -319,6 +322,18 @@ class ExampleMeasure:
     short_turns: int
 
 
+class _Spool:
+    """The temporary files of a `LeakageStats`: train signatures and template texts, appended."""
+
+    def __init__(self) -> None:
+        self.signatures = tempfile.TemporaryFile(prefix="lora-leakage-")
+        self.templates = tempfile.TemporaryFile(prefix="lora-templates-")
+
+    def close(self) -> None:
+        self.signatures.close()
+        self.templates.close()
+
+
 class LeakageStats:
     """Streaming leakage and diversity accumulator: `add(messages, split, conversation_id=…,
     cell=(persona, arc, topic))` per example, in any order of splits; `result()` at the end."""
@@ -346,11 +361,17 @@ class LeakageStats:
         self._hasher = MinHasher(num_perm, seed, crc32_hashes)
         if num_perm % _BAND_ROWS:
             raise ValueError(f"num_perm {num_perm!r} must be a multiple of {_BAND_ROWS}")
-        # Train signatures back to back (num_perm uint32 each: 256 bytes a turn at 64): the LSH
-        # index is built over the much smaller validation side in `result`, and train scanned.
-        self._train_signatures = array("I")
+        # Train signatures back to back (num_perm uint32 each: 256 bytes a turn at 64) in a temporary
+        # file: the LSH index is built over the much smaller validation side in `result`, and the
+        # train side is read back block by block, so it takes no memory however large the file.
+        self._spool: _Spool | None = None
+        self._train_turns = 0
         self._train_turn_owner: list[str] = []
-        self._validation_turns: list[tuple[str, int, bytes, np.ndarray]] = []
+        # Validation turns: owner, 1-based turn index, digest (16 bytes each), signature.
+        self._validation_owner: list[str] = []
+        self._validation_turn = array("I")
+        self._validation_digests = bytearray()
+        self._validation_signatures = array("I")
         # Train sentence digests and train turn digests (aligned with `_train_turn_owner`) back to
         # back, 16 bytes each: a set of bytes objects took ≈ 90 bytes a digest, most of a build's
         # memory per member. Looked up once, in `result`.
@@ -362,12 +383,26 @@ class LeakageStats:
         self._overall = DiversityCounter()
         self._vocabulary: dict[str, int] = {}
         self._wide = False  # see `NARROW_IDS`
-        self._cells: dict[tuple[str, str, str], DiversityCounter] = {}
-        # Template digest → id (in order of first occurrence), and each id's count in the file.
-        self._template_ids: dict[bytes, int] = {}
-        self._template_counts = array("I")
-        self._template_texts: dict[int, str] = {}
-        self._first_template: tuple[int, str] | None = None
+        self._cell_index: dict[tuple[str, str, str], int] = {}
+        self._cells = CellCounters()
+        # Every sentence's template, in order: its 64-bit hash and its cell; its text goes to the
+        # spool (`_template_lengths` say where), so memory is 12 bytes a sentence, not a dict entry
+        # per distinct template.
+        self._template_hashes = array("Q")
+        self._template_cells = array("I")
+        self._template_lengths = array("I")
+
+    def _files(self) -> _Spool:
+        if self._spool is None:
+            self._spool = _Spool()
+        return self._spool
+
+    def close(self) -> None:
+        """Remove the temporary files now (they go when the accumulator is collected anyway)."""
+        self._cells.close()
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def add(
         self,
@@ -390,10 +425,7 @@ class LeakageStats:
         recorded in the order they were measured. `known`: raw answer → (normalised, words) for
         answers the caller has normalised already (`dedup.TargetTexts.known`)."""
         key = _cell_key(cell)
-        group = self._cells.get(key)
-        if group is None:
-            group = self._cells[key] = DiversityCounter(wide=self._wide)
-        group.conversations += 1
+        cell_id = self._cell_index.setdefault(key, len(self._cell_index))
         self._overall.conversations += 1
 
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
@@ -412,7 +444,7 @@ class LeakageStats:
                 text, words = done
             turn_ids.append(self._word_ids(words))
             for sentence in split_sentences(content):
-                self._add_template(sentence, group)
+                self._add_template(sentence, cell_id)
                 normalised = normalise_text(sentence)
                 if len(_WORD.findall(normalised)) >= self.min_sentence_words:
                     sentences.append(_digest(normalised))
@@ -425,11 +457,10 @@ class LeakageStats:
         # Every compared turn of the example in one numpy pass.
         signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
         if not self._wide and len(self._vocabulary) > NARROW_IDS:
-            for counter in (self._overall, *self._cells.values()):
-                counter.widen()
+            self._overall.widen()
             self._wide = True
         self._overall.add_turns(turn_ids, wide=self._wide)
-        group.add_turns(turn_ids, wide=self._wide)
+        self._cells.add(cell_id, turn_ids)
         return ExampleMeasure(b"".join(sentences), compared, signatures, short)
 
     def record(self, measured: ExampleMeasure, split: Split, *, conversation_id: str) -> None:
@@ -438,16 +469,20 @@ class LeakageStats:
         self._examples[split] += 1
         if split == "train":
             self._train_sentences += measured.sentences
+            if measured.turns:
+                self._files().signatures.write(np.ascontiguousarray(measured.signatures, dtype=np.uint32).tobytes())
+            for _, digest in measured.turns:
+                self._train_turn_digests += digest
+                self._train_turn_owner.append(conversation_id)
+            self._train_turns += len(measured.turns)
         else:
             self._validation_sentences += measured.sentences
             self._short_turns += measured.short_turns
-        for (turn_index, digest), signature in zip(measured.turns, measured.signatures, strict=True):
-            if split == "train":
-                self._train_turn_digests += digest
-                self._train_signatures.frombytes(signature.tobytes())
-                self._train_turn_owner.append(conversation_id)
-            else:
-                self._validation_turns.append((conversation_id, turn_index, digest, signature))
+            for (turn_index, digest), signature in zip(measured.turns, measured.signatures, strict=True):
+                self._validation_owner.append(conversation_id)
+                self._validation_turn.append(turn_index)
+                self._validation_digests += digest
+                self._validation_signatures.frombytes(np.ascontiguousarray(signature, dtype=np.uint32).tobytes())
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
@@ -459,21 +494,24 @@ class LeakageStats:
                     ids[i] = vocabulary.setdefault(word, len(vocabulary))
         return np.array(ids, dtype=np.uint32)
 
-    def _add_template(self, sentence: str, group: DiversityCounter) -> None:
+    def _add_template(self, sentence: str, cell_id: int) -> None:
         template = mask_template(sentence)
-        template_id = self._template_ids.setdefault(_digest(template), len(self._template_ids))
-        if template_id == len(self._template_counts):
-            self._template_counts.append(0)
-        self._template_counts[template_id] += 1
-        count = self._template_counts[template_id]
-        self._overall.templates.append(template_id)
-        group.templates.append(template_id)
-        # Text is kept only for templates seen twice or more (plus the very first one, so an
-        # all-distinct corpus still names one): memory follows repetition, not corpus size.
-        if count == 2:
-            self._template_texts[template_id] = template
-        if self._first_template is None:
-            self._first_template = (template_id, template)
+        encoded = template.encode()
+        self._template_hashes.append(int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little"))
+        self._template_cells.append(cell_id)
+        self._template_lengths.append(len(encoded))
+        self._files().templates.write(encoded)
+
+    def _template_texts(self, wanted: set[int]) -> dict[int, str]:
+        """The text of the templates at sentence positions `wanted` (read back from the spool)."""
+        if not wanted:
+            return {}
+        ends = np.cumsum(np.frombuffer(self._template_lengths, dtype=np.uint32), dtype=np.int64)
+        spool = self._files()
+        spool.templates.flush()
+        fd = spool.templates.fileno()
+        return {int(i): os.pread(fd, int(self._template_lengths[i]), int(ends[i]) - int(self._template_lengths[i])).decode()
+                for i in wanted}
 
     def _near_matches(self) -> dict[int, tuple[float, int]]:
         """Validation turn index → (similarity, train turn index) of its most similar train turn
@@ -484,16 +522,14 @@ class LeakageStats:
         with p ≈ 0.12; the signature comparison then decides. The index holds the validation
         turns; every train signature is looked up once.
         """
-        if not self._validation_turns or not self._train_signatures:
+        if not self._validation_owner or not self._train_turns:
             return {}
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
-        for *_, signature in self._validation_turns:
+        validation = np.array(self._validation_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
+        for signature in validation:
             index.insert(signature)
-        validation = np.stack([signature for *_, signature in self._validation_turns])
-        train = np.frombuffer(self._train_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (validation turn, similarity, train turn)
-        for start in range(0, len(train), _QUERY_BLOCK):
-            block = train[start : start + _QUERY_BLOCK]
+        for start, block in self._train_blocks():
             rows, candidates = index.pairs(block)
             similarity = np.count_nonzero(validation[candidates] == block[rows], axis=1) / self.num_perm
             close = similarity >= self.near_duplicate_jaccard
@@ -505,6 +541,17 @@ class LeakageStats:
         order = np.lexsort((owner, -similarity, turn))
         firsts = order[np.flatnonzero(np.r_[True, np.diff(turn[order]) != 0])] if len(order) else order
         return {int(turn[i]): (float(similarity[i]), int(owner[i])) for i in firsts}
+
+    def _train_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first train turn, their signatures) `_QUERY_BLOCK` train turns at a time, from the spool."""
+        spool = self._files()
+        spool.signatures.flush()
+        fd = spool.signatures.fileno()
+        row = self.num_perm * 4
+        for start in range(0, self._train_turns, _QUERY_BLOCK):
+            rows = min(_QUERY_BLOCK, self._train_turns - start)
+            data = os.pread(fd, rows * row, start * row)
+            yield start, np.frombuffer(data, dtype=np.uint32).reshape(rows, self.num_perm)
 
     def _first_train_owners(self, wanted: set[bytes]) -> dict[bytes, str]:
         """Of the turn digests `wanted`, those some train turn has → the conversation of the first
@@ -523,8 +570,10 @@ class LeakageStats:
         exact_examples: list[DuplicateTurn] = []
         near_examples: list[DuplicateTurn] = []
         best_match = self._near_matches()
-        train_owner = self._first_train_owners({digest for _, _, digest, _ in self._validation_turns})
-        for index, (cid, turn, digest, _) in enumerate(self._validation_turns):
+        digests = [bytes(self._validation_digests[16 * i : 16 * i + 16]) for i in range(len(self._validation_owner))]
+        train_owner = self._first_train_owners(set(digests))
+        for index, (cid, turn, digest) in enumerate(zip(self._validation_owner, self._validation_turn, digests,
+                                                        strict=True)):
             owner = train_owner.get(digest)
             if owner is not None:
                 exact += 1
@@ -548,9 +597,11 @@ class LeakageStats:
             train = np.unique(np.frombuffer(bytes(self._train_sentences), dtype=_DIGEST_DTYPE))
             asked = np.frombuffer(bytes(self._validation_sentences), dtype=_DIGEST_DTYPE)
             verbatim = int(np.count_nonzero(np.isin(asked, train)))
-        texts = dict(self._template_texts)
-        if self._first_template is not None:
-            texts.setdefault(*self._first_template)
+        templates = template_figures(np.array(self._template_hashes, dtype=np.uint64),
+                                     np.array(self._template_cells, dtype=np.uint32), len(self._cell_index),
+                                     self._template_texts)
+        cell_ids = self._cell_index
+        cell_figures = self._cells.figures()
         return LeakageReport(
             train_examples=self._examples["train"],
             validation_examples=self._examples["validation"],
@@ -559,7 +610,7 @@ class LeakageStats:
             overlap=Overlap(
                 validation_sentences=len(self._validation_sentences) // 16,
                 verbatim_sentences=verbatim,
-                validation_turns=len(self._validation_turns),
+                validation_turns=len(self._validation_owner),
                 short_turns_skipped=self._short_turns,
                 exact_duplicate_turns=exact,
                 near_duplicate_turns=near,
@@ -567,9 +618,9 @@ class LeakageStats:
                 exact_examples=exact_examples,
                 near_examples=near_examples,
             ),
-            diversity=Diversity(**self._overall.figures(texts)),
+            diversity=Diversity(**self._overall.figures(templates.overall)),
             cells=[
-                CellDiversity(persona=p, arc=a, topic=t, **group.figures(texts))
-                for (p, a, t), group in sorted(self._cells.items())
+                CellDiversity(persona=p, arc=a, topic=t, **cell_figures[cell], **templates.cells[cell])
+                for (p, a, t), cell in sorted(cell_ids.items())
             ],
         )

@@ -316,8 +316,10 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"[\w'’-]+", re.U)
 
 
+@functools.lru_cache(maxsize=256)
 def _round1(value: float) -> float:
-    """Round half-up to one decimal (Python's round() is half-even and float-fragile)."""
+    """Round half-up to one decimal (Python's round() is half-even and float-fragile). Scores take
+    few distinct values, so the Decimal arithmetic runs once per value."""
     return float(Decimal(str(value)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
 
 
@@ -325,9 +327,25 @@ def _clamp(value: float, low: float = 1.0, high: float = 5.0) -> float:
     return _round1(min(high, max(low, value)))
 
 
+# Scoring runs on every pair of every batch, and one response meets the same tests several times
+# (an acknowledgement counts for empathy, for a brand-voice technique and as a skill): what is
+# derived from a text is kept for the few texts scored last. Texts are hashed once per object.
+_PER_TEXT = 64
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
 def _norm(text: str) -> str:
     # Curly apostrophes are common in model output; match them like straight ones.
     return text.lower().replace("’", "'")
+
+
+_TOKEN = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _tokens(text: str) -> frozenset[str]:
+    """The whole words (`\\w+` runs) of `text`."""
+    return frozenset(_TOKEN.findall(text))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -337,26 +355,114 @@ def _phrase_re(phrase: str) -> re.Pattern[str]:
 
 def _occurs(phrase: str, text: str) -> bool:
     # The substring test is a cheap C prefilter: most phrases are absent, so the word-boundary
-    # regex runs only for the few that might match (same result, ~10x faster scoring).
+    # regex runs only for the few that might match.
     return phrase in text and _phrase_re(phrase).search(text) is not None
+
+
+class _PhraseIndex:
+    """Every phrase of the word lists above, indexed by its first word. A phrase that starts with
+    a word character can only occur (`(?<!\\w)phrase(?!\\w)`) where its first `\\w+` run is a
+    whole word of the text, so one set intersection with the text's words (`_tokens`) leaves the
+    few phrases worth matching, and each is matched once per text whatever the lists it is in
+    (`_found`): the same answers as trying every phrase of every list."""
+
+    def __init__(self, lists: tuple[tuple[str, ...], ...]) -> None:
+        phrases = list(dict.fromkeys(p for phrase_list in lists for p in phrase_list))
+        self.by_first: dict[str, list[str]] = {}
+        self.unindexed: list[str] = []  # phrases not starting with a word character: always tried
+        for phrase in phrases:
+            first = _TOKEN.match(phrase)
+            if first is None:
+                self.unindexed.append(phrase)
+            else:
+                self.by_first.setdefault(first.group(), []).append(phrase)
+        self.firsts = frozenset(self.by_first)
+        # id of a list → (the list, its phrases as a set, whether it has no repeats)
+        self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
+
+    def known(self, phrases: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
+        entry = self.lists.get(id(phrases))
+        return entry if entry is not None and entry[0] is phrases else None
+
+
+def _lists() -> tuple[tuple[str, ...], ...]:
+    return (ACKNOWLEDGEMENTS, NORMALISING, DISMISSIVE, EXPLAINERS, JARGON, GUARANTEES, SHAMING, CAVEATS,
+            PERMISSION, CELEBRATION, METAPHOR, PLATITUDES, ASSUMPTIONS)
+
+
+_INDEX: _PhraseIndex | None = None
+
+
+def _index() -> _PhraseIndex:
+    global _INDEX
+    if _INDEX is None:
+        _INDEX = _PhraseIndex(_lists())
+    return _INDEX
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _found(text: str) -> frozenset[str]:
+    """The phrases of the word lists that occur in `text`."""
+    index = _index()
+    hits = {p for word in index.firsts.intersection(_tokens(text)) for p in index.by_first[word] if _occurs(p, text)}
+    hits.update(p for p in index.unindexed if _occurs(p, text))
+    return frozenset(hits)
 
 
 def _count(text: str, phrases: Iterable[str]) -> int:
     """How many of `phrases` occur in `text` (word-boundary match, each phrase counted once)."""
+    known = _index().known(phrases)
+    if known is not None:
+        listed, members, distinct = known
+        found = _found(text)
+        return len(found & members) if distinct else sum(1 for p in listed if p in found)
     return sum(1 for p in phrases if _occurs(p, text))
 
 
 def _has(text: str, phrases: Iterable[str]) -> bool:
-    # Stops at the first phrase found (scoring runs on every pair of every batch).
+    known = _index().known(phrases)
+    if known is not None:
+        return not _found(text).isdisjoint(known[1])
     return any(_occurs(p, text) for p in phrases)
 
 
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _sentence_tuple(text: str) -> tuple[str, ...]:
+    return tuple(s for s in (part.strip() for part in _SENTENCE_SPLIT.split(text)) if _WORD.search(s))
+
+
 def _sentences(text: str) -> list[str]:
-    return [s for s in (part.strip() for part in _SENTENCE_SPLIT.split(text)) if _WORD.search(s)]
+    return list(_sentence_tuple(text))
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _word_tuple(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text))
 
 
 def _words(text: str) -> list[str]:
-    return _WORD.findall(text)
+    return list(_word_tuple(text))
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _has_steps(response: str) -> bool:
+    return bool(_STEP_LINE.search(response) or _STEP_WORDS.search(response))
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _has_number(response: str) -> bool:
+    return bool(_NUMBER.search(response))
+
+
+def _is_word(stem: str) -> bool:
+    return _TOKEN.fullmatch(stem) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _feeling_stems(user: str) -> frozenset[str]:
+    """The `FEELING_STEMS` the (normalised) client text uses at the start of a word."""
+    words = _tokens(user)
+    return frozenset(stem for stem in FEELING_STEMS if stem in user and any(w.startswith(stem) for w in words))
 
 
 def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> set[str]:
@@ -369,18 +475,33 @@ def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) 
                     # Dropping up to 3 letters (never below 4) tolerates inflection:
                     # "anxious" ~ "anxiety", "overwhelmed" ~ "overwhelming", "confusion" ~ "confused".
                     stems.add(word[: max(4, len(word) - 3)])
-    user = _norm(user_input)
-    stems.update(stem for stem in FEELING_STEMS if _mentions_stem(user, {stem}))
+    stems.update(_feeling_stems(_norm(user_input)))
     return stems
 
 
 def _mentions_stem(text: str, stems: set[str]) -> bool:
-    return any(stem in text and _stem_re(stem).search(text) is not None for stem in stems)
+    # A stem of word characters occurs at a word start (`(?<!\w)stem`) exactly when some whole
+    # word of the text starts with it; other stems (with "-" or "'") take the regex.
+    words: frozenset[str] | None = None
+    for stem in stems:
+        if stem not in text:
+            continue
+        if _is_word(stem):
+            if words is None:
+                words = _tokens(text)
+            if any(w.startswith(stem) for w in words):
+                return True
+        elif _stem_re(stem).search(text) is not None:
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=4096)
 def _stem_re(stem: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(stem)}")
+
+
+_YOU = re.compile(r"\byour?\b")
 
 
 def empathy_score(response: str, user_input: str, emotional_context: EmotionalContext | None) -> float:
@@ -397,7 +518,7 @@ def empathy_score(response: str, user_input: str, emotional_context: EmotionalCo
         score += 1.0
     if _has(text, NORMALISING):
         score += 0.5
-    if len(re.findall(r"\byour?\b", text)) >= 2:
+    if len(_YOU.findall(text)) >= 2:
         score += 0.5
     if "?" in text:
         score += 0.5
@@ -407,8 +528,8 @@ def empathy_score(response: str, user_input: str, emotional_context: EmotionalCo
 
 def jargon_terms(text: str) -> list[str]:
     """The jargon terms of `JARGON` that occur in `text`."""
-    norm = _norm(text)
-    return [term for term in JARGON if _occurs(term, norm)]
+    found = _found(_norm(text))
+    return [term for term in JARGON if term in found]
 
 
 def clarity_score(response: str) -> float:
@@ -425,9 +546,9 @@ def clarity_score(response: str) -> float:
             score -= 1.0
         elif mean_length > 25:
             score -= 0.5
-    if _NUMBER.search(response):
+    if _has_number(response):
         score += 0.5
-    if _STEP_LINE.search(response) or _STEP_WORDS.search(response):
+    if _has_steps(response):
         score += 0.5
     if _has(text, EXPLAINERS):
         score += 0.25
@@ -461,12 +582,12 @@ _Detector = Callable[[str, str], bool]  # (normalised response, original respons
 _TECHNIQUE_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
     (("emotion", "feeling", "acknowledg", "validat", "empath"), lambda t, _: _has(t, ACKNOWLEDGEMENTS)),
     (("metaphor", "stor", "analog", "example"), lambda t, _: _has(t, METAPHOR)),
-    (("number", "specific", "concrete", "figure"), lambda _, r: bool(_NUMBER.search(r))),
+    (("number", "specific", "concrete", "figure"), lambda _, r: _has_number(r)),
     (("permission",), lambda t, _: _has(t, PERMISSION)),
     (("celebrat", "progress", "win", "praise", "encourag"), lambda t, _: _has(t, CELEBRATION)),
     (("normaliz", "normalis"), lambda t, _: _has(t, NORMALISING)),
     (("question", "curious", "ask"), lambda t, _: "?" in t),
-    (("step", "plan", "action"), lambda _, r: bool(_STEP_LINE.search(r) or _STEP_WORDS.search(r))),
+    (("step", "plan", "action"), lambda _, r: _has_steps(r)),
     (("educat", "teach", "explain", "why"), lambda t, _: _has(t, EXPLAINERS) or " because " in t),
 )
 
@@ -564,8 +685,8 @@ _SKILLS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
     ("permission_asking", lambda t, _: _has(t, PERMISSION)),
     ("metaphor_or_story", lambda t, _: _has(t, METAPHOR)),
     ("concept_explanation", lambda t, _: _has(t, EXPLAINERS) or " because " in t),
-    ("specific_numbers", lambda _, r: bool(_NUMBER.search(r))),
-    ("actionable_steps", lambda _, r: bool(_STEP_LINE.search(r) or _STEP_WORDS.search(r))),
+    ("specific_numbers", lambda _, r: _has_number(r)),
+    ("actionable_steps", lambda _, r: _has_steps(r)),
     ("celebrating_progress", lambda t, _: _has(t, CELEBRATION)),
     ("open_questions", lambda t, _: "?" in t),
     ("appropriate_caveats", lambda t, _: _has(t, CAVEATS)),

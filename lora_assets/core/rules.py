@@ -13,6 +13,7 @@ Each rule returns `Problem`s whose text reads as a sentence ("training_pairs[2]
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,9 +63,11 @@ class Problem:
         return f"{self.where} {self.message}"
 
 
+@functools.lru_cache(maxsize=1024)
 def is_readable_text(s: str | None) -> bool:
     """True for prose; False for empty text, "[object Object]", braces or Python/JSON reprs
-    ("{'age': 37}", "['a', 'b']"), or a part that is just undefined/null/None."""
+    ("{'age': 37}", "['a', 'b']"), or a part that is just undefined/null/None. (Cached: a
+    conversation's pairs, and a persona's conversations, repeat the same client background.)"""
     if s is None or not s.strip():
         return False
     if _UNREADABLE.search(s):

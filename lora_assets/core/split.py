@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from lora_assets.core.aggregate import DuplicateMemberError, MemberSummary
@@ -126,6 +128,49 @@ def duplicate_groups(ids: Iterable[str], keys: Mapping[str, Iterable[bytes]]) ->
     return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
 
 
+class SharedTurns:
+    """Members' turn digests (`turn_keys`) by member position, flat: 20 bytes a digest, where a
+    dict of frozensets of bytes took ≈ 250 bytes a member. `grouped_split(keys=…)` takes it as it
+    takes a mapping of ids to digests, with positions into its `members`."""
+
+    def __init__(self) -> None:
+        self._owners = array("I")
+        self._digests = bytearray()
+
+    def add(self, position: int, digests: Iterable[bytes]) -> None:
+        """The digests of member `position` (16 bytes each)."""
+        for digest in digests:
+            if len(digest) != 16:
+                raise ValueError(f"a turn digest is 16 bytes, not {len(digest)}")
+            self._owners.append(position)
+            self._digests += digest
+
+    def groups(self, count: int) -> list[list[int]]:
+        """Positions 0..count-1 as groups: positions sharing a digest are in one, transitively."""
+        parent = list(range(count))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        if self._owners:
+            owners = np.array(self._owners, dtype=np.int64)
+            halves = np.frombuffer(bytes(self._digests), dtype="<u8").reshape(-1, 2)
+            order = np.lexsort((halves[:, 1], halves[:, 0]))
+            sorted_halves, sorted_owners = halves[order], owners[order]
+            same = (sorted_halves[1:] == sorted_halves[:-1]).all(axis=1)
+            for a, b in zip(sorted_owners[:-1][same].tolist(), sorted_owners[1:][same].tolist(), strict=True):
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for position in range(count):
+            groups[find(position)].append(position)
+        return list(groups.values())
+
+
 class SplitReport(BaseModel):
     """What duplicate grouping did to the split, for the card and the version row."""
 
@@ -169,10 +214,11 @@ def grouped_split(
     *,
     validation_fraction: float = 0.1,
     seed: int = 0,
-    keys: Mapping[str, Iterable[bytes]] | None = None,
+    keys: Mapping[str, Iterable[bytes]] | SharedTurns | None = None,
 ) -> SplitResult:
     """The split of `members` (see the module docstring) with its `SplitReport`. `keys` maps a
-    conversation id to its turn digests (`turn_keys`); members absent from it share nothing.
+    conversation id to its turn digests (`turn_keys`), or holds them by position in `members`
+    (`SharedTurns`); members absent from it share nothing.
     Raises `DuplicateMemberError` for an id listed twice and `SplitFractionError` for a fraction
     outside [0, 1)."""
     total = len(members)
@@ -180,11 +226,13 @@ def grouped_split(
 
     strata: dict[Stratum, int] = defaultdict(int)
     stratum_by_id: dict[str, Stratum] = {}
+    shared: dict[Stratum, Stratum] = {}  # one tuple per stratum, not one per member
     for member in members:
         if member.conversation_id in stratum_by_id:
             raise DuplicateMemberError(member.conversation_id)
-        stratum_by_id[member.conversation_id] = stratum_of(member)
-        strata[stratum_of(member)] += 1
+        stratum = shared.setdefault(stratum_of(member), stratum_of(member))
+        stratum_by_id[member.conversation_id] = stratum
+        strata[stratum] += 1
 
     # Largest remainder: floor of each quota first, then one more place to the strata with the
     # biggest fractional parts until the total is reached.
@@ -199,7 +247,11 @@ def grouped_split(
     for _, _, stratum in remainders[:missing]:
         quotas[stratum] += 1
 
-    groups = duplicate_groups(stratum_by_id, keys or {})
+    if isinstance(keys, SharedTurns):
+        ids = list(stratum_by_id)  # in the order of `members`
+        groups = sorted((sorted(ids[i] for i in g) for g in keys.groups(len(ids))), key=lambda g: g[0])
+    else:
+        groups = duplicate_groups(stratum_by_id, keys or {})
     # A group's place in the seeded order is that of its first-ranked member, so a singleton sorts
     # exactly as the conversation itself would.
     ordered = sorted(groups, key=lambda g: min((_rank(seed, cid), cid) for cid in g))

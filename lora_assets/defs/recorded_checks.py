@@ -8,17 +8,21 @@ file written by another run (an earlier partial run, or one tampered with since)
 and its record refreshed, so a check run alone still judges the files as they are now.
 """
 
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
+import sqlalchemy as sa
 from dagster import AssetCheckResult
 from sqlalchemy.engine import Engine
 
 from lora_assets.defs.report import conversation_check_result
 from lora_assets.defs.resources import BlobStoreResource
-from lora_assets.store.conversations import iter_batch_conversations, update_conversations
-from lora_assets.store.scaffolding import resolve_conversations
-from lora_assets.store.blobs import BlobStore, batched, bounded_map, release_freed_memory
+from lora_assets.store import tables as t
+from lora_assets.store.conversations import iter_batch_conversations, light_columns, update_conversations
+from lora_assets.store.scaffolding import RESOLVE_COLUMNS, ScaffoldingResolver, snapshot_flag
+from lora_assets.store.blobs import BlobStore, bounded_map, release_freed_memory
 
 #: check name -> rule(document, row's scaffolding or None) -> problems (stringified on record).
 Rules = Mapping[str, Callable[[Any, Any], list[Any]]]
@@ -33,6 +37,13 @@ def findings(rules: Rules, document: Any, scaffolding: Any, run_id: str) -> dict
 def unreadable(run_id: str, rules: Rules, message: str) -> dict[str, Any]:
     """The record of a file that could not be read: every check names the reason."""
     return {"run_id": run_id, "problems": {name: [message] for name in rules}}
+
+
+def _filtered(batch_id: str, row_filter: dict[str, Any]) -> list[sa.ColumnElement[bool]]:
+    c = t.conversations
+    return [c.c.batch_job_id == batch_id, *(
+        c.c[col].in_(value) if isinstance(value, (list, tuple, set)) else c.c[col] == value
+        for col, value in row_filter.items())]
 
 
 def verify(
@@ -53,31 +64,49 @@ def verify(
 ) -> AssetCheckResult:
     """Result of `check_name` over the partition's conversations matching `row_filter`: from the
     records this run made, and for every other row from its file (`path_column`), read again
-    through the blob pool and its record (`column`) refreshed."""
+    through the blob pool and its record (`column`) refreshed.
+
+    The database does the sorting: a count of the rows, the rows whose record another run made
+    (or none: read again), and the rows whose record names problems of this check. In the run
+    that wrote the records the last two are empty, so a check costs a few queries however large
+    the partition."""
+    c = t.conversations
+    record = c.c[column]
+    recorded_run = record["run_id"].as_string()
+    # The JSON text of the check's problem list: "[]" when the record found none.
+    found = record[("problems", check_name)].as_string()
+    conditions = _filtered(batch_id, row_filter)
+    with engine.connect() as conn:
+        checked = conn.execute(sa.select(sa.func.count()).select_from(c).where(*conditions)).scalar_one()
     problems: dict[str, list[str]] = {}
-    checked = reread = 0
+    fresh: set[str] = set()
     store = blobs.store()
+    stale = sa.or_(recorded_run.is_(None), recorded_run != run_id, found.is_(None))
+    needed = [path_column, *(RESOLVE_COLUMNS if scaffolding else ()), *([snapshot_flag()] if scaffolding else [])]
+    resolver = ScaffoldingResolver()
     with blobs.pool() as pool:
-        for page in iter_batch_conversations(engine, batch_id, **row_filter):
-            stale = [r for r in page if (r[column] or {}).get("run_id") != run_id]
-            fresh = _reread(engine, store, pool, stale, run_id, column, path_column, load, what, rules, scaffolding,
-                            2 * blobs.concurrency)
-            reread += len(stale)
-            for row in page:
-                record = fresh.get(row["id"]) or row[column]
-                checked += 1
-                if found := record["problems"].get(check_name):
-                    problems[row["id"]] = found
-    return conversation_check_result(problems, checked, summary, extra={"read_again_from_storage": reread})
+        for page in iter_batch_conversations(engine, batch_id, columns=needed, where=stale, **row_filter):
+            records = _reread(engine, store, pool, page, run_id, column, path_column, load, what, rules,
+                              resolver if scaffolding else None, 2 * blobs.concurrency)
+            for cid, rec in records.items():
+                fresh.add(cid)
+                if found_here := rec["problems"].get(check_name):
+                    problems[cid] = found_here
+    has_problems = sa.and_(found.is_not(None), found != "[]")
+    for page in iter_batch_conversations(engine, batch_id, columns=[column], where=has_problems, **row_filter):
+        for row in page:
+            if row["id"] not in fresh and (listed := (row[column] or {}).get("problems", {}).get(check_name)):
+                problems[row["id"]] = listed
+    return conversation_check_result(problems, checked, summary, extra={"read_again_from_storage": len(fresh)})
 
 
 def _reread(engine: Engine, store: BlobStore, pool: Any, rows: list[dict[str, Any]], run_id: str, column: str,
-            path_column: str, load: Callable[[bytes], Any], what: str, rules: Rules, scaffolding: bool,
-            window: int) -> dict[str, dict[str, Any]]:
+            path_column: str, load: Callable[[bytes], Any], what: str, rules: Rules,
+            resolver: ScaffoldingResolver | None, window: int) -> dict[str, dict[str, Any]]:
     if not rows:
         return {}
     with engine.connect() as conn:
-        resolved = resolve_conversations(conn, rows) if scaffolding else {}
+        resolved = resolver.resolve(conn, rows) if resolver is not None else {}
     records: dict[str, dict[str, Any]] = {}
     for row, data in bounded_map(pool, lambda r: store.get_bytes(r[path_column]), rows, window):
         try:
@@ -93,7 +122,7 @@ def _reread(engine: Engine, store: BlobStore, pool: Any, rows: list[dict[str, An
     return records
 
 
-#: Conversations per DB transaction (and per wait for their writes).
+#: Conversations per DB transaction.
 CHUNK = 200
 
 
@@ -108,32 +137,61 @@ def stream_stage(
     out_column: str,
     unstored: Callable[[str, Exception], dict[str, Any]],
 ) -> Iterator[dict[str, Any]]:
-    """One pass of a per-conversation stage over a partition: pages of rows matching
-    `row_filter`, each row's blob (`read_column`) read through the pool, `process(row, bytes or
-    the read error, the row's scaffolding)` → (the row's update, bytes to store at the update's
-    `out_column` or None), writes through the pool, one transaction per chunk. Yields each
-    committed update (a write that failed becomes `unstored(row id, error)`)."""
+    """One pass of a per-conversation stage over a partition: the rows matching `row_filter`
+    (read a page at a time), each row's blob (`read_column`) read through the pool,
+    `process(row, bytes or the read error, the row's scaffolding)` → (the row's update, bytes to
+    store at the update's `out_column` or None), written through the pool; the updates of
+    written rows are committed `CHUNK` at a time. Yields each committed update (a write that
+    failed becomes `unstored(row id, error)`).
+
+    A pipeline, never drained on the way: reads run `2 × concurrency` rows ahead of the one being
+    processed, across page boundaries, while the writes of the rows before it are in flight (as
+    many again at most, so the bytes waiting stay bounded); a row's update is committed once its
+    write has finished. (Waiting for a chunk's reads, then processing it, then waiting for its
+    writes left the pool idle in turn.)"""
     store = blobs.store()
-    with blobs.pool() as pool:
-        for page in iter_batch_conversations(engine, batch_id, **row_filter):
+    resolver = ScaffoldingResolver()
+    # Every column but the large JSON ones (the scaffolding comes from `resolver`, a snapshot read
+    # once per batch and part, not once per row).
+    columns = [*light_columns(), snapshot_flag()]
+    window = 2 * blobs.concurrency
+
+    def rows() -> Iterator[tuple[dict[str, Any], Any]]:
+        for page in iter_batch_conversations(engine, batch_id, columns=columns, **row_filter):
             with engine.connect() as conn:
-                scaffolding = resolve_conversations(conn, page)
-            reads = bounded_map(pool, lambda r: store.get_bytes(r[read_column]), page, 2 * blobs.concurrency)
-            for chunk in batched(reads, CHUNK):
-                updates, writes = [], []
-                for row, data in chunk:
-                    update, out = process(row, data, scaffolding[row["id"]])
-                    if out is None:
-                        updates.append(update)
-                    else:
-                        writes.append((update, pool.submit(store.put_bytes, update[out_column], out)))
-                for update, written in writes:
-                    try:
-                        written.result()
-                        updates.append(update)
-                    except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
-                        updates.append(unstored(update["id"], exc))
-                with engine.begin() as conn:
-                    update_conversations(conn, updates)
-                release_freed_memory()
-                yield from updates
+                scaffolding = resolver.resolve(conn, page)
+            for row in page:
+                yield row, scaffolding[row["id"]]
+
+    def written(update: dict[str, Any], future: Future[Any]) -> dict[str, Any]:
+        try:
+            future.result()
+            return update
+        except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
+            return unstored(update["id"], exc)
+
+    def commit(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with engine.begin() as conn:
+            update_conversations(conn, updates)
+        release_freed_memory()
+        return updates
+
+    ready: list[dict[str, Any]] = []
+    writes: deque[tuple[dict[str, Any], Future[Any]]] = deque()
+    with blobs.pool() as pool:
+        for (row, snapshot), data in bounded_map(pool, lambda item: store.get_bytes(item[0][read_column]), rows(),
+                                                 window):
+            update, out = process(row, data, snapshot)
+            if out is None:
+                ready.append(update)
+            else:
+                writes.append((update, pool.submit(store.put_bytes, update[out_column], out)))
+            while writes and (writes[0][1].done() or len(writes) > window):
+                ready.append(written(*writes.popleft()))
+            if len(ready) >= CHUNK:
+                yield from commit(ready)
+                ready = []
+        while writes:
+            ready.append(written(*writes.popleft()))
+        if ready:
+            yield from commit(ready)

@@ -9,7 +9,7 @@ from pydantic import PrivateAttr, SecretStr
 from sqlalchemy.engine import Engine
 
 from lora_assets.settings import DEFAULT_MODEL, DEFAULT_USER_ID, Settings
-from lora_assets.store.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from lora_assets.store.blobs import BlobStore, LocalBlobStore, S3BlobStore, make_s3_client
 from lora_assets.store.db import make_engine
 
 # Process-level caches, on purpose, not resource state: Dagster builds a new resource instance
@@ -23,15 +23,11 @@ _S3_CLIENTS: dict[tuple[str, int], Any] = {}
 
 def _s3_client(endpoint_url: str, connections: int) -> Any:
     """One boto3 client per endpoint per process (building one costs ~0.4 s of CPU; clients are
-    thread-safe), with a connection pool as large as the stages' blob concurrency (botocore's
-    default of 10 would make every call past the tenth open and drop a connection)."""
+    thread-safe), with a connection pool as large as the stages' blob concurrency, configured
+    for many small requests (`blobs.make_s3_client`)."""
     key = (endpoint_url, connections)
     if key not in _S3_CLIENTS:
-        import boto3
-        from botocore.config import Config
-
-        config = Config(max_pool_connections=connections, retries={"max_attempts": 5, "mode": "standard"})
-        _S3_CLIENTS[key] = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+        _S3_CLIENTS[key] = make_s3_client(endpoint_url, connections)
     return _S3_CLIENTS[key]
 
 
@@ -85,11 +81,20 @@ class BlobStoreResource(ConfigurableResource):
     max_scaffolding_file_bytes: int = 16 * 1024 * 1024
     # Where `lora-assets serve-files` serves `local_dir` (LORA_FILES_URL): output links point there.
     files_url: str = ""
+    # S3 requests of small objects from a helper process (`store.s3_io`, LORA_BLOB_IO_PROCESS):
+    # botocore's CPU per request then runs beside the stage's work instead of under its GIL.
+    io_process: bool = False
 
     def store(self) -> BlobStore:
         """The configured store (S3 when a bucket is set, else the local directory)."""
         if self.s3_bucket:
-            return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix)
+            io = None
+            if self.io_process:
+                from lora_assets.store import s3_io
+
+                io = s3_io.shared(self.s3_endpoint_url, self.concurrency)
+            return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix,
+                               io=io)
         return LocalBlobStore(self.local_dir)
 
     def load_scaffolding(self, limits: Any = None) -> Any:
@@ -207,6 +212,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             s3_prefix=s.s3_prefix,
             s3_endpoint_url=s.s3_endpoint_url or "",
             concurrency=s.blob_concurrency,
+            io_process=s.blob_io_process,
             scaffolding_dir=s.scaffolding_dir,
             max_scaffolding_record_bytes=s.max_scaffolding_record_bytes,
             max_template_chars=s.max_template_chars,

@@ -276,6 +276,7 @@ def _metadata(result: BuildResult, store: BlobStore, *, files_url: str = "", bat
         **_leakage_metadata(result),
         **_outputs_metadata(result, store, files_url),
         **({"sample_conversations": MetadataValue.md(samples)} if samples else {}),
+        "build_seconds": MetadataValue.json(result.phase_seconds),
         "dataset_card": MetadataValue.md(card_markdown(result.card)),
     }
 

@@ -131,14 +131,18 @@ def _no_expect_for_small_bodies(request: Any, **_: Any) -> None:
 
 #: Part size of the streamed multipart uploads (S3 wants ≥ 5 MiB for every part but the last).
 PART_BYTES = 8 << 20
+#: Parts in flight at once, for all the files a store streams (each is read from its spool when
+#: it is sent: this many parts in memory at most).
+UPLOAD_THREADS = 4
 
 
 class _StreamedUpload:
     """The multipart upload of a spool file that is still being written: every whole part is sent
-    as soon as it is on disk, by the store's one upload thread, while the writer goes on (a
+    as soon as it is on disk, by the store's upload threads, while the writer goes on (a
     training-file build computes its next members meanwhile). A part is read from the spool when
-    it is sent, so one part at most is in memory whatever the file's size and however many files
-    are open. Files smaller than one part are sent with one PUT when they are closed."""
+    it is sent, so `UPLOAD_THREADS` parts at most are in memory whatever the file's size and
+    however many files are open. Files smaller than one part are sent with one PUT when they are
+    closed."""
 
     def __init__(self, store: S3BlobStore, s3_key: str, spool: IO[bytes]) -> None:
         self.store, self.s3_key, self.spool = store, s3_key, spool
@@ -214,15 +218,38 @@ class _StreamedUpload:
         return False
 
 
+def make_s3_client(endpoint_url: str, connections: int) -> Any:
+    """A boto3 S3 client with a connection pool of `connections` (botocore's default of 10 would
+    make every call past the tenth open and drop a connection).
+
+    A stage sends a few requests per conversation, so botocore's own CPU per request counts: our
+    parameters are not validated again, and request/response checksums are computed only where S3
+    requires them (botocore ≥ 1.36 adds a CRC32 to every PUT and checks one on every GET; TCP and
+    TLS already protect the bytes in transit)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(max_pool_connections=connections, retries={"max_attempts": 5, "mode": "standard"},
+                    parameter_validation=False, request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required")
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+_LOCAL = object()  # `S3BlobStore._remote`: no helper answered, use the store's own client
+
+
 class S3BlobStore:
     """Blobs in an S3 bucket under a prefix, through a boto3 client (dagster-aws's S3Resource
-    builds the same client in the Dagster layer). Streams via multipart upload."""
+    builds the same client in the Dagster layer). Streams via multipart upload. With `io` (an
+    `s3_io.S3IOProcess`), small objects are read, written and asked about through that helper
+    process, out of the caller's GIL; if it dies, through `client` again."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "", io: Any = None) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.io = io
         self._upload_pool: ThreadPoolExecutor | None = None
         client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies,
                                     unique_id="lora-no-expect-small-put")
@@ -231,8 +258,38 @@ class S3BlobStore:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _remote(self, op: str, key: str, body: bytes | None = None, if_none_match: str | None = None) -> Any:
+        """The helper's answer, or `_LOCAL` when there is no helper (any more): the caller then uses
+        its own client (also for a request the helper took with it when it died: repeating a GET,
+        a HEAD or a PUT of the same bytes is harmless; a conditional PUT is not repeated, as it
+        may have been made, and its HelperGone error is raised)."""
+        if self.io is None or self.io.dead:
+            return _LOCAL
+        from lora_assets.store.s3_io import HelperGone
+
+        try:
+            return self.io.call(op, self.bucket, self._key(key), body, if_none_match)
+        except HelperGone:
+            if if_none_match:
+                raise
+            return _LOCAL
+
+    def _put(self, key: str, data: bytes, if_none_match: str | None = None) -> None:
+        if self._remote("put", key, bytes(data), if_none_match) is not _LOCAL:
+            return
+        if if_none_match:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch=if_none_match)
+        else:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def _head(self, key: str) -> int:
+        size = self._remote("head", key)
+        if size is not _LOCAL:
+            return int(size)
+        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
     def put_bytes(self, key: str, data: bytes) -> str:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._put(key, data)
         return key
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -240,7 +297,7 @@ class S3BlobStore:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            self._put(key, data, "*")
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -248,13 +305,16 @@ class S3BlobStore:
             raise
 
     def get_bytes(self, key: str) -> bytes:
+        data = self._remote("get", key)
+        if data is not _LOCAL:
+            return data  # type: ignore[no-any-return]
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self._head(key)
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -262,7 +322,7 @@ class S3BlobStore:
             raise
 
     def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        return self._head(key)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
@@ -294,9 +354,11 @@ class S3BlobStore:
             upload.spool.close()
 
     def _uploads(self) -> ThreadPoolExecutor:
-        # One thread: parts go one at a time (so one part in memory), in order, for every file.
+        # A few threads for every file: a part's round trip and the server's work on 8 MB overlap
+        # with the next parts' (one at a time, a build's 500 MB of outputs went after its last
+        # member, part after part), and at most UPLOAD_THREADS parts are in memory.
         if self._upload_pool is None:
-            self._upload_pool = ThreadPoolExecutor(1, thread_name_prefix="s3-parts")
+            self._upload_pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-parts")
         return self._upload_pool
 
     def url(self, key: str, expires_in: int = 3600) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,14 +23,32 @@ def batch_conversations(conn: Connection, batch_id: str, *, columns: Iterable[st
     return [dict(r) for r in conn.execute(q.order_by(c.c.id)).mappings()]
 
 
-def iter_batch_conversations(engine: Engine, batch_id: str, page_size: int = 500,
+#: The large JSON columns of a conversation row: a stage that streams a partition reads them only
+#: when it needs them (a row's scaffolding snapshot alone is ≈ 5 KB to fetch and decode).
+HEAVY_COLUMNS = ("scaffolding_snapshot", "parse_checks", "enrichment_checks", "judge_scores")
+
+
+def light_columns() -> list[str]:
+    """Every column of a conversation row but `HEAVY_COLUMNS`."""
+    return [col.name for col in t.conversations.c if col.name not in HEAVY_COLUMNS]
+
+
+def iter_batch_conversations(engine: Engine, batch_id: str, page_size: int = 500, *,
+                             columns: Sequence[str | sa.ColumnElement[Any]] | None = None,
+                             where: sa.ColumnElement[bool] | None = None,
                              **filters: Any) -> Iterator[list[dict[str, Any]]]:
     """`batch_conversations` a page at a time (keyset by id, a short connection per page), so a
-    stage never holds a whole partition's rows. Rows updated behind the cursor are not seen again."""
+    stage never holds a whole partition's rows. Rows updated behind the cursor are not seen again.
+    `columns`: only these (names, or labelled expressions; `id` is always read); `where`: a
+    further condition."""
     c = t.conversations
+    selected = ([c.c.id, *(c.c[x] if isinstance(x, str) else x for x in columns if x != "id")]
+                if columns is not None else [c])
     after = ""
     while True:
-        stmt = sa.select(c).where(c.c.batch_job_id == batch_id, c.c.id > after)
+        stmt = sa.select(*selected).where(c.c.batch_job_id == batch_id, c.c.id > after)
+        if where is not None:
+            stmt = stmt.where(where)
         for col, value in filters.items():
             stmt = stmt.where(c.c[col].in_(value) if isinstance(value, (list, tuple, set)) else c.c[col] == value)
         with engine.connect() as conn:

@@ -144,3 +144,79 @@ def resolve_snapshot(conn: Connection, entries: list[tuple[str, str, str, str, s
         )
         for key, p, a, t, tpl in entries
     }
+
+
+#: The columns `ScaffoldingResolver.resolve` reads from a row (`has_snapshot` is
+#: `snapshot_flag()`): a stage selects these instead of every row's whole snapshot.
+RESOLVE_COLUMNS = ("batch_job_id", "persona_id", "emotional_arc_id", "training_topic_id", "prompt_template_id")
+_PARTS = (("persona", "persona_id"), ("emotional_arc", "emotional_arc_id"), ("training_topic", "training_topic_id"),
+          ("prompt_template", "prompt_template_id"))
+
+
+def snapshot_flag() -> sa.ColumnElement[bool]:
+    """`has_snapshot`: whether a conversation row stores its scaffolding snapshot (rows generated
+    before snapshots existed are resolved from the current rows)."""
+    return sa.case((t.conversations.c.scaffolding_snapshot.is_(None), False), else_=True).label("has_snapshot")
+
+
+class ScaffoldingResolver:
+    """`resolve_conversations` for a stage streaming a partition page by page, from rows read
+    without their snapshot (`RESOLVE_COLUMNS` + `snapshot_flag()`).
+
+    A row's snapshot is its batch's snapshot of the persona, arc, topic and template it names
+    (`claims` copies it at generation), so each part is validated once per batch: a row whose
+    parts are all known costs no query and no validation, and a row with a part not seen yet has
+    its own snapshot read and validated whole (as `resolve_conversations` does). Rows without a
+    snapshot are resolved from the current rows, once per combination. One `ResolvedScaffolding`
+    per combination, shared by its conversations."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[Any, str, Any], Any] = {}
+        self._combos: dict[tuple[Any, ...], ResolvedScaffolding] = {}
+
+    @staticmethod
+    def _combo(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (bool(row["has_snapshot"]), *(row[c] for c in RESOLVE_COLUMNS))
+
+    def _known(self, row: dict[str, Any]) -> bool:
+        batch = row["batch_job_id"]
+        return all((batch, part, row[col]) in self._parts for part, col in _PARTS if row[col] is not None)
+
+    def resolve(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, ResolvedScaffolding]:
+        rows = list(rows)
+        todo = [r for r in rows if self._combo(r) not in self._combos]
+        unseen = {}  # a representative row (by id) for each combination with a part not validated yet
+        for r in todo:
+            if r["has_snapshot"] and not self._known(r):
+                unseen.setdefault(self._combo(r), r["id"])
+        if unseen:
+            c = t.conversations
+            snaps = dict(conn.execute(sa.select(c.c.id, c.c.scaffolding_snapshot).where(c.c.id.in_(list(unseen.values())))).all())
+            for combo, cid in unseen.items():
+                if snaps.get(cid):
+                    whole = ResolvedScaffolding.model_validate(snaps[cid])
+                    batch = combo[1]
+                    for part, col in _PARTS:
+                        value = getattr(whole, part)
+                        row_id = dict(zip(RESOLVE_COLUMNS, combo[1:], strict=True))[col]
+                        if value is not None and row_id is not None:
+                            self._parts.setdefault((batch, part, row_id), value)
+                    self._combos[combo] = whole
+        legacy = []
+        for r in todo:
+            combo = self._combo(r)
+            if combo in self._combos:
+                continue
+            if r["has_snapshot"] and self._known(r):
+                batch = r["batch_job_id"]
+                self._combos[combo] = ResolvedScaffolding(**{
+                    part: self._parts[(batch, part, r[col])] if r[col] is not None else None for part, col in _PARTS})
+            else:
+                legacy.append(r)
+        if legacy:
+            entries = {self._combo(r): (r["id"], r["persona_id"], r["emotional_arc_id"], r["training_topic_id"],
+                                        r["prompt_template_id"]) for r in legacy}
+            found = resolve_snapshot(conn, list(entries.values()))
+            for combo, entry in entries.items():
+                self._combos[combo] = found[entry[0]]
+        return {r["id"]: self._combos[self._combo(r)] for r in rows}

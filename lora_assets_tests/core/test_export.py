@@ -426,3 +426,28 @@ def test_axolotl_snippet_says_how_to_train_the_chatml_turn_end_only_for_the_fall
     assert uncommented["tokens"] == ["<|im_start|>", "<|im_end|>"] and uncommented["eot_tokens"] == ["<|im_end|>"]
     assert "tokens" not in yaml.safe_load(fallback)
     assert "eot_tokens" not in axolotl_config(train_path="t.jsonl", chat_template="llama3")
+
+
+def test_render_then_write_is_add_byte_for_byte() -> None:
+    """A build renders each member before its split is known and writes it afterwards: the files
+    and counts are those `add` makes."""
+    from lora_assets.core.export import render
+
+    convs = [make_conversation(f"c{i}", pairs=i % 3 + 1) for i in range(6)]
+    sides = ["train", "validation", "train", "train", "validation", "train"]
+
+    def files(use_render: bool) -> tuple[list[bytes], object]:
+        bufs = [io.BytesIO() for _ in range(7)]
+        with ExportWriter(messages_train=bufs[0], messages_validation=bufs[1], openai_train=bufs[2],
+                          openai_validation=bufs[3], sharegpt_train=bufs[4], sharegpt_validation=bufs[5],
+                          parquet=bufs[6], min_trained_quality=3.9) as writer:
+            for conv, side in zip(convs, sides, strict=True):
+                if use_render:
+                    rendered, _ = render(conv, min_trained_quality=3.9)
+                    writer.write(rendered, side)  # type: ignore[arg-type]
+                else:
+                    writer.add(conv, side)  # type: ignore[arg-type]
+            stats = writer.close()
+        return [b.getvalue() for b in bufs[:6]] + [pq.read_table(io.BytesIO(bufs[6].getvalue())).to_pylist()], stats
+
+    assert files(True) == files(False)

@@ -228,3 +228,52 @@ def test_word_counts_recorded_under_their_old_name_still_load() -> None:
 
     assert Diversity.model_validate({"assistant_tokens": 9}).assistant_words == 9
     assert "assistant_words" in Diversity(assistant_words=9).model_dump()
+
+
+def test_cell_counters_and_template_figures_match_per_group_counting() -> None:
+    """`CellCounters` (codes spilled to temp files, counted per cell at the end) and
+    `template_figures` (one sort over every sentence) give what counting each group on its own
+    gives: distinct words and word pairs, and the top template with its ties broken by first
+    occurrence in the group, its text only when it occurs twice in the file or comes first."""
+    import random
+
+    import numpy as np
+
+    from lora_assets.core.diversity import CellCounters, DiversityCounter, template_figures
+
+    rng = random.Random(7)
+    cells = CellCounters(buckets=3)
+    counters: dict[int, DiversityCounter] = {}
+    for _ in range(300):
+        cell = rng.randrange(9)
+        turns = [np.array([rng.randrange(40) for _ in range(rng.randint(0, 12))], dtype=np.uint32)
+                 for _ in range(rng.randint(1, 3))]
+        cells.add(cell, turns)
+        counters.setdefault(cell, DiversityCounter()).add_turns(turns, wide=False)
+        counters[cell].conversations += 1
+    for cell, figures in enumerate(cells.figures()):
+        expected = counters[cell].figures({}) if cell in counters else None
+        if expected is None:
+            assert figures["conversations"] == 0
+            continue
+        assert figures == {k: expected[k] for k in ("conversations", "assistant_words", "distinct_1", "distinct_2")}
+    cells.close()
+
+    hashes = np.array([rng.randrange(12) for _ in range(500)], dtype=np.uint64)
+    owners = np.array([rng.randrange(6) for _ in range(500)], dtype=np.uint32)
+    texts = {i: f"template {int(h)}" for i, h in enumerate(hashes)}
+    got = template_figures(hashes, owners, 7, lambda wanted: {i: texts[i] for i in wanted})
+    counts_in_file = {int(h): int(n) for h, n in zip(*np.unique(hashes, return_counts=True), strict=True)}
+
+    def expected(positions: list[int]) -> dict[str, object]:
+        if not positions:
+            return {"sentences": 0, "distinct_templates": 0, "top_template": None, "top_template_count": 0}
+        seq = [int(hashes[i]) for i in positions]
+        counts = {h: seq.count(h) for h in seq}
+        top = min(counts, key=lambda h: (-counts[h], seq.index(h)))
+        named = counts_in_file[top] >= 2 or top == int(hashes[0])
+        return {"sentences": len(seq), "distinct_templates": len(counts),
+                "top_template": f"template {top}" if named else None, "top_template_count": counts[top]}
+
+    assert got.overall == expected(list(range(500)))
+    assert got.cells == [expected([i for i in range(500) if owners[i] == c]) for c in range(7)]

@@ -283,3 +283,28 @@ def test_card_reports_the_groups_and_their_cost() -> None:
     assert "1 group(s) of 100 conversation(s) (largest 100); validation 0 of 10 wanted (10 place(s) lost" in card
     assert "**no validation set: the 100 conversations form 1 group(s)" in card
     assert "sharing an identical assistant turn" not in dataset_card(name="plain", stats=stats, sources=[])
+
+
+def test_shared_turns_by_position_split_as_the_mapping_does() -> None:
+    """`SharedTurns` (flat digests by member position, what a build holds) gives the same sides
+    and report as the mapping of ids to digest sets, groups of every size included."""
+    import hashlib
+
+    from lora_assets.core.split import SharedTurns, grouped_split
+
+    rng = random.Random(5)
+    cells = [(f"p{i % 3}", f"a{i % 2}", f"t{i % 4}") for i in range(24)]
+    for trial in range(20):
+        members = [MemberSummary(conversation_id=f"c{trial}-{i:03d}", persona_key=p, arc_key=a, topic_key=t)
+                   for i, (p, a, t) in enumerate(rng.choices(cells, k=rng.randint(2, 120)))]
+        pool = [hashlib.blake2b(str(k).encode(), digest_size=16).digest() for k in range(rng.randint(1, 60))]
+        mapping = {m.conversation_id: frozenset(rng.sample(pool, min(len(pool), rng.randint(0, 2)))) for m in members}
+        flat = SharedTurns()
+        for position, m in enumerate(members):
+            flat.add(position, mapping[m.conversation_id])
+        for fraction in (0.1, 0.3):
+            by_mapping = grouped_split(members, validation_fraction=fraction, seed=trial, keys=mapping)
+            by_position = grouped_split(members, validation_fraction=fraction, seed=trial, keys=flat)
+            assert by_position.sides == by_mapping.sides and by_position.report == by_mapping.report
+    with pytest.raises(ValueError, match="16 bytes"):
+        SharedTurns().add(0, [b"short"])

@@ -7,16 +7,19 @@ from pathlib import Path
 import boto3
 import pytest
 
+from lora_assets.store import s3_io
 from lora_assets.store.blobs import BlobKeyError, LocalBlobStore, S3BlobStore
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-helper-process"])
 def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "local":
         return LocalBlobStore(tmp_path / "blobs")
     endpoint, bucket = request.getfixturevalue("s3_bucket")
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    return S3BlobStore(client, bucket, prefix="lora/test")
+    # The same store with its small-object requests made by a helper process (`store.s3_io`).
+    io = s3_io.shared(endpoint, 4) if request.param == "s3-helper-process" else None
+    return S3BlobStore(client, bucket, prefix="lora/test", io=io)
 
 
 def test_put_get_list_size_delete(store) -> None:
@@ -147,3 +150,31 @@ def test_s3_writer_streams_parts_while_writing_and_leaves_nothing_on_failure(s3_
     with store.writer("big/t.parquet") as fh, pq.ParquetWriter(fh, table.schema) as pw:
         pw.write_table(table)
     assert pq.read_table(io.BytesIO(store.get_bytes("big/t.parquet"))).equals(table)
+
+
+def test_a_helper_process_that_dies_leaves_the_store_working(s3_bucket: tuple[str, str]) -> None:
+    """The helper making a store's small requests is killed: the calls it took are made again
+    with the store's own client, and so are the next ones; a missing key is still a ClientError
+    with S3's code, through the helper or not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.exceptions import ClientError
+
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    helper = s3_io.S3IOProcess(endpoint, 4)
+    try:
+        store = S3BlobStore(client, bucket, prefix="helper", io=helper)
+        with pytest.raises(ClientError) as missing:
+            store.get_bytes("nothing/here.json")
+        assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+        keys = [f"conversation-files/u/c{i}/raw.json" for i in range(60)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda k: store.put_bytes(k, k.encode()), keys[:30]))
+            helper._proc.kill()
+            list(pool.map(lambda k: store.put_bytes(k, k.encode()), keys[30:]))
+            assert list(pool.map(store.get_bytes, keys)) == [k.encode() for k in keys]
+        assert helper.dead and "exited" in helper.dead
+        assert store.size(keys[0]) == len(keys[0]) and not store.exists("nothing/here.json")
+    finally:
+        helper.close()

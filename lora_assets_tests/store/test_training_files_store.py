@@ -132,6 +132,13 @@ def test_create_records_the_file_and_its_members(store: Store) -> None:
     assert tf["conversation_count"] == 0 and tf["total_training_pairs"] == 0
     assert sorted(members(store.engine, name)) == sorted(store.good)
     assert name in listed and listed == sorted(listed)
+    # A member row reads like the dict it was (a tuple underneath: a build holds one per member).
+    with store.engine.connect() as conn:
+        row = tfq.member_rows(conn, file_id)[0]
+    assert list(row) == list(tfq.MEMBER_COLUMNS) and dict(row)["id"] == row["id"] in store.good
+    assert row.get("review_decision") is None and row.get("no_such_column", "x") == "x" and "persona_key" in row
+    with pytest.raises(KeyError):
+        row["no_such_column"]
 
     before = counts(store.engine)
     with pytest.raises(TrainingFileError, match=f"training file '{name}' already exists"):
