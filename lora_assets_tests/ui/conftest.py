@@ -373,6 +373,20 @@ def _drop_db(admin: sa.Engine, name: str) -> None:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def create_instance_tables(home: Path, env: dict[str, str]) -> None:
+    """Create the instance's storage once, as `dagster instance migrate` does for an operator:
+    a webserver and a daemon started together on an empty PostgreSQL database both run Dagster's
+    CREATE TABLE, and one of them died with 'type "event_logs" already exists' (a CI flake)."""
+    from dagster import DagsterInstance
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            if key.startswith("DAGSTER_"):
+                mp.setenv(key, value)
+        with DagsterInstance.from_config(str(home)):
+            pass
+
+
 @contextmanager
 def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dict[str, str],
                        instance_overrides: dict[str, Any] | None = None) -> Iterator[DagsterServers]:
@@ -405,6 +419,7 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
         "PYTHONUNBUFFERED": "1",
         **extra_env,
     })
+    create_instance_tables(home, env)
     servers = DagsterServers(env, free_port(), log_dir)
     try:
         servers.start()

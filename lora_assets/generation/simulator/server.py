@@ -240,7 +240,10 @@ class ClaudeSimulator:
                 h.send_header(name, value)
             h.send_header("Content-Type", content_type)
             h.send_header("Content-Length", str(len(payload)))
-            if self._stopping.is_set():
+            if self._stopping.is_set() or h.close_connection:
+                # Say so when this connection ends after the answer (a body left unread, a
+                # stop): a client that pooled it would send its next request into a closed
+                # socket ("Server disconnected without sending a response").
                 h.send_header("Connection", "close")
                 h.close_connection = True
             h.end_headers()
