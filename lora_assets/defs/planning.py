@@ -92,15 +92,15 @@ def plan_batch() -> None:
     plan_batch_op()
 
 
-class ApproveBatchConfig(Config):
-    """The batch to approve: its partition key (slug) or id."""
+class BatchRefConfig(Config):
+    """The batch to approve or cancel: its partition key (slug) or id."""
 
     batch: str = Field(description="The batch's partition key (slug) or id.")
 
 
 @op(description="Approve a batch waiting as `planned` (over the auto-approve threshold, or after its pilot): "
     "it becomes `queued` and the queued-batch sensor starts it.")
-def approve_batch_op(context: OpExecutionContext, config: ApproveBatchConfig, db: DomainDB) -> None:
+def approve_batch_op(context: OpExecutionContext, config: BatchRefConfig, db: DomainDB) -> None:
     """Approve one batch from the launchpad."""
     from lora_assets import planning
 
@@ -114,19 +114,13 @@ def approve_batch_op(context: OpExecutionContext, config: ApproveBatchConfig, db
 
 @job(description="Approve a planned batch (config: batch = its slug or id); the queued-batch sensor then starts it.")
 def approve_batch() -> None:
-    """Launch from the launchpad with an `ApproveBatchConfig`."""
+    """Launch from the launchpad with a `BatchRefConfig`."""
     approve_batch_op()
-
-
-class CancelBatchConfig(Config):
-    """The batch to cancel: its partition key (slug) or id."""
-
-    batch: str = Field(description="The batch's partition key (slug) or id.")
 
 
 @op(description="Cancel a batch: status `cancelled`, open Message Batches cancelled at the provider, "
     "runs of its partition terminated; nothing more is requested, stored conversations stay usable.")
-def cancel_batch_op(context: OpExecutionContext, config: CancelBatchConfig, db: DomainDB,
+def cancel_batch_op(context: OpExecutionContext, config: BatchRefConfig, db: DomainDB,
                     claude: ClaudeResource) -> None:
     """Cancel one batch from the launchpad."""
     from lora_assets import cancel
@@ -142,5 +136,5 @@ def cancel_batch_op(context: OpExecutionContext, config: CancelBatchConfig, db: 
 
 @job(description="Cancel a batch (config: batch = its slug or id). The queued-batch sensor never starts it again.")
 def cancel_batch() -> None:
-    """Launch from the launchpad with a `CancelBatchConfig`."""
+    """Launch from the launchpad with a `BatchRefConfig`."""
     cancel_batch_op()
