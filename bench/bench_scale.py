@@ -33,14 +33,17 @@ Generation goes through a second proxy without delay (counted the same way) unle
 `--generate-through-delay`: it calls no model here and is not part of the acceptance figure.
 
 **The floor of a stage is measured, in the same run, right after it** (`_child_replay`): the
-S3 requests the stage's client sent (counted by method and body size in the stage process by
-botocore hooks, `_count_s3_io`) are sent again by a plain boto3 pool of the blob pool's size
-(boto3's default configuration), through the same proxy to the same moto, with no work in
-between: the GETs read the same objects (keys from the DB, big files by key), the PUTs send
-bodies of the stage's mean size, multipart parts go as parts of the same size. The machine's
-load at that moment is the stage's, within seconds. (Earlier versions extrapolated the floor
-from a capacity loop of 6 KB objects run once at the end, which underrated a build's uploads
-and a stage's larger bodies, and measured the server at another moment.)
+S3 requests the stage's store sent (counted by method and body size in the stage process:
+botocore hooks for what boto3 sends, the store's `_put`/`_head`/`get_bytes` for what obstore
+sends; `_count_s3_io`) are sent again twice, by a plain pool of the blob pool's size of each
+client: boto3 (its default configuration, what dagster-aws gives) and obstore (its defaults),
+through the same proxy to the same moto, with no work in between: the GETs read the same
+objects (keys from the DB, big files by key), the PUTs send bodies of the stage's mean size,
+multipart parts go as parts (obstore: PUTs) of the same size. The floor is the faster of the
+two; the ratio to boto3's is reported too. The machine's load at that moment is the stage's,
+within seconds. (Earlier versions extrapolated the floor from a capacity loop of 6 KB objects
+run once at the end, which underrated a build's uploads and a stage's larger bodies, and
+measured the server at another moment.)
 
 Per stage: seconds (around the materialisation call, inside the subprocess; the whole
 subprocess too), s per 1,000 conversations, S3 requests per conversation by method, round trips,
@@ -48,9 +51,8 @@ the floor (measured as above; also the old estimate: the I/O bound = round trips
 pool size, and the S3-server bound from the capacity loop, `floor_estimate_s`), peak RSS, and
 the CPU seconds of the stage, moto and the proxy (`cpu_busy` = their sum ÷ (seconds × cores):
 near 1, this machine is the bound). Client CPU per conversation: the stage process's CPU (all its
-threads, and the store's S3 helper process when LORA_BLOB_IO_PROCESS=1) ÷ N; the floor's own
-client CPU on the same requests is what boto3 alone costs (`boto3_cpu_ms_per_conv`), the rest
-is ours. `--profile-stages` samples chosen stages with py-spy.
+threads) ÷ N; the replays' own client CPU on the same requests is what each plain client alone
+costs (`boto3_cpu_ms_per_conv`, `obstore_cpu_ms_per_conv`). `--profile-stages` samples chosen stages with py-spy.
 
 The machine is shared (2 cores, other sessions' work): every figure of a run is read against the
 floor of the same run, and `load_1m` is recorded with each stage.
@@ -219,28 +221,31 @@ def _count_s3_io(settings: Any) -> dict[str, Any]:
     client.meta.events.register("before-send.s3", sent, unique_id="bench-scale-sent")
     client.meta.events.register("after-call.s3.GetObject", got, unique_id="bench-scale-got")
 
-    # Small objects may go through the store's helper process (`store.s3_io`): counted where
-    # they are handed to it.
-    from lora_assets.store import s3_io
+    # Small objects go through obstore (`S3BlobStore._put/_head/get_bytes`), which botocore's
+    # hooks do not see: counted where the store hands them over.
+    from lora_assets.store.blobs import S3BlobStore
 
-    call = s3_io.S3IOProcess.call
+    put, head, get = S3BlobStore._put, S3BlobStore._head, S3BlobStore.get_bytes
 
-    def counted(self: Any, op: str, bucket: str, key: str, body: bytes | None = None, *rest: Any) -> Any:
-        value = call(self, op, bucket, key, body, *rest)
-        if op == "get":
-            if len(value) >= BIG_OBJECT:
-                io["big_gets"].append(key)
-            else:
-                io["small_get"] += 1
-                io["small_get_bytes"] += len(value)
-        elif op == "put":
-            io["put"] += 1
-            io["put_bytes"] += len(body or b"")
+    def counted_put(self: Any, key: str, data: bytes, create: bool = False) -> None:
+        put(self, key, data, create)
+        io["put"] += 1
+        io["put_bytes"] += len(data)
+
+    def counted_head(self: Any, key: str) -> int:
+        io["other"] += 1
+        return head(self, key)
+
+    def counted_get(self: Any, key: str) -> bytes:
+        value = get(self, key)
+        if len(value) >= BIG_OBJECT:
+            io["big_gets"].append(self._key(key))
         else:
-            io["other"] += 1
+            io["small_get"] += 1
+            io["small_get_bytes"] += len(value)
         return value
 
-    s3_io.S3IOProcess.call = counted  # type: ignore[method-assign]
+    S3BlobStore._put, S3BlobStore._head, S3BlobStore.get_bytes = counted_put, counted_head, counted_get  # type: ignore[method-assign]
     return io
 
 
@@ -280,14 +285,6 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
                                            raise_on_error=False, run_config=QUIET)
         seconds = time.perf_counter() - t0
         cpu = _cpu_self() - cpu0
-    # The S3 helper process of the store (`store.s3_io`), if the stage used one: its CPU is the
-    # stage's too (started during the run), its memory is reported beside the stage's.
-    from lora_assets.store import s3_io
-
-    helpers = s3_io.helpers()
-    helper_cpu = sum(h.cpu_seconds() for h in helpers)
-    helper_rss = max((h.peak_rss_mb() for h in helpers), default=0.0)
-    s3_io.close_all()
     materialised = {
         ev.asset_key.to_user_string(): {k: _plain(v.value) for k, v in ev.materialization.metadata.items()}
         for ev in result.get_asset_materialization_events()
@@ -300,8 +297,7 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
     # `checks_failed`, not as a failed stage.
     ran = result.success or all("DagsterAssetCheckFailedError" in f for f in failures)
     return {
-        "seconds": round(seconds, 3), "cpu_s": round(cpu + helper_cpu, 2), "success": ran, "rss_start_mb": rss_start,
-        "own_cpu_s": round(cpu, 2), "io_process_cpu_s": round(helper_cpu, 2), "io_process_rss_peak_mb": helper_rss,
+        "seconds": round(seconds, 3), "cpu_s": round(cpu, 2), "success": ran, "rss_start_mb": rss_start,
         "assets": sorted(materialised), "checks": checks, "checks_selected": sorted(k.name for k in check_keys),
         "checks_failed": sorted(name for name, passed in checks.items() if not passed),
         "metadata": materialised, "failures": failures, "note": note, "s3_io": io,
@@ -334,6 +330,7 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     bucket, io, threads = settings.s3_bucket, spec["io"], settings.blob_concurrency
     client = boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url or None,
                                             config=Config(max_pool_connections=threads))
+    plain_obstore = spec.get("client") == "obstore"
     from lora_assets.store.blobs import _no_expect_for_small_bodies
 
     client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies)
@@ -366,6 +363,27 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     tasks += [lambda i=i: client.upload_part(Bucket=bucket, Key=f"{scratch}/parts", UploadId=upload_id,
                                              PartNumber=i + 1, Body=part_body) for i in range(io["part"])]
     tasks += [lambda: client.head_object(Bucket=bucket, Key=f"{scratch}/head") for _ in range(io["other"])]
+    if plain_obstore:
+        # The same requests from a plain obstore client (its defaults, but for the pool and plain
+        # HTTP): a part is sent as a PUT of the part's bytes, a HEAD as a HEAD.
+        import obstore
+        from obstore.store import S3Store
+
+        store = S3Store(bucket, endpoint=settings.s3_endpoint_url, region="us-east-1",
+                        virtual_hosted_style_request=False,
+                        client_options={"allow_http": True, "pool_max_idle_per_host": str(threads)})
+
+        def oget(key: str) -> None:
+            for _ in obstore.get(store, key):  # streamed, as boto3's reads above
+                pass
+
+        tasks = [lambda k=keys[i % len(keys)]: oget(k) for i in range(io["small_get"])]
+        tasks += [lambda k=key: oget(k) for key in io["big_gets"]]
+        tasks += [lambda i=i: obstore.put(store, f"{scratch}/{i % 64}", put_body, use_multipart=False)
+                  for i in range(io["put"])]
+        tasks += [lambda i=i: obstore.put(store, f"{scratch}/part-{i}", part_body, use_multipart=False)
+                  for i in range(io["part"])]
+        tasks += [lambda: obstore.head(store, f"{scratch}/head") for _ in range(io["other"])]
     random.Random(0).shuffle(tasks)
     with ThreadPoolExecutor(threads, thread_name_prefix="replay") as pool:
         cpu0, t0 = _cpu_self(), time.perf_counter()
@@ -373,6 +391,9 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
         seconds, cpu = time.perf_counter() - t0, _cpu_self() - cpu0
     if upload_id:
         client.abort_multipart_upload(Bucket=bucket, Key=f"{scratch}/parts", UploadId=upload_id)
+    if plain_obstore and io["part"]:
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": f"{scratch}/part-{i}"}
+                                                                 for i in range(io["part"])]})
     return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "requests": len(tasks), "success": True,
             "put_body_bytes": len(put_body), "part_body_bytes": len(part_body), "big_gets": len(io["big_gets"])}
 
@@ -591,11 +612,14 @@ class Run:
         result = self._subprocess(name, spec, env, proxy, moto)
         self.stages.append(result)
         if replay is not None and proxy is not None and result.get("s3_io"):
-            floor = self._subprocess(f"{name}_floor", {"kind": "replay", "io": result["s3_io"], **replay}, env, proxy,
-                                     moto)
-            result["floor_replay"] = {k: floor.get(k) for k in (
-                "seconds", "cpu_s", "requests", "requests_total", "round_trips", "moto_cpu_s", "proxy_cpu_s", "load_1m",
-                "put_body_bytes", "part_body_bytes", "big_gets", "success", "failures")}
+            # Two plain clients replay the stage's requests: boto3 (what dagster-aws gives) and
+            # obstore (what the store sends small objects with); the floor is the faster.
+            for client, field in (("boto3", "floor_replay"), ("obstore", "floor_replay_obstore")):
+                floor = self._subprocess(f"{name}_floor_{client}", {"kind": "replay", "io": result["s3_io"],
+                                                                    "client": client, **replay}, env, proxy, moto)
+                result[field] = {k: floor.get(k) for k in (
+                    "seconds", "cpu_s", "requests", "requests_total", "round_trips", "moto_cpu_s", "proxy_cpu_s",
+                    "load_1m", "put_body_bytes", "part_body_bytes", "big_gets", "success", "failures")}
             result["s3_io"] = {k: (len(v) if k == "big_gets" else v) for k, v in result["s3_io"].items()}
         return result
 
@@ -713,10 +737,14 @@ class Run:
             io_bound = s.get("round_trips", 0) * delay_here / self.pool
             server_bound = puts / put_rate + others / get_rate
             estimate = max(io_bound, server_bound)
-            replayed = s.get("floor_replay") or {}
-            # The floor: the same requests replayed right after the stage by a plain pool (measured);
-            # the estimate from the capacity loop only where nothing was replayed.
-            floor = replayed["seconds"] if replayed.get("success") and replayed.get("seconds") else estimate
+            replays = [r for r in (s.get("floor_replay"), s.get("floor_replay_obstore"))
+                       if r and r.get("success") and r.get("seconds")]
+            # The floor: the same requests replayed right after the stage by a plain pool of each
+            # client (measured), the faster of the two; the capacity loop's estimate only where
+            # nothing was replayed.
+            replayed = min(replays, key=lambda r: r["seconds"]) if replays else {}
+            floor = replayed["seconds"] if replayed else estimate
+            boto3_replay, obstore_replay = s.get("floor_replay") or {}, s.get("floor_replay_obstore") or {}
             seconds = s.get("seconds")
             cpu = sum(s.get(k) or 0 for k in ("cpu_s", "moto_cpu_s", "proxy_cpu_s"))
             rows.append({
@@ -731,12 +759,17 @@ class Run:
                 "delay_ms": s.get("through_proxy_delay_ms"),
                 "io_bound_s": round(io_bound, 3), "s3_server_bound_s": round(server_bound, 3),
                 "floor_estimate_s": round(estimate, 3), "floor_s": round(floor, 3),
-                "floor_measured": bool(replayed.get("success")), "floor_replay": replayed or None,
+                "floor_measured": bool(replayed), "floor_replay": boto3_replay or None,
+                "floor_replay_obstore": obstore_replay or None,
+                "floor_client": ("obstore" if replayed is obstore_replay else "boto3") if replayed else None,
                 "s3_io": s.get("s3_io"),
                 "ratio_to_floor": round(seconds / floor, 2) if seconds and floor else None,
-                "replay_cpu_ms_per_conv": round((replayed.get("cpu_s") or 0) / n * 1000, 2) if replayed else None,
+                "replay_cpu_ms_per_conv": round((boto3_replay.get("cpu_s") or 0) / n * 1000, 2) if boto3_replay else None,
+                "replay_obstore_cpu_ms_per_conv": (round((obstore_replay.get("cpu_s") or 0) / n * 1000, 2)
+                                                   if obstore_replay else None),
+                "ratio_to_boto3_floor": (round(seconds / boto3_replay["seconds"], 2)
+                                         if seconds and boto3_replay.get("seconds") else None),
                 "rss_peak_mb": s.get("rss_peak_mb"), "rss_start_mb": s.get("rss_start_mb"),
-                "io_process_rss_peak_mb": s.get("io_process_rss_peak_mb"), "io_process_cpu_s": s.get("io_process_cpu_s"),
                 "cpu_s_stage_moto_proxy": round(cpu, 2),
                 "cpu_busy": round(cpu / (seconds * CORES), 2) if seconds else None,
                 "stage_cpu_s": s.get("cpu_s"),
@@ -765,20 +798,17 @@ class Run:
                     "ratio_to_floor": round(seconds / floor, 2) if floor else None,
                     "rss_peak_mb": max((r["rss_peak_mb"] or 0 for r in sel), default=0),
                     "client_cpu_ms_per_conv": round(sum(r["stage_cpu_s"] or 0 for r in sel) / n * 1000, 2),
-                    # What a plain boto3 client spends on the same requests (measured in the capacity
-                    # loop of this run): the rest is ours (parsing, enrichment, checks, build, Dagster).
-                    "boto3_cpu_ms_per_conv": round(boto3_ms(sel) / n, 2),
-                    "client_cpu_ms_per_conv_besides_boto3": round(
-                        (sum(r["stage_cpu_s"] or 0 for r in sel) * 1000 - boto3_ms(sel)) / n, 2)}
+                    # What plain clients spend on the same requests (the replays, measured in this
+                    # run): the rest of a stage's CPU is ours (parsing, enrichment, checks, build,
+                    # Dagster, and the store's own client).
+                    "boto3_cpu_ms_per_conv": round(replay_ms(sel, "floor_replay") / n, 2),
+                    "obstore_cpu_ms_per_conv": round(replay_ms(sel, "floor_replay_obstore") / n, 2),
+                    "ratio_to_boto3_floor": (round(seconds / boto3_floor, 2)
+                                             if (boto3_floor := sum((r["floor_replay"] or {}).get("seconds") or 0
+                                                                    for r in sel)) else None)}
 
-        def boto3_ms(sel: list[dict[str, Any]]) -> float:
-            # What the replay's plain pool spent on the same requests (measured), else the capacity
-            # loop's per-request figures times the requests.
-            put_ms, get_ms = cap.get("client_cpu_ms_per_put") or 0, cap.get("client_cpu_ms_per_get") or 0
-            return sum((r["floor_replay"]["cpu_s"] * 1000) if r.get("floor_measured") else
-                       (r["requests"].get("PUT", 0) + r["requests"].get("POST", 0)) * put_ms
-                       + (r["requests_total"] - r["requests"].get("PUT", 0) - r["requests"].get("POST", 0)) * get_ms
-                       for r in sel)
+        def replay_ms(sel: list[dict[str, Any]], field: str) -> float:
+            return sum(((r.get(field) or {}).get("cpu_s") or 0) * 1000 for r in sel)
 
         end_to_end = ("generate", *ACCEPTANCE_STAGES)
         return {
@@ -829,7 +859,8 @@ def acceptance(runs: list[dict[str, Any]], rss_run: dict[str, Any] | None) -> di
         return {"n": run["n"], "delay_ms": run["delay_ms"], "s_per_1000": t["s_per_1000"],
                 "floor_s_per_1000": t["floor_s_per_1000"], "ratio_to_floor": t["ratio_to_floor"], "aim_ratio": 1.3,
                 "client_cpu_ms_per_conv": t["client_cpu_ms_per_conv"], "boto3_cpu_ms_per_conv": t["boto3_cpu_ms_per_conv"],
-                "client_cpu_ms_per_conv_besides_boto3": t["client_cpu_ms_per_conv_besides_boto3"], "aim_cpu_ms": 3.0,
+                "obstore_cpu_ms_per_conv": t["obstore_cpu_ms_per_conv"],
+                "ratio_to_boto3_floor": t["ratio_to_boto3_floor"], "aim_cpu_ms": 3.0,
                 "stages": {r["stage"]: {"s_per_1000": r["s_per_1000"], "floor_s_per_1000": round(r["floor_s"] / run["n"] * 1000, 2),
                                         "ratio_to_floor": r["ratio_to_floor"], "client_cpu_ms_per_conv": r["client_cpu_ms_per_conv"],
                                         "requests_per_conv": r["requests_per_conv"], "rss_peak_mb": r["rss_peak_mb"],
@@ -849,9 +880,7 @@ def acceptance(runs: list[dict[str, Any]], rss_run: dict[str, Any] | None) -> di
         by = {s["stage"]: s for s in run["stages"]}
         return {"generate": by["generate"]["rss_peak_mb"], "batch_run (combined)": by["combined"]["rss_peak_mb"],
                 "training_file_build": by["tf_build"]["rss_peak_mb"], "training_file_checks": by["tf_checks"]["rss_peak_mb"],
-                "max_any_stage": max(s["rss_peak_mb"] or 0 for s in run["stages"]),
-                # The stores' S3 helper process (`store.s3_io`), beside a stage's own process.
-                "io_process_max": max((s.get("io_process_rss_peak_mb") or 0) for s in run["stages"])}
+                "max_any_stage": max(s["rss_peak_mb"] or 0 for s in run["stages"])}
 
     big = next((r for r in runs if r["delay_ms"] == 0), runs[0])
     out["peak_rss_mb"] = {"n": big["n"], "delay_ms": big["delay_ms"], **peaks(big), "aim_mb": 500}
@@ -861,6 +890,12 @@ def acceptance(runs: list[dict[str, Any]], rss_run: dict[str, Any] | None) -> di
         out["rss_ratio_n_to_small"] = {k: round(peaks(big)[k] / v, 3) if v else None for k, v in small.items()}
         out["rss_ratio_aim"] = "within 0.9–1.1"
     return out
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
 
 
 def _environment() -> dict[str, Any]:
@@ -881,7 +916,7 @@ def _environment() -> dict[str, Any]:
     return {"git_commit": commit, "uncommitted_changes": dirty, "python": platform.python_version(),
             "boto3": boto3.__version__, "botocore": botocore.__version__, "cores": CORES,
             "load_1m_at_start": round(os.getloadavg()[0], 2),
-            "LORA_BLOB_IO_PROCESS": os.environ.get("LORA_BLOB_IO_PROCESS", "0 (default)"),
+            "obstore": _version("obstore"),
             "LORA_BLOB_CONCURRENCY": os.environ.get("LORA_BLOB_CONCURRENCY", "32 (default)")}
 
 

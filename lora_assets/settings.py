@@ -55,10 +55,6 @@ class Settings(BaseModel):
                                  "or an s3://bucket/prefix with the bundled layout; the bundled data when unset.")
     blob_concurrency: int = Field(default=32, ge=1, le=256, description="LORA_BLOB_CONCURRENCY: blob reads/writes in "
                                   "flight per stage (and S3 connections); 32 keeps S3 busy at tens of ms per round trip.")
-    blob_io_process: bool = Field(default=False, description="LORA_BLOB_IO_PROCESS: 1 sends the S3 requests of small "
-                                  "objects (a conversation's files) through a helper process, beside the stage's own "
-                                  "work rather than under its GIL: worth it with a spare core (on a busy 2-core machine "
-                                  "it measured even, for ~0.9 ms more CPU per conversation).")
 
     # --- limits: each refusal names its limit and the variable that raises it ----------------------
     max_items_per_batch: int = Field(default=10_000, ge=1, description="LORA_MAX_ITEMS_PER_BATCH: items one "
@@ -110,7 +106,6 @@ class Settings(BaseModel):
             dagster_home=_dagster_home(e.get("DAGSTER_HOME") or None),
             scaffolding_dir=(e.get("LORA_SCAFFOLDING_DIR") or "").strip(),
             files_url=(e.get("LORA_FILES_URL") or "").strip().rstrip("/"),
-            blob_io_process=(e.get("LORA_BLOB_IO_PROCESS") or "0").strip().lower() in ("1", "true", "yes", "on"),
         )
         for name, field in cls.model_fields.items():
             variable = env_var(name)

@@ -81,20 +81,10 @@ class BlobStoreResource(ConfigurableResource):
     max_scaffolding_file_bytes: int = 16 * 1024 * 1024
     # Where `lora-assets serve-files` serves `local_dir` (LORA_FILES_URL): output links point there.
     files_url: str = ""
-    # S3 requests of small objects from a helper process (`store.s3_io`, LORA_BLOB_IO_PROCESS):
-    # botocore's CPU per request then runs beside the stage's work instead of under its GIL.
-    io_process: bool = False
-
     def store(self) -> BlobStore:
         """The configured store (S3 when a bucket is set, else the local directory)."""
         if self.s3_bucket:
-            io = None
-            if self.io_process:
-                from lora_assets.store import s3_io
-
-                io = s3_io.shared(self.s3_endpoint_url, self.concurrency)
-            return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix,
-                               io=io)
+            return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix)
         return LocalBlobStore(self.local_dir)
 
     def load_scaffolding(self, limits: Any = None) -> Any:
@@ -212,7 +202,6 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             s3_prefix=s.s3_prefix,
             s3_endpoint_url=s.s3_endpoint_url or "",
             concurrency=s.blob_concurrency,
-            io_process=s.blob_io_process,
             scaffolding_dir=s.scaffolding_dir,
             max_scaffolding_record_bytes=s.max_scaffolding_record_bytes,
             max_template_chars=s.max_template_chars,

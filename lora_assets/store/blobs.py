@@ -235,22 +235,63 @@ def make_s3_client(endpoint_url: str, connections: int) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
-_LOCAL = object()  # `S3BlobStore._remote`: no helper answered, use the store's own client
+def make_object_store(client: Any, bucket: str, prefix: str = "") -> Any:
+    """An obstore `S3Store` for `bucket`/`prefix` configured like the boto3 `client`: its endpoint,
+    region, timeouts and number of attempts, and credentials from boto3's default chain (env,
+    profile, instance role: what `make_s3_client` and dagster-aws's S3Resource use), refreshed
+    by obstore. None when that chain has no credentials (the boto3 client then does everything).
+
+    Why a second client: a stage sends ~5 small-object requests per conversation, and botocore
+    spends ≈ 1–2.5 ms of CPU on each under the GIL (measured beside obstore's ≈ 0.4 ms in
+    `bench/bench_scale.py`), more than the whole per-conversation budget. obstore (Rust
+    object_store) signs and sends them with the GIL released."""
+    from datetime import timedelta
+
+    import boto3
+    from obstore.auth.boto3 import Boto3CredentialProvider
+    from obstore.store import S3Store
+
+    session = boto3.session.Session()
+    if session.get_credentials() is None:
+        return None
+    meta = client.meta
+    retries = meta.config.retries or {}
+    attempts = int(retries.get("total_max_attempts") or 3)  # botocore's standard mode: 3 in all
+    endpoint = meta.endpoint_url or None  # boto3 fills in AWS's own when none was configured
+    options: dict[str, Any] = {
+        "timeout": timedelta(seconds=float(meta.config.read_timeout or 60) + float(meta.config.connect_timeout or 60)),
+        "connect_timeout": timedelta(seconds=float(meta.config.connect_timeout or 60)),
+        "pool_max_idle_per_host": str(meta.config.max_pool_connections or 10),
+    }
+    if endpoint and endpoint.startswith("http://"):
+        options["allow_http"] = True
+    kwargs: dict[str, Any] = {"region": meta.region_name or "us-east-1"}
+    if endpoint:
+        kwargs.update(endpoint=endpoint, virtual_hosted_style_request=False)
+    return S3Store(bucket, prefix=prefix or None, client_options=options,
+                   retry_config={"max_retries": max(attempts - 1, 0),
+                                 "backoff": {"init_backoff": timedelta(milliseconds=50),
+                                             "max_backoff": timedelta(seconds=20), "base": 2.0},
+                                 "retry_timeout": timedelta(minutes=3)},
+                   credential_provider=Boto3CredentialProvider(session), **kwargs)
+
+
+_OBJECT_STORES: dict[tuple[Any, ...], Any] = {}
 
 
 class S3BlobStore:
-    """Blobs in an S3 bucket under a prefix, through a boto3 client (dagster-aws's S3Resource
-    builds the same client in the Dagster layer). Streams via multipart upload. With `io` (an
-    `s3_io.S3IOProcess`), small objects are read, written and asked about through that helper
-    process, out of the caller's GIL; if it dies, through `client` again."""
+    """Blobs in an S3 bucket under a prefix. Small objects (a conversation's JSON: read, written,
+    created-if-absent, asked about) go through obstore (`make_object_store`); streamed multipart
+    uploads, big reads, listings, deletes and presigned links through the boto3 `client`
+    (dagster-aws's S3Resource builds the same client in the Dagster layer)."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", io: Any = None) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.io = io
         self._upload_pool: ThreadPoolExecutor | None = None
+        self._objects: tuple[int, Any] | None = None  # (pid, S3Store): obstore's runtime is per process
         client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies,
                                     unique_id="lora-no-expect-small-put")
 
@@ -258,35 +299,47 @@ class S3BlobStore:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _remote(self, op: str, key: str, body: bytes | None = None, if_none_match: str | None = None) -> Any:
-        """The helper's answer, or `_LOCAL` when there is no helper (any more): the caller then uses
-        its own client (also for a request the helper took with it when it died: repeating a GET,
-        a HEAD or a PUT of the same bytes is harmless; a conditional PUT is not repeated, as it
-        may have been made, and its HelperGone error is raised)."""
-        if self.io is None or self.io.dead:
-            return _LOCAL
-        from lora_assets.store.s3_io import HelperGone
+    def _obstore(self) -> Any:
+        """This process's obstore client for the bucket (built on first use: a forked process
+        builds its own), or None when there are no credentials for it."""
+        pid = os.getpid()
+        if self._objects is None or self._objects[0] != pid:
+            meta = self.client.meta
+            shared = (pid, meta.endpoint_url, meta.region_name, repr(meta.config.retries),
+                      meta.config.max_pool_connections, self.bucket, self.prefix)
+            # One per bucket, endpoint and settings in a process: stores made stage after stage
+            # share its connections.
+            if shared not in _OBJECT_STORES:
+                _OBJECT_STORES[shared] = make_object_store(self.client, self.bucket, self.prefix)
+            self._objects = (pid, _OBJECT_STORES[shared])
+        return self._objects[1]
 
-        try:
-            return self.io.call(op, self.bucket, self._key(key), body, if_none_match)
-        except HelperGone:
-            if if_none_match:
-                raise
-            return _LOCAL
+    def _missing(self, key: str) -> FileNotFoundError:
+        return FileNotFoundError(f"{self.location}/{key}: no such blob")
 
-    def _put(self, key: str, data: bytes, if_none_match: str | None = None) -> None:
-        if self._remote("put", key, bytes(data), if_none_match) is not _LOCAL:
-            return
-        if if_none_match:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch=if_none_match)
+    def _put(self, key: str, data: bytes, create: bool = False) -> None:
+        objects = self._obstore()
+        if objects is not None:
+            import obstore
+
+            obstore.put(objects, check_key(key), data, mode="create" if create else "overwrite",
+                        use_multipart=False)
+        elif create:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
         else:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def _head(self, key: str) -> int:
-        size = self._remote("head", key)
-        if size is not _LOCAL:
-            return int(size)
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        objects = self._obstore()
+        if objects is None:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            return int(obstore.head(objects, check_key(key))["size"])
+        except NotFoundError:
+            raise self._missing(key) from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         self._put(key, data)
@@ -295,20 +348,29 @@ class S3BlobStore:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Create `key` unless it exists (S3 conditional write, If-None-Match: *). True if created."""
         from botocore.exceptions import ClientError
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         try:
-            self._put(key, data, "*")
+            self._put(key, data, create=True)
             return True
+        except (AlreadyExistsError, PreconditionError):
+            return False
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
             raise
 
     def get_bytes(self, key: str) -> bytes:
-        data = self._remote("get", key)
-        if data is not _LOCAL:
-            return data  # type: ignore[no-any-return]
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        objects = self._obstore()
+        if objects is None:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            return bytes(obstore.get(objects, check_key(key)).bytes())
+        except NotFoundError:
+            raise self._missing(key) from None
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -316,6 +378,8 @@ class S3BlobStore:
         try:
             self._head(key)
             return True
+        except FileNotFoundError:
+            return False
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False

@@ -254,6 +254,18 @@ def sim() -> Iterator[ClaudeSimulator]:
         s.stop()
 
 
+@pytest.fixture
+def slow_sim() -> Iterator[ClaudeSimulator]:
+    """Answers in 0.4 s: a run of 30 items at concurrency 4 lasts about 3 s, so an outage that
+    starts after its first COMMITs still finds items it has not requested (at 0.1 s, a loaded
+    machine let the run request them all before a trap on the next COMMIT had sprung)."""
+    s = ClaudeSimulator(FaultConfig(latency_s=0.4)).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
 def _store(pg_url: str, s3_bucket: tuple[str, str], mode: str) -> Store:
     engine = setup_store(pg_url)
     batch_id = plan(engine, N_PERSONAS, N_ARCS, N_TOPICS, mode=mode, name=f"outage-{mode}")
@@ -487,12 +499,12 @@ def test_pg_outage_shorter_than_store_retry_run_completes_nothing_bought_twice(
 
 @pytest.mark.parametrize("outage", ["stop", "commit_unheard"])
 def test_pg_outage_longer_than_store_retry_aborts_keeps_spool_and_rerun_buys_nothing_again(
-    messages_store: Store, pg_proxy: TcpProxy, sim: ClaudeSimulator, tmp_path: Path, outage: str
+    messages_store: Store, pg_proxy: TcpProxy, slow_sim: ClaudeSimulator, tmp_path: Path, outage: str
 ) -> None:
     """`commit_unheard`: the outage starts with a COMMIT the server applied but whose answer the
     run never heard (what a plain stop produces only when it happens to cut one in flight):
     that item is stored AND spooled, and the re-run must count it as skipped, once."""
-    st = messages_store
+    st, sim = messages_store, slow_sim
     n = len(st.ids)
     spool_dir = tmp_path / "spool"
     # Short claims (renewed every 2.7 s; a request needs > timeout_s + 1 s of lease left): the
