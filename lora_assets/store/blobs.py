@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -277,6 +278,7 @@ def make_object_store(client: Any, bucket: str, prefix: str = "") -> Any:
 
 
 _OBJECT_STORES: dict[tuple[Any, ...], Any] = {}
+_OBJECT_STORES_LOCK = threading.Lock()
 
 
 class S3BlobStore:
@@ -308,9 +310,10 @@ class S3BlobStore:
             shared = (pid, meta.endpoint_url, meta.region_name, repr(meta.config.retries),
                       meta.config.max_pool_connections, self.bucket, self.prefix)
             # One per bucket, endpoint and settings in a process: stores made stage after stage
-            # share its connections.
-            if shared not in _OBJECT_STORES:
-                _OBJECT_STORES[shared] = make_object_store(self.client, self.bucket, self.prefix)
+            # share its connections. Locked: a stage's 32 pool threads ask at once.
+            with _OBJECT_STORES_LOCK:
+                if shared not in _OBJECT_STORES:
+                    _OBJECT_STORES[shared] = make_object_store(self.client, self.bucket, self.prefix)
             self._objects = (pid, _OBJECT_STORES[shared])
         return self._objects[1]
 
