@@ -31,6 +31,11 @@ def check_key(key: str) -> str:
     return key
 
 
+class BlobIOError(OSError):
+    """A blob could not be read or written (S3 unreachable, refused, timed out): names the blob
+    and the reason in one line."""
+
+
 class BlobStore(Protocol):
     """What stages need from storage. Keys are '/'-separated relative paths."""
 
@@ -320,13 +325,31 @@ class S3BlobStore:
     def _missing(self, key: str) -> FileNotFoundError:
         return FileNotFoundError(f"{self.location}/{key}: no such blob")
 
+    @contextmanager
+    def _named(self, key: str) -> Iterator[None]:
+        """obstore's failures as one line naming the blob (its own message ends in a multi-line
+        debug dump); a missing blob as FileNotFoundError, as on local disk. The original stays
+        chained."""
+        from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
+
+        try:
+            yield
+        except NotFoundError:
+            raise self._missing(key) from None
+        except (AlreadyExistsError, PreconditionError):
+            raise
+        except BaseError as exc:
+            reason = str(exc).split("\n", 1)[0].strip()
+            raise BlobIOError(f"{self.location}/{key}: {reason}") from exc
+
     def _put(self, key: str, data: bytes, create: bool = False) -> None:
         objects = self._obstore()
         if objects is not None:
             import obstore
 
-            obstore.put(objects, check_key(key), data, mode="create" if create else "overwrite",
-                        use_multipart=False)
+            with self._named(key):
+                obstore.put(objects, check_key(key), data, mode="create" if create else "overwrite",
+                            use_multipart=False)
         elif create:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
         else:
@@ -337,12 +360,9 @@ class S3BlobStore:
         if objects is None:
             return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
         import obstore
-        from obstore.exceptions import NotFoundError
 
-        try:
+        with self._named(key):
             return int(obstore.head(objects, check_key(key))["size"])
-        except NotFoundError:
-            raise self._missing(key) from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         self._put(key, data)
@@ -368,12 +388,9 @@ class S3BlobStore:
         if objects is None:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         import obstore
-        from obstore.exceptions import NotFoundError
 
-        try:
+        with self._named(key):
             return bytes(obstore.get(objects, check_key(key)).bytes())
-        except NotFoundError:
-            raise self._missing(key) from None
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -189,3 +189,27 @@ def test_small_objects_go_through_obstore_with_the_clients_settings(s3_bucket: t
     assert client.get_object(Bucket=bucket, Key="fast/conversation-files/u/c1/raw.json")["Body"].read() == b"{}"
     assert store._obstore().retry_config["max_retries"] == 0
     assert store._obstore().config["endpoint"] == endpoint
+
+
+def test_an_unreachable_s3_is_one_line_naming_the_blob(s3_bucket: tuple[str, str]) -> None:
+    """A failed request (nothing listens at the endpoint) is a BlobIOError that says which blob
+    and why in one line, not obstore's multi-line debug dump."""
+    import socket
+
+    from botocore.config import Config
+
+    from lora_assets.store.blobs import BlobIOError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          config=Config(retries={"total_max_attempts": 1}))
+    store = S3BlobStore(client, s3_bucket[1], prefix="gone")
+    for call in (lambda: store.get_bytes("a/raw.json"), lambda: store.put_bytes("a/raw.json", b"{}"),
+                 lambda: store.put_if_absent("a/raw.json", b"{}"), lambda: store.exists("a/raw.json")):
+        with pytest.raises(BlobIOError) as failed:
+            call()
+        message = str(failed.value)
+        assert message.startswith(f"s3://{s3_bucket[1]}/gone/a/raw.json: ") and "\n" not in message, message
+        assert "error sending request" in message, message
