@@ -371,7 +371,7 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
                     aggregate.add(reviewed, conversation_id=m["id"])
                     rendered, example = render(reviewed, min_trained_quality=inputs.tf["min_quality"],
                                                conversation_id=m["id"])
-                    cur.spool.put(rendered, measures.measure(example, m, known=targets.known()))
+                    cur.spool.put(rendered, measures.measure(example, m, targets=targets))
                     cur.turns.add(len(cur.kept), _turn_keys(targets))
                     cur.kept.append(m)
                 else:

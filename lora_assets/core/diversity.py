@@ -121,10 +121,19 @@ class DiversityCounter:
 _RECORD = struct.Struct("<III")  # cell id, word codes, word-pair codes
 
 
-def _pair_codes(turns: list[np.ndarray]) -> np.ndarray:
-    # (first id << 32) | second id, per consecutive pair within a turn: never across turns.
-    pairs = [(ids[:-1].astype(np.uint64) << np.uint64(32)) | ids[1:].astype(np.uint64) for ids in turns if len(ids) > 1]
-    return np.concatenate(pairs) if pairs else np.empty(0, dtype=np.uint64)
+def _pair_codes_of(words: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    # (first id << 32) | second id, per consecutive pair within a turn: never across turns (the
+    # pair that starts at a turn's last word is left out), in word order.
+    if len(words) < 2:
+        return np.empty(0, dtype=np.uint64)
+    wide = words.astype(np.uint64)
+    codes = (wide[:-1] << np.uint64(32)) | wide[1:]
+    crossing = ends[(ends > 0) & (ends < len(words))] - 1
+    if len(crossing):
+        keep = np.ones(len(codes), dtype=bool)
+        keep[crossing] = False
+        codes = codes[keep]
+    return codes
 
 
 class CellCounters:
@@ -140,6 +149,11 @@ class CellCounters:
         self.conversations = array("q")
         self.words = array("q")
         self.pairs = array("q")
+        self.total_words = 0
+        self.total_pairs = 0
+        #: Distinct word ids / word-pair codes of all cells together, once `figures` has run.
+        self.distinct_words = 0
+        self.distinct_pairs = 0
 
     def _grow(self, cell: int) -> None:
         while len(self.conversations) <= cell:
@@ -148,23 +162,33 @@ class CellCounters:
 
     def add(self, cell: int, turns: list[np.ndarray]) -> None:
         """One example of `cell`: its assistant turns, each its word ids (uint32) in order."""
+        ends = np.cumsum([len(ids) for ids in turns], dtype=np.intp)
+        words = np.concatenate(turns).astype(np.uint32) if turns else np.empty(0, dtype=np.uint32)
+        self.add_words(cell, words, ends)
+
+    def add_words(self, cell: int, words: np.ndarray, ends: np.ndarray) -> None:
+        """One example of `cell`: the word ids (uint32) of all its assistant turns back to back,
+        turn i ending at `ends[i]` (one array per example: a few numpy calls, not a few per turn)."""
         self._grow(cell)
         self.conversations[cell] += 1
-        words = np.concatenate(turns).astype(np.uint32) if turns else np.empty(0, dtype=np.uint32)
-        pairs = _pair_codes(turns)
+        pairs = _pair_codes_of(words, ends)
         self.words[cell] += len(words)
         self.pairs[cell] += len(pairs)
+        self.total_words += len(words)
+        self.total_pairs += len(pairs)
         if not self._files:
             self._files = [tempfile.TemporaryFile(prefix="lora-cells-") for _ in range(self._buckets)]
-        out = self._files[cell % self._buckets]
-        out.write(_RECORD.pack(cell, len(words), len(pairs)))
-        out.write(words.tobytes())
-        out.write(pairs.tobytes())
+        self._files[cell % self._buckets].write(
+            b"".join((_RECORD.pack(cell, len(words), len(pairs)), words.tobytes(), pairs.tobytes())))
 
     def figures(self) -> list[dict[str, Any]]:
-        """Per cell id: conversations, assistant_words, distinct_1, distinct_2 (as `DiversityCounter`)."""
+        """Per cell id: conversations, assistant_words, distinct_1, distinct_2 (as `DiversityCounter`).
+        Also counts the distinct words and pairs of all cells together (`distinct_words`,
+        `distinct_pairs`, `overall`): the union of the cells' distinct codes, so the whole file's
+        distinct-n needs no counter fed per example."""
         distinct_words = [0] * len(self.conversations)
         distinct_pairs = [0] * len(self.conversations)
+        all_words, all_pairs = _DistinctCodes(np.uint32), _DistinctCodes(np.uint64)
         for out in self._files:
             out.flush()
             out.seek(0)
@@ -180,14 +204,30 @@ class CellCounters:
                 pairs.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint64, count=n_pairs, offset=at))
                 at += 8 * n_pairs
             for cell, parts in words.items():
-                distinct_words[cell] = len(np.unique(np.concatenate(parts)))
+                distinct = np.unique(np.concatenate(parts))
+                distinct_words[cell] = len(distinct)
+                all_words.add([distinct])
             for cell, parts in pairs.items():
-                distinct_pairs[cell] = len(np.unique(np.concatenate(parts)))
+                distinct = np.unique(np.concatenate(parts))
+                distinct_pairs[cell] = len(distinct)
+                all_pairs.add([distinct])
             del data, words, pairs
+        self.distinct_words, self.distinct_pairs = len(all_words), len(all_pairs)
         return [{"conversations": self.conversations[c], "assistant_words": self.words[c],
                  "distinct_1": round(distinct_words[c] / self.words[c], 4) if self.words[c] else 0.0,
                  "distinct_2": round(distinct_pairs[c] / self.pairs[c], 4) if self.pairs[c] else 0.0}
                 for c in range(len(self.conversations))]
+
+    def overall(self, templates: dict[str, Any]) -> dict[str, Any]:
+        """`DiversityCounter.figures` of all cells together (after `figures`), with the file's
+        template figures merged in."""
+        return {
+            "conversations": sum(self.conversations),
+            "assistant_words": self.total_words,
+            "distinct_1": round(self.distinct_words / self.total_words, 4) if self.total_words else 0.0,
+            "distinct_2": round(self.distinct_pairs / self.total_pairs, 4) if self.total_pairs else 0.0,
+            **templates,
+        }
 
     def close(self) -> None:
         for out in self._files:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from array import array
 from collections import Counter
@@ -49,9 +50,9 @@ import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
-from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words
+from lora_assets.core.dedup import BandIndex, TargetTexts, normalise_text, normalise_texts, shingles_of_words
+from lora_assets.core.diversity import CellCounters, template_figures
 from lora_assets.core.minhash import MinHasher, crc32_hashes
-from lora_assets.core.diversity import NARROW_IDS, CellCounters, DiversityCounter, template_figures
 
 Split = Literal["train", "validation"]
 
@@ -106,6 +107,37 @@ def mask_template(sentence: str) -> str:
         if kept and not _ADDRESSED.match(masked, first.end() - 1):
             return normalise_text(masked[: kept.end()] + _NAME.sub("<NAME>", masked[kept.end() :]))
     return normalise_text(_NAME.sub("<NAME>", masked))
+
+
+#: Joins a member's sentences for one substitution pass (see `dedup.normalise_texts`): no pattern
+#: here matches U+0000 or across it (it is neither whitespace nor a word character, so `\b` and
+#: `\s` see a text's end there).
+_SEP = "\x00"
+
+
+def mask_templates(sentences: Sequence[str]) -> list[str]:
+    """`mask_template` of each sentence (the same strings; tested), with the money, number and
+    name substitutions and the normalisation each made once over all the sentences joined, not
+    once per sentence."""
+    joined = _SEP.join(s.strip() for s in sentences)
+    if not sentences or joined.count(_SEP) != len(sentences) - 1:  # a sentence holds the separator
+        return [mask_template(s) for s in sentences]
+    if _DIGIT.search(joined):
+        joined = _NUMBER.sub("<NUM>", _MONEY.sub("<MONEY>", joined))
+    heads: list[str] = []
+    rests: list[str] = []
+    for masked in joined.split(_SEP):
+        # The first word stays unless it addresses the client (as in `mask_template`).
+        first = _FIRST_WORD.match(masked)
+        kept = _NAME.match(masked, first.end() - 1) if first else None
+        if kept and not _ADDRESSED.match(masked, first.end() - 1):  # type: ignore[union-attr]
+            heads.append(masked[: kept.end()])
+            rests.append(masked[kept.end() :])
+        else:
+            heads.append("")
+            rests.append(masked)
+    named = _NAME.sub("<NAME>", _SEP.join(rests)).split(_SEP)
+    return normalise_texts([head + rest for head, rest in zip(heads, named, strict=True)])
 
 
 def _digest(text: str) -> bytes:
@@ -380,9 +412,7 @@ class LeakageStats:
         self._train_turn_digests = bytearray()
         self._short_turns = 0
         self._examples: Counter[str] = Counter()
-        self._overall = DiversityCounter()
         self._vocabulary: dict[str, int] = {}
-        self._wide = False  # see `NARROW_IDS`
         self._cell_index: dict[tuple[str, str, str], int] = {}
         self._cells = CellCounters()
         # Every sentence's template, in order: its 64-bit hash and its cell; its text goes to the
@@ -418,19 +448,25 @@ class LeakageStats:
         self.record(self.measure(messages, cell=cell), split, conversation_id=conversation_id)
 
     def measure(self, messages: Sequence[Mapping[str, str]], *, cell: Sequence[str | None] | None = None,
-                known: Mapping[str, tuple[str, list[str]]] | None = None) -> ExampleMeasure:
+                known: Mapping[str, tuple[str, list[str]]] | None = None,
+                targets: TargetTexts | None = None) -> ExampleMeasure:
         """The first half of `add`, which needs no split: the example's diversity and templates
         are counted now, and what goes to its split is returned, for `record` once the split is
         known (a build measures while it reads its members, then splits). Examples must be
         recorded in the order they were measured. `known`: raw answer → (normalised, words) for
-        answers the caller has normalised already (`dedup.TargetTexts.known`)."""
+        answers the caller has normalised already (`dedup.TargetTexts.known`); `targets`: the
+        caller's `TargetTexts` of the answers (normalised, split into words and shingled once
+        for dedup and this check)."""
         key = _cell_key(cell)
         cell_id = self._cell_index.setdefault(key, len(self._cell_index))
-        self._overall.conversations += 1
+        position = targets.index() if targets is not None else {}
+        if targets is not None and known is None:
+            known = dict(zip(targets.raw, zip(targets.normalised, targets.words, strict=True), strict=True))
 
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        turn_ids: list[np.ndarray] = []
-        sentences: list[bytes] = []
+        words_all: list[str] = []  # every answer's words back to back (diversity)
+        ends: list[int] = []  # where each answer's words end in `words_all`
+        sentences: list[str] = []
         compared: list[tuple[int, bytes]] = []  # (turn index, digest) of the turns long enough to compare
         shingles: list[bytes] = []
         bounds = [0]  # compared turn i's shingles are shingles[bounds[i]:bounds[i + 1]]
@@ -442,26 +478,27 @@ class LeakageStats:
                 words = _WORD.findall(text)
             else:
                 text, words = done
-            turn_ids.append(self._word_ids(words))
-            for sentence in split_sentences(content):
-                self._add_template(sentence, cell_id)
-                normalised = normalise_text(sentence)
-                if len(_WORD.findall(normalised)) >= self.min_sentence_words:
-                    sentences.append(_digest(normalised))
+            words_all.extend(words)
+            ends.append(len(words_all))
+            sentences.extend(split_sentences(content))
             if len(words) < self.min_turn_words:
                 short += 1
                 continue
             compared.append((turn_index, _digest(text)))
-            shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
+            at = position.get(content)
+            if at is not None:
+                shingles.extend(targets.turn_shingles(at, self.shingle_size))  # type: ignore[union-attr]
+            else:
+                shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
             bounds.append(len(shingles))
+        self._add_templates(sentences, cell_id)
+        # Sentences long enough to compare, as digests (all of the example's in one normalisation).
+        counted = [_digest(text) for text in normalise_texts(sentences)
+                   if len(_WORD.findall(text)) >= self.min_sentence_words]
         # Every compared turn of the example in one numpy pass.
         signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
-        if not self._wide and len(self._vocabulary) > NARROW_IDS:
-            self._overall.widen()
-            self._wide = True
-        self._overall.add_turns(turn_ids, wide=self._wide)
-        self._cells.add(cell_id, turn_ids)
-        return ExampleMeasure(b"".join(sentences), compared, signatures, short)
+        self._cells.add_words(cell_id, self._word_ids(words_all), np.array(ends, dtype=np.intp))
+        return ExampleMeasure(b"".join(counted), compared, signatures, short)
 
     def record(self, measured: ExampleMeasure, split: Split, *, conversation_id: str) -> None:
         """The second half of `add`: the measured example's sentences and turns go to `split`."""
@@ -494,13 +531,20 @@ class LeakageStats:
                     ids[i] = vocabulary.setdefault(word, len(vocabulary))
         return np.array(ids, dtype=np.uint32)
 
-    def _add_template(self, sentence: str, cell_id: int) -> None:
-        template = mask_template(sentence)
-        encoded = template.encode()
-        self._template_hashes.append(int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little"))
-        self._template_cells.append(cell_id)
-        self._template_lengths.append(len(encoded))
-        self._files().templates.write(encoded)
+    def _add_templates(self, sentences: list[str], cell_id: int) -> None:
+        """The example's sentences' templates: hashes, cells and lengths in memory, the text to
+        the spool (one write per example)."""
+        if not sentences:
+            return
+        encoded = [template.encode() for template in mask_templates(sentences)]
+        # 8-byte BLAKE2b digests back to back are the hashes (little-endian uint64 each).
+        hashes = array("Q", b"".join([hashlib.blake2b(e, digest_size=8).digest() for e in encoded]))
+        if sys.byteorder != "little":
+            hashes.byteswap()
+        self._template_hashes.extend(hashes)
+        self._template_cells.extend([cell_id] * len(encoded))
+        self._template_lengths.extend(map(len, encoded))
+        self._files().templates.write(b"".join(encoded))
 
     def _template_texts(self, wanted: set[int]) -> dict[int, str]:
         """The text of the templates at sentence positions `wanted` (read back from the spool)."""
@@ -618,7 +662,7 @@ class LeakageStats:
                 exact_examples=exact_examples,
                 near_examples=near_examples,
             ),
-            diversity=Diversity(**self._overall.figures(templates.overall)),
+            diversity=Diversity(**self._cells.overall(templates.overall)),
             cells=[
                 CellDiversity(persona=p, arc=a, topic=t, **cell_figures[cell], **templates.cells[cell])
                 for (p, a, t), cell in sorted(cell_ids.items())

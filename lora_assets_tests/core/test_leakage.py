@@ -201,25 +201,36 @@ def test_legacy_cell_and_bad_split() -> None:
         LeakageThresholds(warn_verbatim_sentence_rate=1.5)
 
 
-def test_diversity_is_exact_when_the_vocabulary_outgrows_16_bit_word_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Word ids are held in 16 bits (pairs in 32) until the vocabulary outgrows them; the counts
-    held so far are then re-encoded: the figures are the same as with wide ids from the start."""
-    from lora_assets.core import leakage
+def test_file_diversity_counts_every_cell_together() -> None:
+    """The file's distinct-1 / distinct-2 are the distinct words / within-turn word pairs of all
+    examples together (the union of the cells' codes), counted exactly, here against plain sets;
+    also with more distinct words than 16-bit ids hold."""
+    import re
 
+    from lora_assets.core.dedup import normalise_text
+
+    many = " ".join(f"w{i}" for i in range(70_000))  # > 65,536 distinct words
     examples = [(_example(*TRAIN_ANSWERS[: i + 1]), "train", ("p", "a", f"t{i % 2}")) for i in range(3)]
-    examples += [(_example(*VALIDATION_ANSWERS), "validation", ("p", "a", "t0")), (_example("the cat the cat"), "train", CELL)]
-
-    def report(narrow_ids: int) -> dict:
-        monkeypatch.setattr(leakage, "NARROW_IDS", narrow_ids)
-        stats = LeakageStats()
-        for i, (messages, split, cell) in enumerate(examples):
-            stats.add(messages, split, conversation_id=f"c{i}", cell=cell)
-        return stats.result().model_dump()
-
-    first = LeakageStats()
-    first.add(examples[0][0], "train", conversation_id="c0")
-    after_first = len(first._vocabulary)  # widened while the second example is added
-    assert report(1 << 16) == report(after_first) == report(0)
+    examples += [(_example(*VALIDATION_ANSWERS), "validation", ("p", "a", "t0")), (_example("the cat the cat"), "train", CELL),
+                 (_example(many, "w1 w2 w3"), "train", ("q", "a", "t0")), (_example(""), "train", CELL)]
+    stats = LeakageStats()
+    words: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    total_words = total_pairs = 0
+    for i, (messages, split, cell) in enumerate(examples):
+        stats.add(messages, split, conversation_id=f"c{i}", cell=cell)
+        for m in messages:
+            if m["role"] == "assistant":
+                turn = re.findall(r"\w+", normalise_text(m["content"]))
+                words.update(turn)
+                pairs.update(zip(turn, turn[1:]))
+                total_words += len(turn)
+                total_pairs += max(0, len(turn) - 1)
+    diversity = stats.result().diversity
+    assert diversity.conversations == len(examples)
+    assert diversity.assistant_words == total_words
+    assert diversity.distinct_1 == round(len(words) / total_words, 4)
+    assert diversity.distinct_2 == round(len(pairs) / total_pairs, 4)
 
 
 def test_word_counts_recorded_under_their_old_name_still_load() -> None:
