@@ -58,8 +58,9 @@ Split = Literal["train", "validation"]
 
 _WORD = re.compile(r"\w+")
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace,
-# or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+# or at a line break: `(?<=[.!?])["')\]]*\s+|\n+`, written to start with the class of a separator's
+# first character (the engine then skips to candidates; tests pin it to that form).
+_SENTENCE_END = re.compile(r"""[\s"')\]](?:(?<=[.!?]["')\]])["')\]]*\s+|(?<=[.!?]\s)\s*|(?<=\n)\n*)""")
 # Each pattern starts with a character class, so the regex engine jumps from candidate to
 # candidate instead of trying every position (`\b` first defeats that: 2-3x the time over a
 # member's text); the lookbehind right after it is the `\b` it replaces. Read as:
@@ -394,6 +395,9 @@ class LeakageStats:
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.min_sentence_words = min_sentence_words
+        # Matches a text of at least min_sentence_words `\w+` runs, stopping at the last one needed
+        # (possessive: a run is never split to make up the count).
+        self._enough_words = re.compile(r"(?:\W*+\w++){%d}" % min_sentence_words)
         self.min_turn_words = min_turn_words
         self.seed = seed
         # datasketch's MinHash(num_perm, seed, hashfunc=zlib.crc32), in numpy: CRC-32 instead of
@@ -501,8 +505,8 @@ class LeakageStats:
             bounds.append(len(shingles))
         self._add_templates(sentences, cell_id)
         # Sentences long enough to compare, as digests (all of the example's in one normalisation).
-        counted = [_digest(text) for text in normalise_texts(sentences)
-                   if len(_WORD.findall(text)) >= self.min_sentence_words]
+        enough = self._enough_words.match
+        counted = [_digest(text) for text in normalise_texts(sentences) if enough(text)]
         # Every compared turn of the example in one numpy pass.
         signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
         self._cells.add_words(cell_id, self._word_ids(words_all), np.array(ends, dtype=np.intp))

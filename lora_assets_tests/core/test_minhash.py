@@ -109,15 +109,27 @@ def test_mask_template_is_the_callback_one() -> None:
 
 
 def test_masking_patterns_are_their_readable_forms() -> None:
-    """`_MONEY`, `_NUMBER` and `_NAME` start with a character class (fast to scan for) where their
-    readable forms start with `\\b`: they substitute the same text."""
+    """`_MONEY`, `_NUMBER`, `_NAME` and `_SENTENCE_END` start with a character class (fast to scan
+    for) where their readable forms start with `\\b` or a lookbehind: they substitute (split) the
+    same text. The sentence word count's possessive pattern agrees with counting `\\w+` runs."""
     readable = {
         _MONEY: re.compile(r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]|thousand|million|billion)\b)?)"
                            r"|(?:\b\d[\d,]*(?:\.\d+)?\s?(?:dollars|USD|EUR|GBP)\b)"),
         _NUMBER: re.compile(r"\b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|th\b|[kK]\b)?"),
         _NAME: re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b"),
     }
+    from lora_assets.core.leakage import _SENTENCE_END, LeakageStats
+
+    readable_end = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+    word = re.compile(r"\w+")
     rng = random.Random(5)
+    ends = ["a", "B.", "!", "?", " ", "\n", "\n\n", '"', "'", ")", "]", "\t", ". ", ".\n", "\u2028", "x"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(ends) for _ in range(rng.randint(0, 14)))
+        assert _SENTENCE_END.split(text) == readable_end.split(text), text
+        for n in (0, 1, 4):
+            assert (LeakageStats(min_sentence_words=n)._enough_words.match(text) is not None) == (
+                len(word.findall(text)) >= n), (n, text)
     pieces = ["$", "€", "£", " ", "1", "23", ",", ".", "5", "k", "K", "m", "thousand", "million", "dollars", "USD",
               "a", "x1", "_", "\n", "%", "percent", "st", "th", "\x00", "Ab", "É", "Mary-Jane", "O'Neil", "²", "-", "'"]
     for _ in range(20_000):
