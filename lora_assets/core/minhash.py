@@ -86,8 +86,9 @@ class MinHasher:
             return np.full(self.num_perm, _MAX32, dtype=np.uint32)
         out = None
         for start in range(0, len(hashes), _BLOCK):
-            hv = _fmix32(hashes[start : start + _BLOCK])[:, None]
-            block = (hv * self._a + self._b).min(axis=0)  # a·h + b mod 2**32: the uint32 wrap is the modulo
+            values = _fmix32(hashes[start : start + _BLOCK])[:, None] * self._a
+            values += self._b  # a·h + b mod 2**32: the uint32 wrap is the modulo (in place: one temporary)
+            block = values.min(axis=0)
             out = block if out is None else np.minimum(out, block)
         return out  # type: ignore[return-value]
 
@@ -103,8 +104,8 @@ class MinHasher:
         out = np.full((groups, self.num_perm), _MAX32, dtype=np.uint32)
         if not len(hashes):
             return out
-        hv = _fmix32(hashes)[:, None]
-        values = hv * self._a + self._b
+        values = _fmix32(hashes)[:, None] * self._a
+        values += self._b
         edges = np.asarray(bounds, dtype=np.intp)
         filled = edges[:-1] < edges[1:]
         # Each non-empty set's rows run up to the next non-empty set's start (empty sets in
