@@ -54,6 +54,10 @@ class DedupDecision(BaseModel):
     similarity: float | None = None
 
 
+#: The decision of most members (a frozen model: one instance serves them all).
+_KEEP = DedupDecision(keep=True)
+
+
 class DedupStats(BaseModel):
     """Counts of a deduplication pass."""
 
@@ -378,7 +382,7 @@ class Deduplicator:
             # No assistant text: nothing to compare, and nothing that could collide with it.
             self._empty += 1
             self._kept += 1
-            return DedupDecision(keep=True)
+            return _KEEP
 
         digest = hashlib.sha256(text.encode()).digest()
         signature = self._signature_of_targets(targets)
@@ -401,7 +405,7 @@ class Deduplicator:
         self._index.insert(signature)
         self._kept_ids.append(cid)
         self._kept += 1
-        return DedupDecision(keep=True)
+        return _KEEP
 
     @property
     def stats(self) -> DedupStats:

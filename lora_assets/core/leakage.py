@@ -359,7 +359,9 @@ class ExampleMeasure:
 
     sentences: bytes  # 16-byte digests back to back
     turns: list[tuple[int, bytes]]
-    signatures: np.ndarray
+    #: The turns' signatures back to back, num_perm uint32 each (bytes, not an array: a build
+    #: spools a measure per member, and pickling an array costs several times its 1 KB).
+    signatures: bytes
     short_turns: int
 
 
@@ -508,7 +510,7 @@ class LeakageStats:
         enough = self._enough_words.match
         counted = [_digest(text) for text in normalise_texts(sentences) if enough(text)]
         # Every compared turn of the example in one numpy pass.
-        signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
+        signatures = self._hasher.signatures(shingles, bounds).tobytes() if compared else b""
         self._cells.add_words(cell_id, self._word_ids(words_all), np.array(ends, dtype=np.intp))
         return ExampleMeasure(b"".join(counted), compared, signatures, short)
 
@@ -519,7 +521,7 @@ class LeakageStats:
         if split == "train":
             self._train_sentences += measured.sentences
             if measured.turns:
-                self._files().signatures.write(np.ascontiguousarray(measured.signatures, dtype=np.uint32).tobytes())
+                self._files().signatures.write(measured.signatures)
             for _, digest in measured.turns:
                 self._train_turn_digests += digest
                 self._train_turn_owner.append(conversation_id)
@@ -527,11 +529,11 @@ class LeakageStats:
         else:
             self._validation_sentences += measured.sentences
             self._short_turns += measured.short_turns
-            for (turn_index, digest), signature in zip(measured.turns, measured.signatures, strict=True):
+            for turn_index, digest in measured.turns:
                 self._validation_owner.append(conversation_id)
                 self._validation_turn.append(turn_index)
                 self._validation_digests += digest
-                self._validation_signatures.frombytes(np.ascontiguousarray(signature, dtype=np.uint32).tobytes())
+            self._validation_signatures.frombytes(measured.signatures)
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
