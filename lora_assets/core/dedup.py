@@ -34,6 +34,7 @@ from lora_assets.core.aggregate import (
     conversation_id_of,
     conversation_quality,
 )
+from lora_assets.core.diversity import sorted_unique
 from lora_assets.core.minhash import MinHasher, optimal_bands, sha1_hashes
 from lora_assets.schemas.training import EnrichedConversation
 
@@ -245,7 +246,7 @@ class BandIndex:
         # A key only proposes: the band's values decide.
         columns = band[:, None] * self.rows + np.arange(self.rows)
         same = (self._signatures[kept[:, None], columns] == signature[columns]).all(axis=1)
-        return np.unique(kept[same])
+        return sorted_unique(kept[same])
 
     def similarities(self, indexes: np.ndarray, signature: np.ndarray) -> np.ndarray:
         """Share of equal values between `signature` and each kept signature of `indexes`."""
@@ -275,7 +276,7 @@ class BandIndex:
         # A key only proposes: the band's values decide (as in `candidates`).
         columns = band[:, None] * self.rows + np.arange(self.rows)
         same = (self._signatures[kept[:, None], columns] == queries[query[:, None], columns]).all(axis=1)
-        code = np.unique(query[same] * self._count + kept[same])
+        code = sorted_unique(query[same] * self._count + kept[same])
         return code // self._count, code % self._count
 
     def insert(self, signature: np.ndarray) -> int:

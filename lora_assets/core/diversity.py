@@ -17,11 +17,24 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["NARROW_IDS", "CellCounters", "DiversityCounter", "TemplateFigures", "template_figures"]
+__all__ = ["NARROW_IDS", "CellCounters", "DiversityCounter", "TemplateFigures", "sorted_unique", "template_figures"]
 
 #: Word ids below this fit 16 bits: unigrams are then held as uint16 and bigrams as uint32
 #: (first << 16 | second); a vocabulary that outgrows it widens every counter to 32 / 64 bits.
 NARROW_IDS = 1 << 16
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """`np.unique(values)` of a 1-D array, by one sort: numpy 2's `np.unique` goes through a hash
+    table that measured 10-20x slower here (3.3 ms against 0.2-0.4 ms for 25,000 codes; 7.7 us
+    against 3.7 us for 50) and imports numpy.ma on first use."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
 
 
 #: Codes a counter collects before its first merges: a persona × arc × topic cell gets a few
@@ -52,7 +65,7 @@ class _DistinctCodes:
 
     def _merge(self) -> None:
         if self._pending:
-            self._distinct = np.unique(np.concatenate([self._distinct, *self._pending]))
+            self._distinct = sorted_unique(np.concatenate([self._distinct, *self._pending]))
         self._pending, self._pending_count = None, 0
 
     def widen(self, convert: Any) -> None:
@@ -136,6 +149,16 @@ def _pair_codes_of(words: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _distinct_per_cell(codes: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
+    """How many distinct codes each cell id has (`cells[i]` owns `codes[i]`): one lexsort."""
+    if not len(codes):
+        return np.zeros(n_cells, dtype=np.int64)
+    order = np.lexsort((codes, cells))
+    c, k = cells[order], codes[order]
+    first = np.r_[True, (c[1:] != c[:-1]) | (k[1:] != k[:-1])]  # the first of each (cell, code)
+    return np.bincount(c[first], minlength=n_cells)
+
+
 class CellCounters:
     """`DiversityCounter` figures (conversations, words, distinct-1, distinct-2) of many groups at
     once (the persona × arc × topic cells, by cell id), exact, in a few bytes of memory per cell:
@@ -186,37 +209,46 @@ class CellCounters:
         Also counts the distinct words and pairs of all cells together (`distinct_words`,
         `distinct_pairs`, `overall`): the union of the cells' distinct codes, so the whole file's
         distinct-n needs no counter fed per example."""
-        distinct_words = [0] * len(self.conversations)
-        distinct_pairs = [0] * len(self.conversations)
+        cells = len(self.conversations)
+        distinct_words = np.zeros(cells, dtype=np.int64)
+        distinct_pairs = np.zeros(cells, dtype=np.int64)
         all_words, all_pairs = _DistinctCodes(np.uint32), _DistinctCodes(np.uint64)
         for out in self._files:
             out.flush()
             out.seek(0)
             data = out.read()
-            words: dict[int, list[np.ndarray]] = {}
-            pairs: dict[int, list[np.ndarray]] = {}
+            word_parts: list[np.ndarray] = []
+            pair_parts: list[np.ndarray] = []
+            word_cells: list[int] = []  # (cell, count) of each record, for np.repeat
+            word_counts: list[int] = []
+            pair_counts: list[int] = []
             at = 0
             while at < len(data):
                 cell, n_words, n_pairs = _RECORD.unpack_from(data, at)
                 at += _RECORD.size
-                words.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint32, count=n_words, offset=at))
+                word_parts.append(np.frombuffer(data, dtype=np.uint32, count=n_words, offset=at))
                 at += 4 * n_words
-                pairs.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint64, count=n_pairs, offset=at))
+                pair_parts.append(np.frombuffer(data, dtype=np.uint64, count=n_pairs, offset=at))
                 at += 8 * n_pairs
-            for cell, parts in words.items():
-                distinct = np.unique(np.concatenate(parts))
-                distinct_words[cell] = len(distinct)
-                all_words.add([distinct])
-            for cell, parts in pairs.items():
-                distinct = np.unique(np.concatenate(parts))
-                distinct_pairs[cell] = len(distinct)
-                all_pairs.add([distinct])
-            del data, words, pairs
+                word_cells.append(cell)
+                word_counts.append(n_words)
+                pair_counts.append(n_pairs)
+            if word_parts:
+                # Every cell of the bucket in one sort by (cell, code): a np.unique per cell cost
+                # more than its few hundred codes.
+                record_cells = np.array(word_cells, dtype=np.int64)
+                for parts, counts, distinct, union in ((word_parts, word_counts, distinct_words, all_words),
+                                                       (pair_parts, pair_counts, distinct_pairs, all_pairs)):
+                    codes = np.concatenate(parts)
+                    owner = np.repeat(record_cells, counts)
+                    distinct += _distinct_per_cell(codes, owner, cells)
+                    union.add([sorted_unique(codes)])
+            del data, word_parts, pair_parts
         self.distinct_words, self.distinct_pairs = len(all_words), len(all_pairs)
         return [{"conversations": self.conversations[c], "assistant_words": self.words[c],
-                 "distinct_1": round(distinct_words[c] / self.words[c], 4) if self.words[c] else 0.0,
-                 "distinct_2": round(distinct_pairs[c] / self.pairs[c], 4) if self.pairs[c] else 0.0}
-                for c in range(len(self.conversations))]
+                 "distinct_1": round(int(distinct_words[c]) / self.words[c], 4) if self.words[c] else 0.0,
+                 "distinct_2": round(int(distinct_pairs[c]) / self.pairs[c], 4) if self.pairs[c] else 0.0}
+                for c in range(cells)]
 
     def overall(self, templates: dict[str, Any]) -> dict[str, Any]:
         """`DiversityCounter.figures` of all cells together (after `figures`), with the file's

@@ -288,3 +288,17 @@ def test_cell_counters_and_template_figures_match_per_group_counting() -> None:
 
     assert got.overall == expected(list(range(500)))
     assert got.cells == [expected([i for i in range(500) if owners[i] == c]) for c in range(7)]
+
+
+def test_sorted_unique_is_np_unique() -> None:
+    """The sort-based `sorted_unique` the counters use gives `np.unique`'s array (values, dtype)."""
+    import numpy as np
+
+    from lora_assets.core.diversity import sorted_unique
+
+    rng = np.random.default_rng(1)
+    for n in range(40):
+        for dtype in (np.uint16, np.uint32, np.uint64, np.int64):
+            values = rng.integers(0, max(1, n), n).astype(dtype)
+            got, expected = sorted_unique(values), np.unique(values)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
