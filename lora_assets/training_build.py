@@ -340,7 +340,7 @@ def _filter(members: list[Any], min_quality: float | None, min_judge_score: floa
         judge = judge_score_of(m["judge_scores"])
         if is_rejected(m):
             cur.review_rejected.append(m)
-        elif not quality_filter(tfq.summary_of(m), min_quality):
+        elif min_quality is not None and not quality_filter(tfq.summary_of(m), min_quality):  # no threshold: keep
             cur.quality_filtered.append(m)
         elif min_judge_score is not None and (judge is None or judge < min_judge_score):
             cur.judge_filtered.append(m)

@@ -393,14 +393,16 @@ class Deduplicator:
                 self._exact_dups += 1
                 return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=self._kept_ids[kept],
                                      similarity=1.0)
-        similarity = self._index.similarities(candidates, signature)
-        close = similarity >= self.threshold
-        if close.any():
-            # Most similar wins; among equals, the earliest kept conversation (candidates ascend).
-            best = float(similarity[close].max())
-            first = int(candidates[close][similarity[close] == best][0])
-            self._near_dups += 1
-            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first], similarity=best)
+        if len(candidates):  # none for most members of a varied corpus: nothing to compare
+            similarity = self._index.similarities(candidates, signature)
+            close = similarity >= self.threshold
+            if close.any():
+                # Most similar wins; among equals, the earliest kept conversation (candidates ascend).
+                best = float(similarity[close].max())
+                first = int(candidates[close][similarity[close] == best][0])
+                self._near_dups += 1
+                return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first],
+                                     similarity=best)
 
         self._digests += digest
         self._index.insert(signature)
