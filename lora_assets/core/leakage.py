@@ -79,6 +79,10 @@ _NAME = re.compile(r"[A-Z](?<!\w[A-Z])[a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
 _FIRST_WORD = re.compile(r"^\W*\w")
 _ADDRESSED = re.compile(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,")  # a first word that names the client
 _DIGIT = re.compile(r"\d")
+# `mask_template`'s kept first name in one match: the leading non-word characters, then `_NAME`'s
+# match at the first word character (atomic: the match `_NAME.match` returns, never a shorter
+# one), not followed by a comma (`_ADDRESSED` matches exactly then).
+_KEPT_FIRST_NAME = re.compile(r"\W*+(?>[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b)(?!,)")
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
@@ -137,9 +141,8 @@ def mask_templates(sentences: Sequence[str]) -> list[str]:
     rests: list[str] = []
     for masked in joined.split(_SEP):
         # The first word stays unless it addresses the client (as in `mask_template`).
-        first = _FIRST_WORD.match(masked)
-        kept = _NAME.match(masked, first.end() - 1) if first else None
-        if kept and not _ADDRESSED.match(masked, first.end() - 1):  # type: ignore[union-attr]
+        kept = _KEPT_FIRST_NAME.match(masked)
+        if kept:
             heads.append(masked[: kept.end()])
             rests.append(masked[kept.end() :])
         else:
