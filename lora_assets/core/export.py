@@ -462,12 +462,13 @@ class ExportWriter:
 
     def _buffer_rows(self, rows: list[tuple[Any, ...]], split: Split) -> None:
         cols = self._columns
-        for row in rows:
-            for name, value in zip(_ROW_COLUMNS, row, strict=True):
-                cols[name].append(value)
-            cols["split"].append(split)
+        if rows:
+            # Column by column: one extend each, not an append per value.
+            for name, values in zip(_ROW_COLUMNS, zip(*rows, strict=True), strict=True):
+                cols[name].extend(values)
+            cols["split"].extend([split] * len(rows))
             # system_prompt + history + input + target
-            self._buffered_bytes += len(row[6]) + len(row[7]) + len(row[8]) + len(row[9] or "")
+            self._buffered_bytes += sum(len(row[6]) + len(row[7]) + len(row[8]) + len(row[9] or "") for row in rows)
         if len(cols["id"]) >= self._rg_rows or self._buffered_bytes >= self._rg_bytes:
             self._flush_rows()
 

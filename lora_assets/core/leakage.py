@@ -362,10 +362,36 @@ class ExampleMeasure:
 
     sentences: bytes  # 16-byte digests back to back
     turns: list[tuple[int, bytes]]
-    #: The turns' signatures back to back, num_perm uint32 each (bytes, not an array: a build
-    #: spools a measure per member, and pickling an array costs several times its 1 KB).
-    signatures: bytes
+    #: The compared turns' shingle hashes back to back (uint32 each; bytes, not an array: a build
+    #: spools a measure per member, and pickling an array costs several times its size), and how
+    #: many each turn has: their MinHash signatures are computed in `record`, many turns at once.
+    shingle_hashes: bytes
+    shingle_counts: tuple[int, ...]
     short_turns: int
+
+
+class _PendingTurns:
+    """Shingle hashes of recorded turns waiting for their signatures (one numpy pass per block of
+    turns instead of one per example)."""
+
+    def __init__(self) -> None:
+        self.hashes = bytearray()
+        self.counts = array("q")
+
+    def add(self, measured: ExampleMeasure) -> None:
+        self.hashes += measured.shingle_hashes
+        self.counts.extend(measured.shingle_counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, bounds) of the pending turns, which are then no longer pending."""
+        hashes = np.frombuffer(bytes(self.hashes), dtype=np.uint32)
+        bounds = np.zeros(len(self.counts) + 1, dtype=np.intp)
+        np.cumsum(np.frombuffer(self.counts, dtype=np.int64), out=bounds[1:])
+        self.hashes, self.counts = bytearray(), array("q")
+        return hashes, bounds
 
 
 class _Spool:
@@ -415,6 +441,8 @@ class LeakageStats:
         # train side is read back block by block, so it takes no memory however large the file.
         self._spool: _Spool | None = None
         self._train_turns = 0
+        # Recorded turns whose signatures are not computed yet, by split (`_flush_signatures`).
+        self._pending: dict[str, _PendingTurns] = {"train": _PendingTurns(), "validation": _PendingTurns()}
         self._train_turn_owner: list[str] = []
         # Validation turns: owner, 1-based turn index, digest (16 bytes each), signature.
         self._validation_owner: list[str] = []
@@ -438,6 +466,18 @@ class LeakageStats:
         self._template_hashes = array("Q")
         self._template_cells = array("I")
         self._template_lengths = array("I")
+
+    def _flush_signatures(self, split: Split) -> None:
+        """The pending turns' signatures of `split`: train ones to the spool, validation ones to
+        memory (in the order they were recorded)."""
+        pending = self._pending[split]
+        if not len(pending):
+            return
+        signatures = self._hasher.signatures_of_hashes(*pending.take()).tobytes()
+        if split == "train":
+            self._files().signatures.write(signatures)
+        else:
+            self._validation_signatures.frombytes(signatures)
 
     def _files(self) -> _Spool:
         if self._spool is None:
@@ -513,9 +553,11 @@ class LeakageStats:
         enough = self._enough_words.match
         counted = [_digest(text) for text in normalise_texts(sentences) if enough(text)]
         # Every compared turn of the example in one numpy pass.
-        signatures = self._hasher.signatures(shingles, bounds).tobytes() if compared else b""
+        # The input hashes of `self._hasher` (CRC-32); `record` makes the signatures from them.
+        hashes = crc32_hashes(shingles).tobytes() if compared else b""
+        counts = tuple(end - start for start, end in zip(bounds, bounds[1:]))
         self._cells.add_words(cell_id, self._word_ids(words_all), np.array(ends, dtype=np.intp))
-        return ExampleMeasure(b"".join(counted), compared, signatures, short)
+        return ExampleMeasure(b"".join(counted), compared, hashes, counts, short)
 
     def record(self, measured: ExampleMeasure, split: Split, *, conversation_id: str) -> None:
         """The second half of `add`: the measured example's sentences and turns go to `split`."""
@@ -523,8 +565,9 @@ class LeakageStats:
         self._examples[split] += 1
         if split == "train":
             self._train_sentences += measured.sentences
-            if measured.turns:
-                self._files().signatures.write(measured.signatures)
+            self._pending["train"].add(measured)
+            if len(self._pending["train"]) >= _QUERY_BLOCK:
+                self._flush_signatures("train")
             for _, digest in measured.turns:
                 self._train_turn_digests += digest
                 self._train_turn_owner.append(conversation_id)
@@ -536,7 +579,9 @@ class LeakageStats:
                 self._validation_owner.append(conversation_id)
                 self._validation_turn.append(turn_index)
                 self._validation_digests += digest
-            self._validation_signatures.frombytes(measured.signatures)
+            self._pending["validation"].add(measured)
+            if len(self._pending["validation"]) >= _QUERY_BLOCK:
+                self._flush_signatures("validation")
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
@@ -583,6 +628,8 @@ class LeakageStats:
         with p ≈ 0.12; the signature comparison then decides. The index holds the validation
         turns; every train signature is looked up once.
         """
+        self._flush_signatures("train")
+        self._flush_signatures("validation")
         if not self._validation_owner or not self._train_turns:
             return {}
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)

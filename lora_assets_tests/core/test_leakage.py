@@ -302,3 +302,30 @@ def test_sorted_unique_is_np_unique() -> None:
             values = rng.integers(0, max(1, n), n).astype(dtype)
             got, expected = sorted_unique(values), np.unique(values)
             assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_signatures_made_in_blocks_give_the_same_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded turns get their MinHash signatures a block at a time (`_QUERY_BLOCK` turns): the
+    report (near duplicates found, with their examples) is the same whatever the block size."""
+    import random
+
+    from lora_assets.core import leakage
+
+    rng = random.Random(8)
+    words = [f"w{i}" for i in range(30)]
+    base = [" ".join(rng.choices(words, k=12)) for _ in range(12)]
+    examples = []
+    for i in range(60):
+        answers = [" ".join(w if rng.random() > 0.1 else "x" for w in rng.choice(base).split()) for _ in range(3)]
+        examples.append((_example(*answers), "validation" if i % 4 == 0 else "train"))
+
+    def report(block: int) -> dict:
+        monkeypatch.setattr(leakage, "_QUERY_BLOCK", block)
+        stats = LeakageStats()
+        for i, (messages, split) in enumerate(examples):
+            stats.add(messages, split, conversation_id=f"c{i}", cell=CELL)
+        return stats.result().model_dump()
+
+    first = report(1024)
+    assert first["overlap"]["near_duplicate_turns"] > 0 and first["overlap"]["exact_duplicate_turns"] >= 0
+    assert report(1) == report(7) == first
