@@ -3,13 +3,15 @@ milliseconds go, before the S3 benchmark (`bench_scale.py`) measures the same st
 the I/O floor.
 
     python bench/profile_build.py --n 800 --state /tmp/lora-profile prepare   # once: generate + enrich
-    python bench/profile_build.py --state /tmp/lora-profile build [--profile out.prof]
+    python bench/profile_build.py --state /tmp/lora-profile build [--profile out.prof] [--name fixed]
     python bench/profile_build.py --state /tmp/lora-profile pipeline [--profile out.prof]
 
 `prepare` plans a batch of N items (as bench_scale does: the persona×arc×topic combinations in
 order), generates it against the loopback simulator and parses + enriches it, on SQLite and a
 local blob directory under `--state`. `build` then times `build_training_file` over every
-conversation (a new training file each time), `pipeline` re-parses and re-enriches the batch
+conversation (a new training file each time; with `--name`, the next version of that one file,
+whose members come in the same order every time, so two versions' files compare byte for byte),
+`pipeline` re-parses and re-enriches the batch
 (rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation (the
 process's and the main thread's: blob threads apart), the peak RSS and, for `build`, the
 wall-clock seconds of each of its steps.
