@@ -149,14 +149,16 @@ def _pair_codes_of(words: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _distinct_per_cell(codes: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
-    """How many distinct codes each cell id has (`cells[i]` owns `codes[i]`): one lexsort."""
+def _distinct_per_cell(codes: np.ndarray, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """How many distinct codes each cell id has (`cells[i]` owns `codes[i]`), and the distinct
+    codes of them all: two sorts of 64-bit keys (cell id, code's rank among the distinct codes),
+    several times faster than a lexsort by (cell, code)."""
+    distinct = sorted_unique(codes)
     if not len(codes):
-        return np.zeros(n_cells, dtype=np.int64)
-    order = np.lexsort((codes, cells))
-    c, k = cells[order], codes[order]
-    first = np.r_[True, (c[1:] != c[:-1]) | (k[1:] != k[:-1])]  # the first of each (cell, code)
-    return np.bincount(c[first], minlength=n_cells)
+        return np.zeros(n_cells, dtype=np.int64), distinct
+    ranks = codes if codes.dtype.itemsize <= 4 else np.searchsorted(distinct, codes)  # < 2**32 either way
+    keys = sorted_unique((cells.astype(np.uint64) << np.uint64(32)) | ranks.astype(np.uint64))
+    return np.bincount((keys >> np.uint64(32)).astype(np.intp), minlength=n_cells), distinct
 
 
 class CellCounters:
@@ -234,15 +236,15 @@ class CellCounters:
                 word_counts.append(n_words)
                 pair_counts.append(n_pairs)
             if word_parts:
-                # Every cell of the bucket in one sort by (cell, code): a np.unique per cell cost
-                # more than its few hundred codes.
+                # Every cell of the bucket in one sort of (cell, code) keys: a np.unique per cell
+                # cost more than its few hundred codes.
                 record_cells = np.array(word_cells, dtype=np.int64)
                 for parts, counts, distinct, union in ((word_parts, word_counts, distinct_words, all_words),
                                                        (pair_parts, pair_counts, distinct_pairs, all_pairs)):
                     codes = np.concatenate(parts)
-                    owner = np.repeat(record_cells, counts)
-                    distinct += _distinct_per_cell(codes, owner, cells)
-                    union.add([sorted_unique(codes)])
+                    per_cell, bucket_distinct = _distinct_per_cell(codes, np.repeat(record_cells, counts), cells)
+                    distinct += per_cell
+                    union.add([bucket_distinct])
             del data, word_parts, pair_parts
         self.distinct_words, self.distinct_pairs = len(all_words), len(all_pairs)
         return [{"conversations": self.conversations[c], "assistant_words": self.words[c],

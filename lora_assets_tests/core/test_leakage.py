@@ -329,3 +329,21 @@ def test_signatures_made_in_blocks_give_the_same_report(monkeypatch: pytest.Monk
     first = report(1024)
     assert first["overlap"]["near_duplicate_turns"] > 0 and first["overlap"]["exact_duplicate_turns"] >= 0
     assert report(1) == report(7) == first
+
+
+def test_distinct_per_cell_counts_each_cells_own_codes() -> None:
+    """One bucket's per-cell distinct counts (keys of cell and code rank, sorted once) are each
+    cell's own set size, for 32-bit word ids and 64-bit word-pair codes."""
+    import numpy as np
+
+    from lora_assets.core.diversity import _distinct_per_cell
+
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 5, 300):
+        for dtype, high in ((np.uint32, 50), (np.uint64, 2**63)):
+            codes = rng.integers(0, high, n, dtype=np.uint64).astype(dtype)
+            codes[: n // 2] = codes[n // 2 : 2 * (n // 2)]  # repeats, across and within cells
+            cells = rng.integers(0, 7, n).astype(np.int64)
+            counts, distinct = _distinct_per_cell(codes, cells, 8)
+            assert counts.tolist() == [len({int(c) for c, o in zip(codes, cells, strict=True) if o == cell}) for cell in range(8)]
+            assert np.array_equal(distinct, np.unique(codes))
