@@ -3,13 +3,15 @@ milliseconds go, before the S3 benchmark (`bench_scale.py`) measures the same st
 the I/O floor.
 
     python bench/profile_build.py --n 800 --state /tmp/lora-profile prepare   # once: generate + enrich
-    python bench/profile_build.py --state /tmp/lora-profile build [--profile out.prof]
+    python bench/profile_build.py --state /tmp/lora-profile build [--profile out.prof] [--name fixed]
     python bench/profile_build.py --state /tmp/lora-profile pipeline [--profile out.prof]
 
 `prepare` plans a batch of N items (as bench_scale does: the persona×arc×topic combinations in
 order), generates it against the loopback simulator and parses + enriches it, on SQLite and a
 local blob directory under `--state`. `build` then times `build_training_file` over every
-conversation (a new training file each time), `pipeline` re-parses and re-enriches the batch
+conversation (a new training file each time; with `--name`, the next version of that one file,
+whose members come in the same order every time, so two versions' files compare byte for byte),
+`pipeline` re-parses and re-enriches the batch
 (rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation (the
 process's and the main thread's: blob threads apart), the peak RSS and, for `build`, the
 wall-clock seconds of each of its steps.
@@ -98,7 +100,7 @@ def _profiled(fn: Any, profile: Path | None) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t0, _cpu() - cpu0
 
 
-def build(state: Path, profile: Path | None, concurrency: int) -> dict[str, Any]:
+def build(state: Path, profile: Path | None, concurrency: int, name: str | None = None) -> dict[str, Any]:
     from lora_assets.defs.resources import DomainDB
     from lora_assets.store import training_files as tfq
     from lora_assets.store.blobs import LocalBlobStore
@@ -108,12 +110,19 @@ def build(state: Path, profile: Path | None, concurrency: int) -> dict[str, Any]
     engine = DomainDB(database_url=st["db_url"]).engine()
     with engine.connect() as conn:
         ids = tfq.conversations_of_batches(conn, [st["batch_id"]])
-    name = f"profile-{uuid.uuid4().hex[:8]}"
-    tfq.create_training_file(engine, name=name, conversation_ids=ids, created_by="bench")
+    with engine.connect() as conn:
+        existing = name is not None and tfq.get_training_file(conn, name) is not None
+    if not existing:
+        # A new file each time unless `--name` names one: its members' order is then the same in
+        # every build (the order is by membership row id, random per file), so its versions'
+        # outputs can be compared byte for byte.
+        name = name or f"profile-{uuid.uuid4().hex[:8]}"
+        tfq.create_training_file(engine, name=name, conversation_ids=ids, created_by="bench")
+    assert name is not None
     store = LocalBlobStore(state / "blobs")
     result, seconds, cpu = _profiled(lambda: build_training_file(BuildPlan(name=name), engine=engine, store=store,
                                                                  concurrency=concurrency, run_id="profile"), profile)
-    return {"stage": "build", "members": len(ids), "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
+    return {"stage": "build", "name": name, "version": result.version, "members": len(ids), "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
             "cpu_ms_per_member": round(cpu / len(ids) * 1000, 3),
             "main_thread_cpu_ms_per_member": round(_profiled.main_thread_cpu / len(ids) * 1000, 3),  # type: ignore[attr-defined]
             "kept": len(result.kept),
@@ -157,6 +166,8 @@ def main() -> None:
     parser.add_argument("--state", type=Path, default=Path("/tmp/lora-profile"))
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--name", help="build: the next version of this training file (created on first use) "
+                        "instead of a new file")
     args = parser.parse_args()
     t0 = time.perf_counter()
     import lora_assets.training_build  # noqa: F401 - import cost reported apart
@@ -165,7 +176,7 @@ def main() -> None:
     if args.what == "prepare":
         prepare(args.state, args.n)
     else:
-        out = (build(args.state, args.profile, args.concurrency) if args.what == "build"
+        out = (build(args.state, args.profile, args.concurrency, args.name) if args.what == "build"
                else pipeline(args.state, args.profile))
         out["import_s"] = round(imported, 3)
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -340,7 +340,7 @@ def _filter(members: list[Any], min_quality: float | None, min_judge_score: floa
         judge = judge_score_of(m["judge_scores"])
         if is_rejected(m):
             cur.review_rejected.append(m)
-        elif not quality_filter(tfq.summary_of(m), min_quality):
+        elif min_quality is not None and not quality_filter(tfq.summary_of(m), min_quality):  # no threshold: keep
             cur.quality_filtered.append(m)
         elif min_judge_score is not None and (judge is None or judge < min_judge_score):
             cur.judge_filtered.append(m)
@@ -371,7 +371,7 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
                     aggregate.add(reviewed, conversation_id=m["id"])
                     rendered, example = render(reviewed, min_trained_quality=inputs.tf["min_quality"],
                                                conversation_id=m["id"])
-                    cur.spool.put(rendered, measures.measure(example, m, known=targets.known()))
+                    cur.spool.put(rendered, measures.measure(example, m, targets=targets))
                     cur.turns.add(len(cur.kept), _turn_keys(targets))
                     cur.kept.append(m)
                 else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from lora_assets.core.dedup import TargetTexts
 from lora_assets.core.export import ChatExample, Split
 from lora_assets.core.leakage import ExampleMeasure, LeakageReport, LeakageStats, LeakageThresholds
 from lora_assets.core.tokens import LengthReport, LengthStats, TokenCounter
@@ -106,14 +107,16 @@ class BuildMeasures:
         self.record(self.measure(example, row), split, row)
 
     def measure(self, example: ChatExample | None, row: Mapping[str, Any], *,
-                known: Mapping[str, tuple[str, list[str]]] | None = None) -> ExampleMeasure | None:
+                known: Mapping[str, tuple[str, list[str]]] | None = None,
+                targets: TargetTexts | None = None) -> ExampleMeasure | None:
         """Everything about the example that does not depend on its split (lengths, diversity,
         templates, digests and signatures), while the build reads its members; `record` it once
-        the split is known, in the same order. `known`: answers already normalised (dedup's)."""
+        the split is known, in the same order. `known` / `targets`: answers already normalised
+        (dedup's; `targets` with their shingles too)."""
         if example is None:
             return None
         self.lengths.add(example.messages)
-        return self.leakage.measure(example.messages, known=known,
+        return self.leakage.measure(example.messages, known=known, targets=targets,
                                     cell=(row.get("persona_key"), row.get("arc_key"), row.get("topic_key")))
 
     def record(self, measured: ExampleMeasure | None, split: Split, row: Mapping[str, Any]) -> None:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -33,6 +34,7 @@ from lora_assets.core.aggregate import (
     conversation_id_of,
     conversation_quality,
 )
+from lora_assets.core.diversity import sorted_unique
 from lora_assets.core.minhash import MinHasher, optimal_bands, sha1_hashes
 from lora_assets.schemas.training import EnrichedConversation
 
@@ -51,6 +53,10 @@ class DedupDecision(BaseModel):
     reason: str | None = None
     duplicate_of: str | None = None
     similarity: float | None = None
+
+
+#: The decision of most members (a frozen model: one instance serves them all).
+_KEEP = DedupDecision(keep=True)
 
 
 class DedupStats(BaseModel):
@@ -78,6 +84,22 @@ def normalise_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+#: Joins texts for one `normalise_texts` pass: U+0000 is no whitespace and no word character, has no
+#: decomposition and composes with nothing, so NFKC, casefold and every pattern here treat each
+#: side of it as they treat a text's end.
+_SEP = "\x00"
+
+
+def normalise_texts(texts: Sequence[str]) -> list[str]:
+    """`normalise_text` of each text (the same strings; tested), with one NFKC and one casefold
+    call for all of them: a member's sentences are many short texts."""
+    joined = _SEP.join(texts)
+    if joined.count(_SEP) != len(texts) - 1:  # a text holds the separator itself
+        return [normalise_text(t) for t in texts]
+    folded = unicodedata.normalize("NFKC", joined).casefold()
+    return [" ".join(part.split()) for part in folded.split(_SEP)] if texts else []
+
+
 def target_text(conv: EnrichedConversation) -> str:
     """The conversation's normalised assistant text: its pairs' targets in turn order, one per
     line (targets of unanswered turns are absent)."""
@@ -93,6 +115,8 @@ class TargetTexts:
     raw: tuple[str, ...]
     normalised: tuple[str, ...]
     words: tuple[list[str], ...]
+    #: Word shingles over all the targets' words, by size (`shingles`).
+    _shingles: dict[int, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, conv: EnrichedConversation) -> TargetTexts:
@@ -100,6 +124,25 @@ class TargetTexts:
                     if p.target_response is not None)
         normalised = tuple(map(normalise_text, raw))
         return cls(raw, normalised, tuple(_WORD.findall(t) for t in normalised))
+
+    def shingles(self, size: int) -> list[bytes]:
+        """The word `size`-grams of `all_words` (one per position, UTF-8; so a set of them is
+        `word_shingles(text)` encoded), made once: dedup takes all of them, the leakage check each
+        target's own (`turn_shingles`)."""
+        made = self._shingles.get(size)
+        if made is None:
+            words = self.all_words()
+            made = self._shingles[size] = list(map(str.encode, map(" ".join, zip(*(words[i:] for i in range(size))))))
+        return made
+
+    def turn_shingles(self, turn: int, size: int) -> list[bytes]:
+        """`word_shingles` of target `turn` (encoded, in word order, repeats kept: a MinHash does
+        not see them), sliced out of `shingles`."""
+        words = self.words[turn]
+        if len(words) <= size:
+            return [" ".join(words).encode()] if words else []
+        start = sum(len(w) for w in self.words[:turn])
+        return self.shingles(size)[start : start + len(words) - size + 1]
 
     @property
     def text(self) -> str:
@@ -113,6 +156,13 @@ class TargetTexts:
     def known(self) -> dict[str, tuple[str, list[str]]]:
         """Raw target → (normalised, words), for a caller that meets the same answers again."""
         return dict(zip(self.raw, zip(self.normalised, self.words, strict=True), strict=True))
+
+    def index(self) -> dict[str, int]:
+        """Raw target → its position (the first, for a target given twice)."""
+        found: dict[str, int] = {}
+        for i, text in enumerate(self.raw):
+            found.setdefault(text, i)
+        return found
 
 
 def word_shingles(text: str, size: int) -> set[str]:
@@ -196,7 +246,7 @@ class BandIndex:
         # A key only proposes: the band's values decide.
         columns = band[:, None] * self.rows + np.arange(self.rows)
         same = (self._signatures[kept[:, None], columns] == signature[columns]).all(axis=1)
-        return np.unique(kept[same])
+        return sorted_unique(kept[same])
 
     def similarities(self, indexes: np.ndarray, signature: np.ndarray) -> np.ndarray:
         """Share of equal values between `signature` and each kept signature of `indexes`."""
@@ -226,7 +276,7 @@ class BandIndex:
         # A key only proposes: the band's values decide (as in `candidates`).
         columns = band[:, None] * self.rows + np.arange(self.rows)
         same = (self._signatures[kept[:, None], columns] == queries[query[:, None], columns]).all(axis=1)
-        code = np.unique(query[same] * self._count + kept[same])
+        code = sorted_unique(query[same] * self._count + kept[same])
         return code // self._count, code % self._count
 
     def insert(self, signature: np.ndarray) -> int:
@@ -309,6 +359,14 @@ class Deduplicator:
     def _signature_of_words(self, words: list[str]) -> np.ndarray:
         return self._hasher.signature(list(map(str.encode, shingles_of_words(words, self.shingle_size))))
 
+    def _signature_of_targets(self, targets: TargetTexts) -> np.ndarray:
+        # The same shingle set as `_signature_of_words(targets.all_words())`, from the shingles
+        # the targets made once (the leakage check slices its own out of them).
+        words = sum(len(w) for w in targets.words)
+        if words <= self.shingle_size:
+            return self._signature_of_words(targets.all_words())
+        return self._hasher.signature(set(targets.shingles(self.shingle_size)))
+
     def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None,
               targets: TargetTexts | None = None) -> DedupDecision:
         """Decide on `conv` and, when kept, remember it for later checks (`targets`: its
@@ -325,30 +383,32 @@ class Deduplicator:
             # No assistant text: nothing to compare, and nothing that could collide with it.
             self._empty += 1
             self._kept += 1
-            return DedupDecision(keep=True)
+            return _KEEP
 
         digest = hashlib.sha256(text.encode()).digest()
-        signature = self._signature_of_words(targets.all_words())
+        signature = self._signature_of_targets(targets)
         candidates = self._index.candidate_array(signature)
         for kept in candidates.tolist():
             if self._digests[32 * kept : 32 * kept + 32] == digest:  # at most one: a second is never kept
                 self._exact_dups += 1
                 return DedupDecision(keep=False, reason=EXACT_DUPLICATE, duplicate_of=self._kept_ids[kept],
                                      similarity=1.0)
-        similarity = self._index.similarities(candidates, signature)
-        close = similarity >= self.threshold
-        if close.any():
-            # Most similar wins; among equals, the earliest kept conversation (candidates ascend).
-            best = float(similarity[close].max())
-            first = int(candidates[close][similarity[close] == best][0])
-            self._near_dups += 1
-            return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first], similarity=best)
+        if len(candidates):  # none for most members of a varied corpus: nothing to compare
+            similarity = self._index.similarities(candidates, signature)
+            close = similarity >= self.threshold
+            if close.any():
+                # Most similar wins; among equals, the earliest kept conversation (candidates ascend).
+                best = float(similarity[close].max())
+                first = int(candidates[close][similarity[close] == best][0])
+                self._near_dups += 1
+                return DedupDecision(keep=False, reason=NEAR_DUPLICATE, duplicate_of=self._kept_ids[first],
+                                     similarity=best)
 
         self._digests += digest
         self._index.insert(signature)
         self._kept_ids.append(cid)
         self._kept += 1
-        return DedupDecision(keep=True)
+        return _KEEP
 
     @property
     def stats(self) -> DedupStats:

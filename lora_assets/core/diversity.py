@@ -17,11 +17,24 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["NARROW_IDS", "CellCounters", "DiversityCounter", "TemplateFigures", "template_figures"]
+__all__ = ["NARROW_IDS", "CellCounters", "DiversityCounter", "TemplateFigures", "sorted_unique", "template_figures"]
 
 #: Word ids below this fit 16 bits: unigrams are then held as uint16 and bigrams as uint32
 #: (first << 16 | second); a vocabulary that outgrows it widens every counter to 32 / 64 bits.
 NARROW_IDS = 1 << 16
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """`np.unique(values)` of a 1-D array, by one sort: numpy 2's `np.unique` goes through a hash
+    table that measured 10-20x slower here (3.3 ms against 0.2-0.4 ms for 25,000 codes; 7.7 us
+    against 3.7 us for 50) and imports numpy.ma on first use."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
 
 
 #: Codes a counter collects before its first merges: a persona × arc × topic cell gets a few
@@ -52,7 +65,7 @@ class _DistinctCodes:
 
     def _merge(self) -> None:
         if self._pending:
-            self._distinct = np.unique(np.concatenate([self._distinct, *self._pending]))
+            self._distinct = sorted_unique(np.concatenate([self._distinct, *self._pending]))
         self._pending, self._pending_count = None, 0
 
     def widen(self, convert: Any) -> None:
@@ -121,10 +134,31 @@ class DiversityCounter:
 _RECORD = struct.Struct("<III")  # cell id, word codes, word-pair codes
 
 
-def _pair_codes(turns: list[np.ndarray]) -> np.ndarray:
-    # (first id << 32) | second id, per consecutive pair within a turn: never across turns.
-    pairs = [(ids[:-1].astype(np.uint64) << np.uint64(32)) | ids[1:].astype(np.uint64) for ids in turns if len(ids) > 1]
-    return np.concatenate(pairs) if pairs else np.empty(0, dtype=np.uint64)
+def _pair_codes_of(words: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    # (first id << 32) | second id, per consecutive pair within a turn: never across turns (the
+    # pair that starts at a turn's last word is left out), in word order.
+    if len(words) < 2:
+        return np.empty(0, dtype=np.uint64)
+    wide = words.astype(np.uint64)
+    codes = (wide[:-1] << np.uint64(32)) | wide[1:]
+    crossing = ends[(ends > 0) & (ends < len(words))] - 1
+    if len(crossing):
+        keep = np.ones(len(codes), dtype=bool)
+        keep[crossing] = False
+        codes = codes[keep]
+    return codes
+
+
+def _distinct_per_cell(codes: np.ndarray, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """How many distinct codes each cell id has (`cells[i]` owns `codes[i]`), and the distinct
+    codes of them all: two sorts of 64-bit keys (cell id, code's rank among the distinct codes),
+    several times faster than a lexsort by (cell, code)."""
+    distinct = sorted_unique(codes)
+    if not len(codes):
+        return np.zeros(n_cells, dtype=np.int64), distinct
+    ranks = codes if codes.dtype.itemsize <= 4 else np.searchsorted(distinct, codes)  # < 2**32 either way
+    keys = sorted_unique((cells.astype(np.uint64) << np.uint64(32)) | ranks.astype(np.uint64))
+    return np.bincount((keys >> np.uint64(32)).astype(np.intp), minlength=n_cells), distinct
 
 
 class CellCounters:
@@ -140,6 +174,11 @@ class CellCounters:
         self.conversations = array("q")
         self.words = array("q")
         self.pairs = array("q")
+        self.total_words = 0
+        self.total_pairs = 0
+        #: Distinct word ids / word-pair codes of all cells together, once `figures` has run.
+        self.distinct_words = 0
+        self.distinct_pairs = 0
 
     def _grow(self, cell: int) -> None:
         while len(self.conversations) <= cell:
@@ -148,46 +187,81 @@ class CellCounters:
 
     def add(self, cell: int, turns: list[np.ndarray]) -> None:
         """One example of `cell`: its assistant turns, each its word ids (uint32) in order."""
+        ends = np.cumsum([len(ids) for ids in turns], dtype=np.intp)
+        words = np.concatenate(turns).astype(np.uint32) if turns else np.empty(0, dtype=np.uint32)
+        self.add_words(cell, words, ends)
+
+    def add_words(self, cell: int, words: np.ndarray, ends: np.ndarray) -> None:
+        """One example of `cell`: the word ids (uint32) of all its assistant turns back to back,
+        turn i ending at `ends[i]` (one array per example: a few numpy calls, not a few per turn)."""
         self._grow(cell)
         self.conversations[cell] += 1
-        words = np.concatenate(turns).astype(np.uint32) if turns else np.empty(0, dtype=np.uint32)
-        pairs = _pair_codes(turns)
+        pairs = _pair_codes_of(words, ends)
         self.words[cell] += len(words)
         self.pairs[cell] += len(pairs)
+        self.total_words += len(words)
+        self.total_pairs += len(pairs)
         if not self._files:
             self._files = [tempfile.TemporaryFile(prefix="lora-cells-") for _ in range(self._buckets)]
-        out = self._files[cell % self._buckets]
-        out.write(_RECORD.pack(cell, len(words), len(pairs)))
-        out.write(words.tobytes())
-        out.write(pairs.tobytes())
+        self._files[cell % self._buckets].write(
+            b"".join((_RECORD.pack(cell, len(words), len(pairs)), words.tobytes(), pairs.tobytes())))
 
     def figures(self) -> list[dict[str, Any]]:
-        """Per cell id: conversations, assistant_words, distinct_1, distinct_2 (as `DiversityCounter`)."""
-        distinct_words = [0] * len(self.conversations)
-        distinct_pairs = [0] * len(self.conversations)
+        """Per cell id: conversations, assistant_words, distinct_1, distinct_2 (as `DiversityCounter`).
+        Also counts the distinct words and pairs of all cells together (`distinct_words`,
+        `distinct_pairs`, `overall`): the union of the cells' distinct codes, so the whole file's
+        distinct-n needs no counter fed per example."""
+        cells = len(self.conversations)
+        distinct_words = np.zeros(cells, dtype=np.int64)
+        distinct_pairs = np.zeros(cells, dtype=np.int64)
+        all_words, all_pairs = _DistinctCodes(np.uint32), _DistinctCodes(np.uint64)
         for out in self._files:
             out.flush()
             out.seek(0)
             data = out.read()
-            words: dict[int, list[np.ndarray]] = {}
-            pairs: dict[int, list[np.ndarray]] = {}
+            word_parts: list[np.ndarray] = []
+            pair_parts: list[np.ndarray] = []
+            word_cells: list[int] = []  # (cell, count) of each record, for np.repeat
+            word_counts: list[int] = []
+            pair_counts: list[int] = []
             at = 0
             while at < len(data):
                 cell, n_words, n_pairs = _RECORD.unpack_from(data, at)
                 at += _RECORD.size
-                words.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint32, count=n_words, offset=at))
+                word_parts.append(np.frombuffer(data, dtype=np.uint32, count=n_words, offset=at))
                 at += 4 * n_words
-                pairs.setdefault(cell, []).append(np.frombuffer(data, dtype=np.uint64, count=n_pairs, offset=at))
+                pair_parts.append(np.frombuffer(data, dtype=np.uint64, count=n_pairs, offset=at))
                 at += 8 * n_pairs
-            for cell, parts in words.items():
-                distinct_words[cell] = len(np.unique(np.concatenate(parts)))
-            for cell, parts in pairs.items():
-                distinct_pairs[cell] = len(np.unique(np.concatenate(parts)))
-            del data, words, pairs
+                word_cells.append(cell)
+                word_counts.append(n_words)
+                pair_counts.append(n_pairs)
+            if word_parts:
+                # Every cell of the bucket in one sort of (cell, code) keys: a np.unique per cell
+                # cost more than its few hundred codes.
+                record_cells = np.array(word_cells, dtype=np.int64)
+                for parts, counts, distinct, union in ((word_parts, word_counts, distinct_words, all_words),
+                                                       (pair_parts, pair_counts, distinct_pairs, all_pairs)):
+                    codes = np.concatenate(parts)
+                    per_cell, bucket_distinct = _distinct_per_cell(codes, np.repeat(record_cells, counts), cells)
+                    distinct += per_cell
+                    union.add([bucket_distinct])
+            del data, word_parts, pair_parts
+        self.distinct_words, self.distinct_pairs = len(all_words), len(all_pairs)
         return [{"conversations": self.conversations[c], "assistant_words": self.words[c],
-                 "distinct_1": round(distinct_words[c] / self.words[c], 4) if self.words[c] else 0.0,
-                 "distinct_2": round(distinct_pairs[c] / self.pairs[c], 4) if self.pairs[c] else 0.0}
-                for c in range(len(self.conversations))]
+                 "distinct_1": round(int(distinct_words[c]) / self.words[c], 4) if self.words[c] else 0.0,
+                 "distinct_2": round(int(distinct_pairs[c]) / self.pairs[c], 4) if self.pairs[c] else 0.0}
+                for c in range(cells)]
+
+    def overall(self, templates: dict[str, Any]) -> dict[str, Any]:
+        """`DiversityCounter.figures` of all cells together (after `figures`), with the file's
+        template figures merged in."""
+        return {
+            "conversations": sum(self.conversations),
+            "assistant_words": self.total_words,
+            "distinct_1": round(self.distinct_words / self.total_words, 4) if self.total_words else 0.0,
+            "distinct_2": round(self.distinct_pairs / self.total_pairs, 4) if self.total_pairs else 0.0,
+            **templates,
+        }
 
     def close(self) -> None:
         for out in self._files:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from array import array
 from collections import Counter
@@ -49,26 +50,39 @@ import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
-from lora_assets.core.dedup import BandIndex, normalise_text, shingles_of_words
+from lora_assets.core.dedup import BandIndex, TargetTexts, normalise_text, normalise_texts, shingles_of_words
+from lora_assets.core.diversity import CellCounters, template_figures
 from lora_assets.core.minhash import MinHasher, crc32_hashes
-from lora_assets.core.diversity import NARROW_IDS, CellCounters, DiversityCounter, template_figures
 
 Split = Literal["train", "validation"]
 
 _WORD = re.compile(r"\w+")
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace,
-# or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+# or at a line break: `(?<=[.!?])["')\]]*\s+|\n+`, written to start with the class of a separator's
+# first character (the engine then skips to candidates; tests pin it to that form).
+_SENTENCE_END = re.compile(r"""[\s"')\]](?:(?<=[.!?]["')\]])["')\]]*\s+|(?<=[.!?]\s)\s*|(?<=\n)\n*)""")
+# Each pattern starts with a character class, so the regex engine jumps from candidate to
+# candidate instead of trying every position (`\b` first defeats that: 2-3x the time over a
+# member's text); the lookbehind right after it is the `\b` it replaces. Read as:
+#   _MONEY  = [$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]|thousand|million|billion)\b)?
+#             | \b\d[\d,]*(?:\.\d+)?\s?(?:dollars|USD|EUR|GBP)\b
+#   _NUMBER = \b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|th\b|[kK]\b)?
+#   _NAME   = \b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b   (a capitalised word, Title case, two letters or
+#             more; "I" and acronyms are not names)
+# (tests pin them to those forms).
 _MONEY = re.compile(
-    r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]|thousand|million|billion)\b)?)"
-    r"|(?:\b\d[\d,]*(?:\.\d+)?\s?(?:dollars|USD|EUR|GBP)\b)"
+    r"[$€£\d](?:(?<=[$€£])\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]|thousand|million|billion)\b)?"
+    r"|(?<!\w\d)(?<=\d)[\d,]*(?:\.\d+)?\s?(?:dollars|USD|EUR|GBP)\b)"
 )
-_NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|th\b|[kK]\b)?")
-# A capitalised word (Title case, two letters or more; "I" and acronyms are not names).
-_NAME = re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
+_NUMBER = re.compile(r"\d(?<!\w\d)[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|th\b|[kK]\b)?")
+_NAME = re.compile(r"[A-Z](?<!\w[A-Z])[a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
 _FIRST_WORD = re.compile(r"^\W*\w")
 _ADDRESSED = re.compile(r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*,")  # a first word that names the client
 _DIGIT = re.compile(r"\d")
+# `mask_template`'s kept first name in one match: the leading non-word characters, then `_NAME`'s
+# match at the first word character (atomic: the match `_NAME.match` returns, never a shorter
+# one), not followed by a comma (`_ADDRESSED` matches exactly then).
+_KEPT_FIRST_NAME = re.compile(r"\W*+(?>[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b)(?!,)")
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
@@ -106,6 +120,36 @@ def mask_template(sentence: str) -> str:
         if kept and not _ADDRESSED.match(masked, first.end() - 1):
             return normalise_text(masked[: kept.end()] + _NAME.sub("<NAME>", masked[kept.end() :]))
     return normalise_text(_NAME.sub("<NAME>", masked))
+
+
+#: Joins a member's sentences for one substitution pass (see `dedup.normalise_texts`): no pattern
+#: here matches U+0000 or across it (it is neither whitespace nor a word character, so `\b` and
+#: `\s` see a text's end there).
+_SEP = "\x00"
+
+
+def mask_templates(sentences: Sequence[str]) -> list[str]:
+    """`mask_template` of each sentence (the same strings; tested), with the money, number and
+    name substitutions and the normalisation each made once over all the sentences joined, not
+    once per sentence."""
+    joined = _SEP.join(s.strip() for s in sentences)
+    if not sentences or joined.count(_SEP) != len(sentences) - 1:  # a sentence holds the separator
+        return [mask_template(s) for s in sentences]
+    if _DIGIT.search(joined):
+        joined = _NUMBER.sub("<NUM>", _MONEY.sub("<MONEY>", joined))
+    heads: list[str] = []
+    rests: list[str] = []
+    for masked in joined.split(_SEP):
+        # The first word stays unless it addresses the client (as in `mask_template`).
+        kept = _KEPT_FIRST_NAME.match(masked)
+        if kept:
+            heads.append(masked[: kept.end()])
+            rests.append(masked[kept.end() :])
+        else:
+            heads.append("")
+            rests.append(masked)
+    named = _NAME.sub("<NAME>", _SEP.join(rests)).split(_SEP)
+    return normalise_texts([head + rest for head, rest in zip(heads, named, strict=True)])
 
 
 def _digest(text: str) -> bytes:
@@ -318,8 +362,36 @@ class ExampleMeasure:
 
     sentences: bytes  # 16-byte digests back to back
     turns: list[tuple[int, bytes]]
-    signatures: np.ndarray
+    #: The compared turns' shingle hashes back to back (uint32 each; bytes, not an array: a build
+    #: spools a measure per member, and pickling an array costs several times its size), and how
+    #: many each turn has: their MinHash signatures are computed in `record`, many turns at once.
+    shingle_hashes: bytes
+    shingle_counts: tuple[int, ...]
     short_turns: int
+
+
+class _PendingTurns:
+    """Shingle hashes of recorded turns waiting for their signatures (one numpy pass per block of
+    turns instead of one per example)."""
+
+    def __init__(self) -> None:
+        self.hashes = bytearray()
+        self.counts = array("q")
+
+    def add(self, measured: ExampleMeasure) -> None:
+        self.hashes += measured.shingle_hashes
+        self.counts.extend(measured.shingle_counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, bounds) of the pending turns, which are then no longer pending."""
+        hashes = np.frombuffer(bytes(self.hashes), dtype=np.uint32)
+        bounds = np.zeros(len(self.counts) + 1, dtype=np.intp)
+        np.cumsum(np.frombuffer(self.counts, dtype=np.int64), out=bounds[1:])
+        self.hashes, self.counts = bytearray(), array("q")
+        return hashes, bounds
 
 
 class _Spool:
@@ -354,6 +426,9 @@ class LeakageStats:
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.min_sentence_words = min_sentence_words
+        # Matches a text of at least min_sentence_words `\w+` runs, stopping at the last one needed
+        # (possessive: a run is never split to make up the count).
+        self._enough_words = re.compile(r"(?:\W*+\w++){%d}" % min_sentence_words)
         self.min_turn_words = min_turn_words
         self.seed = seed
         # datasketch's MinHash(num_perm, seed, hashfunc=zlib.crc32), in numpy: CRC-32 instead of
@@ -366,6 +441,8 @@ class LeakageStats:
         # train side is read back block by block, so it takes no memory however large the file.
         self._spool: _Spool | None = None
         self._train_turns = 0
+        # Recorded turns whose signatures are not computed yet, by split (`_flush_signatures`).
+        self._pending: dict[str, _PendingTurns] = {"train": _PendingTurns(), "validation": _PendingTurns()}
         self._train_turn_owner: list[str] = []
         # Validation turns: owner, 1-based turn index, digest (16 bytes each), signature.
         self._validation_owner: list[str] = []
@@ -380,9 +457,7 @@ class LeakageStats:
         self._train_turn_digests = bytearray()
         self._short_turns = 0
         self._examples: Counter[str] = Counter()
-        self._overall = DiversityCounter()
         self._vocabulary: dict[str, int] = {}
-        self._wide = False  # see `NARROW_IDS`
         self._cell_index: dict[tuple[str, str, str], int] = {}
         self._cells = CellCounters()
         # Every sentence's template, in order: its 64-bit hash and its cell; its text goes to the
@@ -391,6 +466,18 @@ class LeakageStats:
         self._template_hashes = array("Q")
         self._template_cells = array("I")
         self._template_lengths = array("I")
+
+    def _flush_signatures(self, split: Split) -> None:
+        """The pending turns' signatures of `split`: train ones to the spool, validation ones to
+        memory (in the order they were recorded)."""
+        pending = self._pending[split]
+        if not len(pending):
+            return
+        signatures = self._hasher.signatures_of_hashes(*pending.take()).tobytes()
+        if split == "train":
+            self._files().signatures.write(signatures)
+        else:
+            self._validation_signatures.frombytes(signatures)
 
     def _files(self) -> _Spool:
         if self._spool is None:
@@ -418,19 +505,25 @@ class LeakageStats:
         self.record(self.measure(messages, cell=cell), split, conversation_id=conversation_id)
 
     def measure(self, messages: Sequence[Mapping[str, str]], *, cell: Sequence[str | None] | None = None,
-                known: Mapping[str, tuple[str, list[str]]] | None = None) -> ExampleMeasure:
+                known: Mapping[str, tuple[str, list[str]]] | None = None,
+                targets: TargetTexts | None = None) -> ExampleMeasure:
         """The first half of `add`, which needs no split: the example's diversity and templates
         are counted now, and what goes to its split is returned, for `record` once the split is
         known (a build measures while it reads its members, then splits). Examples must be
         recorded in the order they were measured. `known`: raw answer → (normalised, words) for
-        answers the caller has normalised already (`dedup.TargetTexts.known`)."""
+        answers the caller has normalised already (`dedup.TargetTexts.known`); `targets`: the
+        caller's `TargetTexts` of the answers (normalised, split into words and shingled once
+        for dedup and this check)."""
         key = _cell_key(cell)
         cell_id = self._cell_index.setdefault(key, len(self._cell_index))
-        self._overall.conversations += 1
+        position = targets.index() if targets is not None else {}
+        if targets is not None and known is None:
+            known = dict(zip(targets.raw, zip(targets.normalised, targets.words, strict=True), strict=True))
 
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        turn_ids: list[np.ndarray] = []
-        sentences: list[bytes] = []
+        words_all: list[str] = []  # every answer's words back to back (diversity)
+        ends: list[int] = []  # where each answer's words end in `words_all`
+        sentences: list[str] = []
         compared: list[tuple[int, bytes]] = []  # (turn index, digest) of the turns long enough to compare
         shingles: list[bytes] = []
         bounds = [0]  # compared turn i's shingles are shingles[bounds[i]:bounds[i + 1]]
@@ -442,26 +535,29 @@ class LeakageStats:
                 words = _WORD.findall(text)
             else:
                 text, words = done
-            turn_ids.append(self._word_ids(words))
-            for sentence in split_sentences(content):
-                self._add_template(sentence, cell_id)
-                normalised = normalise_text(sentence)
-                if len(_WORD.findall(normalised)) >= self.min_sentence_words:
-                    sentences.append(_digest(normalised))
+            words_all.extend(words)
+            ends.append(len(words_all))
+            sentences.extend(split_sentences(content))
             if len(words) < self.min_turn_words:
                 short += 1
                 continue
             compared.append((turn_index, _digest(text)))
-            shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
+            at = position.get(content)
+            if at is not None:
+                shingles.extend(targets.turn_shingles(at, self.shingle_size))  # type: ignore[union-attr]
+            else:
+                shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
             bounds.append(len(shingles))
+        self._add_templates(sentences, cell_id)
+        # Sentences long enough to compare, as digests (all of the example's in one normalisation).
+        enough = self._enough_words.match
+        counted = [_digest(text) for text in normalise_texts(sentences) if enough(text)]
         # Every compared turn of the example in one numpy pass.
-        signatures = self._hasher.signatures(shingles, bounds) if compared else np.empty((0, self.num_perm), np.uint32)
-        if not self._wide and len(self._vocabulary) > NARROW_IDS:
-            self._overall.widen()
-            self._wide = True
-        self._overall.add_turns(turn_ids, wide=self._wide)
-        self._cells.add(cell_id, turn_ids)
-        return ExampleMeasure(b"".join(sentences), compared, signatures, short)
+        # The input hashes of `self._hasher` (CRC-32); `record` makes the signatures from them.
+        hashes = crc32_hashes(shingles).tobytes() if compared else b""
+        counts = tuple(end - start for start, end in zip(bounds, bounds[1:]))
+        self._cells.add_words(cell_id, self._word_ids(words_all), np.array(ends, dtype=np.intp))
+        return ExampleMeasure(b"".join(counted), compared, hashes, counts, short)
 
     def record(self, measured: ExampleMeasure, split: Split, *, conversation_id: str) -> None:
         """The second half of `add`: the measured example's sentences and turns go to `split`."""
@@ -469,8 +565,9 @@ class LeakageStats:
         self._examples[split] += 1
         if split == "train":
             self._train_sentences += measured.sentences
-            if measured.turns:
-                self._files().signatures.write(np.ascontiguousarray(measured.signatures, dtype=np.uint32).tobytes())
+            self._pending["train"].add(measured)
+            if len(self._pending["train"]) >= _QUERY_BLOCK:
+                self._flush_signatures("train")
             for _, digest in measured.turns:
                 self._train_turn_digests += digest
                 self._train_turn_owner.append(conversation_id)
@@ -478,11 +575,13 @@ class LeakageStats:
         else:
             self._validation_sentences += measured.sentences
             self._short_turns += measured.short_turns
-            for (turn_index, digest), signature in zip(measured.turns, measured.signatures, strict=True):
+            for turn_index, digest in measured.turns:
                 self._validation_owner.append(conversation_id)
                 self._validation_turn.append(turn_index)
                 self._validation_digests += digest
-                self._validation_signatures.frombytes(np.ascontiguousarray(signature, dtype=np.uint32).tobytes())
+            self._pending["validation"].add(measured)
+            if len(self._pending["validation"]) >= _QUERY_BLOCK:
+                self._flush_signatures("validation")
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
@@ -494,13 +593,20 @@ class LeakageStats:
                     ids[i] = vocabulary.setdefault(word, len(vocabulary))
         return np.array(ids, dtype=np.uint32)
 
-    def _add_template(self, sentence: str, cell_id: int) -> None:
-        template = mask_template(sentence)
-        encoded = template.encode()
-        self._template_hashes.append(int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little"))
-        self._template_cells.append(cell_id)
-        self._template_lengths.append(len(encoded))
-        self._files().templates.write(encoded)
+    def _add_templates(self, sentences: list[str], cell_id: int) -> None:
+        """The example's sentences' templates: hashes, cells and lengths in memory, the text to
+        the spool (one write per example)."""
+        if not sentences:
+            return
+        encoded = [template.encode() for template in mask_templates(sentences)]
+        # 8-byte BLAKE2b digests back to back are the hashes (little-endian uint64 each).
+        hashes = array("Q", b"".join([hashlib.blake2b(e, digest_size=8).digest() for e in encoded]))
+        if sys.byteorder != "little":
+            hashes.byteswap()
+        self._template_hashes.extend(hashes)
+        self._template_cells.extend([cell_id] * len(encoded))
+        self._template_lengths.extend(map(len, encoded))
+        self._files().templates.write(b"".join(encoded))
 
     def _template_texts(self, wanted: set[int]) -> dict[int, str]:
         """The text of the templates at sentence positions `wanted` (read back from the spool)."""
@@ -522,6 +628,8 @@ class LeakageStats:
         with p ≈ 0.12; the signature comparison then decides. The index holds the validation
         turns; every train signature is looked up once.
         """
+        self._flush_signatures("train")
+        self._flush_signatures("validation")
         if not self._validation_owner or not self._train_turns:
             return {}
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
@@ -618,7 +726,7 @@ class LeakageStats:
                 exact_examples=exact_examples,
                 near_examples=near_examples,
             ),
-            diversity=Diversity(**self._overall.figures(templates.overall)),
+            diversity=Diversity(**self._cells.overall(templates.overall)),
             cells=[
                 CellDiversity(persona=p, arc=a, topic=t, **cell_figures[cell], **templates.cells[cell])
                 for (p, a, t), cell in sorted(cell_ids.items())

@@ -201,25 +201,36 @@ def test_legacy_cell_and_bad_split() -> None:
         LeakageThresholds(warn_verbatim_sentence_rate=1.5)
 
 
-def test_diversity_is_exact_when_the_vocabulary_outgrows_16_bit_word_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Word ids are held in 16 bits (pairs in 32) until the vocabulary outgrows them; the counts
-    held so far are then re-encoded: the figures are the same as with wide ids from the start."""
-    from lora_assets.core import leakage
+def test_file_diversity_counts_every_cell_together() -> None:
+    """The file's distinct-1 / distinct-2 are the distinct words / within-turn word pairs of all
+    examples together (the union of the cells' codes), counted exactly, here against plain sets;
+    also with more distinct words than 16-bit ids hold."""
+    import re
 
+    from lora_assets.core.dedup import normalise_text
+
+    many = " ".join(f"w{i}" for i in range(70_000))  # > 65,536 distinct words
     examples = [(_example(*TRAIN_ANSWERS[: i + 1]), "train", ("p", "a", f"t{i % 2}")) for i in range(3)]
-    examples += [(_example(*VALIDATION_ANSWERS), "validation", ("p", "a", "t0")), (_example("the cat the cat"), "train", CELL)]
-
-    def report(narrow_ids: int) -> dict:
-        monkeypatch.setattr(leakage, "NARROW_IDS", narrow_ids)
-        stats = LeakageStats()
-        for i, (messages, split, cell) in enumerate(examples):
-            stats.add(messages, split, conversation_id=f"c{i}", cell=cell)
-        return stats.result().model_dump()
-
-    first = LeakageStats()
-    first.add(examples[0][0], "train", conversation_id="c0")
-    after_first = len(first._vocabulary)  # widened while the second example is added
-    assert report(1 << 16) == report(after_first) == report(0)
+    examples += [(_example(*VALIDATION_ANSWERS), "validation", ("p", "a", "t0")), (_example("the cat the cat"), "train", CELL),
+                 (_example(many, "w1 w2 w3"), "train", ("q", "a", "t0")), (_example(""), "train", CELL)]
+    stats = LeakageStats()
+    words: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    total_words = total_pairs = 0
+    for i, (messages, split, cell) in enumerate(examples):
+        stats.add(messages, split, conversation_id=f"c{i}", cell=cell)
+        for m in messages:
+            if m["role"] == "assistant":
+                turn = re.findall(r"\w+", normalise_text(m["content"]))
+                words.update(turn)
+                pairs.update(zip(turn, turn[1:]))
+                total_words += len(turn)
+                total_pairs += max(0, len(turn) - 1)
+    diversity = stats.result().diversity
+    assert diversity.conversations == len(examples)
+    assert diversity.assistant_words == total_words
+    assert diversity.distinct_1 == round(len(words) / total_words, 4)
+    assert diversity.distinct_2 == round(len(pairs) / total_pairs, 4)
 
 
 def test_word_counts_recorded_under_their_old_name_still_load() -> None:
@@ -277,3 +288,62 @@ def test_cell_counters_and_template_figures_match_per_group_counting() -> None:
 
     assert got.overall == expected(list(range(500)))
     assert got.cells == [expected([i for i in range(500) if owners[i] == c]) for c in range(7)]
+
+
+def test_sorted_unique_is_np_unique() -> None:
+    """The sort-based `sorted_unique` the counters use gives `np.unique`'s array (values, dtype)."""
+    import numpy as np
+
+    from lora_assets.core.diversity import sorted_unique
+
+    rng = np.random.default_rng(1)
+    for n in range(40):
+        for dtype in (np.uint16, np.uint32, np.uint64, np.int64):
+            values = rng.integers(0, max(1, n), n).astype(dtype)
+            got, expected = sorted_unique(values), np.unique(values)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_signatures_made_in_blocks_give_the_same_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded turns get their MinHash signatures a block at a time (`_QUERY_BLOCK` turns): the
+    report (near duplicates found, with their examples) is the same whatever the block size."""
+    import random
+
+    from lora_assets.core import leakage
+
+    rng = random.Random(8)
+    words = [f"w{i}" for i in range(30)]
+    base = [" ".join(rng.choices(words, k=12)) for _ in range(12)]
+    examples = []
+    for i in range(60):
+        answers = [" ".join(w if rng.random() > 0.1 else "x" for w in rng.choice(base).split()) for _ in range(3)]
+        examples.append((_example(*answers), "validation" if i % 4 == 0 else "train"))
+
+    def report(block: int) -> dict:
+        monkeypatch.setattr(leakage, "_QUERY_BLOCK", block)
+        stats = LeakageStats()
+        for i, (messages, split) in enumerate(examples):
+            stats.add(messages, split, conversation_id=f"c{i}", cell=CELL)
+        return stats.result().model_dump()
+
+    first = report(1024)
+    assert first["overlap"]["near_duplicate_turns"] > 0 and first["overlap"]["exact_duplicate_turns"] >= 0
+    assert report(1) == report(7) == first
+
+
+def test_distinct_per_cell_counts_each_cells_own_codes() -> None:
+    """One bucket's per-cell distinct counts (keys of cell and code rank, sorted once) are each
+    cell's own set size, for 32-bit word ids and 64-bit word-pair codes."""
+    import numpy as np
+
+    from lora_assets.core.diversity import _distinct_per_cell
+
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 5, 300):
+        for dtype, high in ((np.uint32, 50), (np.uint64, 2**63)):
+            codes = rng.integers(0, high, n, dtype=np.uint64).astype(dtype)
+            codes[: n // 2] = codes[n // 2 : 2 * (n // 2)]  # repeats, across and within cells
+            cells = rng.integers(0, 7, n).astype(np.int64)
+            counts, distinct = _distinct_per_cell(codes, cells, 8)
+            assert counts.tolist() == [len({int(c) for c, o in zip(codes, cells, strict=True) if o == cell}) for cell in range(8)]
+            assert np.array_equal(distinct, np.unique(codes))

@@ -108,6 +108,73 @@ def test_mask_template_is_the_callback_one() -> None:
         assert mask_template(sentence) == _old_mask(sentence), sentence
 
 
+def test_masking_patterns_are_their_readable_forms() -> None:
+    """`_MONEY`, `_NUMBER`, `_NAME` and `_SENTENCE_END` start with a character class (fast to scan
+    for) where their readable forms start with `\\b` or a lookbehind: they substitute (split) the
+    same text. The sentence word count's possessive pattern agrees with counting `\\w+` runs."""
+    readable = {
+        _MONEY: re.compile(r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:[kKmMbB]|thousand|million|billion)\b)?)"
+                           r"|(?:\b\d[\d,]*(?:\.\d+)?\s?(?:dollars|USD|EUR|GBP)\b)"),
+        _NUMBER: re.compile(r"\b\d[\d,]*(?:\.\d+)?(?:\s?%|\s?percent\b|st\b|nd\b|rd\b|th\b|[kK]\b)?"),
+        _NAME: re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b"),
+    }
+    from lora_assets.core.leakage import _SENTENCE_END, LeakageStats
+
+    readable_end = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+    word = re.compile(r"\w+")
+    rng = random.Random(5)
+    ends = ["a", "B.", "!", "?", " ", "\n", "\n\n", '"', "'", ")", "]", "\t", ". ", ".\n", "\u2028", "x"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(ends) for _ in range(rng.randint(0, 14)))
+        assert _SENTENCE_END.split(text) == readable_end.split(text), text
+        for n in (0, 1, 4):
+            assert (LeakageStats(min_sentence_words=n)._enough_words.match(text) is not None) == (
+                len(word.findall(text)) >= n), (n, text)
+    pieces = ["$", "€", "£", " ", "1", "23", ",", ".", "5", "k", "K", "m", "thousand", "million", "dollars", "USD",
+              "a", "x1", "_", "\n", "%", "percent", "st", "th", "\x00", "Ab", "É", "Mary-Jane", "O'Neil", "²", "-", "'"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        for fast, slow in readable.items():
+            assert fast.sub("<X>", text) == slow.sub("<X>", text), (fast.pattern, text)
+
+
+def test_batched_masking_and_normalising_are_the_one_text_at_a_time_ones() -> None:
+    """`mask_templates` / `normalise_texts` work over a member's sentences joined by U+0000: each
+    text comes out as `mask_template` / `normalise_text` make it alone, whatever its neighbours
+    (combining marks, compatibility characters, whitespace and digits at the edges, the
+    separator itself inside a text)."""
+    from lora_assets.core.dedup import normalise_texts
+    from lora_assets.core.leakage import mask_templates
+
+    rng = random.Random(3)
+    pieces = ["David", "Let", ",", " ", "$", "1,000", "5", "k", "%", "Mary-Jane", "O'Neil", "the", "I", "3rd", ".",
+              "'", "(", "USD", "dollars", "Émile", "x2", "twenty", "\u0301", "ﬁ", "²", "\u00a0", "ß", "\n", "\t",
+              "K", "thousand", "\u2028", "Ⅻ", "ｆｕｌｌ", "İ", "Å", "Tom-Smith", "Ab-cD", "Mc", "Yes", "A"]
+    for _ in range(3000):
+        texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 10))) for _ in range(rng.randint(0, 8))]
+        assert mask_templates(texts) == [mask_template(t) for t in texts], texts
+        assert normalise_texts(texts) == [normalise_text(t) for t in texts], texts
+    with_separator = ["a\x00b", "Tom, $5"]
+    assert mask_templates(with_separator) == [mask_template(t) for t in with_separator]
+    assert normalise_texts(with_separator) == [normalise_text(t) for t in with_separator]
+    assert mask_templates([]) == normalise_texts([]) == []
+
+
+def test_target_shingles_are_word_shingles() -> None:
+    """`TargetTexts` shingles all its words once; each target's own are sliced out of them."""
+    from lora_assets.core.dedup import TargetTexts
+
+    rng = random.Random(4)
+    for _ in range(300):
+        words = [[f"w{rng.randrange(9)}" for _ in range(rng.randint(0, 7))] for _ in range(rng.randint(1, 5))]
+        targets = TargetTexts(tuple(" ".join(w) for w in words), tuple(" ".join(w) for w in words), tuple(words))
+        size = rng.randint(1, 4)
+        assert set(targets.shingles(size)) == {s.encode() for s in shingles_of_words(targets.all_words(), size)} or (
+            len(targets.all_words()) <= size)
+        for turn, own in enumerate(words):
+            assert set(targets.turn_shingles(turn, size)) == {s.encode() for s in shingles_of_words(own, size)}
+
+
 def test_a_build_process_imports_neither_datasketch_nor_scipy() -> None:
     """scipy (behind datasketch's LSH module) cost ≈ 0.7 s in every process that built a file."""
     import subprocess
