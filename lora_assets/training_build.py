@@ -38,7 +38,7 @@ from lora_assets.core.split import MIN_TURN_WORDS, SharedTurns, SplitReport, gro
 from lora_assets.schemas import ConsultantProfile, EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import training_files as tfq
-from lora_assets.store.blobs import BlobStore, bounded_map, release_freed_memory
+from lora_assets.store.blobs import READ_CHUNK, BlobStore, bounded_map, release_freed_memory
 from lora_assets.training_stats import APPROVE, BuildMeasures, Measured, filters_run, is_rejected, with_review
 
 VALIDATION_FRACTION = 0.1
@@ -360,7 +360,8 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
     aggregate = AggregateWriter(cur.jsonl)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="blobs") as pool:
         try:
-            reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates, 2 * concurrency)
+            reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
+                                2 * concurrency * READ_CHUNK, chunk=READ_CHUNK)
             for number, (m, data) in enumerate(reads, start=1):
                 conv = _member(m, data)
                 targets = TargetTexts.of(conv)

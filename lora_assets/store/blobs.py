@@ -454,19 +454,52 @@ class S3BlobStore:
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: Reads a stage hands to one pool task (`bounded_map`'s `chunk`): a stage reads a partition's
+#: conversations in order, and a task per read cost its main thread a submit and a future each.
+READ_CHUNK = 4
 
-def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[
-        tuple[T, R | BaseException]]:
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int,
+                chunk: int = 1) -> Iterator[tuple[T, R | BaseException]]:
     """`fn` over `items` on `pool`, at most `window` calls in flight, results in input order as
     (item, result or the exception it raised). Lazy on both ends: a stage streams a whole
-    partition through it without holding more than `window` results."""
-    pending: deque[tuple[T, Future[R]]] = deque()
-    for item in items:
-        pending.append((item, pool.submit(fn, item)))
-        if len(pending) >= window:
+    partition through it without holding more than `window` results.
+
+    With `chunk` > 1 a task makes `chunk` calls one after the other: one submit, one future and
+    one worker wake-up per chunk instead of per call (measured at ≈ 0.08 ms of the caller's CPU per
+    call). `window` still counts calls: with a pool of P threads, a window of at least P × chunk
+    keeps every thread busy."""
+    if chunk <= 1:
+        pending: deque[tuple[T, Future[R]]] = deque()
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= window:
+                yield _settle(*pending.popleft())
+        while pending:
             yield _settle(*pending.popleft())
-    while pending:
-        yield _settle(*pending.popleft())
+        return
+
+    def calls(group: list[T]) -> list[R | BaseException]:
+        out: list[R | BaseException] = []
+        for item in group:
+            try:
+                out.append(fn(item))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, per item
+                out.append(exc)
+        return out
+
+    groups: deque[tuple[list[T], Future[list[R | BaseException]]]] = deque()
+    in_flight = 0
+    for group in batched(items, chunk):
+        groups.append((group, pool.submit(calls, group)))
+        in_flight += len(group)
+        while in_flight > window:
+            group, future = groups.popleft()
+            in_flight -= len(group)
+            yield from zip(group, future.result(), strict=True)
+    while groups:
+        group, future = groups.popleft()
+        yield from zip(group, future.result(), strict=True)
 
 
 def release_freed_memory() -> None:

@@ -96,6 +96,14 @@ def test_bounded_map_keeps_order_bounds_what_is_in_flight_and_hands_back_errors(
     assert [r for i, r in out if i != 7] == [i * i for i in range(40) if i != 7]
     assert isinstance(out[7][1], KeyError)
     assert peak <= 4
+    # in chunks: the same answers in the same order, the window still bounds the calls in flight
+    running = peak = 0
+    with ThreadPoolExecutor(8) as pool:
+        chunked = list(bounded_map(pool, work, range(41), window=12, chunk=4))
+    assert [i for i, _ in chunked] == list(range(41))
+    assert [r for i, r in chunked if i != 7] == [i * i for i in range(41) if i != 7]
+    assert isinstance(chunked[7][1], KeyError)
+    assert 1 < peak <= 4  # calls running at once: one per chunk in flight (at most 16 calls: 4 chunks)
 
 
 def test_small_puts_go_without_expect_continue(s3_bucket: tuple[str, str]) -> None:
