@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -309,9 +310,12 @@ _SECURITY_DIRECTIVE = re.compile(
     r"(?:buy|sell|short|invest (?:all|everything) in|put (?:all|everything) (?:in|into))\b"
     r"|\b(?:buy|sell) (?:shares of )?[A-Z]{2,5}\b"
 )
+#: Every match of `_SECURITY_DIRECTIVE` holds one of these: a text without any is not searched.
+_SECURITY_CUES = ("you should ", "you must ", "you need to ", "buy ", "sell ")
 _NUMBER = re.compile(r"\d|\$|%")
 _STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.M)
 _STEP_WORDS = re.compile(r"\b(?:first|second|third|next|then|finally|step)\b", re.I)
+_STEP_WORD_SET = frozenset({"first", "second", "third", "next", "then", "finally", "step"})
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"[\w'’-]+", re.U)
 
@@ -341,11 +345,27 @@ def _norm(text: str) -> str:
 
 _TOKEN = re.compile(r"\w+")
 
+# On ASCII text `\w` is exactly [A-Za-z0-9_]. `str.translate` with a table that keeps those
+# characters and blanks every other one, then `str.split()`, yields the same words as the
+# regexes `\w+` and `[\w'’-]+` several times faster (most model output is ASCII); other text
+# takes the regexes.
+_ASCII_WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_")
+_TOKEN_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS}
+_WORD_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS and chr(i) not in "'-"}
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _token_list(text: str) -> tuple[str, ...]:
+    """The whole words (`\\w+` runs) of `text`, in order."""
+    if text.isascii():
+        return tuple(text.translate(_TOKEN_TABLE).split())
+    return tuple(_TOKEN.findall(text))
+
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _tokens(text: str) -> frozenset[str]:
     """The whole words (`\\w+` runs) of `text`."""
-    return frozenset(_TOKEN.findall(text))
+    return frozenset(_token_list(text))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -436,22 +456,44 @@ def _sentences(text: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
-def _word_tuple(text: str) -> tuple[str, ...]:
-    return tuple(_WORD.findall(text))
+def _opening(response: str) -> str:
+    """The first two sentences of the normalised `response`, joined by a space."""
+    if response.isascii():
+        # Lowercasing ASCII moves no sentence boundary: the sentences of the response (which
+        # clarity counts) lowercased are those of its normalised text, split once instead of twice.
+        return " ".join(_sentence_tuple(response)[:2]).lower()
+    return " ".join(_sentence_tuple(_norm(response))[:2])
 
 
 def _words(text: str) -> list[str]:
-    return list(_word_tuple(text))
+    return _WORD.findall(text)
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _word_count(text: str) -> int:
+    """len(_words(text))."""
+    if text.isascii():
+        return len(text.translate(_WORD_TABLE).split())
+    return len(_WORD.findall(text))
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _has_steps(response: str) -> bool:
-    return bool(_STEP_LINE.search(response) or _STEP_WORDS.search(response))
+    if _STEP_LINE.search(response):
+        return True
+    if response.isascii():
+        # On ASCII, the case-insensitive `\bword\b` is a whole word of the lowercased text.
+        return not _STEP_WORD_SET.isdisjoint(_tokens(_norm(response)))
+    return _STEP_WORDS.search(response) is not None
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _has_number(response: str) -> bool:
     return bool(_NUMBER.search(response))
+
+
+def _security_directive(text: str) -> bool:
+    return any(cue in text for cue in _SECURITY_CUES) and _SECURITY_DIRECTIVE.search(text) is not None
 
 
 def _is_word(stem: str) -> bool:
@@ -465,21 +507,28 @@ def _feeling_stems(user: str) -> frozenset[str]:
     return frozenset(stem for stem in FEELING_STEMS if stem in user and any(w.startswith(stem) for w in words))
 
 
-def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> set[str]:
-    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
+@functools.lru_cache(maxsize=256)
+def _stems_of_emotions(emotions: tuple[str, ...]) -> frozenset[str]:
+    """Stems of emotion labels (a turn's primary and secondary emotions)."""
     stems: set[str] = set()
-    if emotional_context is not None:
-        for emotion in [emotional_context.primary_emotion, *emotional_context.secondary_emotions]:
-            for word in _words(_norm(emotion)):
-                if len(word) >= 4:
-                    # Dropping up to 3 letters (never below 4) tolerates inflection:
-                    # "anxious" ~ "anxiety", "overwhelmed" ~ "overwhelming", "confusion" ~ "confused".
-                    stems.add(word[: max(4, len(word) - 3)])
-    stems.update(_feeling_stems(_norm(user_input)))
-    return stems
+    for emotion in emotions:
+        for word in _words(_norm(emotion)):
+            if len(word) >= 4:
+                # Dropping up to 3 letters (never below 4) tolerates inflection:
+                # "anxious" ~ "anxiety", "overwhelmed" ~ "overwhelming", "confusion" ~ "confused".
+                stems.add(word[: max(4, len(word) - 3)])
+    return frozenset(stems)
 
 
-def _mentions_stem(text: str, stems: set[str]) -> bool:
+def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> frozenset[str]:
+    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
+    felt = _feeling_stems(_norm(user_input))
+    if emotional_context is None:
+        return felt
+    return _stems_of_emotions((emotional_context.primary_emotion, *emotional_context.secondary_emotions)) | felt
+
+
+def _mentions_stem(text: str, stems: Iterable[str]) -> bool:
     # A stem of word characters occurs at a word start (`(?<!\w)stem`) exactly when some whole
     # word of the text starts with it; other stems (with "-" or "'") take the regex.
     words: frozenset[str] | None = None
@@ -501,16 +550,19 @@ def _stem_re(stem: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(stem)}")
 
 
-_YOU = re.compile(r"\byour?\b")
+def _you_count(text: str) -> int:
+    """Matches of `\\byour?\\b`: the whole words "you" and "your"."""
+    words = _token_list(text)
+    return words.count("you") + words.count("your")
 
 
 def empathy_score(response: str, user_input: str, emotional_context: EmotionalContext | None) -> float:
     """Acknowledgement before advice, naming the client's feeling, normalising, inviting."""
     text = _norm(response)
-    sentences = _sentences(text)
-    opening = " ".join(sentences[:2])
+    opening = _opening(response)
     score = 1.0
-    if _has(opening, ACKNOWLEDGEMENTS):
+    # The opening is a text of its own: its few acknowledgement phrases are tried directly.
+    if any(_occurs(p, opening) for p in ACKNOWLEDGEMENTS):
         score += 1.5
     elif _has(text, ACKNOWLEDGEMENTS):
         score += 0.75
@@ -518,7 +570,7 @@ def empathy_score(response: str, user_input: str, emotional_context: EmotionalCo
         score += 1.0
     if _has(text, NORMALISING):
         score += 0.5
-    if len(_YOU.findall(text)) >= 2:
+    if _you_count(text) >= 2:
         score += 0.5
     if "?" in text:
         score += 0.5
@@ -535,11 +587,11 @@ def jargon_terms(text: str) -> list[str]:
 def clarity_score(response: str) -> float:
     """Short sentences, concrete numbers and steps, explained terms; no jargon walls."""
     text = _norm(response)
-    words = _words(text)
-    sentences = _sentences(response)
+    words = _word_count(text)
+    sentences = _sentence_tuple(response)
     score = 3.0
     if sentences:
-        mean_length = len(words) / len(sentences)
+        mean_length = words / len(sentences)
         if mean_length <= 20:
             score += 0.5
         elif mean_length > 32:
@@ -553,9 +605,9 @@ def clarity_score(response: str) -> float:
     if _has(text, EXPLAINERS):
         score += 0.25
     score -= min(1.5, 0.5 * max(0, len(jargon_terms(text)) - 2))
-    if len(words) < 15:
+    if words < 15:
         score -= 1.0
-    elif len(words) > 350:
+    elif words > 350:
         score -= 0.5
     return _clamp(score)
 
@@ -565,7 +617,7 @@ def appropriateness_score(response: str) -> float:
     text = _norm(response)
     score = 4.0
     score -= min(3.0, 1.5 * _count(text, GUARANTEES))
-    if _SECURITY_DIRECTIVE.search(response) or _SECURITY_DIRECTIVE.search(text):
+    if _security_directive(response) or _security_directive(text):
         score -= 1.5
     score -= min(2.0, 1.0 * _count(text, SHAMING))
     caveats = _count(text, CAVEATS)
@@ -597,7 +649,7 @@ _AVOID_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
     (("judg", "shame", "blame", "criticiz", "criticis"), lambda t, _: _has(t, SHAMING)),
     (
         ("overwhelm", "too many", "options"),
-        lambda t, r: len(_STEP_LINE.findall(r)) > 5 or len(_words(t)) > 350,
+        lambda t, r: len(_STEP_LINE.findall(r)) > 5 or _word_count(t) > 350,
     ),
     (("platitude", "generic", "cliche", "cliché"), lambda t, _: _has(t, PLATITUDES)),
     (("assum", "condescend", "knowledge level"), lambda t, _: _has(t, ASSUMPTIONS)),
@@ -632,23 +684,26 @@ def _literal_detector(item: str) -> _Detector:
     return detect
 
 
-@functools.lru_cache(maxsize=1024)
-def _detector_for(item: str, themes: tuple[tuple[tuple[str, ...], _Detector], ...]) -> _Detector:
-    # The consultant's items are the same for every response: decide how to detect each once.
-    return _theme_detector(item, themes) or _literal_detector(item)
+@functools.lru_cache(maxsize=64)
+def _voice_detectors(techniques: tuple[str, ...], avoid: tuple[str, ...]) -> tuple[list[_Detector], list[_Detector]]:
+    """How to detect each technique and each avoid item of a consultant: decided once per
+    consultant style, not once per response."""
+    return ([_theme_detector(t, _TECHNIQUE_THEMES) or _literal_detector(t) for t in techniques],
+            [_theme_detector(a, _AVOID_THEMES) or _literal_detector(a) for a in avoid])
 
 
 def brand_voice_score(response: str, consultant: ConsultantProfile) -> float:
     """Share of the consultant's techniques shown, minus each `avoid` item the response does."""
     text = _norm(response)
     style = consultant.communication_style
-    if style.techniques:
-        shown = sum(1 for technique in style.techniques if _detector_for(technique, _TECHNIQUE_THEMES)(text, response))
-        score = 1.5 + 3.5 * shown / len(style.techniques)
+    techniques, avoid = _voice_detectors(tuple(style.techniques), tuple(style.avoid))
+    if techniques:
+        shown = sum(1 for detect in techniques if detect(text, response))
+        score = 1.5 + 3.5 * shown / len(techniques)
     else:
         score = 3.0
-    for item in style.avoid:
-        if _detector_for(item, _AVOID_THEMES)(text, response):
+    for detect in avoid:
+        if detect(text, response):
             score -= 1.0
     return _clamp(score)
 
@@ -675,8 +730,7 @@ def score_response(
 
 def overall(criteria: QualityCriteria) -> float:
     """Weighted mean of the four criteria (`WEIGHTS`), one decimal."""
-    values = criteria.model_dump()
-    return _round1(sum(weight * values[name] for name, weight in WEIGHTS.items()))
+    return _round1(sum(weight * getattr(criteria, name) for name, weight in WEIGHTS.items()))
 
 
 _SKILLS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
