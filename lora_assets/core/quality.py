@@ -380,23 +380,27 @@ def _occurs(phrase: str, text: str) -> bool:
 
 
 class _PhraseIndex:
-    """Every phrase of the word lists above, indexed by its first word. A phrase that starts with
-    a word character can only occur (`(?<!\\w)phrase(?!\\w)`) where its first `\\w+` run is a
-    whole word of the text, so one set intersection with the text's words (`_tokens`) leaves the
-    few phrases worth matching, and each is matched once per text whatever the lists it is in
-    (`_found`): the same answers as trying every phrase of every list."""
+    """Every phrase of the word lists above, indexed by its words. A phrase can only occur
+    (`(?<!\\w)phrase(?!\\w)`) where each of its `\\w+` runs is a whole word of the text (the
+    phrase's own other characters, or the lookarounds, bound every run), so set operations on the
+    text's words (`_tokens`) leave the few phrases worth matching: each phrase is keyed by its
+    longest word and kept only if all its words are in the text; a one-word phrase kept is an
+    occurrence, the others take the regex (`_found`). Each phrase is matched once per text
+    whatever the lists it is in: the same answers as trying every phrase of every list."""
 
     def __init__(self, lists: tuple[tuple[str, ...], ...]) -> None:
         phrases = list(dict.fromkeys(p for phrase_list in lists for p in phrase_list))
-        self.by_first: dict[str, list[str]] = {}
-        self.unindexed: list[str] = []  # phrases not starting with a word character: always tried
+        # longest word → [(phrase, its words, whether it is that one word alone)]
+        self.by_key: dict[str, list[tuple[str, frozenset[str], bool]]] = {}
+        self.unindexed: list[str] = []  # phrases without any word character: always tried
         for phrase in phrases:
-            first = _TOKEN.match(phrase)
-            if first is None:
+            words = _TOKEN.findall(phrase)
+            if not words:
                 self.unindexed.append(phrase)
-            else:
-                self.by_first.setdefault(first.group(), []).append(phrase)
-        self.firsts = frozenset(self.by_first)
+                continue
+            key = max(words, key=len)
+            self.by_key.setdefault(key, []).append((phrase, frozenset(words), phrase == key))
+        self.keys = frozenset(self.by_key)
         # id of a list → (the list, its phrases as a set, whether it has no repeats)
         self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
 
@@ -424,7 +428,9 @@ def _index() -> _PhraseIndex:
 def _found(text: str) -> frozenset[str]:
     """The phrases of the word lists that occur in `text`."""
     index = _index()
-    hits = {p for word in index.firsts.intersection(_tokens(text)) for p in index.by_first[word] if _occurs(p, text)}
+    words = _tokens(text)
+    hits = {phrase for key in index.keys.intersection(words) for phrase, needs, alone in index.by_key[key]
+            if alone or (needs <= words and _occurs(phrase, text))}
     hits.update(p for p in index.unindexed if _occurs(p, text))
     return frozenset(hits)
 
@@ -674,11 +680,12 @@ def _theme_detector(item: str, themes: tuple[tuple[tuple[str, ...], _Detector], 
 def _literal_detector(item: str) -> _Detector:
     """Fallback for an item of no known theme: most of its content words occur in the response."""
     content = [w for w in _words(_norm(item)) if len(w) >= 5 and w not in _STOPWORDS]
+    prefixes = [w[:6] for w in content]
 
     def detect(text: str, _: str) -> bool:
         if not content:
             return False
-        hits = sum(1 for w in content if w[:6] in text)
+        hits = sum(1 for prefix in prefixes if prefix in text)
         return hits * 2 > len(content)
 
     return detect
