@@ -90,7 +90,8 @@ def _input_parameter_problems(params: Any, where: str = "input_parameters") -> l
     """Each of the 10 provenance fields must be present and non-blank."""
     if params is None:
         return [Problem(where, "is missing")]
-    data = params.model_dump() if isinstance(params, BaseModel) else params
+    # dict(model): its fields as they are, without model_dump's recursive serialisation.
+    data = dict(params) if isinstance(params, BaseModel) else params
     if not isinstance(data, Mapping):
         return [Problem(where, f"is not an object (got {type(data).__name__})")]
     return [
@@ -106,13 +107,12 @@ def _pair_problems(pair: TrainingPair, where: str, params: InputParameters | Non
     problems: list[Problem] = []
     for name in PAIR_SCAFFOLDING_FIELDS:
         value = getattr(meta, name)
-        path = _at(where, f"conversation_metadata.{name}")
         if _blank(value):
-            problems.append(Problem(path, "is null" if value is None else "is empty"))
+            problems.append(Problem(_at(where, f"conversation_metadata.{name}"), "is null" if value is None else "is empty"))
         elif params is not None and value != getattr(params, PAIR_FIELD_SOURCE[name]):
             problems.append(
                 Problem(
-                    path,
+                    _at(where, f"conversation_metadata.{name}"),
                     f"is {value!r} but input_parameters.{PAIR_FIELD_SOURCE[name]} is "
                     f"{getattr(params, PAIR_FIELD_SOURCE[name])!r}",
                 )
@@ -139,8 +139,8 @@ def _is_legacy_pair(pair: TrainingPair) -> bool:
 def _input_parameter_mismatches(parsed: ParsedConversation, expected: ResolvedScaffolding) -> list[Problem]:
     if parsed.input_parameters is None:
         return []
-    wanted = input_parameters_for(expected).model_dump()
-    actual = parsed.input_parameters.model_dump()
+    wanted = dict(input_parameters_for(expected))
+    actual = dict(parsed.input_parameters)
     return [
         Problem(f"input_parameters.{name}", f"is {actual[name]!r}, expected {wanted[name]!r} (from the scaffolding)")
         for name in INPUT_PARAMETER_FIELDS
