@@ -90,8 +90,7 @@ def _input_parameter_problems(params: Any, where: str = "input_parameters") -> l
     """Each of the 10 provenance fields must be present and non-blank."""
     if params is None:
         return [Problem(where, "is missing")]
-    # dict(model): its fields as they are, without model_dump's recursive serialisation.
-    data = dict(params) if isinstance(params, BaseModel) else params
+    data = params.model_dump() if isinstance(params, BaseModel) else params
     if not isinstance(data, Mapping):
         return [Problem(where, f"is not an object (got {type(data).__name__})")]
     return [
@@ -139,12 +138,13 @@ def _is_legacy_pair(pair: TrainingPair) -> bool:
 def _input_parameter_mismatches(parsed: ParsedConversation, expected: ResolvedScaffolding) -> list[Problem]:
     if parsed.input_parameters is None:
         return []
-    wanted = dict(input_parameters_for(expected))
-    actual = dict(parsed.input_parameters)
+    wanted = input_parameters_for(expected)
+    actual = parsed.input_parameters
     return [
-        Problem(f"input_parameters.{name}", f"is {actual[name]!r}, expected {wanted[name]!r} (from the scaffolding)")
+        Problem(f"input_parameters.{name}",
+                f"is {getattr(actual, name)!r}, expected {getattr(wanted, name)!r} (from the scaffolding)")
         for name in INPUT_PARAMETER_FIELDS
-        if not _blank(actual[name]) and actual[name] != wanted[name]
+        if not _blank(getattr(actual, name)) and getattr(actual, name) != getattr(wanted, name)
     ]
 
 
