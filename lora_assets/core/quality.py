@@ -502,15 +502,22 @@ def _security_directive(text: str) -> bool:
     return any(cue in text for cue in _SECURITY_CUES) and _SECURITY_DIRECTIVE.search(text) is not None
 
 
-def _is_word(stem: str) -> bool:
-    return _TOKEN.fullmatch(stem) is not None
+def _starts_a_word(stem: str, text: str) -> bool:
+    """`(?<!\\w)stem` matches `text`: some occurrence of `stem` follows no word character. (The
+    regex, having no literal prefix, is tried at every position; `str.find` jumps to the few
+    occurrences. A word character of a str pattern is `str.isalnum()` or "_".)"""
+    at = text.find(stem)
+    while at != -1:
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] == "_"):
+            return True
+        at = text.find(stem, at + 1)
+    return False
 
 
 @functools.lru_cache(maxsize=256)
 def _feeling_stems(user: str) -> frozenset[str]:
     """The `FEELING_STEMS` the (normalised) client text uses at the start of a word."""
-    words = _tokens(user)
-    return frozenset(stem for stem in FEELING_STEMS if stem in user and any(w.startswith(stem) for w in words))
+    return frozenset(stem for stem in FEELING_STEMS if _starts_a_word(stem, user))
 
 
 @functools.lru_cache(maxsize=256)
@@ -535,25 +542,8 @@ def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) 
 
 
 def _mentions_stem(text: str, stems: Iterable[str]) -> bool:
-    # A stem of word characters occurs at a word start (`(?<!\w)stem`) exactly when some whole
-    # word of the text starts with it; other stems (with "-" or "'") take the regex.
-    words: frozenset[str] | None = None
-    for stem in stems:
-        if stem not in text:
-            continue
-        if _is_word(stem):
-            if words is None:
-                words = _tokens(text)
-            if any(w.startswith(stem) for w in words):
-                return True
-        elif _stem_re(stem).search(text) is not None:
-            return True
-    return False
-
-
-@functools.lru_cache(maxsize=4096)
-def _stem_re(stem: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(stem)}")
+    """Some stem occurs at the start of a word of `text` (`(?<!\\w)stem`)."""
+    return any(_starts_a_word(stem, text) for stem in stems)
 
 
 def _you_count(text: str) -> int:
