@@ -80,10 +80,11 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
     batch_id = db.batch_id(context.partition_key)
     engine = db.engine()
     tally = _Tally()
+    run_id = context.run_id  # read once: each read of a context property goes through Dagster's checks
     for u in recorded_checks.stream_stage(
         engine=engine, blobs=blobs, batch_id=batch_id,
         row_filter={"parse_status": [ParseStatus.PENDING, ParseStatus.FAILED]}, read_column="raw_response_path",
-        process=lambda row, raw, scaffolding: parse_row(row, raw, scaffolding, context.run_id),
+        process=lambda row, raw, scaffolding: parse_row(row, raw, scaffolding, run_id),
         out_column="file_path",
         unstored=lambda cid, exc: {"id": cid, "parse_status": ParseStatus.FAILED, "parse_error":
                                    f"unstored: conversation.json could not be written ({type(exc).__name__}: {exc})"},
