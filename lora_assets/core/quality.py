@@ -403,6 +403,7 @@ class _PhraseIndex:
         self.keys = frozenset(self.by_key)
         # id of a list → (the list, its phrases as a set, whether it has no repeats)
         self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
+        self.members = {key: entry[1] for key, entry in self.lists.items()}  # id of a list → its phrases
 
     def known(self, phrases: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
         entry = self.lists.get(id(phrases))
@@ -446,9 +447,10 @@ def _count(text: str, phrases: Iterable[str]) -> int:
 
 
 def _has(text: str, phrases: Iterable[str]) -> bool:
-    known = _index().known(phrases)
-    if known is not None:
-        return not _found(text).isdisjoint(known[1])
+    # The lists above are module constants, alive as long as the index: their ids cannot be reused.
+    members = _index().members.get(id(phrases))
+    if members is not None:
+        return not _found(text).isdisjoint(members)
     return any(_occurs(p, text) for p in phrases)
 
 
@@ -517,7 +519,8 @@ def _starts_a_word(stem: str, text: str) -> bool:
 @functools.lru_cache(maxsize=256)
 def _feeling_stems(user: str) -> frozenset[str]:
     """The `FEELING_STEMS` the (normalised) client text uses at the start of a word."""
-    return frozenset(stem for stem in FEELING_STEMS if _starts_a_word(stem, user))
+    # (`stem in user` first: most stems are absent, and the substring test is a cheap C filter.)
+    return frozenset(stem for stem in FEELING_STEMS if stem in user and _starts_a_word(stem, user))
 
 
 @functools.lru_cache(maxsize=256)
@@ -543,7 +546,7 @@ def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) 
 
 def _mentions_stem(text: str, stems: Iterable[str]) -> bool:
     """Some stem occurs at the start of a word of `text` (`(?<!\\w)stem`)."""
-    return any(_starts_a_word(stem, text) for stem in stems)
+    return any(stem in text and _starts_a_word(stem, text) for stem in stems)
 
 
 def _you_count(text: str) -> int:
