@@ -404,6 +404,8 @@ class _PhraseIndex:
         # id of a list → (the list, its phrases as a set, whether it has no repeats)
         self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
         self.members = {key: entry[1] for key, entry in self.lists.items()}  # id of a list → its phrases
+        self.ack = frozenset(ACKNOWLEDGEMENTS)
+        self.ack_keys = frozenset(key for key, entries in self.by_key.items() if any(p in self.ack for p, _, _ in entries))
 
     def known(self, phrases: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
         entry = self.lists.get(id(phrases))
@@ -555,13 +557,23 @@ def _you_count(text: str) -> int:
     return words.count("you") + words.count("your")
 
 
+def _acknowledges(opening: str, text: str) -> bool:
+    """An acknowledgement phrase occurs in `opening`, the first sentences of `text`. The opening is
+    a text of its own (joined sentences), but its words are words of `text`: only phrases whose
+    words all occur in `text` are tried."""
+    words = _tokens(text)
+    index = _index()
+    return any(_occurs(phrase, opening)
+               for key in index.ack_keys.intersection(words) for phrase, needs, _ in index.by_key[key]
+               if phrase in index.ack and needs <= words)
+
+
 def empathy_score(response: str, user_input: str, emotional_context: EmotionalContext | None) -> float:
     """Acknowledgement before advice, naming the client's feeling, normalising, inviting."""
     text = _norm(response)
     opening = _opening(response)
     score = 1.0
-    # The opening is a text of its own: its few acknowledgement phrases are tried directly.
-    if any(_occurs(p, opening) for p in ACKNOWLEDGEMENTS):
+    if _acknowledges(opening, text):
         score += 1.5
     elif _has(text, ACKNOWLEDGEMENTS):
         score += 0.75
