@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from lora_assets.schemas import (
@@ -145,6 +146,16 @@ def check_json_depth(text: str, *, conversation_id: str, max_depth: int = MAX_JS
         raise ParseError(
             conversation_id, "invalid_json", f"the JSON nests {depth:,} levels deep, deeper than the limit of {max_depth}"
         )
+
+
+def json_loads(data: str | bytes) -> Any:
+    """`json.loads(data)`, decoded by pydantic-core's JSON parser when it can: about twice as fast,
+    the same values. What it refuses (invalid JSON, lone surrogates, encodings other than UTF-8)
+    is decoded by `json.loads`, so the result or the error is always `json.loads`'s."""
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return json.loads(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +294,7 @@ def _extract_json(raw: Mapping[str, Any] | str, conversation_id: str) -> tuple[s
     stripped = text.strip()
     # Fast path: the whole text is one JSON value (structured output does exactly this).
     try:
-        whole = json.loads(stripped)
+        whole = json_loads(stripped)
     except json.JSONDecodeError:
         return _locate_object(text, conversation_id), None
     if not isinstance(whole, dict):

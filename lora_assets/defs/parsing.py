@@ -1,6 +1,5 @@
 """parsed_conversations: validated conversation JSON + input_parameters resolved from the DB."""
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +12,7 @@ from dagster import (
     asset_check,
 )
 
-from lora_assets.core.parse import ParseError, parse_conversation
+from lora_assets.core.parse import ParseError, json_loads, parse_conversation
 from lora_assets.core.rules import client_persona_problems, input_parameter_problems
 from lora_assets.defs import recorded_checks
 from lora_assets.defs.conditions import after_upstream_lands
@@ -45,7 +44,7 @@ def parse_row(row: dict[str, Any], raw: bytes | BaseException, scaffolding: Reso
         if isinstance(raw, BaseException):
             raise ParseError(row["id"], "unreadable", f"raw.json cannot be read ({type(raw).__name__}: {raw})")
         try:
-            payload = json.loads(raw)
+            payload = json_loads(raw)
             response = payload["response"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ParseError(row["id"], "unreadable", f"raw.json is not a stored response ({type(exc).__name__}: "
