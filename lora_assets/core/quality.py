@@ -316,7 +316,10 @@ _NUMBER = re.compile(r"\d|\$|%")
 _STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.M)
 _STEP_WORDS = re.compile(r"\b(?:first|second|third|next|then|finally|step)\b", re.I)
 _STEP_WORD_SET = frozenset({"first", "second", "third", "next", "then", "finally", "step"})
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+# Sentence breaks: whitespace after . ! or ?, or a run of newlines; i.e. `(?<=[.!?])\s+|\n+`,
+# written to start with `\s` so the regex engine skips to whitespace instead of trying the
+# lookbehind at every character (same splits, about twice as fast).
+_SENTENCE_SPLIT = re.compile(r"\s(?:(?<=[.!?]\s)\s*|(?<=\n)\n*)")
 _WORD = re.compile(r"[\w'’-]+", re.U)
 
 
