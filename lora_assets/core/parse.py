@@ -325,7 +325,6 @@ def turn_problems(turns: Any, *, prefix: str = "turns") -> list[TurnProblem]:
         ]
     problems: list[TurnProblem] = []
     for index, turn in enumerate(turns):
-        where = f"{prefix}[{index}]"
         if isinstance(turn, BaseModel):
             # A model's fields read directly (a model_dump per turn was most of this check's cost).
             role, content, number = (getattr(turn, "role", None), getattr(turn, "content", None),
@@ -333,25 +332,25 @@ def turn_problems(turns: Any, *, prefix: str = "turns") -> list[TurnProblem]:
         elif isinstance(turn, Mapping):
             role, content, number = turn.get("role"), turn.get("content"), turn.get("turn_number")
         else:
-            problems.append(TurnProblem("schema", where, f"is not an object (got {type(turn).__name__})"))
+            problems.append(TurnProblem("schema", f"{prefix}[{index}]", f"is not an object (got {type(turn).__name__})"))
             continue
         expected_role = "user" if index % 2 == 0 else "assistant"
         if role != expected_role:
             problems.append(
                 TurnProblem(
                     "turns_not_alternating",
-                    f"{where}.role",
+                    f"{prefix}[{index}].role",
                     f"is {role!r}, expected {expected_role!r} "
                     "(turns alternate user/assistant, starting with the client)",
                 )
             )
         if not isinstance(content, str) or not content.strip():
-            problems.append(TurnProblem("empty_content", f"{where}.content", "is empty"))
+            problems.append(TurnProblem("empty_content", f"{prefix}[{index}].content", "is empty"))
         if number != index + 1:
             problems.append(
                 TurnProblem(
                     "turn_numbers",
-                    f"{where}.turn_number",
+                    f"{prefix}[{index}].turn_number",
                     f"is {number!r}, expected {index + 1} (turn numbers run 1..n in order)",
                 )
             )
