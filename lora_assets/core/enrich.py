@@ -21,14 +21,7 @@ from lora_assets.core.quality import detect_skills, overall, score_response
 from lora_assets.core.text import client_background as render_client_background
 from lora_assets.core.validate import is_readable_text
 from lora_assets.schemas import ConsultantProfile, ParsedConversation, Persona, TrainingTopic, Turn
-from lora_assets.schemas.training import (
-    EnrichedConversation,
-    HistoryTurn,
-    IndividualDatasetMetadata,
-    PairConversationMetadata,
-    TrainingMetadata,
-    TrainingPair,
-)
+from lora_assets.schemas.training import EnrichedConversation
 
 EnrichErrorKind = Literal["invalid_conversation", "scaffolding_mismatch", "unreadable_client_background"]
 
@@ -196,31 +189,30 @@ def enrich_conversation(
             f"client_background would not be readable text: {background[:120]!r}",
             "unreadable_client_background",
         )
-    pair_metadata = PairConversationMetadata(
-        client_persona=meta.client_persona,
-        persona_archetype=params.persona_key if params else None,
-        client_background=background,
-        emotional_arc=params.emotional_arc_name if params else None,
-        emotional_arc_key=params.emotional_arc_key if params else None,
-        training_topic=params.training_topic_name if params else None,
-        training_topic_key=params.training_topic_key if params else None,
-        session_context=meta.session_context,
-        conversation_phase=meta.conversation_phase,
-        expected_outcome=meta.expected_outcome,
-    )
+    pair_metadata = {
+        "client_persona": meta.client_persona,
+        "persona_archetype": params.persona_key if params else None,
+        "client_background": background,
+        "emotional_arc": params.emotional_arc_name if params else None,
+        "emotional_arc_key": params.emotional_arc_key if params else None,
+        "training_topic": params.training_topic_name if params else None,
+        "training_topic_key": params.training_topic_key if params else None,
+        "session_context": meta.session_context,
+        "conversation_phase": meta.conversation_phase,
+        "expected_outcome": meta.expected_outcome,
+    }
     system_prompt = training_system_prompt(consultant)
     difficulty = _difficulty(training_topic)
     objective = _learning_objective(training_topic, parsed)
 
     turns = parsed.turns
     user_turns = [t for t in turns if t.role == "user"]
-    pairs: list[TrainingPair] = []
-    # The pair models are built with `model_construct`: every value comes from the validated
-    # parsed conversation, the consultant and the scores (clamped to 1-5), so validating them
-    # again (a history turn per earlier turn, per pair) was most of an enrichment's CPU; the
-    # schema has no validators beyond those field types, and enriched.json is validated whole
-    # wherever it is read.
-    history = [HistoryTurn.model_construct(turn_number=t.turn_number, role=t.role, content=t.content) for t in turns]
+    # The pairs are plain data, validated once as the whole document below: pydantic-core builds
+    # every pair's own metadata and history turns (no pair shares an instance with another, so
+    # an edit of one never edits all) several times faster than constructing and copying models
+    # in Python, and the document is checked against its schema as it is made.
+    history = [{"turn_number": t.turn_number, "role": t.role, "content": t.content} for t in turns]
+    pairs: list[dict[str, Any]] = []
     for index, turn in enumerate(turns):
         if turn.role != "user":
             continue
@@ -228,47 +220,43 @@ def enrich_conversation(
         target = following.content if following is not None and following.role == "assistant" else None
         criteria = score_response(target, turn.content, turn.emotional_context, consultant)
         score = overall(criteria)
-        pairs.append(
-            TrainingPair.model_construct(
-                id=f"{conversation_id}_turn{turn.turn_number}",
-                conversation_id=conversation_id,
-                turn_number=turn.turn_number,
-                # Each pair owns its metadata: a shared instance would make an edit of one pair edit all.
-                conversation_metadata=pair_metadata.model_copy(),
-                system_prompt=system_prompt,
-                # Each pair its own history turns, for the same reason.
-                conversation_history=[h.model_copy() for h in history[:index]],
-                current_user_input=turn.content,
-                emotional_context=turn.emotional_context,
-                target_response=target,
-                training_metadata=TrainingMetadata.model_construct(
-                    difficulty_level=difficulty,
-                    key_learning_objective=objective,
-                    demonstrates_skills=detect_skills(target),
-                    conversation_turn=turn.turn_number,
-                    emotional_progression_target=_progression_target(user_turns, len(pairs)),
-                    quality_score=score,
-                    quality_criteria=criteria,
-                    human_reviewed=False,
-                    reviewer_notes=None,
-                    use_as_seed_example=score >= SEED_EXAMPLE_THRESHOLD,
-                    # 0 until variation planning exists (see the schema field's description).
-                    generate_variations_count=0,
-                ),
-            )
-        )
-    return EnrichedConversation(
-        dataset_metadata=IndividualDatasetMetadata(
-            dataset_name=f"fp_conversation_{conversation_id}",
-            version="1.0.0",
-            created_date=created_date,
-            total_conversations=1,
+        pairs.append({
+            "id": f"{conversation_id}_turn{turn.turn_number}",
+            "conversation_id": conversation_id,
+            "turn_number": turn.turn_number,
+            "conversation_metadata": pair_metadata,
+            "system_prompt": system_prompt,
+            "conversation_history": history[:index],
+            "current_user_input": turn.content,
+            "emotional_context": turn.emotional_context,
+            "target_response": target,
+            "training_metadata": {
+                "difficulty_level": difficulty,
+                "key_learning_objective": objective,
+                "demonstrates_skills": detect_skills(target),
+                "conversation_turn": turn.turn_number,
+                "emotional_progression_target": _progression_target(user_turns, len(pairs)),
+                "quality_score": score,
+                "quality_criteria": criteria,
+                "human_reviewed": False,
+                "reviewer_notes": None,
+                "use_as_seed_example": score >= SEED_EXAMPLE_THRESHOLD,
+                # 0 until variation planning exists (see the schema field's description).
+                "generate_variations_count": 0,
+            },
+        })
+    return EnrichedConversation.model_validate({
+        "dataset_metadata": {
+            "dataset_name": f"fp_conversation_{conversation_id}",
+            "version": "1.0.0",
+            "created_date": created_date,
+            "total_conversations": 1,
             # Turns of the conversation (client + advisor), as in the seed's example (7 turns).
-            total_turns=len(turns),
+            "total_turns": len(turns),
             # Read at call time (not bound at import) so a bump is seen by the next enrichment.
-            enrichment_version=ENRICHMENT_VERSION,
-        ),
-        consultant_profile=consultant,
-        input_parameters=params,
-        training_pairs=pairs,
-    )
+            "enrichment_version": ENRICHMENT_VERSION,
+        },
+        "consultant_profile": consultant,
+        "input_parameters": params,
+        "training_pairs": pairs,
+    })

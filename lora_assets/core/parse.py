@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ValidationError
+import pydantic_core
+from pydantic import BaseModel, ValidationError
 
 from lora_assets.schemas import (
     ConversationMetadata,
@@ -147,6 +148,16 @@ def check_json_depth(text: str, *, conversation_id: str, max_depth: int = MAX_JS
         )
 
 
+def json_loads(data: str | bytes) -> Any:
+    """`json.loads(data)`, decoded by pydantic-core's JSON parser when it can: about twice as fast,
+    the same values. What it refuses (invalid JSON, lone surrogates, encodings other than UTF-8)
+    is decoded by `json.loads`, so the result or the error is always `json.loads`'s."""
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return json.loads(data)
+
+
 # --------------------------------------------------------------------------------------------
 # Extraction
 
@@ -261,10 +272,16 @@ def extract_json_text(raw: Mapping[str, Any] | str, *, conversation_id: str = "u
     from each '{'). Raises `ParseError` (kinds api_error, no_text, no_json, truncated_json,
     invalid_json, schema for JSON that is not an object).
     """
+    return _extract_json(raw, conversation_id)[0]
+
+
+def _extract_json(raw: Mapping[str, Any] | str, conversation_id: str) -> tuple[str, dict[str, Any] | None]:
+    """`extract_json_text`, and the object already decoded when finding it decoded it (the whole
+    text is one object, as structured output returns it), so the caller does not decode it twice."""
     if isinstance(raw, Mapping):
         if not is_message(raw):
             try:
-                return json.dumps(raw, ensure_ascii=False)
+                return json.dumps(raw, ensure_ascii=False), None
             except (RecursionError, ValueError) as exc:
                 raise ParseError(conversation_id, "invalid_json", f"the object cannot be serialised: {type(exc).__name__}") from None
         text = _message_text(raw, conversation_id)
@@ -277,13 +294,13 @@ def extract_json_text(raw: Mapping[str, Any] | str, *, conversation_id: str = "u
     stripped = text.strip()
     # Fast path: the whole text is one JSON value (structured output does exactly this).
     try:
-        whole = json.loads(stripped)
+        whole = json_loads(stripped)
     except json.JSONDecodeError:
-        return _locate_object(text, conversation_id)
+        return _locate_object(text, conversation_id), None
     if not isinstance(whole, dict):
         # Valid JSON of the wrong shape (e.g. a list of conversations): never guess which one.
         raise ParseError(conversation_id, "schema", f"the JSON is a {type(whole).__name__}, not a conversation object")
-    return stripped
+    return stripped, whole
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,30 +325,33 @@ def turn_problems(turns: Any, *, prefix: str = "turns") -> list[TurnProblem]:
         ]
     problems: list[TurnProblem] = []
     for index, turn in enumerate(turns):
-        data = turn.model_dump() if hasattr(turn, "model_dump") else turn
-        where = f"{prefix}[{index}]"
-        if not isinstance(data, Mapping):
-            problems.append(TurnProblem("schema", where, f"is not an object (got {type(data).__name__})"))
+        if isinstance(turn, BaseModel):
+            # A model's fields read directly (a model_dump per turn was most of this check's cost).
+            role, content, number = (getattr(turn, "role", None), getattr(turn, "content", None),
+                                     getattr(turn, "turn_number", None))
+        elif isinstance(turn, Mapping):
+            role, content, number = turn.get("role"), turn.get("content"), turn.get("turn_number")
+        else:
+            problems.append(TurnProblem("schema", f"{prefix}[{index}]", f"is not an object (got {type(turn).__name__})"))
             continue
         expected_role = "user" if index % 2 == 0 else "assistant"
-        if data.get("role") != expected_role:
+        if role != expected_role:
             problems.append(
                 TurnProblem(
                     "turns_not_alternating",
-                    f"{where}.role",
-                    f"is {data.get('role')!r}, expected {expected_role!r} "
+                    f"{prefix}[{index}].role",
+                    f"is {role!r}, expected {expected_role!r} "
                     "(turns alternate user/assistant, starting with the client)",
                 )
             )
-        content = data.get("content")
         if not isinstance(content, str) or not content.strip():
-            problems.append(TurnProblem("empty_content", f"{where}.content", "is empty"))
-        if data.get("turn_number") != index + 1:
+            problems.append(TurnProblem("empty_content", f"{prefix}[{index}].content", "is empty"))
+        if number != index + 1:
             problems.append(
                 TurnProblem(
                     "turn_numbers",
-                    f"{where}.turn_number",
-                    f"is {data.get('turn_number')!r}, expected {index + 1} (turn numbers run 1..n in order)",
+                    f"{prefix}[{index}].turn_number",
+                    f"is {number!r}, expected {index + 1} (turn numbers run 1..n in order)",
                 )
             )
     return problems
@@ -434,7 +454,9 @@ def parse_conversation(
     if isinstance(raw, Mapping) and message is None:
         obj = dict(raw)  # the conversation object itself; a shallow copy (only its top level changes)
     else:
-        obj = json.loads(extract_json_text(raw, conversation_id=conversation_id))  # always decodable
+        text, decoded_whole = _extract_json(raw, conversation_id)
+        obj = decoded_whole if decoded_whole is not None else json.loads(text)  # always decodable
+        del decoded_whole
     # Provenance comes from the DB only: whatever the model (or an older file) put here is dropped.
     obj.pop("input_parameters", None)
     turns = obj.get("turns")

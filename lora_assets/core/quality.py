@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -309,10 +310,16 @@ _SECURITY_DIRECTIVE = re.compile(
     r"(?:buy|sell|short|invest (?:all|everything) in|put (?:all|everything) (?:in|into))\b"
     r"|\b(?:buy|sell) (?:shares of )?[A-Z]{2,5}\b"
 )
+#: Every match of `_SECURITY_DIRECTIVE` holds one of these: a text without any is not searched.
+_SECURITY_CUES = ("you should ", "you must ", "you need to ", "buy ", "sell ")
 _NUMBER = re.compile(r"\d|\$|%")
 _STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.M)
 _STEP_WORDS = re.compile(r"\b(?:first|second|third|next|then|finally|step)\b", re.I)
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_STEP_WORD_SET = frozenset({"first", "second", "third", "next", "then", "finally", "step"})
+# Sentence breaks: whitespace after . ! or ?, or a run of newlines; i.e. `(?<=[.!?])\s+|\n+`,
+# written to start with `\s` so the regex engine skips to whitespace instead of trying the
+# lookbehind at every character (same splits, about twice as fast).
+_SENTENCE_SPLIT = re.compile(r"\s(?:(?<=[.!?]\s)\s*|(?<=\n)\n*)")
 _WORD = re.compile(r"[\w'’-]+", re.U)
 
 
@@ -341,11 +348,27 @@ def _norm(text: str) -> str:
 
 _TOKEN = re.compile(r"\w+")
 
+# On ASCII text `\w` is exactly [A-Za-z0-9_]. `str.translate` with a table that keeps those
+# characters and blanks every other one, then `str.split()`, yields the same words as the
+# regexes `\w+` and `[\w'’-]+` several times faster (most model output is ASCII); other text
+# takes the regexes.
+_ASCII_WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_")
+_TOKEN_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS}
+_WORD_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS and chr(i) not in "'-"}
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _token_list(text: str) -> tuple[str, ...]:
+    """The whole words (`\\w+` runs) of `text`, in order."""
+    if text.isascii():
+        return tuple(text.translate(_TOKEN_TABLE).split())
+    return tuple(_TOKEN.findall(text))
+
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _tokens(text: str) -> frozenset[str]:
     """The whole words (`\\w+` runs) of `text`."""
-    return frozenset(_TOKEN.findall(text))
+    return frozenset(_token_list(text))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -360,25 +383,32 @@ def _occurs(phrase: str, text: str) -> bool:
 
 
 class _PhraseIndex:
-    """Every phrase of the word lists above, indexed by its first word. A phrase that starts with
-    a word character can only occur (`(?<!\\w)phrase(?!\\w)`) where its first `\\w+` run is a
-    whole word of the text, so one set intersection with the text's words (`_tokens`) leaves the
-    few phrases worth matching, and each is matched once per text whatever the lists it is in
-    (`_found`): the same answers as trying every phrase of every list."""
+    """Every phrase of the word lists above, indexed by its words. A phrase can only occur
+    (`(?<!\\w)phrase(?!\\w)`) where each of its `\\w+` runs is a whole word of the text (the
+    phrase's own other characters, or the lookarounds, bound every run), so set operations on the
+    text's words (`_tokens`) leave the few phrases worth matching: each phrase is keyed by its
+    longest word and kept only if all its words are in the text; a one-word phrase kept is an
+    occurrence, the others take the regex (`_found`). Each phrase is matched once per text
+    whatever the lists it is in: the same answers as trying every phrase of every list."""
 
     def __init__(self, lists: tuple[tuple[str, ...], ...]) -> None:
         phrases = list(dict.fromkeys(p for phrase_list in lists for p in phrase_list))
-        self.by_first: dict[str, list[str]] = {}
-        self.unindexed: list[str] = []  # phrases not starting with a word character: always tried
+        # longest word → [(phrase, its words, whether it is that one word alone)]
+        self.by_key: dict[str, list[tuple[str, frozenset[str], bool]]] = {}
+        self.unindexed: list[str] = []  # phrases without any word character: always tried
         for phrase in phrases:
-            first = _TOKEN.match(phrase)
-            if first is None:
+            words = _TOKEN.findall(phrase)
+            if not words:
                 self.unindexed.append(phrase)
-            else:
-                self.by_first.setdefault(first.group(), []).append(phrase)
-        self.firsts = frozenset(self.by_first)
+                continue
+            key = max(words, key=len)
+            self.by_key.setdefault(key, []).append((phrase, frozenset(words), phrase == key))
+        self.keys = frozenset(self.by_key)
         # id of a list → (the list, its phrases as a set, whether it has no repeats)
         self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
+        self.members = {key: entry[1] for key, entry in self.lists.items()}  # id of a list → its phrases
+        self.ack = frozenset(ACKNOWLEDGEMENTS)
+        self.ack_keys = frozenset(key for key, entries in self.by_key.items() if any(p in self.ack for p, _, _ in entries))
 
     def known(self, phrases: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
         entry = self.lists.get(id(phrases))
@@ -404,7 +434,9 @@ def _index() -> _PhraseIndex:
 def _found(text: str) -> frozenset[str]:
     """The phrases of the word lists that occur in `text`."""
     index = _index()
-    hits = {p for word in index.firsts.intersection(_tokens(text)) for p in index.by_first[word] if _occurs(p, text)}
+    words = _tokens(text)
+    hits = {phrase for key in index.keys.intersection(words) for phrase, needs, alone in index.by_key[key]
+            if alone or (needs <= words and _occurs(phrase, text))}
     hits.update(p for p in index.unindexed if _occurs(p, text))
     return frozenset(hits)
 
@@ -420,9 +452,10 @@ def _count(text: str, phrases: Iterable[str]) -> int:
 
 
 def _has(text: str, phrases: Iterable[str]) -> bool:
-    known = _index().known(phrases)
-    if known is not None:
-        return not _found(text).isdisjoint(known[1])
+    # The lists above are module constants, alive as long as the index: their ids cannot be reused.
+    members = _index().members.get(id(phrases))
+    if members is not None:
+        return not _found(text).isdisjoint(members)
     return any(_occurs(p, text) for p in phrases)
 
 
@@ -436,17 +469,35 @@ def _sentences(text: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
-def _word_tuple(text: str) -> tuple[str, ...]:
-    return tuple(_WORD.findall(text))
+def _opening(response: str) -> str:
+    """The first two sentences of the normalised `response`, joined by a space."""
+    if response.isascii():
+        # Lowercasing ASCII moves no sentence boundary: the sentences of the response (which
+        # clarity counts) lowercased are those of its normalised text, split once instead of twice.
+        return " ".join(_sentence_tuple(response)[:2]).lower()
+    return " ".join(_sentence_tuple(_norm(response))[:2])
 
 
 def _words(text: str) -> list[str]:
-    return list(_word_tuple(text))
+    return _WORD.findall(text)
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _word_count(text: str) -> int:
+    """len(_words(text))."""
+    if text.isascii():
+        return len(text.translate(_WORD_TABLE).split())
+    return len(_WORD.findall(text))
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _has_steps(response: str) -> bool:
-    return bool(_STEP_LINE.search(response) or _STEP_WORDS.search(response))
+    if _STEP_LINE.search(response):
+        return True
+    if response.isascii():
+        # On ASCII, the case-insensitive `\bword\b` is a whole word of the lowercased text.
+        return not _STEP_WORD_SET.isdisjoint(_tokens(_norm(response)))
+    return _STEP_WORDS.search(response) is not None
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
@@ -454,63 +505,78 @@ def _has_number(response: str) -> bool:
     return bool(_NUMBER.search(response))
 
 
-def _is_word(stem: str) -> bool:
-    return _TOKEN.fullmatch(stem) is not None
+def _security_directive(text: str) -> bool:
+    return any(cue in text for cue in _SECURITY_CUES) and _SECURITY_DIRECTIVE.search(text) is not None
+
+
+def _starts_a_word(stem: str, text: str) -> bool:
+    """`(?<!\\w)stem` matches `text`: some occurrence of `stem` follows no word character. (The
+    regex, having no literal prefix, is tried at every position; `str.find` jumps to the few
+    occurrences. A word character of a str pattern is `str.isalnum()` or "_".)"""
+    at = text.find(stem)
+    while at != -1:
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] == "_"):
+            return True
+        at = text.find(stem, at + 1)
+    return False
 
 
 @functools.lru_cache(maxsize=256)
 def _feeling_stems(user: str) -> frozenset[str]:
     """The `FEELING_STEMS` the (normalised) client text uses at the start of a word."""
-    words = _tokens(user)
-    return frozenset(stem for stem in FEELING_STEMS if stem in user and any(w.startswith(stem) for w in words))
+    # (`stem in user` first: most stems are absent, and the substring test is a cheap C filter.)
+    return frozenset(stem for stem in FEELING_STEMS if stem in user and _starts_a_word(stem, user))
 
 
-def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> set[str]:
-    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
+@functools.lru_cache(maxsize=256)
+def _stems_of_emotions(emotions: tuple[str, ...]) -> frozenset[str]:
+    """Stems of emotion labels (a turn's primary and secondary emotions)."""
     stems: set[str] = set()
-    if emotional_context is not None:
-        for emotion in [emotional_context.primary_emotion, *emotional_context.secondary_emotions]:
-            for word in _words(_norm(emotion)):
-                if len(word) >= 4:
-                    # Dropping up to 3 letters (never below 4) tolerates inflection:
-                    # "anxious" ~ "anxiety", "overwhelmed" ~ "overwhelming", "confusion" ~ "confused".
-                    stems.add(word[: max(4, len(word) - 3)])
-    stems.update(_feeling_stems(_norm(user_input)))
-    return stems
+    for emotion in emotions:
+        for word in _words(_norm(emotion)):
+            if len(word) >= 4:
+                # Dropping up to 3 letters (never below 4) tolerates inflection:
+                # "anxious" ~ "anxiety", "overwhelmed" ~ "overwhelming", "confusion" ~ "confused".
+                stems.add(word[: max(4, len(word) - 3)])
+    return frozenset(stems)
 
 
-def _mentions_stem(text: str, stems: set[str]) -> bool:
-    # A stem of word characters occurs at a word start (`(?<!\w)stem`) exactly when some whole
-    # word of the text starts with it; other stems (with "-" or "'") take the regex.
-    words: frozenset[str] | None = None
-    for stem in stems:
-        if stem not in text:
-            continue
-        if _is_word(stem):
-            if words is None:
-                words = _tokens(text)
-            if any(w.startswith(stem) for w in words):
-                return True
-        elif _stem_re(stem).search(text) is not None:
-            return True
-    return False
+def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> frozenset[str]:
+    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
+    felt = _feeling_stems(_norm(user_input))
+    if emotional_context is None:
+        return felt
+    return _stems_of_emotions((emotional_context.primary_emotion, *emotional_context.secondary_emotions)) | felt
 
 
-@functools.lru_cache(maxsize=4096)
-def _stem_re(stem: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(stem)}")
+def _mentions_stem(text: str, stems: Iterable[str]) -> bool:
+    """Some stem occurs at the start of a word of `text` (`(?<!\\w)stem`)."""
+    return any(stem in text and _starts_a_word(stem, text) for stem in stems)
 
 
-_YOU = re.compile(r"\byour?\b")
+def _you_count(text: str) -> int:
+    """Matches of `\\byour?\\b`: the whole words "you" and "your"."""
+    words = _token_list(text)
+    return words.count("you") + words.count("your")
+
+
+def _acknowledges(opening: str, text: str) -> bool:
+    """An acknowledgement phrase occurs in `opening`, the first sentences of `text`. The opening is
+    a text of its own (joined sentences), but its words are words of `text`: only phrases whose
+    words all occur in `text` are tried."""
+    words = _tokens(text)
+    index = _index()
+    return any(_occurs(phrase, opening)
+               for key in index.ack_keys.intersection(words) for phrase, needs, _ in index.by_key[key]
+               if phrase in index.ack and needs <= words)
 
 
 def empathy_score(response: str, user_input: str, emotional_context: EmotionalContext | None) -> float:
     """Acknowledgement before advice, naming the client's feeling, normalising, inviting."""
     text = _norm(response)
-    sentences = _sentences(text)
-    opening = " ".join(sentences[:2])
+    opening = _opening(response)
     score = 1.0
-    if _has(opening, ACKNOWLEDGEMENTS):
+    if _acknowledges(opening, text):
         score += 1.5
     elif _has(text, ACKNOWLEDGEMENTS):
         score += 0.75
@@ -518,7 +584,7 @@ def empathy_score(response: str, user_input: str, emotional_context: EmotionalCo
         score += 1.0
     if _has(text, NORMALISING):
         score += 0.5
-    if len(_YOU.findall(text)) >= 2:
+    if _you_count(text) >= 2:
         score += 0.5
     if "?" in text:
         score += 0.5
@@ -535,11 +601,11 @@ def jargon_terms(text: str) -> list[str]:
 def clarity_score(response: str) -> float:
     """Short sentences, concrete numbers and steps, explained terms; no jargon walls."""
     text = _norm(response)
-    words = _words(text)
-    sentences = _sentences(response)
+    words = _word_count(text)
+    sentences = _sentence_tuple(response)
     score = 3.0
     if sentences:
-        mean_length = len(words) / len(sentences)
+        mean_length = words / len(sentences)
         if mean_length <= 20:
             score += 0.5
         elif mean_length > 32:
@@ -553,9 +619,9 @@ def clarity_score(response: str) -> float:
     if _has(text, EXPLAINERS):
         score += 0.25
     score -= min(1.5, 0.5 * max(0, len(jargon_terms(text)) - 2))
-    if len(words) < 15:
+    if words < 15:
         score -= 1.0
-    elif len(words) > 350:
+    elif words > 350:
         score -= 0.5
     return _clamp(score)
 
@@ -565,7 +631,7 @@ def appropriateness_score(response: str) -> float:
     text = _norm(response)
     score = 4.0
     score -= min(3.0, 1.5 * _count(text, GUARANTEES))
-    if _SECURITY_DIRECTIVE.search(response) or _SECURITY_DIRECTIVE.search(text):
+    if _security_directive(response) or _security_directive(text):
         score -= 1.5
     score -= min(2.0, 1.0 * _count(text, SHAMING))
     caveats = _count(text, CAVEATS)
@@ -597,7 +663,7 @@ _AVOID_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
     (("judg", "shame", "blame", "criticiz", "criticis"), lambda t, _: _has(t, SHAMING)),
     (
         ("overwhelm", "too many", "options"),
-        lambda t, r: len(_STEP_LINE.findall(r)) > 5 or len(_words(t)) > 350,
+        lambda t, r: len(_STEP_LINE.findall(r)) > 5 or _word_count(t) > 350,
     ),
     (("platitude", "generic", "cliche", "cliché"), lambda t, _: _has(t, PLATITUDES)),
     (("assum", "condescend", "knowledge level"), lambda t, _: _has(t, ASSUMPTIONS)),
@@ -622,33 +688,37 @@ def _theme_detector(item: str, themes: tuple[tuple[tuple[str, ...], _Detector], 
 def _literal_detector(item: str) -> _Detector:
     """Fallback for an item of no known theme: most of its content words occur in the response."""
     content = [w for w in _words(_norm(item)) if len(w) >= 5 and w not in _STOPWORDS]
+    prefixes = [w[:6] for w in content]
 
     def detect(text: str, _: str) -> bool:
         if not content:
             return False
-        hits = sum(1 for w in content if w[:6] in text)
+        hits = sum(1 for prefix in prefixes if prefix in text)
         return hits * 2 > len(content)
 
     return detect
 
 
-@functools.lru_cache(maxsize=1024)
-def _detector_for(item: str, themes: tuple[tuple[tuple[str, ...], _Detector], ...]) -> _Detector:
-    # The consultant's items are the same for every response: decide how to detect each once.
-    return _theme_detector(item, themes) or _literal_detector(item)
+@functools.lru_cache(maxsize=64)
+def _voice_detectors(techniques: tuple[str, ...], avoid: tuple[str, ...]) -> tuple[list[_Detector], list[_Detector]]:
+    """How to detect each technique and each avoid item of a consultant: decided once per
+    consultant style, not once per response."""
+    return ([_theme_detector(t, _TECHNIQUE_THEMES) or _literal_detector(t) for t in techniques],
+            [_theme_detector(a, _AVOID_THEMES) or _literal_detector(a) for a in avoid])
 
 
 def brand_voice_score(response: str, consultant: ConsultantProfile) -> float:
     """Share of the consultant's techniques shown, minus each `avoid` item the response does."""
     text = _norm(response)
     style = consultant.communication_style
-    if style.techniques:
-        shown = sum(1 for technique in style.techniques if _detector_for(technique, _TECHNIQUE_THEMES)(text, response))
-        score = 1.5 + 3.5 * shown / len(style.techniques)
+    techniques, avoid = _voice_detectors(tuple(style.techniques), tuple(style.avoid))
+    if techniques:
+        shown = sum(1 for detect in techniques if detect(text, response))
+        score = 1.5 + 3.5 * shown / len(techniques)
     else:
         score = 3.0
-    for item in style.avoid:
-        if _detector_for(item, _AVOID_THEMES)(text, response):
+    for detect in avoid:
+        if detect(text, response):
             score -= 1.0
     return _clamp(score)
 
@@ -675,8 +745,7 @@ def score_response(
 
 def overall(criteria: QualityCriteria) -> float:
     """Weighted mean of the four criteria (`WEIGHTS`), one decimal."""
-    values = criteria.model_dump()
-    return _round1(sum(weight * values[name] for name, weight in WEIGHTS.items()))
+    return _round1(sum(weight * getattr(criteria, name) for name, weight in WEIGHTS.items()))
 
 
 _SKILLS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (

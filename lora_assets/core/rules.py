@@ -106,13 +106,12 @@ def _pair_problems(pair: TrainingPair, where: str, params: InputParameters | Non
     problems: list[Problem] = []
     for name in PAIR_SCAFFOLDING_FIELDS:
         value = getattr(meta, name)
-        path = _at(where, f"conversation_metadata.{name}")
         if _blank(value):
-            problems.append(Problem(path, "is null" if value is None else "is empty"))
+            problems.append(Problem(_at(where, f"conversation_metadata.{name}"), "is null" if value is None else "is empty"))
         elif params is not None and value != getattr(params, PAIR_FIELD_SOURCE[name]):
             problems.append(
                 Problem(
-                    path,
+                    _at(where, f"conversation_metadata.{name}"),
                     f"is {value!r} but input_parameters.{PAIR_FIELD_SOURCE[name]} is "
                     f"{getattr(params, PAIR_FIELD_SOURCE[name])!r}",
                 )
@@ -139,12 +138,13 @@ def _is_legacy_pair(pair: TrainingPair) -> bool:
 def _input_parameter_mismatches(parsed: ParsedConversation, expected: ResolvedScaffolding) -> list[Problem]:
     if parsed.input_parameters is None:
         return []
-    wanted = input_parameters_for(expected).model_dump()
-    actual = parsed.input_parameters.model_dump()
+    wanted = input_parameters_for(expected)
+    actual = parsed.input_parameters
     return [
-        Problem(f"input_parameters.{name}", f"is {actual[name]!r}, expected {wanted[name]!r} (from the scaffolding)")
+        Problem(f"input_parameters.{name}",
+                f"is {getattr(actual, name)!r}, expected {getattr(wanted, name)!r} (from the scaffolding)")
         for name in INPUT_PARAMETER_FIELDS
-        if not _blank(actual[name]) and actual[name] != wanted[name]
+        if not _blank(getattr(actual, name)) and getattr(actual, name) != getattr(wanted, name)
     ]
 
 

@@ -135,9 +135,10 @@ def enriched_conversations(context: AssetExecutionContext, config: EnrichConfig,
     if not config.re_enrich:
         todo["enrichment_status"] = [EnrichmentStatus.NOT_STARTED, EnrichmentStatus.FAILED,
                                      EnrichmentStatus.IN_PROGRESS]
+    run_id = context.run_id  # read once: each read of a context property goes through Dagster's checks
     for u in recorded_checks.stream_stage(
         engine=engine, blobs=blobs, batch_id=batch_id, row_filter=todo, read_column="file_path",
-        process=lambda row, data, snapshot: enrich_row(row, data, snapshot, consultant, created_date, context.run_id),
+        process=lambda row, data, snapshot: enrich_row(row, data, snapshot, consultant, created_date, run_id),
         out_column="enriched_file_path",
         unstored=lambda cid, exc: {"id": cid, "enrichment_status": EnrichmentStatus.FAILED, "enrichment_error":
                                    f"enriched.json could not be written ({type(exc).__name__}: {exc})"},

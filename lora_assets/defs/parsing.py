@@ -1,6 +1,5 @@
 """parsed_conversations: validated conversation JSON + input_parameters resolved from the DB."""
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +12,7 @@ from dagster import (
     asset_check,
 )
 
-from lora_assets.core.parse import ParseError, parse_conversation
+from lora_assets.core.parse import ParseError, json_loads, parse_conversation
 from lora_assets.core.rules import client_persona_problems, input_parameter_problems
 from lora_assets.defs import recorded_checks
 from lora_assets.defs.conditions import after_upstream_lands
@@ -45,7 +44,7 @@ def parse_row(row: dict[str, Any], raw: bytes | BaseException, scaffolding: Reso
         if isinstance(raw, BaseException):
             raise ParseError(row["id"], "unreadable", f"raw.json cannot be read ({type(raw).__name__}: {raw})")
         try:
-            payload = json.loads(raw)
+            payload = json_loads(raw)
             response = payload["response"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ParseError(row["id"], "unreadable", f"raw.json is not a stored response ({type(exc).__name__}: "
@@ -80,10 +79,11 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
     batch_id = db.batch_id(context.partition_key)
     engine = db.engine()
     tally = _Tally()
+    run_id = context.run_id  # read once: each read of a context property goes through Dagster's checks
     for u in recorded_checks.stream_stage(
         engine=engine, blobs=blobs, batch_id=batch_id,
         row_filter={"parse_status": [ParseStatus.PENDING, ParseStatus.FAILED]}, read_column="raw_response_path",
-        process=lambda row, raw, scaffolding: parse_row(row, raw, scaffolding, context.run_id),
+        process=lambda row, raw, scaffolding: parse_row(row, raw, scaffolding, run_id),
         out_column="file_path",
         unstored=lambda cid, exc: {"id": cid, "parse_status": ParseStatus.FAILED, "parse_error":
                                    f"unstored: conversation.json could not be written ({type(exc).__name__}: {exc})"},
