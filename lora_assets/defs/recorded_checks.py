@@ -22,7 +22,7 @@ from lora_assets.defs.resources import BlobStoreResource
 from lora_assets.store import tables as t
 from lora_assets.store.conversations import iter_batch_conversations, light_columns, update_conversations
 from lora_assets.store.scaffolding import RESOLVE_COLUMNS, ScaffoldingResolver, snapshot_flag
-from lora_assets.store.blobs import BlobStore, bounded_map, release_freed_memory
+from lora_assets.store.blobs import READ_CHUNK, BlobStore, bounded_map, release_freed_memory
 
 #: check name -> rule(document, row's scaffolding or None) -> problems (stringified on record).
 Rules = Mapping[str, Callable[[Any, Any], list[Any]]]
@@ -144,8 +144,8 @@ def stream_stage(
     written rows are committed `CHUNK` at a time. Yields each committed update (a write that
     failed becomes `unstored(row id, error)`).
 
-    A pipeline, never drained on the way: reads run `2 × concurrency` rows ahead of the one being
-    processed, across page boundaries, while the writes of the rows before it are in flight (as
+    A pipeline, never drained on the way: reads run `2 × concurrency × READ_CHUNK` rows ahead of
+    the one being processed (READ_CHUNK reads per pool task), across page boundaries, while the writes of the rows before it are in flight (as
     many again at most, so the bytes waiting stay bounded); a row's update is committed once its
     write has finished. (Waiting for a chunk's reads, then processing it, then waiting for its
     writes left the pool idle in turn.)"""
@@ -155,6 +155,7 @@ def stream_stage(
     # once per batch and part, not once per row).
     columns = [*light_columns(), snapshot_flag()]
     window = 2 * blobs.concurrency
+    reads_ahead = window * READ_CHUNK  # a pool task reads READ_CHUNK rows: every thread kept busy
 
     def rows() -> Iterator[tuple[dict[str, Any], Any]]:
         for page in iter_batch_conversations(engine, batch_id, columns=columns, **row_filter):
@@ -180,7 +181,7 @@ def stream_stage(
     writes: deque[tuple[dict[str, Any], Future[Any]]] = deque()
     with blobs.pool() as pool:
         for (row, snapshot), data in bounded_map(pool, lambda item: store.get_bytes(item[0][read_column]), rows(),
-                                                 window):
+                                                 reads_ahead, chunk=READ_CHUNK):
             update, out = process(row, data, snapshot)
             if out is None:
                 ready.append(update)
