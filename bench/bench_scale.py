@@ -314,8 +314,7 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     that saves shows as the stages' own gain. GETs read the
     objects the stage read (their keys come from the DB: `get_columns` of the batch's rows, and
     the big objects by key); PUTs send bodies of the stage's mean size to new scratch keys, one per
-    PUT as the stage writes (overwriting a few keys cost moto ~40% more CPU per request; they are
-    deleted afterwards, outside the timing); parts
+    PUT as the stage writes (deleted afterwards, outside the timing); parts
     of streamed uploads go as parts of one multipart upload of the same part sizes (aborted
     afterwards); other requests (HEAD, multipart create/complete, DELETE) as HEADs. All of them
     shuffled into one queue, as a stage interleaves them. Timed around the requests only."""
