@@ -294,9 +294,12 @@ def test_members_sharing_an_assistant_turn_stay_on_one_side(data: Data) -> None:
             raw = originals[row["enriched_file_path"]] = data.store.get_bytes(row["enriched_file_path"])
             conv = EnrichedConversation.model_validate_json(raw)
             first = min((p for p in conv.training_pairs if p.target_response), key=lambda p: p.turn_number)
-            # The answer also sits in later pairs' history: replace it everywhere it is quoted.
-            old, new = json.dumps(first.target_response)[1:-1], json.dumps(shared)[1:-1]
-            data.store.put_bytes(row["enriched_file_path"], raw.replace(old.encode(), new.encode()))
+            # The answer also sits in later pairs' history: replace it everywhere it is quoted, as
+            # the file writes it (pydantic: non-ASCII as is; json.dumps' \u escapes missed an
+            # answer with a dash or a curly quote now and then, and that member split off).
+            old, new = (json.dumps(t, ensure_ascii=False)[1:-1].encode() for t in (first.target_response, shared))
+            assert old in raw, row["enriched_file_path"]
+            data.store.put_bytes(row["enriched_file_path"], raw.replace(old, new))
         result = build_training_file(BuildPlan(name=name), engine=data.engine, store=data.store, concurrency=2,
                                      run_id="r-grouped")
     finally:

@@ -8,9 +8,10 @@ faults.
 Point the real SDK at it with `base_url=sim.base_url`. Every message id starts with `msg_sim_` and
 every response carries `x-lora-simulator: true`, so its output is never mistaken for Claude's.
 
-Fault selection: for each request the simulator hashes (seed, request key, attempt index for that
-key) to a uniform number in [0, 1) and compares it with the cumulative fault rates, so results are
-reproducible and a retry (next attempt index) can succeed.
+Fault selection: for each request the rate limiter admits, the simulator hashes (seed, request
+key, admitted-attempt index for that key) to a uniform number in [0, 1) and compares it with the
+cumulative fault rates, so results are reproducible (with fixed keys, whatever the 429s) and a
+retry (next attempt index) can succeed.
 
 Modules (each layer knows only the ones above it in this list):
 - `faults`: `FaultConfig` and the deterministic outcome picking;

@@ -1,6 +1,7 @@
 """What the simulator does wrong, and how it picks: `FaultConfig` and the deterministic draws.
 
-The outcome of a request is a pure function of (seed, request key, attempt index for that key):
+The outcome of a request is a pure function of (seed, request key, index of the attempt among
+that key's attempts the rate limiter admitted; a 429 draws nothing):
 the key and attempt are hashed to a uniform number in [0, 1) that falls into one bucket of the
 cumulative fault rates. Results are reproducible, and a retry (the next attempt) can succeed.
 """

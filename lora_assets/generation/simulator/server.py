@@ -309,9 +309,12 @@ class ClaudeSimulator:
         now = time.time()
         with self._lock:
             cfg = self._config
-            attempt = self._attempts[key]
-            self._attempts[key] += 1
             admission = self._rates.admit(model, now, cfg, metered_input, reserved)
+            # Only a request the rate limiter admits reaches the model and draws an outcome: with
+            # fixed keys the faults are then the same every run, however the 429s fall.
+            attempt = self._attempts[key]
+            if admission.admitted:
+                self._attempts[key] += 1
         self.stats._add("attempts_by_key", key)
 
         output_tokens = 0  # what the OTPM reservation settles to (0 unless a message is written)
