@@ -294,3 +294,16 @@ def make_training_file(*enriched: Any, name: str = "production_batch_001") -> An
         consultant_profile=enriched[0].consultant_profile if enriched else make_consultant(),
         training_pairs=pairs,
     )
+
+
+def modules_loaded_by(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code` (an import's cost
+    is per process, so it is measured in a new one)."""
+    import json
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport json as _j, sys as _s; print(_j.dumps(sorted(m for m in {modules!r} if m in _s.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+

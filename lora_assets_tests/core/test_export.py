@@ -208,12 +208,11 @@ def test_parquet_columns_are_what_pyarrow_makes_of_the_lists_and_need_no_pandas(
     `pa.array`'s of the same lists, and writing Parquet imports no pandas (`pa.array` on a list
     does, ≈ 0.4 s of CPU per build process)."""
     import random
-    import subprocess
-    import sys
 
     import pyarrow as pa
 
     from lora_assets.core.export import _arrow_column
+    from lora_assets_tests.core.factories import modules_loaded_by
 
     rng = random.Random(6)
     texts = ["", "a", "é", "日本語", "emoji 🎉", "x" * 300, None]
@@ -224,13 +223,11 @@ def test_parquet_columns_are_what_pyarrow_makes_of_the_lists_and_need_no_pandas(
             expected = pa.array(values, type_)
             got = _arrow_column(values, type_)
             assert got.equals(expected) and got.null_count == expected.null_count and got.type == type_
-    code = ("import io, sys; from lora_assets.core.export import ExportWriter; "
+    code = ("import io; from lora_assets.core.export import ExportWriter; "
             "from lora_assets_tests.core.test_aggregate import make_conversation; "
             "w = ExportWriter(messages_train=io.BytesIO(), parquet=io.BytesIO(), row_group_rows=2); "
-            "[w.add(make_conversation(f't{i}', pairs=3), 'train') for i in range(3)]; w.close(); "
-            "print('pandas' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+            "[w.add(make_conversation(f't{i}', pairs=3), 'train') for i in range(3)]; w.close()")
+    assert modules_loaded_by(code, ("pandas",)) == []
 
 
 def test_empty_parquet_export_is_valid() -> None:

@@ -177,16 +177,13 @@ def test_target_shingles_are_word_shingles() -> None:
 
 def test_a_build_process_imports_neither_datasketch_nor_scipy() -> None:
     """scipy (behind datasketch's LSH module) cost ≈ 0.7 s in every process that built a file."""
-    import subprocess
-    import sys
+    from lora_assets_tests.core.factories import modules_loaded_by
 
-    code = ("import sys; from lora_assets.core.dedup import Deduplicator; from lora_assets.core.leakage import "
+    code = ("from lora_assets.core.dedup import Deduplicator; from lora_assets.core.leakage import "
             "LeakageStats; import lora_assets.training_build; d = Deduplicator(); s = LeakageStats(); "
             "s.add([{'role': 'assistant', 'content': 'one two three four five six seven eight nine'}], 'train', "
-            "conversation_id='c'); s.result(); "
-            "print(sorted(m for m in ('scipy', 'datasketch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+            "conversation_id='c'); s.result()")
+    assert modules_loaded_by(code, ("scipy", "datasketch")) == []
 
 
 def test_build_turn_keys_are_split_turn_keys() -> None:
