@@ -22,7 +22,7 @@ from lora_assets.defs.resources import BlobStoreResource
 from lora_assets.store import tables as t
 from lora_assets.store.conversations import iter_batch_conversations, light_columns, update_conversations
 from lora_assets.store.scaffolding import RESOLVE_COLUMNS, ScaffoldingResolver, snapshot_flag
-from lora_assets.store.blobs import READ_CHUNK, BlobStore, bounded_map, release_freed_memory
+from lora_assets.store.blobs import READ_CHUNK, WRITE_CHUNK, BlobStore, bounded_map, release_freed_memory
 
 #: check name -> rule(document, row's scaffolding or None) -> problems (stringified on record).
 Rules = Mapping[str, Callable[[Any, Any], list[Any]]]
@@ -145,9 +145,10 @@ def stream_stage(
     failed becomes `unstored(row id, error)`).
 
     A pipeline, never drained on the way: reads run `2 × concurrency × READ_CHUNK` rows ahead of
-    the one being processed (READ_CHUNK reads per pool task), across page boundaries, while the writes of the rows before it are in flight (as
-    many again at most, so the bytes waiting stay bounded); a row's update is committed once its
-    write has finished. (Waiting for a chunk's reads, then processing it, then waiting for its
+    the one being processed (READ_CHUNK reads per pool task), across page boundaries, while the
+    writes of the rows before it are in flight (WRITE_CHUNK per task, as many tasks as reads at
+    most, so the bytes waiting stay bounded); a row's update is committed once its write has
+    finished. (Waiting for a chunk's reads, then processing it, then waiting for its
     writes left the pool idle in turn.)"""
     store = blobs.store()
     resolver = ScaffoldingResolver()
@@ -164,12 +165,22 @@ def stream_stage(
             for row in page:
                 yield row, scaffolding[row["id"]]
 
-    def written(update: dict[str, Any], future: Future[Any]) -> dict[str, Any]:
+    def put_all(group: list[tuple[dict[str, Any], bytes]]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
+        for update, data in group:
+            try:
+                store.put_bytes(update[out_column], data)
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001 - stored on its row; retried next run
+                errors.append(exc)
+        return errors
+
+    def written(updates: list[dict[str, Any]], future: Future[list[Exception | None]]) -> list[dict[str, Any]]:
         try:
-            future.result()
-            return update
-        except Exception as exc:  # noqa: BLE001 - stored on the row; retried next run
-            return unstored(update["id"], exc)
+            errors: list[Exception | None] = future.result()
+        except Exception as exc:  # noqa: BLE001 - the task itself failed: every row of it is unstored
+            errors = [exc] * len(updates)
+        return [u if e is None else unstored(u["id"], e) for u, e in zip(updates, errors, strict=True)]
 
     def commit(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with engine.begin() as conn:
@@ -178,21 +189,36 @@ def stream_stage(
         return updates
 
     ready: list[dict[str, Any]] = []
-    writes: deque[tuple[dict[str, Any], Future[Any]]] = deque()
+    to_write: list[tuple[dict[str, Any], bytes]] = []  # handed to the pool WRITE_CHUNK at a time
+    writes: deque[tuple[list[dict[str, Any]], Future[list[Exception | None]]]] = deque()
+    writing = 0  # rows in `writes`
     with blobs.pool() as pool:
+
+        def hand_over() -> None:
+            nonlocal to_write, writing
+            writes.append(([u for u, _ in to_write], pool.submit(put_all, to_write)))
+            writing += len(to_write)
+            to_write = []
+
         for (row, snapshot), data in bounded_map(pool, lambda item: store.get_bytes(item[0][read_column]), rows(),
                                                  reads_ahead, chunk=READ_CHUNK):
             update, out = process(row, data, snapshot)
             if out is None:
                 ready.append(update)
             else:
-                writes.append((update, pool.submit(store.put_bytes, update[out_column], out)))
-            while writes and (writes[0][1].done() or len(writes) > window):
-                ready.append(written(*writes.popleft()))
+                to_write.append((update, out))
+                if len(to_write) >= WRITE_CHUNK:
+                    hand_over()
+            while writes and (writes[0][1].done() or writing > window * WRITE_CHUNK):
+                updates, future = writes.popleft()
+                writing -= len(updates)
+                ready.extend(written(updates, future))
             if len(ready) >= CHUNK:
                 yield from commit(ready)
                 ready = []
+        if to_write:
+            hand_over()
         while writes:
-            ready.append(written(*writes.popleft()))
+            ready.extend(written(*writes.popleft()))
         if ready:
             yield from commit(ready)

@@ -457,6 +457,9 @@ R = TypeVar("R")
 #: Reads a stage hands to one pool task (`bounded_map`'s `chunk`): a stage reads a partition's
 #: conversations in order, and a task per read cost its main thread a submit and a future each.
 READ_CHUNK = 4
+#: Writes a stage hands to one pool task, for the same reason: a partition's stage writes one or
+#: two blobs per conversation, and each write was a submit, a future and a worker wake-up.
+WRITE_CHUNK = 4
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int,

@@ -12,6 +12,7 @@ from dagster import DagsterInstance
 from lora_assets.defs import parsing, recorded_checks
 from lora_assets.generation.simulator import ClaudeSimulator
 from lora_assets.schemas import ParsedConversation
+from lora_assets.store.common import sibling_key
 from lora_assets_tests.defs import helpers as h
 
 
@@ -57,4 +58,46 @@ def test_verify_reads_again_only_other_runs_records_and_reports_this_runs_proble
     h.update_row(engine, rows[0]["id"], parse_checks={"run_id": run, "problems": clean})
     again = _verify(engine, blobs, batch_id, run)
     assert again.passed and again.metadata["read_again_from_storage"].value == 0
+    engine.dispose()
+
+
+def test_a_write_that_fails_leaves_its_row_unstored_and_the_next_run_stores_it(
+        tmp_path: Path, sim: ClaudeSimulator, instance: DagsterInstance, sqlite_url: str) -> None:
+    """`stream_stage` hands writes to the pool WRITE_CHUNK at a time: a write that fails (here a
+    directory squats where conversation.json must go) fails its own row only, named on the row,
+    whatever its place in a chunk; the next run stores exactly those rows, from the raw files."""
+    engine = h.setup_store(sqlite_url)
+    root = tmp_path / "blobs"
+    defs = h.make_defs(sqlite_url, h.local_blobs(root), sim)
+    batch_id = h.plan(engine, 3, 3, 1)  # 9 conversations: chunks of 4, 4 and 1
+    assert h.run_assets(defs, instance, batch_id, ["raw_conversations"]).success
+    rows = h.conversations(engine, batch_id)
+    squatted = {rows[i]["id"] for i in (0, 5, 8)}  # first of a chunk, middle of one, the lone last
+    for r in rows:
+        if r["id"] in squatted:
+            (root / sibling_key(r["raw_response_path"], "conversation.json")).mkdir(parents=True)
+    requests_before = sim.stats.snapshot()["requests_total"]
+
+    first = h.run_assets(defs, instance, batch_id, ["parsed_conversations"], with_checks=False)
+
+    assert first.success
+    meta = h.metadata(first, "parsed_conversations")
+    assert (meta["parsed_this_run"], meta["failed_this_run"]) == (6, 3)
+    after = {r["id"]: r for r in h.conversations(engine, batch_id)}
+    for cid, r in after.items():
+        if cid in squatted:
+            assert r["parse_status"] == "failed" and r["file_path"] is None
+            assert r["parse_error"].startswith("unstored: conversation.json could not be written (IsADirectoryError"), r
+        else:
+            assert r["parse_status"] == "parsed" and (root / r["file_path"]).is_file()
+    for r in rows:
+        if r["id"] in squatted:
+            (root / sibling_key(r["raw_response_path"], "conversation.json")).rmdir()
+
+    second = h.run_assets(defs, instance, batch_id, ["parsed_conversations"], with_checks=False)
+
+    meta = h.metadata(second, "parsed_conversations")
+    assert (meta["parsed_this_run"], meta["failed_this_run"], meta["parsed_total"]) == (3, 0, 9)
+    assert all(r["parse_status"] == "parsed" for r in h.conversations(engine, batch_id))
+    assert sim.stats.snapshot()["requests_total"] == requests_before, "storing a parsed file again must not ask Claude again"
     engine.dispose()
