@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -117,3 +117,16 @@ def member_problems(
     if set(recorded_ids) != set(audit.conversations):
         problems.append("the version's recorded conversation ids differ from the file's")
     return problems
+
+
+def parquet_split_sides(source: str | IO[bytes]) -> tuple[int, dict[str, set[str]]]:
+    """Rows of a Parquet export, and the splits each conversation's rows are in (a seekable file
+    or a path). Reads the two columns through `ParquetFile`: `pq.read_table` imports pandas,
+    ≈ 0.3 s of CPU per check process, to read two string columns."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(source).read(columns=["conversation_id", "split"])
+    sides: dict[str, set[str]] = {}
+    for cid, side in zip(table.column("conversation_id").to_pylist(), table.column("split").to_pylist(), strict=True):
+        sides.setdefault(cid, set()).add(side)
+    return table.num_rows, sides

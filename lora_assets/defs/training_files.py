@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -31,7 +30,7 @@ from dagster import (
 from pydantic import Field, ValidationError
 
 from lora_assets.core.aggregate import QUALITY_BUCKET_WIDTH, TrainingFileNameError, scan_training_json
-from lora_assets.core.audit import JsonlAudit, audit_jsonl, member_problems, metadata_problems
+from lora_assets.core.audit import JsonlAudit, audit_jsonl, member_problems, metadata_problems, parquet_split_sides
 from lora_assets.core.leakage import LeakageThresholds
 from lora_assets.defs.partitions import training_files_partitions
 from lora_assets.defs.report import check_result, table
@@ -464,12 +463,9 @@ def training_file_exports_consistent(context, db: DomainDB, blobs: BlobStoreReso
     with store.open_read(outputs["parquet"]["path"]) as fh, tempfile.TemporaryFile() as spool:
         shutil.copyfileobj(fh, spool)
         spool.seek(0)
-        table = pq.read_table(spool, columns=["conversation_id", "split"])
-    if table.num_rows != v["total_training_pairs"]:
-        problems.append(f"parquet: {table.num_rows} rows, {v['total_training_pairs']} training pairs")
-    sides: dict[str, set[str]] = {}
-    for cid, side in zip(table.column("conversation_id").to_pylist(), table.column("split").to_pylist(), strict=True):
-        sides.setdefault(cid, set()).add(side)
+        rows, sides = parquet_split_sides(spool)
+    if rows != v["total_training_pairs"]:
+        problems.append(f"parquet: {rows} rows, {v['total_training_pairs']} training pairs")
     both = [c for c, s in sides.items() if len(s) > 1]
     problems += [f"conversation {c} is in both train and validation" for c in both]
     recorded = v.get("split") or {}
