@@ -370,6 +370,15 @@ class ExampleMeasure:
     short_turns: int
 
 
+class _Vocabulary(dict[str, int]):
+    """Word → id, a new word getting the next id when it is first looked up: a known word costs
+    one lookup in C (most words of a member are known), only a new one a Python call."""
+
+    def __missing__(self, word: str) -> int:
+        self[word] = new = len(self)
+        return new
+
+
 class _PendingTurns:
     """Shingle hashes of recorded turns waiting for their signatures (one numpy pass per block of
     turns instead of one per example)."""
@@ -457,7 +466,7 @@ class LeakageStats:
         self._train_turn_digests = bytearray()
         self._short_turns = 0
         self._examples: Counter[str] = Counter()
-        self._vocabulary: dict[str, int] = {}
+        self._vocabulary = _Vocabulary()
         self._cell_index: dict[tuple[str, str, str], int] = {}
         self._cells = CellCounters()
         # Every sentence's template, in order: its 64-bit hash and its cell; its text goes to the
@@ -585,13 +594,7 @@ class LeakageStats:
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
-        vocabulary = self._vocabulary
-        ids = list(map(vocabulary.get, words))
-        if None in ids:
-            for i, word in enumerate(words):
-                if ids[i] is None:
-                    ids[i] = vocabulary.setdefault(word, len(vocabulary))
-        return np.array(ids, dtype=np.uint32)
+        return np.fromiter(map(self._vocabulary.__getitem__, words), dtype=np.uint32, count=len(words))
 
     def _add_templates(self, sentences: list[str], cell_id: int) -> None:
         """The example's sentences' templates: hashes, cells and lengths in memory, the text to
