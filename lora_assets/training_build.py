@@ -10,6 +10,7 @@ asset only reads its partition, config and resources, calls `build_training_file
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import pickle
@@ -640,6 +641,17 @@ def build_training_file(plan: BuildPlan, *, engine: Engine, store: BlobStore, co
     version's builder (its checks judge that version). Raises BuildError for what a user can
     fix (unknown file, no members, a tokenizer that cannot be loaded, a member's unusable file,
     nothing left after curation, a concurrent build); nothing partial is left behind in any case."""
+    # A full garbage collection walks every object the process holds, most of them its imports
+    # (~160,000 in a build process), which a build never frees: ~0.1 s each, one or two per 2,000
+    # members. Frozen, they are left out of the collections the build's own objects trigger.
+    gc.freeze()
+    try:
+        return _build(plan, engine=engine, store=store, concurrency=concurrency, run_id=run_id)
+    finally:
+        gc.unfreeze()
+
+
+def _build(plan: BuildPlan, *, engine: Engine, store: BlobStore, concurrency: int, run_id: str) -> BuildResult:
     clock = _Clock()
     try:
         counter = token_counter(plan.tokenizer)  # before anything is read: a bad path fails fast
