@@ -149,6 +149,16 @@ def _pair_codes_of(words: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _narrow_codes(codes: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """64-bit word-pair codes (first id << 32 | second id) mapped one-to-one below 2**32: (first
+    << 16 | second) when every id is below 2**16 (a few shifts), else each code's rank among the
+    `distinct` codes (a bisection per code: 10x the time for 400,000 codes)."""
+    first, second = codes >> np.uint64(32), codes & np.uint64(0xFFFFFFFF)
+    if int(first.max()) < NARROW_IDS and int(second.max()) < NARROW_IDS:
+        return (first << np.uint64(16)) | second
+    return np.searchsorted(distinct, codes)
+
+
 def _distinct_per_cell(codes: np.ndarray, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
     """How many distinct codes each cell id has (`cells[i]` owns `codes[i]`), and the distinct
     codes of them all: two sorts of 64-bit keys (cell id, code's rank among the distinct codes),
@@ -156,7 +166,7 @@ def _distinct_per_cell(codes: np.ndarray, cells: np.ndarray, n_cells: int) -> tu
     distinct = sorted_unique(codes)
     if not len(codes):
         return np.zeros(n_cells, dtype=np.int64), distinct
-    ranks = codes if codes.dtype.itemsize <= 4 else np.searchsorted(distinct, codes)  # < 2**32 either way
+    ranks = codes if codes.dtype.itemsize <= 4 else _narrow_codes(codes, distinct)  # < 2**32 either way
     keys = sorted_unique((cells.astype(np.uint64) << np.uint64(32)) | ranks.astype(np.uint64))
     return np.bincount((keys >> np.uint64(32)).astype(np.intp), minlength=n_cells), distinct
 
