@@ -322,6 +322,23 @@ class BandIndex:
             self._merge()
         return index
 
+    def insert_many(self, signatures: np.ndarray) -> None:
+        """`insert` each row of `signatures`, in order, in one numpy pass (their keys go straight
+        to the sorted part)."""
+        if self._count > self._recent_from:
+            self._merge()
+        start, end = self._count, self._count + len(signatures)
+        if end > len(self._signatures):
+            grown = np.empty((end, self._signatures.shape[1]), dtype=np.uint32)
+            grown[:start] = self._signatures[:start]
+            self._signatures = grown
+        self._signatures[start:end] = signatures
+        keys = np.concatenate([self._sorted_keys, self.keys_of(signatures).ravel()])
+        index = np.concatenate([self._sorted_index, np.repeat(np.arange(start, end, dtype=np.uint32), self.bands)])
+        order = np.argsort(keys, kind="stable")
+        self._sorted_keys, self._sorted_index = keys[order], index[order]
+        self._count = self._recent_from = end
+
     def _merge(self) -> None:
         recent = self._count - self._recent_from
         keys = np.concatenate([self._sorted_keys, self._recent_keys[:recent].ravel()])

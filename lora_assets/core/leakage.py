@@ -86,8 +86,6 @@ _KEPT_FIRST_NAME = re.compile(r"\W*+(?>[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b)(?!,)"
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
-#: A 16-byte digest as numpy compares it (two little-endian words: equality is byte equality).
-_DIGEST_DTYPE = np.dtype([("high", "<u8"), ("low", "<u8")])
 #: Train signatures looked up per numpy pass in `_near_matches` (bounds its temporaries).
 _QUERY_BLOCK = 1024
 #: How many examples of a finding a result keeps for its messages.
@@ -150,6 +148,25 @@ def mask_templates(sentences: Sequence[str]) -> list[str]:
             rests.append(masked)
     named = _NAME.sub("<NAME>", _SEP.join(rests)).split(_SEP)
     return normalise_texts([head + rest for head, rest in zip(heads, named, strict=True)])
+
+
+def _digests_found(queries: bytes, pool: bytes) -> int:
+    """How many of the 16-byte digests back to back in `queries` occur in `pool` (each digest as two
+    64-bit words: equal words are equal bytes). Sorting and bisecting the words measured 9x faster
+    than `np.isin` on a structured dtype (27 -> 3 ms for 19,000 train sentences)."""
+    words = np.frombuffer(pool, dtype=np.uint64).reshape(-1, 2)
+    asked = np.frombuffer(queries, dtype=np.uint64).reshape(-1, 2)
+    ordered = words[np.lexsort((words[:, 1], words[:, 0]))]
+    distinct = np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)]
+    first, second = ordered[distinct, 0], ordered[distinct, 1]
+    left = np.searchsorted(first, asked[:, 0], side="left")
+    right = np.searchsorted(first, asked[:, 0], side="right")
+    single = right - left == 1
+    found = int(np.count_nonzero(second[left[single]] == asked[single, 1]))
+    # Distinct digests sharing their first word: possible, never seen; compared one by one.
+    for i in np.flatnonzero(right - left > 1).tolist():
+        found += bool((second[left[i] : right[i]] == asked[i, 1]).any())
+    return found
 
 
 def _digest(text: str) -> bytes:
@@ -637,8 +654,7 @@ class LeakageStats:
             return {}
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
         validation = np.array(self._validation_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
-        for signature in validation:
-            index.insert(signature)
+        index.insert_many(validation)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (validation turn, similarity, train turn)
         for start, block in self._train_blocks():
             rows, candidates = index.pairs(block)
@@ -705,9 +721,7 @@ class LeakageStats:
                     )
         verbatim = 0
         if self._validation_sentences and self._train_sentences:
-            train = np.unique(np.frombuffer(bytes(self._train_sentences), dtype=_DIGEST_DTYPE))
-            asked = np.frombuffer(bytes(self._validation_sentences), dtype=_DIGEST_DTYPE)
-            verbatim = int(np.count_nonzero(np.isin(asked, train)))
+            verbatim = _digests_found(bytes(self._validation_sentences), bytes(self._train_sentences))
         templates = template_figures(np.array(self._template_hashes, dtype=np.uint64),
                                      np.array(self._template_cells, dtype=np.uint32), len(self._cell_index),
                                      self._template_texts)
