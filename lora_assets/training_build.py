@@ -45,10 +45,10 @@ from lora_assets.store.blobs import READ_CHUNK, BlobStore, bounded_map, release_
 from lora_assets.training_stats import APPROVE, BuildMeasures, Measured, filters_run, is_rejected, with_review
 
 VALIDATION_FRACTION = 0.1
-#: Members parsed ahead of dedup and `Deduplicator.prepare`d together (their signatures in one
-#: numpy pass); ≈ 32 parsed conversations held at a time.
-_DEDUP_BATCH = 32
 SPLIT_SEED = 0
+#: Members parsed ahead of dedup and `Deduplicator.prepare`d together (their signatures in one
+#: numpy pass): 32 parsed conversations held at a time.
+_DEDUP_BATCH = 32
 
 #: Output files of a version, by format name (what `training-file download --format` takes).
 OUTPUTS = {

@@ -455,7 +455,7 @@ class Deduplicator:
             row = at.get(position)
             ticket = (self._batches, position)
             if row is None:
-                out.append(PreparedCheck(None, None, True, ticket))
+                out.append(PreparedCheck(None, None, False, ticket))
             else:
                 out.append(PreparedCheck(signatures[row], keys[row], not proposed[row], ticket))
         return out
@@ -467,8 +467,12 @@ class Deduplicator:
         from those targets). Raises `DuplicateMemberError` if the same conversation id is checked
         twice (a caller bug, not a content duplicate)."""
         # `prepared.unproposed` holds only for the next conversation of the batch prepared last.
-        in_turn = prepared is not None and prepared.ticket == self._next_ticket
-        self._next_ticket = (prepared.ticket[0], prepared.ticket[1] + 1) if in_turn else None  # type: ignore[union-attr]
+        unproposed = False
+        if prepared is not None and prepared.ticket == self._next_ticket:
+            unproposed = prepared.unproposed
+            self._next_ticket = (prepared.ticket[0], prepared.ticket[1] + 1)
+        else:
+            self._next_ticket = None
         cid = conversation_id_of(conv, conversation_id)
         if cid in self._seen:
             raise DuplicateMemberError(cid)
@@ -488,7 +492,8 @@ class Deduplicator:
         else:
             signature = self._hasher.signature(self._shingle_set(targets))
             keys = self._index.keys(signature)
-        if in_turn and prepared.unproposed:  # type: ignore[union-attr]
+            unproposed = False
+        if unproposed:
             candidates = np.empty(0, dtype=np.int64)
         else:
             candidates = self._index.candidate_array(signature, keys)
