@@ -211,19 +211,44 @@ class BandIndex:
     def signature(self, index: int) -> np.ndarray:
         return self._signatures[index]
 
-    def _keys(self, signature: np.ndarray) -> np.ndarray:
+    def keys(self, signature: np.ndarray) -> np.ndarray:
+        """The band keys of `signature` (what `candidate_array` and `insert` look up and store:
+        a caller that does both computes them once)."""
         values = signature[: self.bands * self.rows].reshape(self.bands, self.rows).astype(np.uint64)
         return (values * self._mix).sum(axis=1, dtype=np.uint64) ^ self._salt  # wraps mod 2**64
+
+    def keys_of(self, signatures: np.ndarray) -> np.ndarray:
+        """`keys` of each row of `signatures` (one row of keys each), in one numpy pass."""
+        m = len(signatures)
+        values = signatures[:, : self.bands * self.rows].reshape(m, self.bands, self.rows).astype(np.uint64)
+        return (values * self._mix).sum(axis=2, dtype=np.uint64) ^ self._salt
+
+    def proposes(self, keys: np.ndarray) -> np.ndarray:
+        """For each row of band keys (`keys_of`), whether some key held now equals one of its keys:
+        False means `candidate_array` finds nothing for it (a candidate shares a whole band, hence
+        that band's key). Sorted keys are matched whatever their band: a superset, which is safe."""
+        proposed = np.zeros(len(keys), dtype=bool)
+        if len(self._sorted_keys):
+            flat = keys.ravel()
+            found = (np.searchsorted(self._sorted_keys, flat, side="right")
+                     > np.searchsorted(self._sorted_keys, flat, side="left"))
+            proposed |= found.reshape(keys.shape).any(axis=1)
+        recent = self._count - self._recent_from
+        if recent:
+            proposed |= (self._recent_keys[None, :recent] == keys[:, None]).any(axis=(1, 2))
+        return proposed
 
     def candidates(self, signature: np.ndarray) -> list[int]:
         """Kept indexes (ascending) sharing at least one whole band with `signature`."""
         return self.candidate_array(signature).tolist()
 
-    def candidate_array(self, signature: np.ndarray) -> np.ndarray:
+    def candidate_array(self, signature: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """`candidates` as an ascending int64 array, in one numpy pass: text that shares many
         bands with what came before (a simulator's grammar, a templated corpus) proposes
-        hundreds of candidates per conversation, which a Python loop paid for one by one."""
-        keys = self._keys(signature)
+        hundreds of candidates per conversation, which a Python loop paid for one by one.
+        `keys`: `keys(signature)`, when the caller has them."""
+        if keys is None:
+            keys = self.keys(signature)
         kept_parts: list[np.ndarray] = []
         band_parts: list[np.ndarray] = []
         if len(self._sorted_keys):
@@ -238,9 +263,10 @@ class BandIndex:
         recent = self._count - self._recent_from
         if recent:
             rows, bands = np.nonzero(self._recent_keys[:recent] == keys)
-            kept_parts.append(rows.astype(np.int64) + self._recent_from)
-            band_parts.append(bands)
-        if not kept_parts:
+            if len(rows):
+                kept_parts.append(rows.astype(np.int64) + self._recent_from)
+                band_parts.append(bands)
+        if not kept_parts:  # no key proposes anything (most queries of a varied corpus)
             return np.empty(0, dtype=np.int64)
         kept, band = np.concatenate(kept_parts), np.concatenate(band_parts)
         # A key only proposes: the band's values decide.
@@ -263,7 +289,7 @@ class BandIndex:
             return empty, empty
         m = len(queries)
         values = queries[:, : self.bands * self.rows].reshape(m, self.bands, self.rows).astype(np.uint64)
-        keys = ((values * self._mix).sum(axis=2, dtype=np.uint64) ^ self._salt).ravel()  # as `_keys`, per row
+        keys = ((values * self._mix).sum(axis=2, dtype=np.uint64) ^ self._salt).ravel()  # as `keys`, per row
         lo = np.searchsorted(self._sorted_keys, keys, side="left")
         counts = np.searchsorted(self._sorted_keys, keys, side="right") - lo
         total = int(counts.sum())
@@ -279,8 +305,9 @@ class BandIndex:
         code = sorted_unique(query[same] * self._count + kept[same])
         return code // self._count, code % self._count
 
-    def insert(self, signature: np.ndarray) -> int:
-        """Remember `signature` as the next kept index (returned)."""
+    def insert(self, signature: np.ndarray, keys: np.ndarray | None = None) -> int:
+        """Remember `signature` as the next kept index (returned); `keys`: `keys(signature)`,
+        when the caller has them."""
         index = self._count
         if index == len(self._signatures):
             # ×1.5, not ×2: the slack of a large index is at most a third of it.
@@ -289,11 +316,28 @@ class BandIndex:
             grown[:index] = self._signatures
             self._signatures = grown
         self._signatures[index] = signature
-        self._recent_keys[index - self._recent_from] = self._keys(signature)
+        self._recent_keys[index - self._recent_from] = self.keys(signature) if keys is None else keys
         self._count += 1
         if self._count - self._recent_from == self._MERGE_EVERY:
             self._merge()
         return index
+
+    def insert_many(self, signatures: np.ndarray) -> None:
+        """`insert` each row of `signatures`, in order, in one numpy pass (their keys go straight
+        to the sorted part)."""
+        if self._count > self._recent_from:
+            self._merge()
+        start, end = self._count, self._count + len(signatures)
+        if end > len(self._signatures):
+            grown = np.empty((end, self._signatures.shape[1]), dtype=np.uint32)
+            grown[:start] = self._signatures[:start]
+            self._signatures = grown
+        self._signatures[start:end] = signatures
+        keys = np.concatenate([self._sorted_keys, self.keys_of(signatures).ravel()])
+        index = np.concatenate([self._sorted_index, np.repeat(np.arange(start, end, dtype=np.uint32), self.bands)])
+        order = np.argsort(keys, kind="stable")
+        self._sorted_keys, self._sorted_index = keys[order], index[order]
+        self._count = self._recent_from = end
 
     def _merge(self) -> None:
         recent = self._count - self._recent_from
@@ -305,9 +349,27 @@ class BandIndex:
         self._recent_from = self._count
 
 
+@dataclass(frozen=True)
+class PreparedCheck:
+    """What `Deduplicator.check` computes for a conversation before it looks at the index, made
+    for many conversations at once by `Deduplicator.prepare`."""
+
+    #: MinHash signature and LSH band keys (None: the conversation has no answer text).
+    signature: np.ndarray | None
+    keys: np.ndarray | None
+    #: No band key of it matched the index when prepared, nor one of an earlier conversation of
+    #: its batch: it can have no candidate if checked in its turn (see `ticket`).
+    unproposed: bool
+    #: (batch number, position in the batch): `unproposed` holds only when the conversations of the
+    #: batch are checked in order with no other check in between; otherwise it is ignored.
+    ticket: tuple[int, int]
+
+
 class Deduplicator:
     """Streaming duplicate detector: `check(conv)` one conversation at a time, in the order the
-    training file should prefer (the first of a duplicate group is kept)."""
+    training file should prefer (the first of a duplicate group is kept). A caller that reads
+    many conversations ahead can `prepare` them in one numpy pass (signatures, band keys, whether
+    the index can propose anything) and hand each its `PreparedCheck`: the same decisions."""
 
     def __init__(
         self,
@@ -351,6 +413,8 @@ class Deduplicator:
         self._exact_dups = 0
         self._near_dups = 0
         self._empty = 0
+        self._batches = 0
+        self._next_ticket: tuple[int, int] | None = None
 
     def signature(self, text: str) -> np.ndarray:
         """The MinHash signature (num_perm uint32) of the word shingles of normalised `text`."""
@@ -359,19 +423,56 @@ class Deduplicator:
     def _signature_of_words(self, words: list[str]) -> np.ndarray:
         return self._hasher.signature(list(map(str.encode, shingles_of_words(words, self.shingle_size))))
 
-    def _signature_of_targets(self, targets: TargetTexts) -> np.ndarray:
-        # The same shingle set as `_signature_of_words(targets.all_words())`, from the shingles
-        # the targets made once (the leakage check slices its own out of them).
-        words = sum(len(w) for w in targets.words)
-        if words <= self.shingle_size:
-            return self._signature_of_words(targets.all_words())
-        return self._hasher.signature(set(targets.shingles(self.shingle_size)))
+    def _shingle_set(self, targets: TargetTexts) -> set[bytes]:
+        # The shingle set `_signature_of_words(targets.all_words())` hashes, from the shingles the
+        # targets made once (the leakage check slices its own out of them).
+        if sum(len(w) for w in targets.words) <= self.shingle_size:
+            return set(map(str.encode, shingles_of_words(targets.all_words(), self.shingle_size)))
+        return set(targets.shingles(self.shingle_size))
+
+    def prepare(self, targets: Sequence[TargetTexts]) -> list[PreparedCheck]:
+        """`PreparedCheck`s of conversations about to be checked in this order (their
+        `TargetTexts`): every signature in one numpy pass (per conversation, the fixed cost of a
+        dozen small numpy calls was most of it) and, against the index as it is now and each
+        other, whether anything can be proposed for each."""
+        texts = [i for i, t in enumerate(targets) if t.text.strip()]
+        flat: list[bytes] = []
+        bounds = [0]
+        for i in texts:
+            flat.extend(self._shingle_set(targets[i]))
+            bounds.append(len(flat))
+        signatures = self._hasher.signatures(flat, bounds)
+        keys = self._index.keys_of(signatures)
+        proposed = self._index.proposes(keys)
+        # ... or by an earlier conversation of the batch (the same band's key), once kept.
+        same = (keys[:, None, :] == keys[None, :, :]).any(axis=2)
+        proposed |= np.tril(same, -1).any(axis=1)
+        self._batches += 1
+        self._next_ticket = (self._batches, 0)
+        at = dict(zip(texts, range(len(texts)), strict=True))
+        out = []
+        for position in range(len(targets)):
+            row = at.get(position)
+            ticket = (self._batches, position)
+            if row is None:
+                out.append(PreparedCheck(None, None, False, ticket))
+            else:
+                out.append(PreparedCheck(signatures[row], keys[row], not proposed[row], ticket))
+        return out
 
     def check(self, conv: EnrichedConversation, *, conversation_id: str | None = None,
-              targets: TargetTexts | None = None) -> DedupDecision:
+              targets: TargetTexts | None = None, prepared: PreparedCheck | None = None) -> DedupDecision:
         """Decide on `conv` and, when kept, remember it for later checks (`targets`: its
-        `TargetTexts`, when the caller has them already). Raises `DuplicateMemberError` if the
-        same conversation id is checked twice (a caller bug, not a content duplicate)."""
+        `TargetTexts`, when the caller has them already; `prepared`: its `prepare`d check, made
+        from those targets). Raises `DuplicateMemberError` if the same conversation id is checked
+        twice (a caller bug, not a content duplicate)."""
+        # `prepared.unproposed` holds only for the next conversation of the batch prepared last.
+        unproposed = False
+        if prepared is not None and prepared.ticket == self._next_ticket:
+            unproposed = prepared.unproposed
+            self._next_ticket = (prepared.ticket[0], prepared.ticket[1] + 1)
+        else:
+            self._next_ticket = None
         cid = conversation_id_of(conv, conversation_id)
         if cid in self._seen:
             raise DuplicateMemberError(cid)
@@ -386,8 +487,16 @@ class Deduplicator:
             return _KEEP
 
         digest = hashlib.sha256(text.encode()).digest()
-        signature = self._signature_of_targets(targets)
-        candidates = self._index.candidate_array(signature)
+        if prepared is not None and prepared.signature is not None and prepared.keys is not None:
+            signature, keys = prepared.signature, prepared.keys
+        else:
+            signature = self._hasher.signature(self._shingle_set(targets))
+            keys = self._index.keys(signature)
+            unproposed = False
+        if unproposed:
+            candidates = np.empty(0, dtype=np.int64)
+        else:
+            candidates = self._index.candidate_array(signature, keys)
         for kept in candidates.tolist():
             if self._digests[32 * kept : 32 * kept + 32] == digest:  # at most one: a second is never kept
                 self._exact_dups += 1
@@ -405,7 +514,7 @@ class Deduplicator:
                                      similarity=best)
 
         self._digests += digest
-        self._index.insert(signature)
+        self._index.insert(signature, keys)
         self._kept_ids.append(cid)
         self._kept += 1
         return _KEEP

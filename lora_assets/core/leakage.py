@@ -86,8 +86,6 @@ _KEPT_FIRST_NAME = re.compile(r"\W*+(?>[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b)(?!,)"
 
 #: Rows per LSH band (see `LeakageStats.__init__`).
 _BAND_ROWS = 4
-#: A 16-byte digest as numpy compares it (two little-endian words: equality is byte equality).
-_DIGEST_DTYPE = np.dtype([("high", "<u8"), ("low", "<u8")])
 #: Train signatures looked up per numpy pass in `_near_matches` (bounds its temporaries).
 _QUERY_BLOCK = 1024
 #: How many examples of a finding a result keeps for its messages.
@@ -150,6 +148,25 @@ def mask_templates(sentences: Sequence[str]) -> list[str]:
             rests.append(masked)
     named = _NAME.sub("<NAME>", _SEP.join(rests)).split(_SEP)
     return normalise_texts([head + rest for head, rest in zip(heads, named, strict=True)])
+
+
+def _digests_found(queries: bytes, pool: bytes) -> int:
+    """How many of the 16-byte digests back to back in `queries` occur in `pool` (each digest as two
+    64-bit words: equal words are equal bytes). Sorting and bisecting the words measured 9x faster
+    than `np.isin` on a structured dtype (27 -> 3 ms for 19,000 train sentences)."""
+    words = np.frombuffer(pool, dtype=np.uint64).reshape(-1, 2)
+    asked = np.frombuffer(queries, dtype=np.uint64).reshape(-1, 2)
+    ordered = words[np.lexsort((words[:, 1], words[:, 0]))]
+    distinct = np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)]
+    first, second = ordered[distinct, 0], ordered[distinct, 1]
+    left = np.searchsorted(first, asked[:, 0], side="left")
+    right = np.searchsorted(first, asked[:, 0], side="right")
+    single = right - left == 1
+    found = int(np.count_nonzero(second[left[single]] == asked[single, 1]))
+    # Distinct digests sharing their first word: possible, never seen; compared one by one.
+    for i in np.flatnonzero(right - left > 1).tolist():
+        found += bool((second[left[i] : right[i]] == asked[i, 1]).any())
+    return found
 
 
 def _digest(text: str) -> bytes:
@@ -370,6 +387,15 @@ class ExampleMeasure:
     short_turns: int
 
 
+class _Vocabulary(dict[str, int]):
+    """Word → id, a new word getting the next id when it is first looked up: a known word costs
+    one lookup in C (most words of a member are known), only a new one a Python call."""
+
+    def __missing__(self, word: str) -> int:
+        self[word] = new = len(self)
+        return new
+
+
 class _PendingTurns:
     """Shingle hashes of recorded turns waiting for their signatures (one numpy pass per block of
     turns instead of one per example)."""
@@ -457,7 +483,7 @@ class LeakageStats:
         self._train_turn_digests = bytearray()
         self._short_turns = 0
         self._examples: Counter[str] = Counter()
-        self._vocabulary: dict[str, int] = {}
+        self._vocabulary = _Vocabulary()
         self._cell_index: dict[tuple[str, str, str], int] = {}
         self._cells = CellCounters()
         # Every sentence's template, in order: its 64-bit hash and its cell; its text goes to the
@@ -585,13 +611,7 @@ class LeakageStats:
 
     def _word_ids(self, words: list[str]) -> np.ndarray:
         """`words` as ids of the vocabulary (a new word gets the next id)."""
-        vocabulary = self._vocabulary
-        ids = list(map(vocabulary.get, words))
-        if None in ids:
-            for i, word in enumerate(words):
-                if ids[i] is None:
-                    ids[i] = vocabulary.setdefault(word, len(vocabulary))
-        return np.array(ids, dtype=np.uint32)
+        return np.fromiter(map(self._vocabulary.__getitem__, words), dtype=np.uint32, count=len(words))
 
     def _add_templates(self, sentences: list[str], cell_id: int) -> None:
         """The example's sentences' templates: hashes, cells and lengths in memory, the text to
@@ -634,8 +654,7 @@ class LeakageStats:
             return {}
         index = BandIndex(self.num_perm // _BAND_ROWS, _BAND_ROWS, self.num_perm)
         validation = np.array(self._validation_signatures, dtype=np.uint32).reshape(-1, self.num_perm)
-        for signature in validation:
-            index.insert(signature)
+        index.insert_many(validation)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (validation turn, similarity, train turn)
         for start, block in self._train_blocks():
             rows, candidates = index.pairs(block)
@@ -702,9 +721,7 @@ class LeakageStats:
                     )
         verbatim = 0
         if self._validation_sentences and self._train_sentences:
-            train = np.unique(np.frombuffer(bytes(self._train_sentences), dtype=_DIGEST_DTYPE))
-            asked = np.frombuffer(bytes(self._validation_sentences), dtype=_DIGEST_DTYPE)
-            verbatim = int(np.count_nonzero(np.isin(asked, train)))
+            verbatim = _digests_found(bytes(self._validation_sentences), bytes(self._train_sentences))
         templates = template_figures(np.array(self._template_hashes, dtype=np.uint64),
                                      np.array(self._template_cells, dtype=np.uint32), len(self._cell_index),
                                      self._template_texts)

@@ -165,3 +165,56 @@ def test_band_index_returns_exactly_what_datasketch_lsh_returns(threshold: float
         assert index.candidates(sig.astype(np.uint32)) == expected, i
         if i % 3:  # keep two in three, as a deduplicator keeps only non-duplicates
             lsh.insert(str(index.insert(sig.astype(np.uint32))), mh)
+
+
+def _mixed_corpus(n: int) -> list:
+    """Conversations with exact, near and no duplicates, some without answers, some very short."""
+    rng = random.Random(11)
+    convs = []
+    given: list[list[str]] = []
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.2 and given:
+            answers = list(rng.choice(given))  # a copy of an earlier one's answers
+        elif kind < 0.4 and given:
+            answers = list(rng.choice(given))
+            words = answers[1].split()
+            for _ in range(rng.randint(1, 12)):
+                words[rng.randrange(len(words))] = rng.choice(_VOCAB)
+            answers[1] = " ".join(words)
+        elif kind < 0.45:
+            answers = [rng.choice(_VOCAB)] * 3  # fewer words than a shingle, answer by answer
+        else:
+            answers = _answers(1000 + i)
+        given.append(answers)
+        if kind > 0.95:
+            convs.append(make_conversation(f"c{i}", pairs=1, unanswered_last=True))
+        else:
+            convs.append(make_conversation(f"c{i}", answers=answers))
+    return convs
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_prepared_checks_decide_as_plain_checks(batch: int) -> None:
+    """`prepare` + `check(prepared=…)` over batches gives the decisions of `check` alone, also when
+    a batch is interrupted by an unprepared check (its remaining prepared checks then fall back)."""
+    from lora_assets.core.dedup import TargetTexts
+
+    convs = _mixed_corpus(300)
+    plain = Deduplicator()
+    expected = [plain.check(c) for c in convs]
+    assert sum(not d.keep for d in expected) > 30  # the corpus has duplicates of both kinds
+    assert {d.reason for d in expected} >= {EXACT_DUPLICATE, NEAR_DUPLICATE}
+    prepared_dedup = Deduplicator()
+    got = []
+    for start in range(0, len(convs), batch):
+        chunk = convs[start : start + batch]
+        targets = [TargetTexts.of(c) for c in chunk]
+        prepared = prepared_dedup.prepare(targets)
+        for i, (conv, t, p) in enumerate(zip(chunk, targets, prepared, strict=True)):
+            if start % 5 == 0 and i == 2:
+                got.append(prepared_dedup.check(conv, targets=t))  # out of turn: the rest fall back
+            else:
+                got.append(prepared_dedup.check(conv, targets=t, prepared=p))
+    assert got == expected
+    assert prepared_dedup.stats == plain.stats

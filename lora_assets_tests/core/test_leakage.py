@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -333,17 +334,44 @@ def test_signatures_made_in_blocks_give_the_same_report(monkeypatch: pytest.Monk
 
 def test_distinct_per_cell_counts_each_cells_own_codes() -> None:
     """One bucket's per-cell distinct counts (keys of cell and code rank, sorted once) are each
-    cell's own set size, for 32-bit word ids and 64-bit word-pair codes."""
+    cell's own set size, for 32-bit word ids and 64-bit word-pair codes (of ids below 2**16 or
+    not)."""
     import numpy as np
 
     from lora_assets.core.diversity import _distinct_per_cell
 
     rng = np.random.default_rng(2)
+
+    def pairs(first_high: int, second_high: int) -> Callable[[int], np.ndarray]:
+        return lambda n: ((rng.integers(0, first_high, n, dtype=np.uint64) << np.uint64(32))
+                          | rng.integers(0, second_high, n, dtype=np.uint64))
+
     for n in (0, 1, 5, 300):
-        for dtype, high in ((np.uint32, 50), (np.uint64, 2**63)):
-            codes = rng.integers(0, high, n, dtype=np.uint64).astype(dtype)
+        for draw in (lambda n: rng.integers(0, 50, n, dtype=np.uint64).astype(np.uint32),
+                     lambda n: rng.integers(0, 2**63, n, dtype=np.uint64),
+                     pairs(40, 40), pairs(2**16, 2**16), pairs(40, 2**17), pairs(2**17, 40)):
+            codes = draw(n)
             codes[: n // 2] = codes[n // 2 : 2 * (n // 2)]  # repeats, across and within cells
             cells = rng.integers(0, 7, n).astype(np.int64)
             counts, distinct = _distinct_per_cell(codes, cells, 8)
             assert counts.tolist() == [len({int(c) for c, o in zip(codes, cells, strict=True) if o == cell}) for cell in range(8)]
             assert np.array_equal(distinct, np.unique(codes))
+
+
+def test_digests_found_counts_what_a_set_finds() -> None:
+    """The verbatim count's lookup: every asked digest found in the pool counts (repeats too),
+    also among pool digests that share their first 8 bytes."""
+    import os
+    import random
+
+    from lora_assets.core.leakage import _digests_found
+
+    rng = random.Random(4)
+    pool = [os.urandom(16) for _ in range(300)]
+    pool += [pool[0][:8] + os.urandom(8) for _ in range(3)] + pool[:40]  # shared first words, repeats
+    asked = [rng.choice(pool) for _ in range(200)] + [os.urandom(16) for _ in range(100)]
+    asked += [pool[0][:8] + os.urandom(8) for _ in range(5)]
+    rng.shuffle(asked)
+    expected = sum(1 for d in asked if d in set(pool))
+    assert _digests_found(b"".join(asked), b"".join(pool)) == expected
+    assert expected >= 200

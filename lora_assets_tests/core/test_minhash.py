@@ -72,6 +72,26 @@ def test_band_index_pairs_are_candidates_of_each_row() -> None:
         assert got.get(r, []) == index.candidates(q)
 
 
+def test_band_index_insert_many_is_inserting_each_row() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 50, size=(40, 64), dtype=np.uint32)
+    kept = base[rng.integers(0, 40, size=700)].copy()
+    kept[rng.random(kept.shape) < 0.3] = 99
+    one_by_one, many = BandIndex(16, 4, 64), BandIndex(16, 4, 64)
+    for signature in kept:
+        one_by_one.insert(signature)
+    for signature in kept[:100]:  # some recent rows first, then more than the signatures held
+        many.insert(signature)
+    many.insert_many(kept[100:600])
+    for signature in kept[600:]:
+        many.insert(signature)
+    queries = base[rng.integers(0, 40, size=200)].copy()
+    queries[rng.random(queries.shape) < 0.3] = 98
+    assert all(np.array_equal(a, b) for a, b in zip(one_by_one.pairs(queries), many.pairs(queries), strict=True))
+    assert all(one_by_one.candidates(q) == many.candidates(q) for q in queries)
+    assert sum(map(len, map(one_by_one.candidates, queries))) > 100
+
+
 def _old_normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
