@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import itertools
 import pickle
 import shutil
 import tempfile
@@ -41,7 +40,7 @@ from lora_assets.core.split import MIN_TURN_WORDS, SharedTurns, SplitReport, gro
 from lora_assets.schemas import ConsultantProfile, EnrichedConversation, EnrichmentStatus
 from lora_assets.store import db as dbq
 from lora_assets.store import training_files as tfq
-from lora_assets.store.blobs import READ_CHUNK, BlobStore, bounded_map, release_freed_memory
+from lora_assets.store.blobs import READ_CHUNK, BlobStore, batched, bounded_map, release_freed_memory
 from lora_assets.training_stats import APPROVE, BuildMeasures, Measured, filters_run, is_rejected, with_review
 
 VALIDATION_FRACTION = 0.1
@@ -326,12 +325,6 @@ class _Summaries(Sequence[MemberSummary]):
         return tfq.summary_of(self._rows[index])
 
 
-def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    """`items` in lists of `size` (the last one shorter): `itertools.batched` of Python 3.12."""
-    while batch := list(itertools.islice(items, size)):
-        yield batch
-
-
 def _load(engine: Engine, name: str) -> _Inputs:
     """The training file, its members, the consultant profile and the members' batches."""
     with engine.connect() as conn:
@@ -384,7 +377,7 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
             reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
                                 2 * concurrency * READ_CHUNK, chunk=READ_CHUNK)
             number = 0
-            for batch in _batches(reads, _DEDUP_BATCH):
+            for batch in batched(reads, _DEDUP_BATCH):
                 # Parsed up to the first unusable member, which is reported after the members
                 # before it are done (as one at a time would).
                 parsed: list[tuple[Any, EnrichedConversation, TargetTexts]] = []
