@@ -351,19 +351,26 @@ def _norm(text: str) -> str:
 _TOKEN = re.compile(r"\w+")
 
 # On ASCII text `\w` is exactly [A-Za-z0-9_]. `str.translate` with a table that keeps those
-# characters and blanks every other one, then `str.split()`, yields the same words as the
-# regexes `\w+` and `[\w'’-]+` several times faster (most model output is ASCII); other text
-# takes the regexes.
+# characters (and "'", "-") and blanks every other one, then `str.split()`, yields the same words
+# as the regexes `\w+` and `[\w'’-]+` several times faster (most model output is ASCII); other
+# text takes the regexes.
 _ASCII_WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_")
-_TOKEN_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS}
 _WORD_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS and chr(i) not in "'-"}
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _ascii_split(text: str) -> tuple[tuple[str, ...], int]:
+    """The `\\w+` runs of ASCII `text`, and how many `[\\w'’-]+` runs it has: one translate serves
+    both (the `\\w+` runs are the others cut at their apostrophes and hyphens)."""
+    spaced = text.translate(_WORD_TABLE)
+    return tuple(spaced.replace("'", " ").replace("-", " ").split()), len(spaced.split())
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _token_list(text: str) -> tuple[str, ...]:
     """The whole words (`\\w+` runs) of `text`, in order."""
     if text.isascii():
-        return tuple(text.translate(_TOKEN_TABLE).split())
+        return _ascii_split(text)[0]
     return tuple(_TOKEN.findall(text))
 
 
@@ -373,15 +380,22 @@ def _tokens(text: str) -> frozenset[str]:
     return frozenset(_token_list(text))
 
 
-@functools.lru_cache(maxsize=4096)
-def _phrase_re(phrase: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)")
+def _is_word_char(char: str) -> bool:
+    """`\\w` of a str regex: `str.isalnum()` or "_"."""
+    return char.isalnum() or char == "_"
 
 
 def _occurs(phrase: str, text: str) -> bool:
-    # The substring test is a cheap C prefilter: most phrases are absent, so the word-boundary
-    # regex runs only for the few that might match.
-    return phrase in text and _phrase_re(phrase).search(text) is not None
+    """`(?<!\\w)phrase(?!\\w)` matches `text`: an occurrence of `phrase` with no word character
+    either side. (`str.find` jumps to the few occurrences; the regex, starting with a lookbehind,
+    has no literal prefix to search for and was tried at every position.)"""
+    at = text.find(phrase)
+    while at != -1:
+        end = at + len(phrase)
+        if (at == 0 or not _is_word_char(text[at - 1])) and (end == len(text) or not _is_word_char(text[end])):
+            return True
+        at = text.find(phrase, at + 1)
+    return False
 
 
 class _PhraseIndex:
@@ -491,7 +505,7 @@ def _words(text: str) -> list[str]:
 def _word_count(text: str) -> int:
     """len(_words(text))."""
     if text.isascii():
-        return len(text.translate(_WORD_TABLE).split())
+        return _ascii_split(text)[1]
     return len(_WORD.findall(text))
 
 
@@ -513,8 +527,19 @@ def _has_steps(response: str) -> bool:
     return _STEP_WORDS.search(response) is not None
 
 
+#: What `_NUMBER` matches in ASCII text (`\d` is [0-9] there).
+_ASCII_NUMBER_CHARS = tuple("0123456789$%")
+
+
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _has_number(response: str) -> bool:
+    if response.isascii():
+        # A substring test per character is a C memchr; the regex tries every position in Python's
+        # regex engine, about ten times slower on a typical response.
+        for char in _ASCII_NUMBER_CHARS:
+            if char in response:
+                return True
+        return False
     return bool(_NUMBER.search(response))
 
 
