@@ -480,7 +480,14 @@ def _has(text: str, phrases: Iterable[str]) -> bool:
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _sentence_tuple(text: str) -> tuple[str, ...]:
-    return tuple(s for s in (part.strip() for part in _SENTENCE_SPLIT.split(text)) if _WORD.search(s))
+    if text.isascii() and text.isprintable():
+        # The only whitespace is " " (no newline, tab or other control character): the breaks are
+        # the spaces after . ! ?, and the spaces after the first go with the strip below. Marking
+        # them with str.replace (NUL, never in a printable text) is about twice as fast as the regex.
+        parts = text.replace(". ", ".\0").replace("! ", "!\0").replace("? ", "?\0").split("\0")
+    else:
+        parts = _SENTENCE_SPLIT.split(text)
+    return tuple([s for s in map(str.strip, parts) if _WORD.search(s)])
 
 
 def _sentences(text: str) -> list[str]:
