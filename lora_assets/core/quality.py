@@ -595,17 +595,20 @@ def _stems_of_emotions(emotions: tuple[str, ...]) -> frozenset[str]:
     return frozenset(stems)
 
 
-def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> frozenset[str]:
-    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
-    felt = _feeling_stems(_norm(user_input))
-    if emotional_context is None:
-        return felt
-    return _stems_of_emotions((emotional_context.primary_emotion, *emotional_context.secondary_emotions)) | felt
-
-
 def _mentions_stem(text: str, stems: Iterable[str]) -> bool:
     """Some stem occurs at the start of a word of `text` (`(?<!\\w)stem`)."""
     return any(stem in text and _starts_a_word(stem, text) for stem in stems)
+
+
+def _names_a_feeling(text: str, user_input: str, emotional_context: EmotionalContext | None) -> bool:
+    """`text` names a feeling the client expressed: a stem of the turn's emotions or of a feeling
+    word the client used. The emotions come first: they are few and usually named, so the client's
+    words are searched for feeling words only when they are not."""
+    if emotional_context is not None and _mentions_stem(
+        text, _stems_of_emotions((emotional_context.primary_emotion, *emotional_context.secondary_emotions))
+    ):
+        return True
+    return _mentions_stem(text, _feeling_stems(_norm(user_input)))
 
 
 def _you_count(text: str) -> int:
@@ -704,7 +707,7 @@ def empathy_score(response: str, user_input: str, emotional_context: EmotionalCo
         score += 1.5
     elif r.acknowledgements:
         score += 0.75
-    if _mentions_stem(r.text, _emotion_stems(user_input, emotional_context)):
+    if _names_a_feeling(r.text, user_input, emotional_context):
         score += 1.0
     if r.normalising:
         score += 0.5
