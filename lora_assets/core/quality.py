@@ -405,8 +405,8 @@ class _PhraseIndex:
     phrase's own other characters, or the lookarounds, bound every run), so set operations on the
     text's words (`_tokens`) leave the few phrases worth matching: each phrase is keyed by its
     longest word and kept only if all its words are in the text; a one-word phrase kept is an
-    occurrence, the others take the regex (`_found`). Each phrase is matched once per text
-    whatever the lists it is in: the same answers as trying every phrase of every list."""
+    occurrence, the others are looked for (`_occurs`, in `_found`). Each phrase is matched once
+    per text whatever the lists it is in: the same answers as trying every phrase of every list."""
 
     def __init__(self, lists: tuple[tuple[str, ...], ...]) -> None:
         phrases = list(dict.fromkeys(p for phrase_list in lists for p in phrase_list))
@@ -421,18 +421,12 @@ class _PhraseIndex:
             key = max(words, key=len)
             self.by_key.setdefault(key, []).append((phrase, frozenset(words), phrase == key))
         self.keys = frozenset(self.by_key)
-        # id of a list → (the list, its phrases as a set, whether it has no repeats)
-        self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
-        self.members = {key: entry[1] for key, entry in self.lists.items()}  # id of a list → its phrases
+        self.members = {id(pl): frozenset(pl) for pl in lists}  # id of a list → its phrases
         # phrase → the positions in `lists` of the lists holding it (once per entry of each)
         self.owners: dict[str, tuple[int, ...]] = {
             p: tuple(i for i, pl in enumerate(lists) for entry in pl if entry == p) for p in phrases}
         self.ack = frozenset(ACKNOWLEDGEMENTS)
         self.ack_keys = frozenset(key for key, entries in self.by_key.items() if any(p in self.ack for p, _, _ in entries))
-
-    def known(self, phrases: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
-        entry = self.lists.get(id(phrases))
-        return entry if entry is not None and entry[0] is phrases else None
 
 
 def _lists() -> tuple[tuple[str, ...], ...]:
@@ -459,16 +453,6 @@ def _found(text: str) -> frozenset[str]:
             if alone or (needs <= words and _occurs(phrase, text))}
     hits.update(p for p in index.unindexed if _occurs(p, text))
     return frozenset(hits)
-
-
-def _count(text: str, phrases: Iterable[str]) -> int:
-    """How many of `phrases` occur in `text` (word-boundary match, each phrase counted once)."""
-    known = _index().known(phrases)
-    if known is not None:
-        listed, members, distinct = known
-        found = _found(text)
-        return len(found & members) if distinct else sum(1 for p in listed if p in found)
-    return sum(1 for p in phrases if _occurs(p, text))
 
 
 def _has(text: str, phrases: Iterable[str]) -> bool:
