@@ -55,6 +55,7 @@ import functools
 import re
 import string
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from lora_assets.schemas import ConsultantProfile, EmotionalContext
@@ -312,6 +313,7 @@ _SECURITY_DIRECTIVE = re.compile(
 )
 #: Every match of `_SECURITY_DIRECTIVE` holds one of these: a text without any is not searched.
 _SECURITY_CUES = ("you should ", "you must ", "you need to ", "buy ", "sell ")
+_SECURITY_WORDS = frozenset({"should", "must", "need", "buy", "sell"})
 _NUMBER = re.compile(r"\d|\$|%")
 _STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.M)
 _STEP_WORDS = re.compile(r"\b(?:first|second|third|next|then|finally|step)\b", re.I)
@@ -348,20 +350,28 @@ def _norm(text: str) -> str:
 
 _TOKEN = re.compile(r"\w+")
 
-# On ASCII text `\w` is exactly [A-Za-z0-9_]. `str.translate` with a table that keeps those
-# characters and blanks every other one, then `str.split()`, yields the same words as the
-# regexes `\w+` and `[\w'’-]+` several times faster (most model output is ASCII); other text
-# takes the regexes.
+# On ASCII text `\w` is exactly [A-Za-z0-9_]. Translating with a table that keeps those
+# characters (and "'", "-") and blanks every other one, then `str.split()`, yields the same words
+# as the regexes `\w+` and `[\w'’-]+` several times faster (most model output is ASCII); other
+# text takes the regexes. The table is a 256-byte one for `bytes.translate`, several times faster
+# again than `str.translate` with a dict.
 _ASCII_WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_")
-_TOKEN_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS}
-_WORD_TABLE = {i: " " for i in range(128) if chr(i) not in _ASCII_WORD_CHARS and chr(i) not in "'-"}
+_WORD_BYTES = bytes(b if chr(b) in _ASCII_WORD_CHARS or chr(b) in "'-" else ord(" ") for b in range(256))
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _ascii_split(text: str) -> tuple[tuple[str, ...], int]:
+    """The `\\w+` runs of ASCII `text`, and how many `[\\w'’-]+` runs it has: one translate serves
+    both (the `\\w+` runs are the others cut at their apostrophes and hyphens)."""
+    spaced = text.encode("ascii").translate(_WORD_BYTES).decode("ascii")
+    return tuple(spaced.replace("'", " ").replace("-", " ").split()), len(spaced.split())
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _token_list(text: str) -> tuple[str, ...]:
     """The whole words (`\\w+` runs) of `text`, in order."""
     if text.isascii():
-        return tuple(text.translate(_TOKEN_TABLE).split())
+        return _ascii_split(text)[0]
     return tuple(_TOKEN.findall(text))
 
 
@@ -371,15 +381,22 @@ def _tokens(text: str) -> frozenset[str]:
     return frozenset(_token_list(text))
 
 
-@functools.lru_cache(maxsize=4096)
-def _phrase_re(phrase: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)")
+def _is_word_char(char: str) -> bool:
+    """`\\w` of a str regex: `str.isalnum()` or "_"."""
+    return char.isalnum() or char == "_"
 
 
 def _occurs(phrase: str, text: str) -> bool:
-    # The substring test is a cheap C prefilter: most phrases are absent, so the word-boundary
-    # regex runs only for the few that might match.
-    return phrase in text and _phrase_re(phrase).search(text) is not None
+    """`(?<!\\w)phrase(?!\\w)` matches `text`: an occurrence of `phrase` with no word character
+    either side. (`str.find` jumps to the few occurrences; the regex, starting with a lookbehind,
+    has no literal prefix to search for and was tried at every position.)"""
+    at = text.find(phrase)
+    while at != -1:
+        end = at + len(phrase)
+        if (at == 0 or not _is_word_char(text[at - 1])) and (end == len(text) or not _is_word_char(text[end])):
+            return True
+        at = text.find(phrase, at + 1)
+    return False
 
 
 class _PhraseIndex:
@@ -388,8 +405,8 @@ class _PhraseIndex:
     phrase's own other characters, or the lookarounds, bound every run), so set operations on the
     text's words (`_tokens`) leave the few phrases worth matching: each phrase is keyed by its
     longest word and kept only if all its words are in the text; a one-word phrase kept is an
-    occurrence, the others take the regex (`_found`). Each phrase is matched once per text
-    whatever the lists it is in: the same answers as trying every phrase of every list."""
+    occurrence, the others are looked for (`_occurs`, in `_found`). Each phrase is matched once
+    per text whatever the lists it is in: the same answers as trying every phrase of every list."""
 
     def __init__(self, lists: tuple[tuple[str, ...], ...]) -> None:
         phrases = list(dict.fromkeys(p for phrase_list in lists for p in phrase_list))
@@ -404,15 +421,12 @@ class _PhraseIndex:
             key = max(words, key=len)
             self.by_key.setdefault(key, []).append((phrase, frozenset(words), phrase == key))
         self.keys = frozenset(self.by_key)
-        # id of a list → (the list, its phrases as a set, whether it has no repeats)
-        self.lists = {id(pl): (pl, frozenset(pl), len(set(pl)) == len(pl)) for pl in lists}
-        self.members = {key: entry[1] for key, entry in self.lists.items()}  # id of a list → its phrases
+        self.members = {id(pl): frozenset(pl) for pl in lists}  # id of a list → its phrases
+        # phrase → the positions in `lists` of the lists holding it (once per entry of each)
+        self.owners: dict[str, tuple[int, ...]] = {
+            p: tuple(i for i, pl in enumerate(lists) for entry in pl if entry == p) for p in phrases}
         self.ack = frozenset(ACKNOWLEDGEMENTS)
         self.ack_keys = frozenset(key for key, entries in self.by_key.items() if any(p in self.ack for p, _, _ in entries))
-
-    def known(self, phrases: Iterable[str]) -> tuple[tuple[str, ...], frozenset[str], bool] | None:
-        entry = self.lists.get(id(phrases))
-        return entry if entry is not None and entry[0] is phrases else None
 
 
 def _lists() -> tuple[tuple[str, ...], ...]:
@@ -441,16 +455,6 @@ def _found(text: str) -> frozenset[str]:
     return frozenset(hits)
 
 
-def _count(text: str, phrases: Iterable[str]) -> int:
-    """How many of `phrases` occur in `text` (word-boundary match, each phrase counted once)."""
-    known = _index().known(phrases)
-    if known is not None:
-        listed, members, distinct = known
-        found = _found(text)
-        return len(found & members) if distinct else sum(1 for p in listed if p in found)
-    return sum(1 for p in phrases if _occurs(p, text))
-
-
 def _has(text: str, phrases: Iterable[str]) -> bool:
     # The lists above are module constants, alive as long as the index: their ids cannot be reused.
     members = _index().members.get(id(phrases))
@@ -461,7 +465,14 @@ def _has(text: str, phrases: Iterable[str]) -> bool:
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _sentence_tuple(text: str) -> tuple[str, ...]:
-    return tuple(s for s in (part.strip() for part in _SENTENCE_SPLIT.split(text)) if _WORD.search(s))
+    if text.isascii() and text.isprintable():
+        # The only whitespace is " " (no newline, tab or other control character): the breaks are
+        # the spaces after . ! ?, and the spaces after the first go with the strip below. Marking
+        # them with str.replace (NUL, never in a printable text) is about twice as fast as the regex.
+        parts = text.replace(". ", ".\0").replace("! ", "!\0").replace("? ", "?\0").split("\0")
+    else:
+        parts = _SENTENCE_SPLIT.split(text)
+    return tuple([s for s in map(str.strip, parts) if _WORD.search(s)])
 
 
 def _sentences(text: str) -> list[str]:
@@ -486,13 +497,21 @@ def _words(text: str) -> list[str]:
 def _word_count(text: str) -> int:
     """len(_words(text))."""
     if text.isascii():
-        return len(text.translate(_WORD_TABLE).split())
+        return _ascii_split(text)[1]
     return len(_WORD.findall(text))
+
+
+def _has_step_line(response: str) -> bool:
+    # `^` (multiline) matches only at the start and after a newline: a text of one line is
+    # tried at its start only, not at every character.
+    if "\n" not in response:
+        return _STEP_LINE.match(response) is not None
+    return _STEP_LINE.search(response) is not None
 
 
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _has_steps(response: str) -> bool:
-    if _STEP_LINE.search(response):
+    if _has_step_line(response):
         return True
     if response.isascii():
         # On ASCII, the case-insensitive `\bword\b` is a whole word of the lowercased text.
@@ -500,13 +519,33 @@ def _has_steps(response: str) -> bool:
     return _STEP_WORDS.search(response) is not None
 
 
+#: What `_NUMBER` matches in ASCII text (`\d` is [0-9] there).
+_ASCII_NUMBER_CHARS = tuple("0123456789$%")
+
+
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _has_number(response: str) -> bool:
+    if response.isascii():
+        # A substring test per character is a C memchr; the regex tries every position in Python's
+        # regex engine, about ten times slower on a typical response.
+        for char in _ASCII_NUMBER_CHARS:
+            if char in response:
+                return True
+        return False
     return bool(_NUMBER.search(response))
 
 
 def _security_directive(text: str) -> bool:
     return any(cue in text for cue in _SECURITY_CUES) and _SECURITY_DIRECTIVE.search(text) is not None
+
+
+def _directs_a_trade(response: str, text: str) -> bool:
+    """`_SECURITY_DIRECTIVE` matches the response or its normalised text. Every match holds one of
+    `_SECURITY_WORDS` as a whole word, and on ASCII a word of the response is a word of the
+    lowercased text, lowercased: a text without any of them is not searched at all."""
+    if response.isascii() and _SECURITY_WORDS.isdisjoint(_tokens(text)):
+        return False
+    return _security_directive(response) or _security_directive(text)
 
 
 def _starts_a_word(stem: str, text: str) -> bool:
@@ -541,17 +580,20 @@ def _stems_of_emotions(emotions: tuple[str, ...]) -> frozenset[str]:
     return frozenset(stems)
 
 
-def _emotion_stems(user_input: str, emotional_context: EmotionalContext | None) -> frozenset[str]:
-    """Stems of the feelings the client expressed: the turn's emotions and feeling words used."""
-    felt = _feeling_stems(_norm(user_input))
-    if emotional_context is None:
-        return felt
-    return _stems_of_emotions((emotional_context.primary_emotion, *emotional_context.secondary_emotions)) | felt
-
-
 def _mentions_stem(text: str, stems: Iterable[str]) -> bool:
     """Some stem occurs at the start of a word of `text` (`(?<!\\w)stem`)."""
     return any(stem in text and _starts_a_word(stem, text) for stem in stems)
+
+
+def _names_a_feeling(text: str, user_input: str, emotional_context: EmotionalContext | None) -> bool:
+    """`text` names a feeling the client expressed: a stem of the turn's emotions or of a feeling
+    word the client used. The emotions come first: they are few and usually named, so the client's
+    words are searched for feeling words only when they are not."""
+    if emotional_context is not None and _mentions_stem(
+        text, _stems_of_emotions((emotional_context.primary_emotion, *emotional_context.secondary_emotions))
+    ):
+        return True
+    return _mentions_stem(text, _feeling_stems(_norm(user_input)))
 
 
 def _you_count(text: str) -> int:
@@ -571,24 +613,94 @@ def _acknowledges(opening: str, text: str) -> bool:
                if phrase in index.ack and needs <= words)
 
 
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
+class _Response:
+    """What the criteria and the skills read of one response, derived once: the four scores and
+    `detect_skills` ask many of the same questions of it (an acknowledgement counts for empathy,
+    for a brand-voice technique and as a skill). Phrase counts are of the word lists' entries."""
+
+    response: str
+    text: str  # normalised
+    acknowledgements: int
+    acknowledges_early: bool  # an acknowledgement in the opening
+    normalising: int
+    dismissive: int
+    explainers: int
+    jargon: int
+    guarantees: int
+    shaming: int
+    caveats: int
+    permission: int
+    celebration: int
+    metaphor: int
+    platitudes: int
+    assumptions: int
+    addresses_client: bool  # "you"/"your" at least twice
+    question: bool
+    because: bool
+    words: int
+    sentences: int
+    number: bool
+    steps: bool
+    security_directive: bool
+
+
+@functools.lru_cache(maxsize=_PER_TEXT)
+def _response(response: str) -> _Response:
+    text = _norm(response)
+    # Each list's count from the phrases found once: `_count` of every list.
+    counts = [0] * len(_lists())
+    owners = _index().owners
+    for phrase in _found(text):
+        for position in owners[phrase]:
+            counts[position] += 1
+    (acknowledgements, normalising, dismissive, explainers, jargon, guarantees, shaming, caveats, permission,
+     celebration, metaphor, platitudes, assumptions) = counts
+    return _Response(
+        response=response,
+        text=text,
+        acknowledgements=acknowledgements,
+        acknowledges_early=_acknowledges(_opening(response), text),
+        normalising=normalising,
+        dismissive=dismissive,
+        explainers=explainers,
+        jargon=jargon,
+        guarantees=guarantees,
+        shaming=shaming,
+        caveats=caveats,
+        permission=permission,
+        celebration=celebration,
+        metaphor=metaphor,
+        platitudes=platitudes,
+        assumptions=assumptions,
+        addresses_client=_you_count(text) >= 2,
+        question="?" in text,
+        because=" because " in text,
+        words=_word_count(text),
+        sentences=len(_sentence_tuple(response)),
+        number=_has_number(response),
+        steps=_has_steps(response),
+        security_directive=_directs_a_trade(response, text),
+    )
+
+
 def empathy_score(response: str, user_input: str, emotional_context: EmotionalContext | None) -> float:
     """Acknowledgement before advice, naming the client's feeling, normalising, inviting."""
-    text = _norm(response)
-    opening = _opening(response)
+    r = _response(response)
     score = 1.0
-    if _acknowledges(opening, text):
+    if r.acknowledges_early:
         score += 1.5
-    elif _has(text, ACKNOWLEDGEMENTS):
+    elif r.acknowledgements:
         score += 0.75
-    if _mentions_stem(text, _emotion_stems(user_input, emotional_context)):
+    if _names_a_feeling(r.text, user_input, emotional_context):
         score += 1.0
-    if _has(text, NORMALISING):
+    if r.normalising:
         score += 0.5
-    if _you_count(text) >= 2:
+    if r.addresses_client:
         score += 0.5
-    if "?" in text:
+    if r.question:
         score += 0.5
-    score -= min(2.0, 1.0 * _count(text, DISMISSIVE))
+    score -= min(2.0, 1.0 * r.dismissive)
     return _clamp(score)
 
 
@@ -600,25 +712,24 @@ def jargon_terms(text: str) -> list[str]:
 
 def clarity_score(response: str) -> float:
     """Short sentences, concrete numbers and steps, explained terms; no jargon walls."""
-    text = _norm(response)
-    words = _word_count(text)
-    sentences = _sentence_tuple(response)
+    r = _response(response)
+    words = r.words
     score = 3.0
-    if sentences:
-        mean_length = words / len(sentences)
+    if r.sentences:
+        mean_length = words / r.sentences
         if mean_length <= 20:
             score += 0.5
         elif mean_length > 32:
             score -= 1.0
         elif mean_length > 25:
             score -= 0.5
-    if _has_number(response):
+    if r.number:
         score += 0.5
-    if _has_steps(response):
+    if r.steps:
         score += 0.5
-    if _has(text, EXPLAINERS):
+    if r.explainers:
         score += 0.25
-    score -= min(1.5, 0.5 * max(0, len(jargon_terms(text)) - 2))
+    score -= min(1.5, 0.5 * max(0, r.jargon - 2))
     if words < 15:
         score -= 1.0
     elif words > 350:
@@ -628,46 +739,45 @@ def clarity_score(response: str) -> float:
 
 def appropriateness_score(response: str) -> float:
     """No guarantees, no security picks, no shaming; caveats where advice depends on the person."""
-    text = _norm(response)
+    r = _response(response)
     score = 4.0
-    score -= min(3.0, 1.5 * _count(text, GUARANTEES))
-    if _security_directive(response) or _security_directive(text):
+    score -= min(3.0, 1.5 * r.guarantees)
+    if r.security_directive:
         score -= 1.5
-    score -= min(2.0, 1.0 * _count(text, SHAMING))
-    caveats = _count(text, CAVEATS)
-    if caveats >= 2:
+    score -= min(2.0, 1.0 * r.shaming)
+    if r.caveats >= 2:
         score += 1.0
-    elif caveats == 1:
+    elif r.caveats == 1:
         score += 0.5
     return _clamp(score)
 
 
 # Themes a consultant's technique / avoid text can name, each with how to detect it in a response.
-_Detector = Callable[[str, str], bool]  # (normalised response, original response) -> shown?
+_Detector = Callable[[_Response], bool]
 
 _TECHNIQUE_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
-    (("emotion", "feeling", "acknowledg", "validat", "empath"), lambda t, _: _has(t, ACKNOWLEDGEMENTS)),
-    (("metaphor", "stor", "analog", "example"), lambda t, _: _has(t, METAPHOR)),
-    (("number", "specific", "concrete", "figure"), lambda _, r: _has_number(r)),
-    (("permission",), lambda t, _: _has(t, PERMISSION)),
-    (("celebrat", "progress", "win", "praise", "encourag"), lambda t, _: _has(t, CELEBRATION)),
-    (("normaliz", "normalis"), lambda t, _: _has(t, NORMALISING)),
-    (("question", "curious", "ask"), lambda t, _: "?" in t),
-    (("step", "plan", "action"), lambda _, r: _has_steps(r)),
-    (("educat", "teach", "explain", "why"), lambda t, _: _has(t, EXPLAINERS) or " because " in t),
+    (("emotion", "feeling", "acknowledg", "validat", "empath"), lambda r: r.acknowledgements > 0),
+    (("metaphor", "stor", "analog", "example"), lambda r: r.metaphor > 0),
+    (("number", "specific", "concrete", "figure"), lambda r: r.number),
+    (("permission",), lambda r: r.permission > 0),
+    (("celebrat", "progress", "win", "praise", "encourag"), lambda r: r.celebration > 0),
+    (("normaliz", "normalis"), lambda r: r.normalising > 0),
+    (("question", "curious", "ask"), lambda r: r.question),
+    (("step", "plan", "action"), lambda r: r.steps),
+    (("educat", "teach", "explain", "why"), lambda r: r.explainers > 0 or r.because),
 )
 
 _AVOID_THEMES: tuple[tuple[tuple[str, ...], _Detector], ...] = (
     # Jargon is only a violation when it is left unexplained.
-    (("jargon", "technical"), lambda t, _: bool(jargon_terms(t)) and not _has(t, EXPLAINERS)),
-    (("judg", "shame", "blame", "criticiz", "criticis"), lambda t, _: _has(t, SHAMING)),
+    (("jargon", "technical"), lambda r: r.jargon > 0 and not r.explainers),
+    (("judg", "shame", "blame", "criticiz", "criticis"), lambda r: r.shaming > 0),
     (
         ("overwhelm", "too many", "options"),
-        lambda t, r: len(_STEP_LINE.findall(r)) > 5 or _word_count(t) > 350,
+        lambda r: len(_STEP_LINE.findall(r.response)) > 5 or r.words > 350,
     ),
-    (("platitude", "generic", "cliche", "cliché"), lambda t, _: _has(t, PLATITUDES)),
-    (("assum", "condescend", "knowledge level"), lambda t, _: _has(t, ASSUMPTIONS)),
-    (("guarantee", "promise"), lambda t, _: _has(t, GUARANTEES)),
+    (("platitude", "generic", "cliche", "cliché"), lambda r: r.platitudes > 0),
+    (("assum", "condescend", "knowledge level"), lambda r: r.assumptions > 0),
+    (("guarantee", "promise"), lambda r: r.guarantees > 0),
 )
 
 _STOPWORDS = frozenset(
@@ -689,14 +799,22 @@ def _literal_detector(item: str) -> _Detector:
     """Fallback for an item of no known theme: most of its content words occur in the response."""
     content = [w for w in _words(_norm(item)) if len(w) >= 5 and w not in _STOPWORDS]
     prefixes = [w[:6] for w in content]
+    if not content:
+        return _never
 
-    def detect(text: str, _: str) -> bool:
-        if not content:
-            return False
-        hits = sum(1 for prefix in prefixes if prefix in text)
+    def detect(r: _Response) -> bool:
+        text = r.text
+        hits = 0
+        for prefix in prefixes:  # a plain loop: runs for every response, a generator costs more
+            if prefix in text:
+                hits += 1
         return hits * 2 > len(content)
 
     return detect
+
+
+def _never(r: _Response) -> bool:
+    return False
 
 
 @functools.lru_cache(maxsize=64)
@@ -709,16 +827,19 @@ def _voice_detectors(techniques: tuple[str, ...], avoid: tuple[str, ...]) -> tup
 
 def brand_voice_score(response: str, consultant: ConsultantProfile) -> float:
     """Share of the consultant's techniques shown, minus each `avoid` item the response does."""
-    text = _norm(response)
+    r = _response(response)
     style = consultant.communication_style
     techniques, avoid = _voice_detectors(tuple(style.techniques), tuple(style.avoid))
     if techniques:
-        shown = sum(1 for detect in techniques if detect(text, response))
+        shown = 0
+        for detect in techniques:
+            if detect(r):
+                shown += 1
         score = 1.5 + 3.5 * shown / len(techniques)
     else:
         score = 3.0
     for detect in avoid:
-        if detect(text, response):
+        if detect(r):
             score -= 1.0
     return _clamp(score)
 
@@ -748,17 +869,17 @@ def overall(criteria: QualityCriteria) -> float:
     return _round1(sum(weight * getattr(criteria, name) for name, weight in WEIGHTS.items()))
 
 
-_SKILLS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
-    ("emotional_validation", lambda t, _: _has(t, ACKNOWLEDGEMENTS)),
-    ("normalization", lambda t, _: _has(t, NORMALISING)),
-    ("permission_asking", lambda t, _: _has(t, PERMISSION)),
-    ("metaphor_or_story", lambda t, _: _has(t, METAPHOR)),
-    ("concept_explanation", lambda t, _: _has(t, EXPLAINERS) or " because " in t),
-    ("specific_numbers", lambda _, r: _has_number(r)),
-    ("actionable_steps", lambda _, r: _has_steps(r)),
-    ("celebrating_progress", lambda t, _: _has(t, CELEBRATION)),
-    ("open_questions", lambda t, _: "?" in t),
-    ("appropriate_caveats", lambda t, _: _has(t, CAVEATS)),
+_SKILLS: tuple[tuple[str, Callable[[_Response], bool]], ...] = (
+    ("emotional_validation", lambda r: r.acknowledgements > 0),
+    ("normalization", lambda r: r.normalising > 0),
+    ("permission_asking", lambda r: r.permission > 0),
+    ("metaphor_or_story", lambda r: r.metaphor > 0),
+    ("concept_explanation", lambda r: r.explainers > 0 or r.because),
+    ("specific_numbers", lambda r: r.number),
+    ("actionable_steps", lambda r: r.steps),
+    ("celebrating_progress", lambda r: r.celebration > 0),
+    ("open_questions", lambda r: r.question),
+    ("appropriate_caveats", lambda r: r.caveats > 0),
 )
 
 
@@ -766,5 +887,5 @@ def detect_skills(target_response: str | None) -> list[str]:
     """Advisor skills a response demonstrates, in a fixed order (empty for no response)."""
     if not target_response:
         return []
-    text = _norm(target_response)
-    return [name for name, shown in _SKILLS if shown(text, target_response)]
+    r = _response(target_response)
+    return [name for name, shown in _SKILLS if shown(r)]

@@ -90,7 +90,16 @@ def _input_parameter_problems(params: Any, where: str = "input_parameters") -> l
     """Each of the 10 provenance fields must be present and non-blank."""
     if params is None:
         return [Problem(where, "is missing")]
-    data = params.model_dump() if isinstance(params, BaseModel) else params
+    if isinstance(params, BaseModel):
+        # Its attributes, not model_dump(): a dump builds a dict of every field, twice per
+        # conversation (parse and enrich checks), to read ten strings.
+        fields = type(params).model_fields
+        return [
+            Problem(f"{where}.{name}", "is missing" if name not in fields else "is empty")
+            for name in INPUT_PARAMETER_FIELDS
+            if _blank(getattr(params, name, None))
+        ]
+    data = params
     if not isinstance(data, Mapping):
         return [Problem(where, f"is not an object (got {type(data).__name__})")]
     return [

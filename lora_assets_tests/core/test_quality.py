@@ -235,3 +235,45 @@ def test_has_finds_exactly_what_testing_every_phrase_finds() -> None:
         for phrases in lists:
             expected = any(quality._occurs(p, text) for p in phrases)
             assert quality._has(text, phrases) == expected, (text, phrases)
+
+
+def test_occurs_is_the_word_boundary_regex() -> None:
+    """`_occurs` finds a phrase with str.find and checks its neighbours; it must answer as the
+    regex `(?<!\\w)phrase(?!\\w)`, also next to non-ASCII letters, digits and marks."""
+    import random
+    import re
+
+    from lora_assets.core import quality
+
+    rng = random.Random(11)
+    alphabet = [*"ab _-'’.!?\n0$%", "²", "½", "é", "ß", "\u0301", "ǅ", "ab", "a b"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        phrase = rng.choice(["ab", "a b", "b", "b-a", "’", "ab'", "0", "$", "a."])
+        expected = re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+        assert quality._occurs(phrase, text) == expected, (phrase, text)
+
+
+def test_text_shortcuts_answer_as_their_regexes() -> None:
+    """The ASCII / one-line shortcuts (sentences by str.replace, words by bytes.translate, number
+    and step-line tests, the trade-directive prefilter) give what the regexes they replace give."""
+    import random
+    import re
+
+    from lora_assets.core import quality
+
+    rng = random.Random(5)
+    pieces = ["You should buy AAPL", "sell shares of MSFT", "you must ", "rebuy ", "First", "1. ", "- ", "\n",
+              "\n\n", "\t", "  ", ". ", "? ", "! ", "...", "$5", "12%", "it's", "it’s", "self-doubt", "x", "word",
+              "é", "½", "Ⅻ", "_", ",", "'", "-", "0", "in 2030", "٣"]
+    for _ in range(5_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        norm = quality._norm(text)
+        regex_sentences = tuple(s for s in (p.strip() for p in quality._SENTENCE_SPLIT.split(text)) if quality._WORD.search(s))
+        assert quality._sentence_tuple(text) == regex_sentences, text
+        assert quality._token_list(norm) == tuple(re.findall(r"\w+", norm)), text
+        assert quality._word_count(norm) == len(re.findall(r"[\w'’-]+", norm)), text
+        assert quality._has_number(text) == bool(quality._NUMBER.search(text)), text
+        assert quality._has_step_line(text) == bool(quality._STEP_LINE.search(text)), text
+        assert quality._directs_a_trade(text, norm) == (
+            quality._security_directive(text) or quality._security_directive(norm)), text

@@ -151,6 +151,17 @@ def test_parsed_with_an_empty_input_parameter() -> None:
     assert where(validate_text(text(doc))) == ["input_parameters.emotional_arc_key"]
 
 
+def test_blank_input_parameters_of_a_model_are_found_without_dumping_it() -> None:
+    """The rules read a model's attributes (not its dump): an unvalidated model with blank fields
+    (as `model_construct` can make) still gets one "is empty" per field, in field order."""
+    parsed = make_parsed()
+    assert parsed.input_parameters is not None
+    blank = parsed.input_parameters.model_construct(
+        **{**parsed.input_parameters.model_dump(), "persona_key": "  ", "training_topic_name": None})
+    assert parsed_problems(parsed.model_copy(update={"input_parameters": blank}), None) == [
+        "input_parameters.persona_key is empty", "input_parameters.training_topic_name is empty"]
+
+
 def test_parsed_with_turns_not_alternating() -> None:
     doc = dump(make_parsed())
     doc["turns"][1]["role"] = "user"
