@@ -42,6 +42,7 @@ from lora_assets.schemas import (
     ResolvedScaffolding,
 )
 from lora_assets.store.batches import batch_progress, get_batch
+from lora_assets.store import run_copies
 from lora_assets.store.common import sibling_key
 from lora_assets.store.conversations import batch_conversations
 from lora_assets.store.scaffolding import batch_consultant
@@ -136,21 +137,27 @@ def enriched_conversations(context: AssetExecutionContext, config: EnrichConfig,
         todo["enrichment_status"] = [EnrichmentStatus.NOT_STARTED, EnrichmentStatus.FAILED,
                                      EnrichmentStatus.IN_PROGRESS]
     run_id = context.run_id  # read once: each read of a context property goes through Dagster's checks
-    for u in recorded_checks.stream_stage(
-        engine=engine, blobs=blobs, batch_id=batch_id, row_filter=todo, read_column="file_path",
-        process=lambda row, data, snapshot: enrich_row(row, data, snapshot, consultant, created_date, run_id),
-        out_column="enriched_file_path",
-        unstored=lambda cid, exc: {"id": cid, "enrichment_status": EnrichmentStatus.FAILED, "enrichment_error":
-                                   f"enriched.json could not be written ({type(exc).__name__}: {exc})"},
-    ):
-        if u["enrichment_status"] == EnrichmentStatus.COMPLETED:
-            tally.done += 1
-            tally.pairs += u["training_pair_count"]
-            if u["quality_score"] is not None:  # None: no answered pair, nothing to score
-                tally.scored += 1
-                tally.score_sum += u["quality_score"]
-        else:
-            tally.failures.append((u["id"], u["enrichment_error"]))
+    # What parse wrote earlier in this run, in this process, is read from its local copies.
+    copies = run_copies.of_run(run_id)
+    try:
+        for u in recorded_checks.stream_stage(
+            engine=engine, blobs=blobs, batch_id=batch_id, row_filter=todo, read_column="file_path",
+            process=lambda row, data, snapshot: enrich_row(row, data, snapshot, consultant, created_date, run_id),
+            out_column="enriched_file_path",
+            unstored=lambda cid, exc: {"id": cid, "enrichment_status": EnrichmentStatus.FAILED, "enrichment_error":
+                                       f"enriched.json could not be written ({type(exc).__name__}: {exc})"},
+            copies=copies,
+        ):
+            if u["enrichment_status"] == EnrichmentStatus.COMPLETED:
+                tally.done += 1
+                tally.pairs += u["training_pair_count"]
+                if u["quality_score"] is not None:  # None: no answered pair, nothing to score
+                    tally.scored += 1
+                    tally.score_sum += u["quality_score"]
+            else:
+                tally.failures.append((u["id"], u["enrichment_error"]))
+    finally:
+        run_copies.release(run_id)
     with engine.connect() as conn:
         progress = batch_progress(conn, batch_id)
         # Only a re-enrichment rewrites files a training file may already hold.
@@ -161,6 +168,8 @@ def enriched_conversations(context: AssetExecutionContext, config: EnrichConfig,
             "enrichment_version": enrich_core.ENRICHMENT_VERSION,
             **({"stale_training_files": _stale_table(stale)} if config.re_enrich else {}),
             "enriched_this_run": tally.done,
+            # Parsed files read from the copies parse kept in this run, not from the store.
+            "read_from_this_runs_parse": copies.hits if copies is not None else 0,
             "failed_this_run": len(tally.failures),
             "training_pairs_this_run": tally.pairs,
             "enriched_total": progress["enrichment"][EnrichmentStatus.COMPLETED],

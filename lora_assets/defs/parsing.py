@@ -21,6 +21,7 @@ from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import ParsedConversation, ParseStatus, ResolvedScaffolding
 from lora_assets.store.batches import batch_progress
+from lora_assets.store import run_copies
 from lora_assets.store.common import sibling_key
 
 #: The checks of this stage, by name: computed on each conversation as it is parsed.
@@ -87,6 +88,7 @@ def parsed_conversations(context: AssetExecutionContext, db: DomainDB, blobs: Bl
         out_column="file_path",
         unstored=lambda cid, exc: {"id": cid, "parse_status": ParseStatus.FAILED, "parse_error":
                                    f"unstored: conversation.json could not be written ({type(exc).__name__}: {exc})"},
+        keep=run_copies.for_run(run_id),  # for enrich, next in this run: it reads them from here
     ):
         if u["parse_status"] == ParseStatus.PARSED:
             tally.parsed += 1

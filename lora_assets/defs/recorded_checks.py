@@ -21,6 +21,7 @@ from lora_assets.defs.report import conversation_check_result
 from lora_assets.defs.resources import BlobStoreResource
 from lora_assets.store import tables as t
 from lora_assets.store.conversations import iter_batch_conversations, light_columns, update_conversations
+from lora_assets.store.run_copies import RunCopies
 from lora_assets.store.scaffolding import RESOLVE_COLUMNS, ScaffoldingResolver, snapshot_flag
 from lora_assets.store.blobs import READ_CHUNK, WRITE_CHUNK, BlobStore, bounded_map, release_freed_memory
 
@@ -136,13 +137,17 @@ def stream_stage(
     process: Callable[[dict[str, Any], bytes | BaseException, Any], tuple[dict[str, Any], bytes | None]],
     out_column: str,
     unstored: Callable[[str, Exception], dict[str, Any]],
+    keep: RunCopies | None = None,
+    copies: RunCopies | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One pass of a per-conversation stage over a partition: the rows matching `row_filter`
     (read a page at a time), each row's blob (`read_column`) read through the pool,
     `process(row, bytes or the read error, the row's scaffolding)` → (the row's update, bytes to
     store at the update's `out_column` or None), written through the pool; the updates of
     written rows are committed `CHUNK` at a time. Yields each committed update (a write that
-    failed becomes `unstored(row id, error)`).
+    failed becomes `unstored(row id, error)`). With `keep`, a copy of every blob written is kept
+    there for a later stage of the run; with `copies`, a blob found there is read from it instead
+    of the store (`store.run_copies`).
 
     A pipeline, never drained on the way: reads run `2 × concurrency × READ_CHUNK` rows ahead of
     the one being processed (READ_CHUNK reads per pool task), across page boundaries, while the
@@ -151,6 +156,7 @@ def stream_stage(
     finished. (Waiting for a chunk's reads, then processing it, then waiting for its
     writes left the pool idle in turn.)"""
     store = blobs.store()
+    where = blobs.identity()
     resolver = ScaffoldingResolver()
     # Every column but the large JSON ones (the scaffolding comes from `resolver`, a snapshot read
     # once per batch and part, not once per row).
@@ -171,9 +177,17 @@ def stream_stage(
             try:
                 store.put_bytes(update[out_column], data)
                 errors.append(None)
+                if keep is not None:
+                    keep.keep(where, update[out_column], data)
             except Exception as exc:  # noqa: BLE001 - stored on its row; retried next run
                 errors.append(exc)
         return errors
+
+    def read(item: tuple[dict[str, Any], Any]) -> bytes:
+        key = item[0][read_column]
+        if copies is not None and (data := copies.get(where, key)) is not None:
+            return data
+        return store.get_bytes(key)
 
     def written(updates: list[dict[str, Any]], future: Future[list[Exception | None]]) -> list[dict[str, Any]]:
         try:
@@ -200,8 +214,7 @@ def stream_stage(
             writing += len(to_write)
             to_write = []
 
-        for (row, snapshot), data in bounded_map(pool, lambda item: store.get_bytes(item[0][read_column]), rows(),
-                                                 reads_ahead, chunk=READ_CHUNK):
+        for (row, snapshot), data in bounded_map(pool, read, rows(), reads_ahead, chunk=READ_CHUNK):
             update, out = process(row, data, snapshot)
             if out is None:
                 ready.append(update)

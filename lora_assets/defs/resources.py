@@ -87,6 +87,12 @@ class BlobStoreResource(ConfigurableResource):
             return S3BlobStore(_s3_client(self.s3_endpoint_url, self.concurrency), self.s3_bucket, self.s3_prefix)
         return LocalBlobStore(self.local_dir)
 
+    def identity(self) -> tuple[str, ...]:
+        """Which store `store()` reaches: a key means the same blob only within one identity."""
+        if self.s3_bucket:
+            return ("s3", self.s3_endpoint_url, self.s3_bucket, self.s3_prefix)
+        return ("local", self.local_dir)
+
     def load_scaffolding(self, limits: Any = None) -> Any:
         """The scaffolding bundle from `scaffolding_dir` (a local directory or an s3:// prefix, read
         with this store's S3 endpoint), or the bundled data when it is empty."""

@@ -1,7 +1,9 @@
 """S3 requests per conversation, counted at the HTTP layer (a proxy in front of the real S3 API
-of moto), not inside our code: generate 1 PUT; parse 1 GET + 1 PUT; enrich 1 GET + 1 PUT; their
-checks none; the training-file build 1 GET per member: 6 per conversation end to end. A re-run
-after a crash looks only for the blobs of items a run had claimed."""
+of moto), not inside our code: generate 1 PUT; parse 1 GET + 1 PUT; enrich 1 PUT, and 1 GET
+only when parse ran in another run or process (in one run it reads parse's local copies); their
+checks none; the training-file build 1 GET per member: 5 per conversation end to end on the
+path production takes, 6 with parse and enrich in separate runs. A re-run after a crash looks
+only for the blobs of items a run had claimed."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.generation.simulator import ClaudeSimulator
@@ -69,7 +71,7 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def test_six_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bucket: tuple[str, str],
+def test_five_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bucket: tuple[str, str],
                                                      sim: ClaudeSimulator, tmp_path: Path) -> None:
     _, bucket = s3_bucket
     url = f"sqlite:///{tmp_path / 'lora.db'}"
@@ -99,7 +101,10 @@ def test_six_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bu
         steps["training-file build"] = _delta(proxy.counts(), before)
 
     assert steps["generate"] == {"PUT": n}, steps  # no HEAD pass on a fresh partition
-    assert steps["parse+enrich+checks"] == {"GET": 2 * n, "PUT": 2 * n}, steps  # the checks read nothing
+    # Parse reads each raw.json; enrich, in the same run, reads what parse wrote from its local
+    # copies, not from S3; the checks read nothing.
+    assert steps["parse+enrich+checks"] == {"GET": n, "PUT": 2 * n}, steps
+    assert h.metadata(result, "enriched_conversations")["read_from_this_runs_parse"] == n
     build = steps["training-file build"]
     # Each member once (the JSON is made from the build's local copy of the JSONL, not read
     # back), plus the sample conversations shown in its metadata (a constant 3, not per member);
@@ -109,8 +114,38 @@ def test_six_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bu
     per_conversation = (sum(v for k, v in steps["generate"].items() if k != "expect_100")
                         + sum(v for k, v in steps["parse+enrich+checks"].items() if k != "expect_100")
                         + build["GET"] - min(n, 3)) / n
-    assert per_conversation == 6
+    assert per_conversation == 5
     assert all(s.get("expect_100", 0) == 0 for s in (steps["generate"], steps["parse+enrich+checks"])), steps
+
+
+def test_enrich_in_its_own_run_reads_the_parsed_files_from_s3(proxy: CountingProxy, s3_bucket: tuple[str, str],
+                                                              sim: ClaudeSimulator, tmp_path: Path) -> None:
+    """Parse's local copies serve only the run that made them: enrich launched on its own (the
+    asset's Materialize button, an automation tick, a re-enrichment) reads every parsed file from
+    S3, and writes byte for byte what enrich wrote from the copies."""
+    _, bucket = s3_bucket
+    url = f"sqlite:///{tmp_path / 'lora.db'}"
+    engine = h.setup_store(url)
+    blobs = BlobStoreResource(s3_bucket=bucket, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}", concurrency=8)
+    defs = h.make_defs(url, blobs, sim)
+    batch_id = h.plan(engine, 2, 3, 1)
+    n = 6
+    store = blobs.store()
+    with DagsterInstance.ephemeral() as instance:
+        assert h.run_assets(defs, instance, batch_id, ["raw_conversations"], with_checks=False).success
+        assert h.run_assets(defs, instance, batch_id, ["parsed_conversations", "enriched_conversations"]).success
+        from_copies = {r["id"]: store.get_bytes(r["enriched_file_path"]) for r in h.conversations(engine, batch_id)}
+        job = defs.resolve_job_def("batch_pipeline").get_subset(asset_selection={AssetKey("enriched_conversations")})
+        before = proxy.counts()
+        again = job.execute_in_process(
+            partition_key=batch_id, instance=instance, raise_on_error=False,
+            run_config={**h.QUIET, "ops": {"enriched_conversations": {"config": {"re_enrich": True}}}})
+        io = _delta(proxy.counts(), before)
+    assert again.success
+    assert io == {"GET": n, "PUT": n}, io
+    assert h.metadata(again, "enriched_conversations")["read_from_this_runs_parse"] == 0
+    from_s3 = {r["id"]: store.get_bytes(r["enriched_file_path"]) for r in h.conversations(engine, batch_id)}
+    assert len(from_s3) == n and from_s3 == from_copies
 
 
 def test_rerun_after_a_crash_looks_only_for_claimed_items(proxy: CountingProxy, s3_bucket: tuple[str, str],
