@@ -23,7 +23,7 @@ from lora_assets.store import tables as t
 from lora_assets.store.conversations import iter_batch_conversations, light_columns, update_conversations
 from lora_assets.store.run_copies import RunCopies
 from lora_assets.store.scaffolding import RESOLVE_COLUMNS, ScaffoldingResolver, snapshot_flag
-from lora_assets.store.blobs import READ_CHUNK, WRITE_CHUNK, BlobStore, bounded_map, release_freed_memory
+from lora_assets.store.blobs import READ_CHUNK, WRITE_CHUNK, BlobStore, bounded_map, frozen_heap, release_freed_memory
 
 #: check name -> rule(document, row's scaffolding or None) -> problems (stringified on record).
 Rules = Mapping[str, Callable[[Any, Any], list[Any]]]
@@ -206,7 +206,7 @@ def stream_stage(
     to_write: list[tuple[dict[str, Any], bytes]] = []  # handed to the pool WRITE_CHUNK at a time
     writes: deque[tuple[list[dict[str, Any]], Future[list[Exception | None]]]] = deque()
     writing = 0  # rows in `writes`
-    with blobs.pool() as pool:
+    with frozen_heap(), blobs.pool() as pool:
 
         def hand_over() -> None:
             nonlocal to_write, writing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -503,6 +504,19 @@ def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[
     while groups:
         group, future = groups.popleft()
         yield from zip(group, future.result(), strict=True)
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave the objects the process holds now out of the garbage collections run inside (a
+    partition-scale stage's). A full collection walks every object, most of them the imports
+    (~160,000 in a stage process) that a stage never frees: ~0.1 s each, a few per 2,000
+    conversations. `gc.freeze` parks them in a generation no collection visits."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def release_freed_memory() -> None:
