@@ -71,13 +71,20 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def test_five_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bucket: tuple[str, str],
-                                                     sim: ClaudeSimulator, tmp_path: Path) -> None:
+def _through_proxy(proxy: CountingProxy, s3_bucket: tuple[str, str], sim: ClaudeSimulator,
+                   tmp_path: Path) -> tuple[str, Any, BlobStoreResource, Any]:
+    """A SQLite domain DB under `tmp_path` and the moto bucket reached through the counting proxy:
+    (database url, engine, blob store resource, definitions)."""
     _, bucket = s3_bucket
     url = f"sqlite:///{tmp_path / 'lora.db'}"
     engine = h.setup_store(url)
     blobs = BlobStoreResource(s3_bucket=bucket, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}", concurrency=8)
-    defs = h.make_defs(url, blobs, sim)
+    return url, engine, blobs, h.make_defs(url, blobs, sim)
+
+
+def test_five_s3_requests_per_conversation_end_to_end(proxy: CountingProxy, s3_bucket: tuple[str, str],
+                                                     sim: ClaudeSimulator, tmp_path: Path) -> None:
+    url, engine, blobs, defs = _through_proxy(proxy, s3_bucket, sim, tmp_path)
     batch_id = h.plan(engine, 2, 2, 3)  # 12 conversations
     n = 12
     with DagsterInstance.ephemeral() as instance:
@@ -123,11 +130,7 @@ def test_enrich_in_its_own_run_reads_the_parsed_files_from_s3(proxy: CountingPro
     """Parse's local copies serve only the run that made them: enrich launched on its own (the
     asset's Materialize button, an automation tick, a re-enrichment) reads every parsed file from
     S3, and writes byte for byte what enrich wrote from the copies."""
-    _, bucket = s3_bucket
-    url = f"sqlite:///{tmp_path / 'lora.db'}"
-    engine = h.setup_store(url)
-    blobs = BlobStoreResource(s3_bucket=bucket, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}", concurrency=8)
-    defs = h.make_defs(url, blobs, sim)
+    _, engine, blobs, defs = _through_proxy(proxy, s3_bucket, sim, tmp_path)
     batch_id = h.plan(engine, 2, 3, 1)
     n = 6
     store = blobs.store()
@@ -152,11 +155,7 @@ def test_rerun_after_a_crash_looks_only_for_claimed_items(proxy: CountingProxy, 
                                                           sim: ClaudeSimulator, tmp_path: Path) -> None:
     """The state a crash between raw.json and its row leaves (blob stored, row missing, item
     pending, its lease row expired): the re-run HEADs exactly those items and buys nothing."""
-    _, bucket = s3_bucket
-    url = f"sqlite:///{tmp_path / 'lora.db'}"
-    engine = h.setup_store(url)
-    blobs = BlobStoreResource(s3_bucket=bucket, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}", concurrency=8)
-    defs = h.make_defs(url, blobs, sim)
+    _, engine, _, defs = _through_proxy(proxy, s3_bucket, sim, tmp_path)
     batch_id = h.plan(engine, 2, 2, 3)
     with DagsterInstance.ephemeral() as instance:
         assert h.run_assets(defs, instance, batch_id, ["raw_conversations"], with_checks=False).success
