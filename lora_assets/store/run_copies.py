@@ -37,14 +37,18 @@ class RunCopies:
         self.hits = 0  # reads served from the copies
 
     def keep(self, store: Hashable, key: str, data: bytes) -> None:
-        """Remember `data` as stored at `key` (call it after the write succeeded)."""
-        try:
-            with self._lock:
-                offset, self._end = self._end, self._end + len(data)
-                os.pwrite(self._fd, data, offset)
-                self._index[(store, key)] = (offset, len(data))
-        except (OSError, ValueError):  # disk full, closed: the next stage reads the store
-            return
+        """Remember `data` as stored at `key` (call it after the write succeeded). A copy that
+        cannot be made whole (disk full, closed) is no copy: the next stage reads the store, never
+        an older copy of the key."""
+        with self._lock:
+            self._index.pop((store, key), None)
+            offset, self._end = self._end, self._end + len(data)
+            try:
+                if os.pwrite(self._fd, data, offset) != len(data):  # a short write
+                    return
+            except (OSError, ValueError):
+                return
+            self._index[(store, key)] = (offset, len(data))
 
     def get(self, store: Hashable, key: str) -> bytes | None:
         """The bytes this run stored at `key`, or None (read the store)."""

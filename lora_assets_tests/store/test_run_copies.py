@@ -3,7 +3,10 @@ store and that key, hold exactly the stored bytes, and fail soft (the store is r
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from lora_assets.store import run_copies
 from lora_assets.store.run_copies import RunCopies
@@ -23,6 +26,22 @@ def test_a_copy_is_found_by_its_store_and_key_only() -> None:
     copies.close()
     assert copies.get(("s3", "bucket"), "a/conversation.json") is None  # closed: read the store
     copies.keep(("s3", "bucket"), "d", b"x")  # and keeping is a no-op, never an error
+
+
+def test_a_copy_that_cannot_be_written_whole_is_no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short write (a full disk) leaves no copy, not even the key's earlier one: the reader
+    goes to the store, never to a hole of zeros or stale bytes."""
+    copies = RunCopies()
+    copies.keep("store", "k", b"first")
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real(fd, data[:2], offset))
+    copies.keep("store", "k", b"second version")
+    copies.keep("store", "other", b"never whole")
+    monkeypatch.setattr(os, "pwrite", real)
+    assert copies.get("store", "k") is None and copies.get("store", "other") is None
+    copies.keep("store", "k", b"third")
+    assert copies.get("store", "k") == b"third"
+    copies.close()
 
 
 def test_copies_kept_by_many_threads_are_each_intact() -> None:
