@@ -176,11 +176,12 @@ def stream_stage(
         for update, data in group:
             try:
                 store.put_bytes(update[out_column], data)
-                errors.append(None)
-                if keep is not None:
-                    keep.keep(where, update[out_column], data)
             except Exception as exc:  # noqa: BLE001 - stored on its row; retried next run
                 errors.append(exc)
+                continue
+            errors.append(None)
+            if keep is not None:  # only what was stored is copied
+                keep.keep(where, update[out_column], data)
         return errors
 
     def read(item: tuple[dict[str, Any], Any]) -> bytes:
