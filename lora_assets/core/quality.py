@@ -475,10 +475,6 @@ def _sentence_tuple(text: str) -> tuple[str, ...]:
     return tuple([s for s in map(str.strip, parts) if _WORD.search(s)])
 
 
-def _sentences(text: str) -> list[str]:
-    return list(_sentence_tuple(text))
-
-
 @functools.lru_cache(maxsize=_PER_TEXT)
 def _opening(response: str) -> str:
     """The first two sentences of the normalised `response`, joined by a space."""

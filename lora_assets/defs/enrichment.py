@@ -41,8 +41,8 @@ from lora_assets.schemas import (
     ParseStatus,
     ResolvedScaffolding,
 )
-from lora_assets.store.batches import batch_progress, get_batch
 from lora_assets.store import run_copies
+from lora_assets.store.batches import batch_progress, get_batch
 from lora_assets.store.common import sibling_key
 from lora_assets.store.conversations import batch_conversations
 from lora_assets.store.scaffolding import batch_consultant

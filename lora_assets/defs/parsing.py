@@ -20,8 +20,8 @@ from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.report import reasons_table
 from lora_assets.defs.resources import BlobStoreResource, DomainDB
 from lora_assets.schemas import ParsedConversation, ParseStatus, ResolvedScaffolding
-from lora_assets.store.batches import batch_progress
 from lora_assets.store import run_copies
+from lora_assets.store.batches import batch_progress
 from lora_assets.store.common import sibling_key
 
 #: The checks of this stage, by name: computed on each conversation as it is parsed.
