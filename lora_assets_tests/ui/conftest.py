@@ -1,7 +1,8 @@
 """A real Dagster deployment of this code location for UI and restart tests.
 
-`dagster_ui` starts `dagster-webserver` and `dagster-daemon` (each in its own process group, on
-127.0.0.1 and a free port) for `workspace.yaml`, against a fresh PostgreSQL-backed instance:
+`dagster_ui` starts `dagster dev` (what `make ui` runs: one code server for `workspace.yaml`,
+shared by the webserver and the daemon it starts; all in one process group, on 127.0.0.1 and a
+free port), against a fresh PostgreSQL-backed instance:
 
 - DAGSTER_HOME is a temp directory holding the repo's `dagster.yaml` (run queue polled each
   second, see TEST_INSTANCE), with DAGSTER_PG_* pointing at a throwaway database created here;
@@ -9,7 +10,7 @@
 - LORA_DATA_DIR (local blobs) is under tmp; no ANTHROPIC_* variable, so runs use the simulator.
 
 It waits for `/server_info`, the code location and the daemon, yields a `DagsterServers`, and
-always stops everything by process group (server logs are copied to test-artifacts/ui/logs/).
+always stops everything by process group (the log is copied to test-artifacts/ui/logs/).
 `DagsterServers.start()` / `.stop()` / `.kill9()` restart on the same DAGSTER_HOME.
 
 Tests override the `ui_extra_env` fixture to add environment (e.g. LORA_SIMULATOR_LATENCY_S);
@@ -81,7 +82,13 @@ class GraphQLError(AssertionError):
 
 
 class DagsterServers:
-    """dagster-webserver + dagster-daemon for this workspace, each in its own process group."""
+    """`dagster dev` for this workspace (webserver, daemon and their one code server), in its own
+    process group.
+
+    Not `dagster-webserver` + `dagster-daemon` started apart: each of those starts its own code
+    server, and the daemon replaces its code server with a fresh one every 60 s (Dagster's
+    RELOAD_WORKSPACE_INTERVAL), each a full import of the code location; `dagster dev` starts one
+    code server and hands both its address, as `make ui` runs it."""
 
     def __init__(self, env: dict[str, str], port: int, log_dir: Path) -> None:
         self.env = env
@@ -104,12 +111,10 @@ class DagsterServers:
             log.close()
 
     def start(self) -> None:
-        """Start both and wait until the UI serves this code location and the daemon is healthy."""
+        """Start it and wait until the UI serves this code location and the daemon is healthy."""
         self.generation += 1
-        workspace = str(REPO / "workspace.yaml")
-        self._spawn("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port),
-                                  "-w", workspace])
-        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        self._spawn("dev", [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port),
+                            "-w", str(REPO / "workspace.yaml")])
         try:
             self.wait_ready()
         except BaseException:
@@ -133,14 +138,14 @@ class DagsterServers:
         return True
 
     def kill9(self) -> None:
-        """SIGKILL both process groups (webserver, daemon, their code servers and whatever they
-        launched) — a crash, not a shutdown."""
+        """SIGKILL the process group (dagster dev, webserver, daemon, the code server and whatever
+        they launched, run workers included) — a crash, not a shutdown."""
         self._signal_groups(signal.SIGKILL)
         self._reap(STOP_DEADLINE_S)
         self.procs.clear()
 
     def stop(self) -> None:
-        """SIGTERM both process groups, then SIGKILL whatever is left of them."""
+        """SIGTERM the process group, then SIGKILL whatever is left of it."""
         if not self.procs:
             return
         self._signal_groups(signal.SIGTERM)
@@ -152,7 +157,8 @@ class DagsterServers:
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items()}
 
-    def log_text(self, name: str) -> str:
+    def log_text(self, name: str = "dev") -> str:
+        """The output of every start so far (webserver, daemon and code server lines together)."""
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{name}-*.log")))
 
     # readiness ------------------------------------------------------------------------------
@@ -164,8 +170,9 @@ class DagsterServers:
                     f"{name} exited with {proc.returncode} while starting; log tail:\n{self.log_text(name)[-4000:]}"
                 )
 
-    def wait_for(self, what: str, condition: Callable[[], Any], deadline_s: float, interval_s: float = 1.0) -> Any:
-        """Poll `condition` until it returns something truthy (that value is returned)."""
+    def wait_for(self, what: str, condition: Callable[[], Any], deadline_s: float, interval_s: float = 0.5) -> Any:
+        """Poll `condition` until it returns something truthy (that value is returned). Half a
+        second between polls: each waited-for run or tick would otherwise cost half the interval."""
         end = time.monotonic() + deadline_s
         last_exc: BaseException | None = None
         while time.monotonic() < end:
@@ -215,10 +222,10 @@ class DagsterServers:
         return all(statuses.get(k, {}).get("healthy") for k in needed)
 
     def wait_ready(self) -> None:
-        self.wait_for("/server_info", self.server_info, START_DEADLINE_S, 0.5)
-        self.wait_for(f"code location {LOCATION} to load", self.location_loaded, START_DEADLINE_S)
+        self.wait_for("/server_info", self.server_info, START_DEADLINE_S, 0.25)
+        self.wait_for(f"code location {LOCATION} to load", self.location_loaded, START_DEADLINE_S, 0.25)
         self.wait_for("dagster-daemon heartbeats (sensor, run queue, asset daemons)", self.daemons_healthy,
-                      START_DEADLINE_S)
+                      START_DEADLINE_S, 0.25)
 
     # GraphQL & CLI ----------------------------------------------------------------------------
 
@@ -281,7 +288,7 @@ class DagsterServers:
             run = self.run(run_id)
             return run if run and run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
 
-        return self.wait_for(f"run {run_id} to end", ended, deadline_s, 2.0)
+        return self.wait_for(f"run {run_id} to end", ended, deadline_s, 0.5)
 
     def run_events(self, run_id: str) -> list[dict[str, Any]]:
         data = self.graphql(
@@ -393,7 +400,7 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
     """Webserver + daemon on a fresh Postgres-backed instance (two throwaway databases, a temp
     DAGSTER_HOME and data dir under `tmp`); stopped, copied to test-artifacts/ui/logs/NAME and
     dropped on exit. `instance_overrides` replaces sections of the repo's dagster.yaml."""
-    for exe in ("dagster-webserver", "dagster-daemon", "lora-assets"):
+    for exe in ("dagster", "dagster-webserver", "lora-assets"):
         if not (BIN / exe).exists():
             service_missing(f"{exe} in {BIN}")
     admin_url = sa.engine.make_url(PG_ADMIN_URL)

@@ -120,7 +120,7 @@ def _new_run(ui: DagsterServers, before: set[str], job: str, partition: str | No
         assert len(new) <= 1, f"more than one new {job} run: {new}"
         return new[0] if new else None
 
-    return ui.wait_for(f"a new {job} run {partition or ''}", launched, RUN_DEADLINE_S, 1.0)
+    return ui.wait_for(f"a new {job} run {partition or ''}", launched, RUN_DEADLINE_S, 0.5)
 
 
 def _succeeded(ui: DagsterServers, run_id: str, what: str) -> dict[str, Any]:
@@ -271,7 +271,7 @@ def _watch_batch(ui: DagsterServers, page: Any, plan_run: str) -> str:
                 and r["tags"].get("dagster/partition") == BATCH_KEY]
         return runs[0] if runs else None
 
-    run = ui.wait_for(f"the sensor's batch_pipeline run of {BATCH_KEY}", sensor_run, SENSOR_DEADLINE_S, 2.0)
+    run = ui.wait_for(f"the sensor's batch_pipeline run of {BATCH_KEY}", sensor_run, SENSOR_DEADLINE_S, 0.5)
     assert run["tags"].get("dagster/sensor_name") == "queued_batches_sensor", run["tags"]
     _succeeded(ui, run["runId"], "batch_pipeline")
     for name, asset in check_names.CHECK_ASSET.items():

@@ -169,7 +169,7 @@ def test_purse_and_plain_sight(browser: Any, purse_ui: DagsterServers, sim: Clau
         page.goto(f"{ui.base_url}/runs/{plan}")
         _see(page, f"planned batch '{KEY}': 28 item(s), estimated $", "pilot of 3 item(s) starts now",
              "cost_cap_source")
-        pilot = ui.wait_for("the pilot run", lambda: _batch_runs(ui), SENSOR_DEADLINE_S, 2.0)[0]
+        pilot = ui.wait_for("the pilot run", lambda: _batch_runs(ui), SENSOR_DEADLINE_S, 0.5)[0]
         _succeeded(ui, pilot["runId"], "pilot")
         assert _status(engine) == "planned"
         with engine.connect() as conn:
@@ -195,7 +195,7 @@ def test_purse_and_plain_sight(browser: Any, purse_ui: DagsterServers, sim: Clau
         approve = _launch(ui, page, "approve_batch", APPROVE)
         _succeeded(ui, approve, "approve_batch")
         rest = ui.wait_for("the approved run", lambda: [r for r in _batch_runs(ui) if r["runId"] != pilot["runId"]],
-                           SENSOR_DEADLINE_S, 1.0)[0]
+                           SENSOR_DEADLINE_S, 0.5)[0]
         assert rest["tags"].get("dagster/sensor_name") == "queued_batches_sensor"
 
         # 3. Progress while it generates (1 s per request, 2 at a time: 25 items take ~13 s).

@@ -150,9 +150,9 @@ def _run_everything(ui: DagsterServers, engine: sa.Engine, browser: Any) -> None
         return all(batch2 in ui.materialized_partitions(a) for a in ("parsed_conversations", "enriched_conversations"))
 
     try:
-        ui.wait_for(f"eager automation to materialise parsed/enriched for {batch2}", automated, AUTOMATION_DEADLINE_S, 3.0)
+        ui.wait_for(f"eager automation to materialise parsed/enriched for {batch2}", automated, AUTOMATION_DEADLINE_S, 1.0)
     except AssertionError as exc:
-        daemon_log = ui.log_text("daemon")
+        daemon_log = ui.log_text()
         relevant = [line for line in daemon_log.splitlines() if "AssetDaemon" in line or "automation" in line.lower()]
         raise AssertionError(f"{exc}\ndaemon statuses: {ui.daemon_statuses()}\n"
                              "daemon log (automation lines):\n" + "\n".join(relevant[-40:])) from None
