@@ -54,6 +54,9 @@ REPOSITORY = "__repository__"
 #: Generous deadlines for conditions (never asserted as durations).
 START_DEADLINE_S = 180.0
 STOP_DEADLINE_S = 30.0
+#: How long `stop()` lets dagster dev shut down on SIGTERM before SIGKILL ends what is left of
+#: it (its code-server shutdown alone took ~10 s on a loaded box; nothing is read after a stop).
+STOP_GRACE_S = 5.0
 
 
 # --- the instance config ------------------------------------------------------------------------
@@ -149,8 +152,8 @@ class DagsterServers:
         if not self.procs:
             return
         self._signal_groups(signal.SIGTERM)
-        self._reap(STOP_DEADLINE_S)
-        self._signal_groups(signal.SIGKILL)  # stragglers (code servers, run workers) in the groups
+        self._reap(STOP_GRACE_S)
+        self._signal_groups(signal.SIGKILL)  # stragglers (code server, run workers) in the group
         self._reap(STOP_DEADLINE_S)
         self.procs.clear()
 
@@ -466,6 +469,13 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+def idle(page: Any) -> None:
+    """Leave the page blank while the test waits on the servers (a run, a tick): a Dagster page
+    left open keeps polling and re-rendering, CPU the runs being waited for need. The test
+    opens the page it looks at next anyway."""
+    page.goto("about:blank")
 
 
 def batch_of(key: str) -> Any:

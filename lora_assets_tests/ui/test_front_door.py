@@ -34,7 +34,7 @@ from lora_assets.defs.scaffolding import SCAFFOLDING_KEYS
 from lora_assets.store import tables as t
 from lora_assets.store import training_files as tfq
 from lora_assets_tests import check_names
-from lora_assets_tests.ui.conftest import ARTIFACTS, REPO, DagsterServers
+from lora_assets_tests.ui.conftest import ARTIFACTS, REPO, DagsterServers, idle
 
 pytestmark = pytest.mark.timeout(900)  # generous: a loaded 2-CPU box; see the report for timings
 
@@ -191,6 +191,7 @@ def _materialize_scaffolding(ui: DagsterServers, page: Any) -> None:
     _shot(page, "01-scaffolding-materialize")
     dialog.get_by_role("button", name="Confirm").click()
     _see(page, "Launched run")
+    idle(page)
     run = _new_run(ui, before, "__ASSET_JOB")
     _succeeded(ui, run["runId"], "scaffolding")
     # On a fresh domain DB the sensors skipped (no schema yet) instead of failing their ticks.
@@ -223,7 +224,9 @@ def _launch_plan(ui: DagsterServers, page: Any, config: str, shot: str | None = 
         _shot(page, shot)
     page.get_by_role("button", name="Launch Run").click()
     page.wait_for_url("**/runs/*")
-    return page.url.rstrip("/").rsplit("/", 1)[-1]
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    idle(page)
+    return run_id
 
 
 def _plan_batches(ui: DagsterServers, page: Any) -> str:
@@ -323,6 +326,7 @@ def _build_training_file(ui: DagsterServers, page: Any, engine: sa.Engine) -> di
     before = _run_ids(ui)
     dialog.get_by_role("button", name="Launch 1 run").click()
     _see(page, "Launched run")
+    idle(page)
     run = _new_run(ui, before, "__ASSET_JOB", TRAINING_FILE)
     _succeeded(ui, run["runId"], "training_files")
     for name in sorted(check_names.TRAINING_FILE_CHECKS):

@@ -36,7 +36,7 @@ from lora_assets.generation.simulator import ClaudeSimulator, FaultConfig
 from lora_assets.store import tables as t
 from lora_assets.store.file_server import serve_directory
 from lora_assets.store import training_files as tfq
-from lora_assets_tests.ui.conftest import ARTIFACTS, REPO, DagsterServers, dagster_deployment
+from lora_assets_tests.ui.conftest import ARTIFACTS, REPO, DagsterServers, dagster_deployment, idle
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -108,7 +108,9 @@ def _launch(ui: DagsterServers, page: Any, job: str, config: str) -> str:
     _see(page, "No errors")
     page.get_by_role("button", name="Launch Run").click()
     page.wait_for_url("**/runs/*")
-    return page.url.rstrip("/").rsplit("/", 1)[-1]
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    idle(page)
+    return run_id
 
 
 def _succeeded(ui: DagsterServers, run_id: str, what: str) -> None:
