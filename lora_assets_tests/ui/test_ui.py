@@ -80,6 +80,18 @@ def _create_batch(ui: DagsterServers, *, persona: str, arc: str, topics: list[st
     return out.split()[1].rstrip(":")
 
 
+def _ticked_since(ui: DagsterServers, since: float) -> bool:
+    """Whether the automation sensor has a finished tick that started after `since` (epoch s)."""
+    data = ui.graphql(
+        """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { __typename
+             ... on Sensor { sensorState { ticks(limit: 5) { timestamp status } } } } }""",
+        {"s": {"repositoryLocationName": "lora_assets", "repositoryName": "__repository__",
+               "sensorName": AUTOMATION_SENSOR}},
+    )["sensorOrError"]
+    assert data["__typename"] == "Sensor", data
+    return any(t["timestamp"] > since and t["status"] != "STARTED" for t in data["sensorState"]["ticks"])
+
+
 def _shot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -133,11 +145,21 @@ def _run_everything(ui: DagsterServers, engine: sa.Engine, browser: Any) -> None
     assert {batch1, batch2} <= {p["name"] for p in partitions}
 
     batch_run = ui.launch("batch_pipeline", partition=batch1)
-    raw_only_run = ui.launch("__ASSET_JOB", partition=batch2, assets=["raw_conversations"])
-
-    for run_id, what in ((scaffolding_run, "scaffolding"), (batch_run, "batch_pipeline"), (raw_only_run, "raw only")):
+    for run_id, what in ((scaffolding_run, "scaffolding"), (batch_run, "batch_pipeline")):
         run = ui.wait_run(run_id, RUN_DEADLINE_S)
         assert run["status"] == "SUCCESS", f"{what} run {run_id}: {run['status']}\n{ui.failure_summary(run_id)}"
+    # Batch 2's raw-only run starts once an automation tick has passed batch 1's run. A tick that
+    # sees batch 1's run mid-way or unseen while batch 2's untagged raw materialisation is the
+    # latest re-requests batch 1's stages: the known Dagster gap pinned by the strict xfail in
+    # defs/test_automation.py (executed_with_tags reads the latest materialisation of any
+    # partition). With both runs launched at once that race was lost now and then (a full run on
+    # 2026-12-07); this test is about automation finishing batch 2 and batch 1's run arming nothing.
+    batch1_end = ui.graphql("""query($id: ID!) { runOrError(runId: $id) { ... on Run { endTime } } }""",
+                            {"id": batch_run})["runOrError"]["endTime"]
+    ui.wait_for("an automation tick after batch 1's run", lambda: _ticked_since(ui, batch1_end), AUTOMATION_DEADLINE_S)
+    raw_only_run = ui.launch("__ASSET_JOB", partition=batch2, assets=["raw_conversations"])
+    run = ui.wait_run(raw_only_run, RUN_DEADLINE_S)
+    assert run["status"] == "SUCCESS", f"raw only run {raw_only_run}: {run['status']}\n{ui.failure_summary(raw_only_run)}"
     assert ui.run(batch_run)["tags"]["dagster/partition"] == batch1
 
     counts1 = _batch_counts(engine, batch1)
