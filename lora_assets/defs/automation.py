@@ -1,5 +1,6 @@
 """Jobs, the queued-batch sensor, the nightly coverage batch, and declarative automation."""
 
+import os
 
 import sqlalchemy as sa
 from dagster import (
@@ -81,7 +82,15 @@ one_process_executor = ExecutorDefinition(
 )
 
 
-@sensor(job=batch_pipeline_job, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
+#: Seconds between evaluations of the two running sensors (production: 10 s and Dagster's 30 s).
+#: Read when the code location loads; the UI test deployments set them lower so a test does not
+#: wait out production's intervals for a tick (lora_assets_tests/ui/conftest.py).
+QUEUED_BATCHES_INTERVAL_S = int(os.environ.get("LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S", "10"))
+AUTOMATION_INTERVAL_S = int(os.environ.get("LORA_AUTOMATION_SENSOR_INTERVAL_S", "30"))
+
+
+@sensor(job=batch_pipeline_job, minimum_interval_seconds=QUEUED_BATCHES_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING)
 def queued_batches_sensor(context: SensorEvaluationContext, db: DomainDB) -> SensorResult | SkipReason:
     """Start the batches approved to run (status `queued`: within the auto-approve threshold, or
     approved with `approve_batch` / `lora-assets batch approve`): add their partitions and request
@@ -164,4 +173,5 @@ automation_sensor = AutomationConditionSensorDefinition(
     "default_automation_condition_sensor",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
 )

@@ -7,7 +7,8 @@ free port), against a fresh PostgreSQL-backed instance:
 - DAGSTER_HOME is a temp directory holding the repo's `dagster.yaml` (run queue polled each
   second, see TEST_INSTANCE), with DAGSTER_PG_* pointing at a throwaway database created here;
 - the domain DB is another throwaway PostgreSQL database (LORA_DATABASE_URL);
-- LORA_DATA_DIR (local blobs) is under tmp; no ANTHROPIC_* variable, so runs use the simulator.
+- LORA_DATA_DIR (local blobs) is under tmp; no ANTHROPIC_* variable, so runs use the simulator;
+- the queued-batch and automation sensors tick every 2 s / 5 s (production: 10 s / 30 s).
 
 It waits for `/server_info`, the code location and the daemon, yields a `DagsterServers`, and
 always stops everything by process group (the log is copied to test-artifacts/ui/logs/).
@@ -427,6 +428,10 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
         "LORA_DATABASE_URL": domain_url,
         "LORA_DATA_DIR": str(tmp / "lora_data"),
         "PYTHONUNBUFFERED": "1",
+        # Sensor ticks every 2 s / 5 s instead of production's 10 s / 30 s: a test waits for a
+        # tick after most of its steps (lora_assets/defs/automation.py).
+        "LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S": "2",
+        "LORA_AUTOMATION_SENSOR_INTERVAL_S": "5",
         **extra_env,
     })
     create_instance_tables(home, env)
