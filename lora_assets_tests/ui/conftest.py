@@ -101,6 +101,7 @@ class DagsterServers:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.generation = 0  # how many times start() was called (log file suffix)
+        self.init_output = ""  # stdout of `lora-assets init` when the deployment ran it (init=True)
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -114,12 +115,15 @@ class DagsterServers:
         finally:
             log.close()
 
-    def start(self) -> None:
-        """Start it and wait until the UI serves this code location and the daemon is healthy."""
+    def start(self, while_starting: Callable[[], Any] | None = None) -> None:
+        """Start it and wait until the UI serves this code location and the daemon is healthy;
+        `while_starting` runs in between (work that needs no server, e.g. `lora-assets init`)."""
         self.generation += 1
         self._spawn("dev", [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port),
                             "-w", str(REPO / "workspace.yaml")])
         try:
+            if while_starting is not None:
+                while_starting()
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -372,6 +376,12 @@ def ui_extra_env() -> dict[str, str]:
     return {}
 
 
+@pytest.fixture
+def ui_init() -> bool:
+    """Whether `dagster_ui` runs `lora-assets init` while it starts. Override per module."""
+    return False
+
+
 def _create_db(admin: sa.Engine, prefix: str) -> tuple[str, str]:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
@@ -400,10 +410,13 @@ def create_instance_tables(home: Path, env: dict[str, str]) -> None:
 
 @contextmanager
 def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dict[str, str],
-                       instance_overrides: dict[str, Any] | None = None) -> Iterator[DagsterServers]:
+                       instance_overrides: dict[str, Any] | None = None, *,
+                       init: bool = False) -> Iterator[DagsterServers]:
     """Webserver + daemon on a fresh Postgres-backed instance (two throwaway databases, a temp
     DAGSTER_HOME and data dir under `tmp`); stopped, copied to test-artifacts/ui/logs/NAME and
-    dropped on exit. `instance_overrides` replaces sections of the repo's dagster.yaml."""
+    dropped on exit. `instance_overrides` replaces sections of the repo's dagster.yaml. With
+    `init`, `lora-assets init` runs while the servers start (its stdout: `init_output`), as the
+    user's first command; the sensors skip their ticks until its schema is there."""
     for exe in ("dagster", "dagster-webserver", "lora-assets"):
         if not (BIN / exe).exists():
             service_missing(f"{exe} in {BIN}")
@@ -437,7 +450,10 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
     create_instance_tables(home, env)
     servers = DagsterServers(env, free_port(), log_dir)
     try:
-        servers.start()
+        def run_init() -> None:
+            servers.init_output = servers.cli("init").stdout
+
+        servers.start(run_init if init else None)
         yield servers
     finally:
         servers.stop()
@@ -452,10 +468,11 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
 
 @pytest.fixture
 def dagster_ui(
-    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_engine: sa.Engine, ui_extra_env: dict[str, str]
+    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_engine: sa.Engine, ui_extra_env: dict[str, str],
+    ui_init: bool,
 ) -> Iterator[DagsterServers]:
     """Webserver + daemon on a fresh Postgres-backed instance; yields the running `DagsterServers`."""
-    with dagster_deployment(request.node.name, tmp_path, pg_admin_engine, ui_extra_env) as servers:
+    with dagster_deployment(request.node.name, tmp_path, pg_admin_engine, ui_extra_env, init=ui_init) as servers:
         yield servers
 
 

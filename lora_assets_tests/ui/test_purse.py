@@ -71,7 +71,9 @@ def purse_ui(tmp_path: Path, pg_admin_engine: sa.Engine, sim: ClaudeSimulator, b
     env = {"ANTHROPIC_BASE_URL": sim.base_url, "LORA_MAX_CONCURRENCY": str(CONCURRENCY),
            "LORA_AUTO_APPROVE_USD": "0.01", "LORA_FILES_URL": f"http://127.0.0.1:{files.server_address[1]}"}
     try:
-        with dagster_deployment("purse", tmp_path, pg_admin_engine, env) as servers:
+        # `lora-assets init` (the scaffolding in the domain DB; the front-door test does it from the
+        # UI) runs while the servers start.
+        with dagster_deployment("purse", tmp_path, pg_admin_engine, env, init=True) as servers:
             yield servers
     finally:
         files.shutdown()
@@ -151,7 +153,7 @@ def _wait(what: str, predicate: Any, deadline_s: float = RUN_DEADLINE_S, interva
 
 def test_purse_and_plain_sight(browser: Any, purse_ui: DagsterServers, sim: ClaudeSimulator) -> None:
     ui = purse_ui
-    ui.cli("init")  # the scaffolding in the domain DB (the front-door test does it from the UI)
+    assert "personas" in ui.init_output, ui.init_output  # the scaffolding, loaded while the servers started
     # The batch runs parse and enrich themselves; eager re-runs would only compete for the CPU.
     ui.stop_sensor("default_automation_condition_sensor")
     engine = sa.create_engine(ui.env["LORA_DATABASE_URL"])

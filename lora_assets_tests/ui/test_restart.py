@@ -115,7 +115,7 @@ def _create_batch(ui: DagsterServers, name: str, arcs: list[str], topics: list[s
 def _crash_and_restart(c: Crash) -> None:
     ui = c.ui
     ui.stop_sensor("queued_batches_sensor")  # runs are launched here, once each
-    ui.cli("init")
+    assert "personas" in ui.init_output, ui.init_output  # `lora-assets init`, run while the servers started
 
     # Before the crash: a finished batch and version 1 of a training file built from it.
     c.done_batch = _create_batch(ui, "restart-before", ["confusion_to_clarity"], ["mortgage_payoff_strategy"])
@@ -165,7 +165,7 @@ def _crash_and_restart(c: Crash) -> None:
 @pytest.fixture(scope="module")
 def crash(tmp_path_factory: pytest.TempPathFactory, pg_admin_engine: sa.Engine) -> Iterator[Crash]:
     tmp = tmp_path_factory.mktemp("restart")
-    with dagster_deployment("test_restart", tmp, pg_admin_engine, ENV, INSTANCE_OVERRIDES) as ui:
+    with dagster_deployment("test_restart", tmp, pg_admin_engine, ENV, INSTANCE_OVERRIDES, init=True) as ui:
         engine = sa.create_engine(ui.env["LORA_DATABASE_URL"])
         c = Crash(ui=ui, engine=engine, blobs=LocalBlobStore(Path(ui.env["LORA_DATA_DIR"]) / "blobs"))
         try:

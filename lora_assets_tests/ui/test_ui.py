@@ -107,6 +107,11 @@ def _open(page: Any, ui: DagsterServers, path: str, *texts: str) -> str:
     return page.inner_text("body")
 
 
+@pytest.fixture
+def ui_init() -> bool:
+    return True
+
+
 def test_batch_run_automation_and_ui(dagster_ui: DagsterServers, browser: Any) -> None:
     ui = dagster_ui
     engine = sa.create_engine(ui.env["LORA_DATABASE_URL"])
@@ -125,7 +130,7 @@ def _run_everything(ui: DagsterServers, engine: sa.Engine, browser: Any) -> None
     # stops that sensor first; the automation-condition sensor stays on.
     ui.stop_sensor("queued_batches_sensor")
 
-    init = ui.cli("init").stdout
+    init = ui.init_output  # `lora-assets init`, run while the servers started (ui_init below)
     assert "001_schema" in init and "personas" in init
 
     # 1) scaffolding assets, through the UI's GraphQL (the multi-asset and its completeness check)
