@@ -82,11 +82,10 @@ one_process_executor = ExecutorDefinition(
 )
 
 
-#: Seconds between evaluations of the two running sensors (production: 10 s and Dagster's 30 s).
-#: Read when the code location loads; the UI test deployments set them lower so a test does not
-#: wait out production's intervals for a tick (lora_assets_tests/ui/conftest.py).
+#: Seconds between ticks of the queued-batch sensor (production: 10 s). Read when the code
+#: location loads; the UI test deployments set it lower so a test does not wait out production's
+#: interval for the run it starts (lora_assets_tests/ui/conftest.py).
 QUEUED_BATCHES_INTERVAL_S = int(os.environ.get("LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S", "10"))
-AUTOMATION_INTERVAL_S = int(os.environ.get("LORA_AUTOMATION_SENSOR_INTERVAL_S", "30"))
 
 
 @sensor(job=batch_pipeline_job, minimum_interval_seconds=QUEUED_BATCHES_INTERVAL_S,
@@ -173,5 +172,4 @@ automation_sensor = AutomationConditionSensorDefinition(
     "default_automation_condition_sensor",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=AUTOMATION_INTERVAL_S,
 )

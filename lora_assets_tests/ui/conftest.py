@@ -8,7 +8,7 @@ free port), against a fresh PostgreSQL-backed instance:
   second, see TEST_INSTANCE), with DAGSTER_PG_* pointing at a throwaway database created here;
 - the domain DB is another throwaway PostgreSQL database (LORA_DATABASE_URL);
 - LORA_DATA_DIR (local blobs) is under tmp; no ANTHROPIC_* variable, so runs use the simulator;
-- the queued-batch and automation sensors tick every 2 s / 5 s (production: 10 s / 30 s).
+- the queued-batch sensor ticks every 2 s (production: 10 s).
 
 It waits for `/server_info`, the code location and the daemon, yields a `DagsterServers`, and
 always stops everything by process group (the log is copied to test-artifacts/ui/logs/).
@@ -441,10 +441,12 @@ def dagster_deployment(name: str, tmp: Path, pg_admin: sa.Engine, extra_env: dic
         "LORA_DATABASE_URL": domain_url,
         "LORA_DATA_DIR": str(tmp / "lora_data"),
         "PYTHONUNBUFFERED": "1",
-        # Sensor ticks every 2 s / 5 s instead of production's 10 s / 30 s: a test waits for a
-        # tick after most of its steps (lora_assets/defs/automation.py).
+        # The queued-batch sensor ticks every 2 s instead of production's 10 s: the purse and
+        # front-door tests wait for the runs it starts (lora_assets/defs/automation.py). The
+        # automation sensor keeps Dagster's 30 s: ticking every 5 s, one landed mid-way through a
+        # batch_pipeline run and re-requested its stages (the known gap pinned by the strict xfail
+        # in defs/test_automation.py), in test_ui.
         "LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S": "2",
-        "LORA_AUTOMATION_SENSOR_INTERVAL_S": "5",
         **extra_env,
     })
     create_instance_tables(home, env)
