@@ -28,7 +28,7 @@ demo: $(STAMP)
 ## Install and pass the whole test suite (CI runs exactly this).
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null)) || echo "chromium not installed: UI tests will fail in CI"
-	$(BIN)/pytest -q -p no:cacheprovider -n $${TEST_WORKERS:-3} --dist loadscope
+	$(BIN)/pytest -q -p no:cacheprovider -n $${TEST_WORKERS:-3} --dist loadscope --durations=25
 
 ## The Dagster UI (webserver + daemon) for this code location on 127.0.0.1:3000, and the local
 ## blob store's files on 127.0.0.1:3031 (`lora-assets serve-files`) for the links in its metadata.
