@@ -27,6 +27,7 @@ from dagster import (
 from lora_assets.defs.conditions import PIPELINE_RUN_TAG
 from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import ClaudeResource, DomainDB
+from lora_assets.errors import SettingsError
 from lora_assets.schemas import BatchJobStatus
 from lora_assets.store.batches import least_covered_combinations, queued_batches
 
@@ -82,10 +83,26 @@ one_process_executor = ExecutorDefinition(
 )
 
 
+def sensor_interval_s(variable: str, default: int) -> int:
+    """Seconds between a sensor's ticks from `variable` (a whole number, at least 1), else
+    `default`; a SettingsError naming the variable for anything else (the code location does not
+    load with it)."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(variable, f"{raw[:40]!r} is not a whole number of seconds") from None
+    if value < 1:
+        raise SettingsError(variable, f"must be at least 1 second (got {value})")
+    return value
+
+
 #: Seconds between ticks of the queued-batch sensor (production: 10 s). Read when the code
 #: location loads; the UI test deployments set it lower so a test does not wait out production's
 #: interval for the run it starts (lora_assets_tests/ui/conftest.py).
-QUEUED_BATCHES_INTERVAL_S = int(os.environ.get("LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S", "10"))
+QUEUED_BATCHES_INTERVAL_S = sensor_interval_s("LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S", 10)
 
 
 @sensor(job=batch_pipeline_job, minimum_interval_seconds=QUEUED_BATCHES_INTERVAL_S,

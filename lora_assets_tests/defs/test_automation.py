@@ -24,8 +24,15 @@ from dagster import (
 )
 
 from lora_assets.defs.conditions import PIPELINE_RUN_TAG
-from lora_assets.defs.automation import BATCH_ASSETS, NIGHTLY_BATCH_SIZE, nightly_coverage_batch, queued_batches_sensor
+from lora_assets.defs.automation import (
+    BATCH_ASSETS,
+    NIGHTLY_BATCH_SIZE,
+    nightly_coverage_batch,
+    queued_batches_sensor,
+    sensor_interval_s,
+)
 from lora_assets.defs.partitions import batch_jobs_partitions
+from lora_assets.errors import SettingsError
 from lora_assets.generation.simulator import ClaudeSimulator
 from lora_assets.schemas import BatchSelection
 from lora_assets.store.batches import coverage_counts, get_batch, plan_batch, set_batch_status
@@ -439,3 +446,21 @@ def test_a_racing_tick_sees_two_pipeline_runs_and_arms_nothing(
     tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
     assert tick.total_requested == 0
     assert (_armed(tick, PARSED), _armed(tick, ENRICHED)) == (0, 0)
+
+
+def test_queued_batch_sensor_ticks_every_10_s_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production's interval is 10 s; LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S sets another (the UI
+    test deployments use 2 s), and a value that is not a whole number of seconds ≥ 1 is refused
+    with the variable's name, so the code location does not load with it."""
+    assert queued_batches_sensor.minimum_interval_seconds == 10
+    variable = "LORA_QUEUED_BATCHES_SENSOR_INTERVAL_S"
+    monkeypatch.delenv(variable, raising=False)
+    assert sensor_interval_s(variable, 10) == 10
+    monkeypatch.setenv(variable, " 2 ")
+    assert sensor_interval_s(variable, 10) == 2
+    for bad, reason in (("2.5", "is not a whole number of seconds"), ("abc", "is not a whole number of seconds"),
+                        ("0", "must be at least 1 second")):
+        monkeypatch.setenv(variable, bad)
+        with pytest.raises(SettingsError, match=reason) as caught:
+            sensor_interval_s(variable, 10)
+        assert caught.value.variable == variable
