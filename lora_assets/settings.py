@@ -110,7 +110,7 @@ class Settings(BaseModel):
         for name, field in cls.model_fields.items():
             variable = env_var(name)
             if field.annotation in (int, float) and e.get(variable):
-                values[name] = _number(variable, e[variable], int if field.annotation is int else float)
+                values[name] = env_number(variable, e[variable], int if field.annotation is int else float)
         _directory("LORA_DATA_DIR", data_dir)
         if values["spool_dir"] is not None:
             _directory("LORA_SPOOL_DIR", values["spool_dir"])
@@ -151,8 +151,9 @@ def env_var(field: str) -> str:
     return description.split(":", 1)[0]
 
 
-def _number(variable: str, raw: str, kind: Callable[[str], Any]) -> int | float:
-    """`raw` as an int or a finite float; SettingsError naming `variable` otherwise."""
+def env_number(variable: str, raw: str, kind: Callable[[str], Any]) -> int | float:
+    """`raw` (the value of environment variable `variable`) as an int or a finite float;
+    SettingsError naming `variable` otherwise."""
     text = raw.strip().replace("_", "")
     try:
         value = kind(text)

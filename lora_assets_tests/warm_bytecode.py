@@ -3,10 +3,10 @@
 
 `uv pip install --compile-bytecode` compiled every module of the venv (about 19,000 files, most
 never imported: ≈ 30 s of a 40 s install on a 2-core machine). Importing what is used compiles
-about 6,000 in ≈ 10 s. Anything else a process imports later is compiled on first use and
-cached, because the Makefile clears PYTHONDONTWRITEBYTECODE (set on these machines), so no
-process compiles the same module twice. `make install` runs `--group 0` and `--group 1` at once,
-one process per core.
+about 6,000 (≈ 22 s in one process, 12.5 s in two, on this machine). Anything else a process
+imports later is compiled on first use and cached, because the Makefile clears
+PYTHONDONTWRITEBYTECODE (set on these machines), so no process compiles the same module twice.
+`make install` runs `--group 0` and `--group 1` at once, one process per core.
 """
 
 from __future__ import annotations

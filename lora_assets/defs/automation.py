@@ -29,6 +29,7 @@ from lora_assets.defs.partitions import batch_jobs_partitions
 from lora_assets.defs.resources import ClaudeResource, DomainDB
 from lora_assets.errors import SettingsError
 from lora_assets.schemas import BatchJobStatus
+from lora_assets.settings import env_number
 from lora_assets.store.batches import least_covered_combinations, queued_batches
 
 # Assets by key, not by object: jobs do not import (and so do not depend on) the modules defining them.
@@ -90,10 +91,7 @@ def sensor_interval_s(variable: str, default: int) -> int:
     raw = os.environ.get(variable, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(variable, f"{raw[:40]!r} is not a whole number of seconds") from None
+    value = int(env_number(variable, raw, int))  # parsed as every setting is
     if value < 1:
         raise SettingsError(variable, f"must be at least 1 second (got {value})")
     return value

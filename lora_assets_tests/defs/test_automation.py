@@ -458,7 +458,7 @@ def test_queued_batch_sensor_ticks_every_10_s_unless_configured(monkeypatch: pyt
     assert sensor_interval_s(variable, 10) == 10
     monkeypatch.setenv(variable, " 2 ")
     assert sensor_interval_s(variable, 10) == 2
-    for bad, reason in (("2.5", "is not a whole number of seconds"), ("abc", "is not a whole number of seconds"),
+    for bad, reason in (("2.5", "is not a whole number"), ("abc", "is not a whole number"),
                         ("0", "must be at least 1 second")):
         monkeypatch.setenv(variable, bad)
         with pytest.raises(SettingsError, match=reason) as caught:
