@@ -294,6 +294,8 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
         for ev in result.get_asset_materialization_events()
     }
     checks = {ev.check_name: ev.passed for ev in result.get_asset_check_evaluations()}
+    # A failed check's own words (what it found), so a report says why, not only that it failed.
+    check_failures = {ev.check_name: ev.description for ev in result.get_asset_check_evaluations() if not ev.passed}
     failures = [f"{ev.step_key}: {_error_chain(ev.event_specific_data.error)}"  # type: ignore[union-attr]
                 for ev in result.all_events if ev.event_type == DagsterEventType.STEP_FAILURE]
     # A blocking check that fails has judged the data (e.g. leakage between the simulator's train
@@ -305,6 +307,7 @@ def _child_run(spec: dict[str, Any]) -> dict[str, Any]:
         "success": ran, "rss_start_mb": rss_start,
         "assets": sorted(materialised), "checks": checks, "checks_selected": sorted(k.name for k in check_keys),
         "checks_failed": sorted(name for name, passed in checks.items() if not passed),
+        "check_failures": check_failures,
         "metadata": materialised, "failures": failures, "note": note, "s3_io": io,
     }
 
@@ -784,7 +787,7 @@ class Run:
                 "main_thread_cpu_ms_per_conv": round((s.get("main_thread_cpu_s") or 0) / n * 1000, 2),
                 "load_1m": s.get("load_1m"), "moto_cpu_s": s.get("moto_cpu_s"), "proxy_cpu_s": s.get("proxy_cpu_s"),
                 "checks": s.get("checks", {}), "checks_selected": s.get("checks_selected", []),
-                "checks_failed": s.get("checks_failed", []),
+                "checks_failed": s.get("checks_failed", []), "check_failures": s.get("check_failures", {}),
                 "assets": s.get("assets", []), "note": s.get("note", ""), "failures": s.get("failures", []),
                 "metadata": s.get("metadata", {}),
             })

@@ -57,7 +57,7 @@ def measure(n: int, *, validation_fraction: float = 0.1, seed: int = 0) -> dict[
         "verbatim_sentence_rate": round(o.verbatim_rate, 4),
         "exact_duplicate_turns": o.exact_duplicate_turns,
         "near_duplicate_turn_rate": round(o.near_duplicate_rate, 4),
-        "assistant_tokens": d.assistant_tokens,
+        "assistant_words": d.assistant_words,
         "distinct_1": round(d.distinct_1, 4),
         "distinct_2": round(d.distinct_2, 4),
         "template_rate": round(d.template_rate, 4),

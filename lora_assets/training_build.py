@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import shutil
 import tempfile
 import time
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from typing import IO, Any, overload
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from lora_assets.core.aggregate import AggregateStats, AggregateWriter, write_training_json
+from lora_assets.core.aggregate import TRAINING_JSON_END, AggregateStats, AggregateWriter, training_json_head
 from lora_assets.core.card import SourceBatch, dataset_card
 from lora_assets.core.aggregate import MemberSummary
 from lora_assets.core.dedup import DedupDecision, Deduplicator, DedupStats, TargetTexts, quality_filter
@@ -62,8 +61,8 @@ OUTPUTS = {
     "axolotl": "axolotl.yml",
     "card": "README.md",
 }
-#: Formats written in the streaming pass (the others are made from them afterwards).
-_STREAMED = tuple(fmt for fmt in OUTPUTS if fmt not in ("json", "axolotl", "card"))
+#: Formats pass 2 writes (the JSON and JSONL are written in pass 1, the other two after pass 2).
+_EXPORTED = tuple(fmt for fmt in OUTPUTS if fmt not in ("json", "jsonl", "axolotl", "card"))
 _SPLIT_FILES = tuple((fmt, side) for fmt in ("messages", "openai", "sharegpt") for side in ("train", "validation"))
 
 
@@ -288,14 +287,10 @@ class _Curation:
     #: By kept member, in order: what it adds to the exports and (None: it exports no example)
     #: to its side of the leakage check.
     spool: _Spool = field(default_factory=_Spool)
-    #: The JSONL (written in pass 1: it does not depend on the split), in a local temp file that
-    #: pass 2 uploads and the JSON document is made from.
-    jsonl: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="lora-jsonl-"))
     aggregate: AggregateStats | None = None
 
     def close(self) -> None:
         self.spool.close()
-        self.jsonl.close()
     #: Digests of the kept members' assistant turns (by kept index): the split keeps sharers on
     #: one side.
     turns: SharedTurns = field(default_factory=SharedTurns)
@@ -362,15 +357,18 @@ def _filter(members: list[Any], min_quality: float | None, min_judge_score: floa
     return candidates
 
 
-def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, measures: BuildMeasures) -> _Curation:
+def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, measures: BuildMeasures,
+            jsonl_out: IO[bytes], json_out: IO[bytes]) -> _Curation:
     """Pass 1: filters and dedup decide who is in, and each kept member's example is measured
     (lengths, diversity, leakage sketches: everything but its split) while the next members are
-    read; the kept members' bytes are copied locally for pass 2."""
+    read; what the exports need of each kept member is spooled locally for pass 2. The JSONL and
+    the JSON document's pairs do not depend on the split: they go to `jsonl_out` and `json_out`
+    (the version's uploads, sent part by part meanwhile)."""
     cur = _Curation()
     candidates = _filter(inputs.members, inputs.tf["min_quality"], inputs.tf.get("min_judge_score"), cur)
     dedup = cur.dedup
     assert dedup is not None
-    aggregate = AggregateWriter(cur.jsonl)
+    aggregate = AggregateWriter(jsonl_out, json_out)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="blobs") as pool:
         try:
             reads = bounded_map(pool, lambda r: store.get_bytes(r["enriched_file_path"]), candidates,
@@ -426,37 +424,88 @@ def _curate(name: str, inputs: _Inputs, store: BlobStore, concurrency: int, meas
     return cur
 
 
-def _stream_outputs(plan: BuildPlan, inputs: _Inputs, store: BlobStore, key: dict[str, str], cur: _Curation,
-                    split: dict[str, str], measures: BuildMeasures, created: datetime
-                    ) -> tuple[ExportStats, dict[str, int]]:
-    """Pass 2: the JSONL (copied from pass 1's local file) and the JSON document made from it
-    (its figures are known since pass 1), then every export at once, each kept member's rendered
-    lines under its side; its measures go to the leakage check of its side. The store uploads
-    each file part by part while this goes on. Returns the export figures and each file's size
-    (what was written: no request asks the store afterwards)."""
-    assert cur.aggregate is not None
-    with ExitStack() as stack:
-        handles = {fmt: stack.enter_context(store.writer(key[fmt])) for fmt in (*_STREAMED, "json")}
-        cur.jsonl.flush()
-        cur.jsonl.seek(0)
-        shutil.copyfileobj(cur.jsonl, handles["jsonl"], 1 << 20)
-        cur.jsonl.seek(0)
-        write_training_json(dataset_name=plan.name, created_date=created, consultant=inputs.consultant,
-                            stats=cur.aggregate, jsonl_in=cur.jsonl, json_out=handles["json"])
-        min_quality = inputs.tf["min_quality"]
-        # Entered after the handles, so it is closed (Parquet footer) before they are.
-        exports = stack.enter_context(ExportWriter(
-            messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
-            openai_train=handles["openai-train"], openai_validation=handles["openai-validation"],
-            sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
-            parquet=handles["parquet"], min_trained_quality=min_quality,
-        ))
+class _OutputWriters:
+    """The version's outputs being written. Each is opened with `open` and handed back with `done`
+    as soon as it is whole: its upload is completed in the background (on S3 the last part and the
+    CompleteMultipartUpload, which assembles the object: about a second per 200 MB on moto) while
+    the build writes the next ones, instead of every file being completed one after the other at
+    the end. Leaving the block waits for every completion. On an error, or a completion that
+    failed, every file not completed yet is aborted (nothing of it appears; the build's rollback
+    removes the ones that did)."""
+
+    def __init__(self, store: BlobStore, key: dict[str, str]) -> None:
+        self._store, self._key = store, key
+        self._open: dict[str, tuple[ExitStack, IO[bytes]]] = {}
+        self._completing: list[Future[Any]] = []
+        self._pool = ThreadPoolExecutor(_COMPLETING_THREADS, thread_name_prefix="outputs")
+        #: Bytes of each output handed back, as written (no request asks the store afterwards).
+        self.sizes: dict[str, int] = {}
+
+    def open(self, fmt: str, deferred_head: bool = False) -> IO[bytes]:
+        stack = ExitStack()
+        handle = stack.enter_context(self._store.writer(self._key[fmt], deferred_head=deferred_head))
+        self._open[fmt] = (stack, handle)
+        return handle
+
+    def done(self, *fmts: str, head: bytes | None = None) -> None:
+        """These outputs are whole (`head`: the first bytes of one opened with a deferred head):
+        complete their uploads in the background."""
+        for fmt in fmts:
+            stack, handle = self._open.pop(fmt)
+            if head is not None:
+                handle.head = head  # type: ignore[attr-defined] - a writer with deferred_head
+            self.sizes[fmt] = handle.tell()
+            self._completing.append(self._pool.submit(stack.close))
+
+    def __enter__(self) -> _OutputWriters:
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        failed: BaseException | None = None
+        try:
+            for future in self._completing:  # every completion ends before a file is aborted
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - raised below, after the aborts
+                    failed = failed or exc
+            cause = error or failed
+            for stack, _ in self._open.values():
+                if cause is None:
+                    stack.close()  # not handed back (a bug): completed here, in order
+                else:
+                    stack.__exit__(type(cause), cause, cause.__traceback__)  # the writer aborts its upload
+            self._open.clear()
+        finally:
+            self._pool.shutdown()
+        if failed is not None and error is None:
+            raise failed
+
+
+#: Output uploads completed at once (each waits for its last parts and the store's answer).
+_COMPLETING_THREADS = 4
+
+
+def _stream_outputs(inputs: _Inputs, writers: _OutputWriters, cur: _Curation, split: dict[str, str],
+                    measures: BuildMeasures) -> ExportStats:
+    """Pass 2: every export at once, each kept member's rendered lines under its side; its
+    measures go to the leakage check of its side. The store uploads each file part by part while
+    this goes on, and completes them as soon as they are whole (`_OutputWriters`). Returns the
+    export figures."""
+    min_quality = inputs.tf["min_quality"]
+    handles = {fmt: writers.open(fmt) for fmt in _EXPORTED}
+    with ExportWriter(
+        messages_train=handles["messages-train"], messages_validation=handles["messages-validation"],
+        openai_train=handles["openai-train"], openai_validation=handles["openai-validation"],
+        sharegpt_train=handles["sharegpt-train"], sharegpt_validation=handles["sharegpt-validation"],
+        parquet=handles["parquet"], min_trained_quality=min_quality,
+    ) as exports:
         for m, (rendered, measured) in zip(cur.kept, cur.spool.read(), strict=True):
             side = split[m["id"]]
             exports.write(rendered, side)  # type: ignore[arg-type]
             measures.record(measured, side, m)  # type: ignore[arg-type]
         export_stats = exports.close()  # the Parquet footer is written: every handle holds its whole file
-        return export_stats, {fmt: handle.tell() for fmt, handle in handles.items()}
+    writers.done(*_EXPORTED)
+    return export_stats
 
 
 def _sources(kept: list[Any], batches: dict[str, dict[str, Any]]) -> list[SourceBatch]:
@@ -644,45 +693,56 @@ def _build(plan: BuildPlan, *, engine: Engine, store: BlobStore, concurrency: in
     except TokenizerLoadError as exc:
         raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
     inputs = _load(engine, plan.name)
-    clock.lap("load")
     measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
-    cur = _curate(plan.name, inputs, store, concurrency, measures)
-    clock.lap("pass_1_read_dedup_render_measure")
     try:
-        grouped = grouped_split(_Summaries(cur.kept), validation_fraction=plan.validation_fraction,
-                                seed=plan.split_seed, keys=cur.turns)
-        split = grouped.sides
-        cur.turns = SharedTurns()  # the groups are made
-        try:
-            version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
-        except tfq.BuildInProgressError as exc:
-            raise BuildError(str(exc)) from exc
-        clock.lap("split")
-        prefix = version_prefix(plan.name, version)
-        key = {fmt: f"{prefix}/{pattern.format(name=plan.name)}" for fmt, pattern in OUTPUTS.items()}
-        try:
-            created = datetime.now(UTC)
-            export, sizes = _stream_outputs(plan, inputs, store, key, cur, split, measures, created)
-            clock.lap("pass_2_outputs_uploaded")
+        # Claimed before pass 1: the JSONL is uploaded under the version's key while pass 1 writes it.
+        version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
+    except tfq.BuildInProgressError as exc:
+        measures.close()
+        raise BuildError(str(exc)) from exc
+    clock.lap("load")
+    prefix = version_prefix(plan.name, version)
+    key = {fmt: f"{prefix}/{pattern.format(name=plan.name)}" for fmt, pattern in OUTPUTS.items()}
+    cur: _Curation | None = None
+    try:
+        with _OutputWriters(store, key) as writers:
+            # The JSON document's header holds totals known only after pass 1: it is put in front
+            # of the pairs pass 1 wrote (on S3, with the first part) when it is known.
+            json_out = writers.open("json", deferred_head=True)
+            cur = _curate(plan.name, inputs, store, concurrency, measures, writers.open("jsonl"), json_out)
             assert cur.aggregate is not None
-            built = _Built(version, created, cur.aggregate, export, split, measures.result(), grouped.report,
-                           sizes=sizes)
-            _write_rest(plan, inputs, cur, store, key, built)
-            built.outputs = _outputs(store, key, built)
-            clock.lap("leakage_card")
-            with engine.begin() as conn:
-                tfq.record_version(conn, inputs.tf["id"], version_row,
-                                   _version_values(plan, inputs, cur, built, run_id))
-            clock.lap("record")
-            built.phases = clock.laps
-        except BaseException as exc:
-            _rollback(engine, store, key, version_row)
-            # Unusable member data (core raises ValueError naming the conversation) is the user's
-            # to fix; anything else is a bug or an outage and propagates as it is.
-            if isinstance(exc, MemberFileError | ValueError):
-                raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
-            raise
+            json_out.write(TRAINING_JSON_END)
+            created = datetime.now(UTC)
+            writers.done("jsonl")
+            writers.done("json", head=training_json_head(dataset_name=plan.name, created_date=created,
+                                                          consultant=inputs.consultant, stats=cur.aggregate))
+            clock.lap("pass_1_read_dedup_render_measure")
+            grouped = grouped_split(_Summaries(cur.kept), validation_fraction=plan.validation_fraction,
+                                    seed=plan.split_seed, keys=cur.turns)
+            split = grouped.sides
+            cur.turns = SharedTurns()  # the groups are made
+            clock.lap("split")
+            export = _stream_outputs(inputs, writers, cur, split, measures)
+        clock.lap("pass_2_outputs_uploaded")
+        assert cur.aggregate is not None
+        built = _Built(version, created, cur.aggregate, export, split, measures.result(), grouped.report,
+                       sizes=writers.sizes)
+        _write_rest(plan, inputs, cur, store, key, built)
+        built.outputs = _outputs(store, key, built)
+        clock.lap("leakage_card")
+        with engine.begin() as conn:
+            tfq.record_version(conn, inputs.tf["id"], version_row, _version_values(plan, inputs, cur, built, run_id))
+        clock.lap("record")
+        built.phases = clock.laps
+    except BaseException as exc:
+        _rollback(engine, store, key, version_row)
+        # Unusable member data (core raises ValueError naming the conversation) is the user's
+        # to fix; anything else is a bug or an outage and propagates as it is.
+        if isinstance(exc, MemberFileError | ValueError) and not isinstance(exc, BuildError):
+            raise BuildError(f"training file {plan.name!r}: {exc}; no version was written") from exc
+        raise
     finally:
-        cur.close()
+        if cur is not None:
+            cur.close()
         measures.close()
     return _result(plan, inputs, cur, built, store)

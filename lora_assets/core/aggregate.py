@@ -1,10 +1,12 @@
 """Training-file aggregation: many v4.0 enriched conversations -> one v4.0 aggregated JSON + JSONL.
 
 Everything streams conversation by conversation: `AggregateWriter.add` writes each training pair
-as one JSONL line the moment the conversation arrives and keeps only running totals, and
-`write_training_json` copies those already-serialised lines into the `training_pairs` array of
-the aggregated document without parsing them again. Memory stays flat however big the file is
-(the only per-conversation state is the set of member ids, needed to refuse duplicates).
+as one JSONL line the moment the conversation arrives and keeps only running totals; given a
+second handle, it writes the same serialised pair there as an element of the aggregated
+document's `training_pairs` array. The document's head (its metadata: totals known only once
+every conversation is in) is `training_json_head`, which goes before that body, and
+`TRAINING_JSON_END` after it. Memory stays flat however big the file is (the only
+per-conversation state is the set of member ids, needed to refuse duplicates).
 
 No storage knowledge: callers hand in binary file handles and models.
 """
@@ -65,14 +67,6 @@ class DuplicateMemberError(ValueError):
 
 class ConversationIdError(ValueError):
     """A conversation whose id cannot be determined, or whose pairs disagree about it."""
-
-
-class AggregateMismatchError(ValueError):
-    """The JSONL handed to `write_training_json` does not match the stats it is written with."""
-
-
-class JsonlLineError(ValueError):
-    """A JSONL line that is not a single JSON object."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,19 +299,22 @@ def quality_bucket(score: float) -> int:
 
 
 class AggregateWriter:
-    """Writes the JSONL of a training file conversation by conversation and keeps its stats.
+    """Writes the JSONL of a training file conversation by conversation and keeps its stats;
+    with `json_out`, also the body of the aggregated document (its `training_pairs` elements).
 
-        writer = AggregateWriter(jsonl_out)
+        writer = AggregateWriter(jsonl_out, json_out)
         for conv in conversations:
             writer.add(conv)
-        stats = writer.stats
+        document = training_json_head(..., stats=writer.stats) + <json_out's bytes> + TRAINING_JSON_END
 
-    Each training pair becomes one compact JSON line (UTF-8, `\\n`-terminated). A conversation
-    id offered twice raises `DuplicateMemberError` and writes nothing.
+    Each training pair becomes one compact JSON line (UTF-8, `\\n`-terminated), and the same bytes
+    one line of the document's array. A conversation id offered twice raises
+    `DuplicateMemberError` and writes nothing.
     """
 
-    def __init__(self, jsonl_out: IO[bytes]) -> None:
+    def __init__(self, jsonl_out: IO[bytes], json_out: IO[bytes] | None = None) -> None:
         self._out = jsonl_out
+        self._json_out = json_out
         self._members: set[str] = set()
         self._conversations = 0
         self._pairs = 0
@@ -356,8 +353,13 @@ class AggregateWriter:
 
         # Serialise first, write once: a failure above leaves the output untouched.
         dump = _PAIR_JSON.dump_json
-        chunk = b"".join([dump(p) + b"\n" for p in pairs])
+        lines = [dump(p) for p in pairs]
+        chunk = b"".join([line + b"\n" for line in lines])
         self._out.write(chunk)
+        if self._json_out is not None and lines:
+            # Each element on its own line, after "\n" (the first) or ",\n": the array as
+            # `scan_training_json` reads it, a pair per line.
+            self._json_out.write((b"," if self._pairs else b"") + b"\n" + b",\n".join(lines))
         self._members.add(cid)
 
         self._conversations += 1
@@ -412,73 +414,20 @@ class AggregateWriter:
 # --------------------------------------------------------------------------------------------
 # The aggregated document
 
-_COPY_CHUNK = 1 << 20  # write in ~1 MiB slabs: few calls, bounded memory
 #: Ends the header line of the aggregated document: the pairs follow, one per line.
 _PAIRS_OPENING = b',"training_pairs":['
+#: What follows the last pair of the aggregated document (after its body from `AggregateWriter`).
+TRAINING_JSON_END = b"\n]}\n"
 
 
-def write_training_json(
-    *,
-    dataset_name: str,
-    created_date: str | date | datetime,
-    consultant: ConsultantProfile,
-    stats: AggregateStats,
-    jsonl_in: IO[bytes],
-    json_out: IO[bytes],
-) -> int:
-    """Write the v4.0 aggregated training document and return the number of bytes written.
-
-    `jsonl_in` is the JSONL an `AggregateWriter` produced (positioned at its start); its lines
-    are already JSON objects, so they are copied into `training_pairs` as they are, one per
-    line, never parsed (blank lines are skipped, CRLF is tolerated). Raises
-    `AggregateMismatchError` if the number of pairs differs from `stats.total_training_pairs`
-    (the file's metadata must describe exactly the pairs it holds) and `JsonlLineError` for a
-    line that is not a JSON object.
-    """
+def training_json_head(*, dataset_name: str, created_date: str | date | datetime, consultant: ConsultantProfile,
+                       stats: AggregateStats) -> bytes:
+    """The first line of the v4.0 aggregated training document: its `dataset_metadata` (from
+    `stats`, the writer's totals once every conversation is in) and `consultant_profile`, opening
+    the `training_pairs` array whose elements `AggregateWriter` wrote to its `json_out`."""
     meta = stats.dataset_metadata(dataset_name=dataset_name, created_date=created_date)
-    head = (
-        b'{"dataset_metadata":'
-        + meta.model_dump_json().encode()
-        + b',"consultant_profile":'
-        + consultant.model_dump_json().encode()
-        + _PAIRS_OPENING
-    )
-
-    def emit(data: bytes) -> int:
-        # Some IO objects return None from write(); count what we handed over then.
-        result = json_out.write(data)
-        return len(data) if result is None else result
-
-    written = emit(head)
-    # One Python step per line is cheap here: a line is a whole training pair (kilobytes), so
-    # the copy is bound by I/O. Measured against a block-wise bytes.replace variant, this
-    # simple loop was faster (fewer intermediate copies).
-    pairs = 0
-    buf: list[bytes] = []
-    buf_len = 0
-    for number, raw in enumerate(jsonl_in, start=1):
-        line = raw.rstrip(b"\r\n")
-        if not line.strip():
-            continue  # a blank line (e.g. trailing) is not a pair
-        if line[:1] != b"{" or line[-1:] != b"}":
-            raise JsonlLineError(f"JSONL line {number} is not a JSON object: {line[:60]!r}")
-        buf.append(b",\n" if pairs else b"\n")
-        buf.append(line)
-        buf_len += len(line) + 2
-        pairs += 1
-        if buf_len >= _COPY_CHUNK:
-            written += emit(b"".join(buf))
-            buf.clear()
-            buf_len = 0
-    buf.append(b"\n]}\n")
-    written += emit(b"".join(buf))
-
-    if pairs != stats.total_training_pairs:
-        raise AggregateMismatchError(
-            f"training file {dataset_name!r}: JSONL holds {pairs} training pairs but its stats say "
-            f"{stats.total_training_pairs}"
-        )
-    return written
+    return (b'{"dataset_metadata":' + meta.model_dump_json().encode() + b',"consultant_profile":'
+            + consultant.model_dump_json().encode() + _PAIRS_OPENING)
 
 
 class TrainingJsonScan(BaseModel):
@@ -490,9 +439,9 @@ class TrainingJsonScan(BaseModel):
 
 
 def scan_training_json(lines: Iterable[bytes]) -> TrainingJsonScan:
-    """Read back, streamed line by line, a document `write_training_json` wrote: its header
-    (everything but `training_pairs`) and how many pairs it holds. The one reader of that
-    layout, next to its writer, so callers (the checks) never depend on it."""
+    """Read back, streamed line by line, a document `training_json_head` and `AggregateWriter`
+    wrote: its header (everything but `training_pairs`) and how many pairs it holds. The one
+    reader of that layout, next to its writer, so callers (the checks) never depend on it."""
     it = iter(lines)
     head = next(it, b"").rstrip(b"\r\n")
     scan = TrainingJsonScan()

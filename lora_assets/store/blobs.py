@@ -50,7 +50,7 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def open_read(self, key: str) -> IO[bytes]: ...
-    def writer(self, key: str) -> Any: ...
+    def writer(self, key: str, deferred_head: bool = False) -> Any: ...
     def url(self, key: str, expires_in: int = 3600) -> str: ...
 
 
@@ -108,14 +108,24 @@ class LocalBlobStore:
         return self._path(key).open("rb")
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[IO[bytes]]:
-        """Stream bytes into `key`; the blob appears only if the block completes."""
+    def writer(self, key: str, deferred_head: bool = False) -> Iterator[IO[bytes]]:
+        """Stream bytes into `key`; the blob appears only if the block completes. With
+        `deferred_head` the blob starts with a head known only at the end: set the handle's `head`
+        before the block ends (the body waits in a temp file, then follows it)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
-                yield fh
+                if not deferred_head:
+                    yield fh
+                else:
+                    with tempfile.TemporaryFile(prefix="lora-body-") as spool:
+                        body = _HeadLater(spool, key)
+                        yield body  # type: ignore[misc] - the write surface of a binary file
+                        fh.write(body.head_bytes())
+                        spool.seek(0)
+                        shutil.copyfileobj(spool, fh, 1 << 20)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -123,6 +133,28 @@ class LocalBlobStore:
 
     def url(self, key: str, expires_in: int = 3600) -> str:
         return str(self._path(key))
+
+
+class _HeadLater:
+    """The body of a local blob whose head comes last (`LocalBlobStore.writer(deferred_head=True)`)."""
+
+    def __init__(self, spool: IO[bytes], key: str) -> None:
+        self.spool, self.key = spool, key
+        self.written = 0
+        self.head: bytes | None = None
+
+    def write(self, data: bytes) -> int:
+        self.spool.write(data)
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written + len(self.head or b"")
+
+    def head_bytes(self) -> bytes:
+        if self.head is None:
+            raise ValueError(f"blob {self.key!r}: its head was never given (a writer with deferred_head)")
+        return self.head
 
 
 #: PUTs up to this size go without `Expect: 100-continue` (botocore adds it to every file-like
@@ -148,14 +180,23 @@ class _StreamedUpload:
     as soon as it is on disk, by the store's upload threads, while the writer goes on (a
     training-file build computes its next members meanwhile). A part is read from the spool when
     it is sent, so `UPLOAD_THREADS` parts at most are in memory whatever the file's size and
-    however many files are open. Files smaller than one part are sent with one PUT when they are
-    closed."""
+    however many files are open. The upload is created by an upload thread too, with the first
+    part (the writer does not wait for its round trip). Files smaller than one part are sent with
+    one PUT when they are closed.
 
-    def __init__(self, store: S3BlobStore, s3_key: str, spool: IO[bytes]) -> None:
+    With `deferred_head` the object starts with a head the writer knows only at the end (a
+    document's header of totals): the body's first `PART_BYTES` are held back, the parts after
+    them sent as they come (numbered from 2), and part 1 (the head and those bytes) when the head
+    is given (`head`, before `finish`)."""
+
+    def __init__(self, store: S3BlobStore, s3_key: str, spool: IO[bytes], deferred_head: bool = False) -> None:
         self.store, self.s3_key, self.spool = store, s3_key, spool
         self.written = 0
-        self.sent = 0  # bytes handed to the upload thread (whole parts)
-        self.upload_id: str | None = None
+        self.deferred_head = deferred_head
+        self.head: bytes | None = None
+        self._held = PART_BYTES if deferred_head else 0  # body bytes that go out with the head
+        self.sent = self._held  # bytes of the body handed to the upload threads (whole parts)
+        self._created: Future[str] | None = None  # the upload id
         self.parts: list[Future[dict[str, Any]]] = []
 
     def write(self, data: bytes) -> int:
@@ -167,48 +208,69 @@ class _StreamedUpload:
                 self._send(self.sent, PART_BYTES)
         return len(data)
 
-    def _send(self, offset: int, size: int) -> None:
-        if self.upload_id is None:
-            self.upload_id = self.store.client.create_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key)[
-                "UploadId"]
-        number = len(self.parts) + 1
-        self.parts.append(self.store._uploads().submit(self._part, number, offset, size))
-        self.sent += size
+    def _create(self) -> str:
+        return str(self.store.client.create_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key)["UploadId"])
 
-    def _part(self, number: int, offset: int, size: int) -> dict[str, Any]:
-        body = os.pread(self.spool.fileno(), size, offset)
-        answer = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.s3_key, UploadId=self.upload_id,
+    def _send(self, offset: int, size: int, number: int | None = None, prefix: bytes = b"") -> None:
+        if self._created is None:
+            # Queued before any part of this file, so a part waiting for it never holds the
+            # thread it needs.
+            self._created = self.store._uploads().submit(self._create)
+        if number is None:
+            number = len(self.parts) + (2 if self.deferred_head else 1)
+        self.parts.append(self.store._uploads().submit(self._part, number, offset, size, prefix))
+        if offset >= self._held:
+            self.sent = max(self.sent, offset + size)
+
+    def _part(self, number: int, offset: int, size: int, prefix: bytes) -> dict[str, Any]:
+        assert self._created is not None
+        upload_id = self._created.result()
+        body = prefix + os.pread(self.spool.fileno(), size, offset)
+        answer = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.s3_key, UploadId=upload_id,
                                                PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _head(self) -> bytes:
+        if not self.deferred_head:
+            return b""
+        if self.head is None:
+            raise ValueError(f"blob {self.s3_key!r}: its head was never given (a writer with deferred_head)")
+        return self.head
+
+    def tell(self) -> int:
+        return self.written + len(self.head or b"")
 
     def finish(self) -> None:
         """Send the rest and make the object appear (it does only now)."""
         self.spool.flush()
-        if self.upload_id is None:
+        head = self._head()
+        if self._created is None:
             self.spool.seek(0)
-            self.store.client.put_object(Bucket=self.store.bucket, Key=self.s3_key, Body=self.spool.read())
+            self.store.client.put_object(Bucket=self.store.bucket, Key=self.s3_key, Body=head + self.spool.read())
             return
         if self.written > self.sent:
             self._send(self.sent, self.written - self.sent)
-        parts = [f.result() for f in self.parts]
+        if self.deferred_head:
+            self._send(0, self._held, number=1, prefix=head)
+        parts = sorted((f.result() for f in self.parts), key=lambda p: p["PartNumber"])
         self.store.client.complete_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key,
-                                                    UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+                                                    UploadId=self._created.result(), MultipartUpload={"Parts": parts})
 
     def abort(self) -> None:
         """Nothing appears: the parts already sent are dropped."""
         for f in self.parts:
             f.cancel()
         wait(self.parts)
-        if self.upload_id is not None:
-            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key,
-                                                     UploadId=self.upload_id)
+        if self._created is not None:
+            try:
+                upload_id = self._created.result()
+            except Exception:  # noqa: BLE001 - no upload was created: nothing to drop
+                return
+            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.s3_key, UploadId=upload_id)
 
     # The file-object surface writers use (json.dump, pyarrow's ParquetWriter, shutil).
     def flush(self) -> None:
         pass
-
-    def tell(self) -> int:
-        return self.written
 
     @property
     def closed(self) -> bool:
@@ -425,10 +487,11 @@ class S3BlobStore:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[IO[bytes]]:
+    def writer(self, key: str, deferred_head: bool = False) -> Iterator[IO[bytes]]:
         """Stream bytes into `key` through a spool file, uploaded part by part while the block
-        still writes (`_StreamedUpload`); the object appears only if the block completes."""
-        upload = _StreamedUpload(self, self._key(key), tempfile.TemporaryFile(prefix="lora-upload-"))
+        still writes (`_StreamedUpload`); the object appears only if the block completes. With
+        `deferred_head`, set the handle's `head` (the object's first bytes) before the block ends."""
+        upload = _StreamedUpload(self, self._key(key), tempfile.TemporaryFile(prefix="lora-upload-"), deferred_head)
         try:
             yield upload  # type: ignore[misc] - the write surface of a binary file
             upload.finish()

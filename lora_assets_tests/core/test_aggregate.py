@@ -14,16 +14,16 @@ import pytest
 
 from lora_assets.core.aggregate import (
     LEGACY_KEY,
-    AggregateMismatchError,
+    TRAINING_JSON_END,
     AggregateWriter,
     ConversationIdError,
     DuplicateMemberError,
-    JsonlLineError,
     MemberSummary,
     TrainingFileNameError,
     conversation_quality,
+    scan_training_json,
+    training_json_head,
     validate_training_file_name,
-    write_training_json,
 )
 from lora_assets.schemas.conversation import EmotionalContext, InputParameters
 from lora_assets.schemas.scaffolding import CommunicationStyle, ConsultantProfile
@@ -156,23 +156,15 @@ def make_conversation(
 
 
 def build(convs: list[EnrichedConversation], name: str = "prod_batch_001") -> tuple[bytes, bytes, AggregateWriter]:
-    """Run the aggregate path in memory; return (jsonl, json, writer)."""
-    jsonl = io.BytesIO()
-    writer = AggregateWriter(jsonl)
+    """Run the aggregate path in memory; return (jsonl, json, writer): the document is its head
+    (made from the writer's stats once every conversation is in), the body the writer wrote, its end."""
+    jsonl, body = io.BytesIO(), io.BytesIO()
+    writer = AggregateWriter(jsonl, body)
     for conv in convs:
         writer.add(conv)
-    jsonl.seek(0)
-    out = io.BytesIO()
-    n = write_training_json(
-        dataset_name=name,
-        created_date="2025-12-01T12:00:00Z",
-        consultant=CONSULTANT,
-        stats=writer.stats,
-        jsonl_in=jsonl,
-        json_out=out,
-    )
-    assert n == len(out.getvalue())
-    return jsonl.getvalue(), out.getvalue(), writer
+    head = training_json_head(dataset_name=name, created_date="2025-12-01T12:00:00Z", consultant=CONSULTANT,
+                              stats=writer.stats)
+    return jsonl.getvalue(), head + body.getvalue() + TRAINING_JSON_END, writer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,22 +333,29 @@ def test_empty_aggregate_is_a_valid_document() -> None:
     assert doc.dataset_metadata.quality_summary.avg_quality_score is None
 
 
-def test_write_training_json_refuses_jsonl_that_does_not_match_stats() -> None:
-    _, _, writer = build([make_conversation("c1", pairs=2)])
-    extra = io.BytesIO(b'{"a":1}\n')
-    with pytest.raises(AggregateMismatchError, match="holds 1 training pairs but its stats say 2"):
-        write_training_json(
-            dataset_name="x", created_date="2025-12-01", consultant=CONSULTANT,
-            stats=writer.stats, jsonl_in=extra, json_out=io.BytesIO(),
-        )
-    with pytest.raises(JsonlLineError, match="line 1"):
-        write_training_json(
-            dataset_name="x", created_date="2025-12-01", consultant=CONSULTANT,
-            stats=writer.stats, jsonl_in=io.BytesIO(b"[1,2]\n"), json_out=io.BytesIO(),
-        )
+def test_the_document_holds_the_jsonl_lines_one_pair_per_line_under_its_head() -> None:
+    """The document's pairs are the JSONL's lines byte for byte, each on a line of its own, so
+    `scan_training_json` reads the head from the first line and counts the pairs line by line;
+    conversations without pairs add nothing (no empty element, no stray comma)."""
+    jsonl_out, body = io.BytesIO(), io.BytesIO()
+    writer = AggregateWriter(jsonl_out, body)
+    writer.add(make_conversation("c1", pairs=2))
+    writer.add(make_conversation("c0", pairs=0), conversation_id="c0")
+    writer.add(make_conversation("c2", pairs=3))
+    jsonl = jsonl_out.getvalue()
+    raw = training_json_head(dataset_name="x", created_date="2025-12-01", consultant=CONSULTANT,
+                             stats=writer.stats) + body.getvalue() + TRAINING_JSON_END
+    head, *pairs, end, nothing = raw.split(b"\n")
+    assert (end, nothing) == (b"]}", b"")
+    assert [line.removesuffix(b",") for line in pairs] == jsonl.splitlines()
+    assert [line.endswith(b",") for line in pairs] == [True] * 4 + [False]
+    scan = scan_training_json(raw.splitlines(keepends=True))
+    assert scan.header_error is None and scan.pairs == writer.stats.total_training_pairs == 5
+    assert scan.header["dataset_metadata"]["total_conversations"] == 3  # type: ignore[index]
+    assert len(TrainingFileDocument.model_validate_json(raw).training_pairs) == 5
 
 
-def test_write_training_json_copies_large_jsonl_in_chunks() -> None:
+def test_a_large_document_is_valid_json() -> None:
     convs = [make_conversation(f"c{i}", pairs=4) for i in range(400)]  # > 1 MiB of JSONL
     jsonl, raw, writer = build(convs)
     assert len(jsonl) > 1 << 20
@@ -387,35 +386,3 @@ def test_non_ascii_text_round_trips() -> None:
     assert "Ça va — 401(k) → Roth? ✓ 日本".encode() in jsonl
     doc = TrainingFileDocument.model_validate_json(raw)
     assert doc.training_pairs[0].target_response == "Ça va — 401(k) → Roth? ✓ 日本"
-
-
-@pytest.mark.parametrize("chunk", [5, 64, 1 << 20])
-def test_write_training_json_tolerates_crlf_blank_lines_and_missing_final_newline(
-    chunk: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import lora_assets.core.aggregate as aggregate
-
-    monkeypatch.setattr(aggregate, "_COPY_CHUNK", chunk)
-    convs = [make_conversation("c1", pairs=2), make_conversation("c2", pairs=3)]
-    jsonl, reference, writer = build(convs)
-    lines = jsonl.splitlines()
-    variants = [
-        jsonl,
-        b"\r\n".join(lines) + b"\r\n",
-        b"\n" + b"\n\n".join(lines) + b"\n  \n",
-        b"\n".join(lines),  # no final newline
-    ]
-    expected = json.loads(reference)
-    for variant in variants:
-        out = io.BytesIO()
-        write_training_json(
-            dataset_name="prod_batch_001", created_date="2025-12-01T12:00:00Z", consultant=CONSULTANT,
-            stats=writer.stats, jsonl_in=io.BytesIO(variant), json_out=out,
-        )
-        assert json.loads(out.getvalue()) == expected
-    bad = b"\n".join([lines[0], lines[1], b"not json", *lines[2:]])
-    with pytest.raises(JsonlLineError, match="line 3"):
-        write_training_json(
-            dataset_name="x", created_date="2025-12-01", consultant=CONSULTANT,
-            stats=writer.stats, jsonl_in=io.BytesIO(bad), json_out=io.BytesIO(),
-        )

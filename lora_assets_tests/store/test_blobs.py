@@ -158,6 +158,33 @@ def test_s3_writer_streams_parts_while_writing_and_leaves_nothing_on_failure(s3_
     assert pq.read_table(io.BytesIO(store.get_bytes("big/t.parquet"))).equals(table)
 
 
+@pytest.mark.parametrize("size", [3, 5 << 20, 11 << 20, 23 << 20])
+def test_a_writer_with_deferred_head_puts_the_head_first_and_needs_it(store, size: int, monkeypatch) -> None:
+    """A document whose header of totals is known only at the end (a training file's JSON) is
+    written body first and head last, and reads back head + body. On S3 the body's first part is
+    held back and sent with the head as part 1, the later parts while the block writes (numbered
+    from 2): bodies of under one part, one part plus a little, two parts and a rest. A block that
+    never gives the head leaves nothing (no object, no open multipart upload)."""
+    from lora_assets.store import blobs
+
+    monkeypatch.setattr(blobs, "PART_BYTES", 5 << 20)  # S3's smallest part
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    with store.writer("docs/a.json", deferred_head=True) as fh:
+        for at in range(0, size, 1 << 20):
+            fh.write(body[at:at + (1 << 20)])
+        if isinstance(store, S3BlobStore):
+            assert len(fh.parts) == max(0, size // (5 << 20) - 1)  # sent while writing: all but part 1
+        fh.head = b'{"head": 1, "pairs": ['
+        assert fh.tell() == size + len(fh.head)
+    assert store.get_bytes("docs/a.json") == b'{"head": 1, "pairs": [' + body
+    with pytest.raises(ValueError, match="docs/b.json.*head was never given"):
+        with store.writer("docs/b.json", deferred_head=True) as fh:
+            fh.write(body)
+    assert not store.exists("docs/b.json")
+    if isinstance(store, S3BlobStore):
+        assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+
 def test_a_missing_blob_is_file_not_found_naming_it(store) -> None:
     """Both stores say the same thing of a key that is not there: FileNotFoundError with the key."""
     for read in (store.get_bytes, store.size):
