@@ -72,6 +72,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -196,21 +197,28 @@ def _count_s3_io(settings: Any) -> dict[str, Any]:
     from lora_assets.defs.resources import _s3_client
 
     io: dict[str, Any] = {"small_get": 0, "small_get_bytes": 0, "big_gets": [], "put": 0, "put_bytes": 0,
-                          "part": 0, "part_bytes": 0, "other": 0}
+                          "part": 0, "part_bytes": 0, "uploads": {}, "completed": [], "other": 0}
     client = _s3_client(settings.s3_endpoint_url or "", settings.blob_concurrency)
+    lock = threading.Lock()  # the stage's upload threads send parts at once
 
     def sent(request: Any, event_name: str, **_: Any) -> None:
         op = event_name.rsplit(".", 1)[-1]
         body = request.body
         size = len(body) if isinstance(body, bytes | bytearray) else int(request.headers.get("Content-Length") or 0)
-        if op == "PutObject":
-            io["put"] += 1
-            io["put_bytes"] += size
-        elif op == "UploadPart":
-            io["part"] += 1
-            io["part_bytes"] += size
-        elif op != "GetObject":
-            io["other"] += 1
+        upload_id = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query).get("uploadId", [""])[0]
+        with lock:
+            if op == "PutObject":
+                io["put"] += 1
+                io["put_bytes"] += size
+            elif op == "UploadPart":
+                io["part"] += 1
+                io["part_bytes"] += size
+                # Each multipart upload's part sizes: the replay sends the same uploads.
+                io["uploads"].setdefault(upload_id, []).append(size)
+            elif op == "CompleteMultipartUpload":
+                io["completed"].append(upload_id)
+            elif op not in ("GetObject", "CreateMultipartUpload"):
+                io["other"] += 1
 
     def got(http_response: Any, parsed: Any, **_: Any) -> None:
         size = int(parsed.get("ContentLength") or 0)
@@ -322,10 +330,13 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     that saves shows as the stages' own gain. GETs read the
     objects the stage read (their keys come from the DB: `get_columns` of the batch's rows, and
     the big objects by key); PUTs send bodies of the stage's mean size to new scratch keys, one per
-    PUT as the stage writes (deleted afterwards, outside the timing); parts
-    of streamed uploads go as parts of one multipart upload of the same part sizes (aborted
-    afterwards); other requests (HEAD, multipart create/complete, DELETE) as HEADs. All of them
-    shuffled into one queue, as a stage interleaves them. Timed around the requests only."""
+    PUT as the stage writes (deleted afterwards, outside the timing); each multipart upload of the
+    stage as a multipart upload of the same part sizes, created with its first part and completed
+    (or aborted, as the stage did) once its parts are in: a completion makes the server assemble
+    the object, which costs moto about a second per 200 MB (earlier versions sent one HEAD in its
+    place and left that work out of the floor); other requests (HEAD, DELETE) as HEADs. All of
+    them shuffled into one queue, as a stage interleaves them (the obstore client sends a whole
+    upload from one task, its parts at once). Timed around the requests only."""
     import random
 
     import boto3
@@ -356,21 +367,51 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(f"no keys in {spec['get_columns']} to replay {io['small_get']} GETs")
     scratch = f"bench-floor/{uuid.uuid4().hex[:8]}"
     put_body = os.urandom(io["put_bytes"] // io["put"]) if io["put"] else b""
-    part_body = os.urandom(io["part_bytes"] // io["part"]) if io["part"] else b""
+    # The stage's multipart uploads, each with its parts' sizes; one it completed is completed
+    # here too (CompleteMultipartUpload makes the server assemble the object: on moto about a
+    # second per 200 MB, work a HEAD in its place would leave out), one it did not is aborted.
+    uploads = [(f"{scratch}/upload-{n}", sizes, upload_id in io["completed"])
+               for n, (upload_id, sizes) in enumerate(io["uploads"].items())]
+    part_source = os.urandom(max((max(sizes) for _, sizes, _ in uploads), default=0))
     client.put_object(Bucket=bucket, Key=f"{scratch}/head", Body=b"x")
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key=f"{scratch}/parts")["UploadId"] if io["part"] else ""
 
     def get(key: str) -> None:
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
         while body.read(1 << 20):
             pass
 
+    class Upload:
+        """One multipart upload as the stage's store sends it: created with its first part,
+        completed by its last one to finish."""
+
+        def __init__(self, key: str, sizes: list[int], complete: bool) -> None:
+            self.key, self.sizes, self.complete = key, sizes, complete
+            self.lock = threading.Lock()
+            self.upload_id: str | None = None
+            self.etags: dict[int, str] = {}
+
+        def part(self, number: int) -> None:
+            with self.lock:
+                if self.upload_id is None:
+                    self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+            etag = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                                      Body=part_source[:self.sizes[number - 1]])["ETag"]
+            with self.lock:
+                self.etags[number] = etag
+                last = len(self.etags) == len(self.sizes)
+            if last and self.complete:
+                client.complete_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": e} for n, e in sorted(self.etags.items())]})
+            elif last:
+                client.abort_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self.upload_id)
+
     tasks: list[Any] = [lambda k=keys[i % len(keys)]: get(k) for i in range(io["small_get"])]
     tasks += [lambda k=key: get(k) for key in io["big_gets"]]
     tasks += [lambda i=i: client.put_object(Bucket=bucket, Key=f"{scratch}/{i}", Body=put_body)
               for i in range(io["put"])]
-    tasks += [lambda i=i: client.upload_part(Bucket=bucket, Key=f"{scratch}/parts", UploadId=upload_id,
-                                             PartNumber=i + 1, Body=part_body) for i in range(io["part"])]
+    for key, sizes, complete in uploads:
+        upload = Upload(key, sizes, complete)
+        tasks += [lambda u=upload, n=n: u.part(n) for n in range(1, len(sizes) + 1)]
     tasks += [lambda: client.head_object(Bucket=bucket, Key=f"{scratch}/head") for _ in range(io["other"])]
     if plain_obstore:
         # The same requests from a plain obstore client (its defaults, but for the pool and plain
@@ -389,23 +430,23 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
         tasks += [lambda k=key: oget(k) for key in io["big_gets"]]
         tasks += [lambda i=i: obstore.put(store, f"{scratch}/{i}", put_body, use_multipart=False)
                   for i in range(io["put"])]
-        tasks += [lambda i=i: obstore.put(store, f"{scratch}/part-{i}", part_body, use_multipart=False)
-                  for i in range(io["part"])]
+        # A multipart upload is one task: obstore sends its parts (of the stage's part size) at
+        # once and completes it.
+        source = memoryview(part_source)
+        tasks += [lambda k=key, sz=sizes: obstore.put(store, k, iter([source[:size] for size in sz]),
+                                                      use_multipart=True, chunk_size=max(sz), max_concurrency=len(sz))
+                  for key, sizes, _ in uploads]
         tasks += [lambda: obstore.head(store, f"{scratch}/head") for _ in range(io["other"])]
     random.Random(0).shuffle(tasks)
     with ThreadPoolExecutor(threads, thread_name_prefix="replay") as pool:
         cpu0, t0 = _cpu_self(), time.perf_counter()
         list(pool.map(lambda f: f(), tasks))
         seconds, cpu = time.perf_counter() - t0, _cpu_self() - cpu0
-    if upload_id:
-        client.abort_multipart_upload(Bucket=bucket, Key=f"{scratch}/parts", UploadId=upload_id)
-    scratch_keys = [f"{scratch}/{i}" for i in range(io["put"])] + [f"{scratch}/head"]
-    if plain_obstore:
-        scratch_keys += [f"{scratch}/part-{i}" for i in range(io["part"])]
+    scratch_keys = [f"{scratch}/{i}" for i in range(io["put"])] + [f"{scratch}/head"] + [k for k, _, _ in uploads]
     for first in range(0, len(scratch_keys), 1000):
         client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in scratch_keys[first:first + 1000]]})
     return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "requests": len(tasks), "success": True,
-            "put_body_bytes": len(put_body), "part_body_bytes": len(part_body), "big_gets": len(io["big_gets"])}
+            "put_body_bytes": len(put_body), "part_body_bytes": len(part_source), "big_gets": len(io["big_gets"])}
 
 
 def child_main(spec_path: Path) -> None:
@@ -630,7 +671,8 @@ class Run:
                 result[field] = {k: floor.get(k) for k in (
                     "seconds", "cpu_s", "requests", "requests_total", "round_trips", "moto_cpu_s", "proxy_cpu_s",
                     "load_1m", "put_body_bytes", "part_body_bytes", "big_gets", "success", "failures")}
-            result["s3_io"] = {k: (len(v) if k == "big_gets" else v) for k, v in result["s3_io"].items()}
+            result["s3_io"] = {k: (len(v) if k in ("big_gets", "uploads", "completed") else v)
+                               for k, v in result["s3_io"].items()}
         return result
 
     def _subprocess(self, name: str, spec: dict[str, Any], env: dict[str, str], proxy: Proxy | None,
