@@ -10,7 +10,9 @@ round trip and counting requests at the HTTP layer. Each stage runs in its own f
 in-process executor, by asset / check name:
 
     setup            schema + bundled scaffolding; plan batches A and B (N items each, Messages mode)
-    generate         raw_conversations of A (loopback simulator, latency 0, max_concurrency 64)
+    generate         raw_conversations of A (the Claude simulator in its own process, as Claude is a
+                     remote service: the stage's CPU and memory are the client's; latency 0,
+                     max_concurrency 64)
     raw_checks       the checks of raw_conversations, alone
     parse            parsed_conversations of A, without checks
     parsed_checks    the checks of parsed_conversations, alone
@@ -725,6 +727,15 @@ class Run:
             (self.tmp / "dagster_home").mkdir()
             (self.tmp / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
             env, gen_env = self.env(db_url, bucket, proxy.endpoint), self.env(db_url, bucket, gen_proxy.endpoint)
+            # Generation talks to the simulator served apart (`lora-assets simulate-claude`), through the
+            # SDK as to Claude: without a key the stage would start one in its own process, and its
+            # work (composing every answer) and memory would count as the stage's.
+            sim_port = free_port()
+            stack.enter_context(process([str(Path(sys.executable).with_name("lora-assets")), "simulate-claude",
+                                         "--port", str(sim_port)], sim_port, "Claude simulator",
+                                        self.tmp / "simulator.log"))
+            gen_env |= {"ANTHROPIC_API_KEY": "sk-ant-bench-placeholder",
+                        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}"}
 
             setup = self.stage("setup", {"kind": "setup", "db_url": db_url, "n": self.n,
                                          "batches": ["a"] if self.rss_only else ["a", "b"]}, env, None, moto)

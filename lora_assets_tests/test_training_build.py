@@ -320,3 +320,44 @@ def test_members_sharing_an_assistant_turn_stay_on_one_side(data: Data) -> None:
 
     assert split_problems(stats) == [result.leakage_warnings[0]]
     assert split_problems({}) == [] and split_problems(None) == []
+
+
+def test_an_output_s3_refuses_while_the_build_goes_on_leaves_no_version_and_no_key(
+        data: Data, s3_bucket: tuple[str, str]) -> None:
+    """On S3 each output is completed in the background as soon as it is whole (the JSON and
+    JSONL while pass 2 writes the exports). One that S3 refuses (the PutObject of the OpenAI
+    validation export fails) fails the build as it is, not as a user error; then no key of the
+    version is left (the JSON document, completed before, included), no multipart upload is open,
+    and the version number is free: the next build takes it."""
+    import boto3
+    from botocore.exceptions import EndpointConnectionError
+
+    from lora_assets.store.blobs import S3BlobStore
+
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    store = S3BlobStore(client, bucket)
+    name = new_file(data, data.ids)
+    with data.engine.connect() as conn:
+        members = tfq.member_rows(conn, tfq.get_training_file(conn, name)["id"])
+    for m in members:
+        store.put_bytes(m["enriched_file_path"], data.store.get_bytes(m["enriched_file_path"]))
+    sent: list[str] = []
+
+    def refuse(params: dict[str, object], **_: object) -> None:
+        sent.append(str(params["Key"]))
+        if str(params["Key"]).endswith(OUTPUTS["openai-validation"]):
+            raise EndpointConnectionError(endpoint_url=endpoint)
+
+    client.meta.events.register("provide-client-params.s3.PutObject", refuse, unique_id="refuse-one-output")
+    with pytest.raises(EndpointConnectionError):
+        build_training_file(BuildPlan(name=name), engine=data.engine, store=store, concurrency=2, run_id="r")
+    assert any(k.endswith(f"/{name}.json") for k in sent)  # stored, then removed with the rest
+    assert store.list(version_prefix(name, 1)) == [] and versions(data, name) == []
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    client.meta.events.unregister("provide-client-params.s3.PutObject", unique_id="refuse-one-output")
+    result = build_training_file(BuildPlan(name=name), engine=data.engine, store=store, concurrency=2, run_id="r")
+    assert result.version == 1 and versions(data, name) == [(1, "active")]
+    assert sorted(store.list(version_prefix(name, 1))) == sorted(o.path for o in result.outputs.values())
+    document = store.get_bytes(result.outputs["json"].path)
+    assert scan_training_json(document.splitlines(keepends=True)).pairs == result.training_pairs
