@@ -10,8 +10,14 @@ conversation. Two conversations are
   costs about the same however many conversations came before.
 
 The first conversation seen is kept; later ones are reported with the id they duplicate.
-Everything is deterministic: the MinHash is datasketch's (fixed seed, SHA-1-based hash, not
-Python's salted `hash`), computed in numpy by `core.minhash`, and ties are broken by arrival order. The text itself is not retained:
+Everything is deterministic: the MinHash is datasketch's scheme (fixed seed; each shingle's input
+hash is its CRC-32, as datasketch's `hashfunc=zlib.crc32` gives, not Python's salted `hash`),
+computed in numpy by `core.minhash`, and ties are broken by arrival order. The shingles' CRC-32s
+are computed once per member (`TargetTexts.hashes`) and shared with the leakage check, which
+slices each turn's out of them. (Builds before December 2026 hashed with SHA-1's first four
+bytes, datasketch's default: ≈ 0.07 ms a member more for the same estimate of similarity, so a
+rebuild of an older version may judge a borderline pair differently.)
+The text itself is not retained:
 the state per kept conversation is a 32-byte digest (in a bytearray), its signature (4 bytes ×
 num_perm, one row of a numpy array) and its LSH band keys (12 bytes a band in numpy arrays,
 `BandIndex`): ≈ 0.7 KB at 128 permutations, where datasketch's own index took ≈ 6 KB.
@@ -35,7 +41,7 @@ from lora_assets.core.aggregate import (
     conversation_quality,
 )
 from lora_assets.core.diversity import sorted_unique
-from lora_assets.core.minhash import MinHasher, optimal_bands, sha1_hashes
+from lora_assets.core.minhash import MinHasher, crc32_hashes, optimal_bands
 from lora_assets.schemas.training import EnrichedConversation
 
 EXACT_DUPLICATE = "exact_duplicate"
@@ -115,8 +121,9 @@ class TargetTexts:
     raw: tuple[str, ...]
     normalised: tuple[str, ...]
     words: tuple[list[str], ...]
-    #: Word shingles over all the targets' words, by size (`shingles`).
+    #: Word shingles over all the targets' words, by size (`shingles`), and their CRC-32s (`hashes`).
     _shingles: dict[int, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
+    _hashes: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, conv: EnrichedConversation) -> TargetTexts:
@@ -134,6 +141,23 @@ class TargetTexts:
             words = self.all_words()
             made = self._shingles[size] = list(map(str.encode, map(" ".join, zip(*(words[i:] for i in range(size))))))
         return made
+
+    def hashes(self, size: int) -> np.ndarray:
+        """The CRC-32 of each of `shingles(size)` (uint32, one per position), computed once: the
+        input hashes of dedup's MinHash (of all of them) and of the leakage check's (each
+        target's own, `turn_hashes`)."""
+        made = self._hashes.get(size)
+        if made is None:
+            made = self._hashes[size] = crc32_hashes(self.shingles(size))
+        return made
+
+    def turn_hashes(self, turn: int, size: int) -> np.ndarray:
+        """`crc32_hashes(turn_shingles(turn, size))`, sliced out of `hashes` when it can be."""
+        words = self.words[turn]
+        if len(words) <= size:
+            return crc32_hashes(self.turn_shingles(turn, size))
+        start = sum(len(w) for w in self.words[:turn])
+        return self.hashes(size)[start : start + len(words) - size + 1]
 
     def turn_shingles(self, turn: int, size: int) -> list[bytes]:
         """`word_shingles` of target `turn` (encoded, in word order, repeats kept: a MinHash does
@@ -400,8 +424,8 @@ class Deduplicator:
         if bands < 2:
             raise ValueError(f"num_perm {num_perm!r} is too small for LSH at threshold {threshold!r} (fewer than 2 bands)")
         self._index = BandIndex(bands, rows, num_perm)
-        # datasketch's MinHash(num_perm, seed) with its default SHA-1 hash, in numpy.
-        self._hasher = MinHasher(num_perm, seed, sha1_hashes)
+        # datasketch's MinHash(num_perm, seed, hashfunc=zlib.crc32), in numpy.
+        self._hasher = MinHasher(num_perm, seed, crc32_hashes)
         # SHA-256 of each indexed conversation's text, by kept index (32 bytes each, back to back):
         # identical text means identical shingles, so an exact duplicate is always among the LSH
         # candidates, and its digest is compared there (a dict of digests took ≈ 150 bytes each).
@@ -423,12 +447,13 @@ class Deduplicator:
     def _signature_of_words(self, words: list[str]) -> np.ndarray:
         return self._hasher.signature(list(map(str.encode, shingles_of_words(words, self.shingle_size))))
 
-    def _shingle_set(self, targets: TargetTexts) -> set[bytes]:
-        # The shingle set `_signature_of_words(targets.all_words())` hashes, from the shingles the
-        # targets made once (the leakage check slices its own out of them).
+    def _shingle_hashes(self, targets: TargetTexts) -> np.ndarray:
+        # The input hashes of `_signature_of_words(targets.all_words())`, from the shingles' hashes
+        # the targets made once (the leakage check slices its own out of them). Repeats are kept:
+        # a minimum does not see them, so the signature is the shingle set's.
         if sum(len(w) for w in targets.words) <= self.shingle_size:
-            return set(map(str.encode, shingles_of_words(targets.all_words(), self.shingle_size)))
-        return set(targets.shingles(self.shingle_size))
+            return crc32_hashes(list(map(str.encode, shingles_of_words(targets.all_words(), self.shingle_size))))
+        return targets.hashes(self.shingle_size)
 
     def prepare(self, targets: Sequence[TargetTexts]) -> list[PreparedCheck]:
         """`PreparedCheck`s of conversations about to be checked in this order (their
@@ -436,12 +461,10 @@ class Deduplicator:
         dozen small numpy calls was most of it) and, against the index as it is now and each
         other, whether anything can be proposed for each."""
         texts = [i for i, t in enumerate(targets) if t.text.strip()]
-        flat: list[bytes] = []
-        bounds = [0]
-        for i in texts:
-            flat.extend(self._shingle_set(targets[i]))
-            bounds.append(len(flat))
-        signatures = self._hasher.signatures(flat, bounds)
+        hashes = [self._shingle_hashes(targets[i]) for i in texts]
+        bounds = np.concatenate(([0], np.cumsum([len(h) for h in hashes], dtype=np.intp)))
+        flat = np.concatenate(hashes) if hashes else np.empty(0, np.uint32)
+        signatures = self._hasher.signatures_of_hashes(flat, bounds)
         keys = self._index.keys_of(signatures)
         proposed = self._index.proposes(keys)
         # ... or by an earlier conversation of the batch (the same band's key), once kept.
@@ -490,7 +513,7 @@ class Deduplicator:
         if prepared is not None and prepared.signature is not None and prepared.keys is not None:
             signature, keys = prepared.signature, prepared.keys
         else:
-            signature = self._hasher.signature(self._shingle_set(targets))
+            signature = self._hasher.signature_of_hashes(self._shingle_hashes(targets))
             keys = self._index.keys(signature)
             unproposed = False
         if unproposed:

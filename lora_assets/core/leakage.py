@@ -551,8 +551,7 @@ class LeakageStats:
         ends: list[int] = []  # where each answer's words end in `words_all`
         sentences: list[str] = []
         compared: list[tuple[int, bytes]] = []  # (turn index, digest) of the turns long enough to compare
-        shingles: list[bytes] = []
-        bounds = [0]  # compared turn i's shingles are shingles[bounds[i]:bounds[i + 1]]
+        hashed: list[np.ndarray] = []  # each compared turn's shingles' CRC-32s
         short = 0
         for turn_index, content in enumerate(answers, start=1):
             done = known.get(content) if known is not None else None
@@ -569,19 +568,18 @@ class LeakageStats:
                 continue
             compared.append((turn_index, _digest(text)))
             at = position.get(content)
-            if at is not None:
-                shingles.extend(targets.turn_shingles(at, self.shingle_size))  # type: ignore[union-attr]
+            if at is not None:  # the hashes dedup made, sliced
+                hashed.append(targets.turn_hashes(at, self.shingle_size))  # type: ignore[union-attr]
             else:
-                shingles.extend(map(str.encode, shingles_of_words(words, self.shingle_size)))
-            bounds.append(len(shingles))
+                hashed.append(crc32_hashes(list(map(str.encode, shingles_of_words(words, self.shingle_size)))))
         self._add_templates(sentences, cell_id)
         # Sentences long enough to compare, as digests (all of the example's in one normalisation).
         enough = self._enough_words.match
         counted = [_digest(text) for text in normalise_texts(sentences) if enough(text)]
         # Every compared turn of the example in one numpy pass.
         # The input hashes of `self._hasher` (CRC-32); `record` makes the signatures from them.
-        hashes = crc32_hashes(shingles).tobytes() if compared else b""
-        counts = tuple(end - start for start, end in zip(bounds, bounds[1:]))
+        hashes = np.concatenate(hashed).astype(np.uint32, copy=False).tobytes() if compared else b""
+        counts = tuple(len(h) for h in hashed)
         self._cells.add_words(cell_id, self._word_ids(words_all), np.array(ends, dtype=np.intp))
         return ExampleMeasure(b"".join(counted), compared, hashes, counts, short)
 

@@ -9,35 +9,23 @@ equivalence with datasketch (signatures and band choices) is pinned by tests tha
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["MinHasher", "crc32_hashes", "optimal_bands", "sha1_hashes"]
+__all__ = ["MinHasher", "crc32_hashes", "optimal_bands"]
 
 _MAX32 = np.uint32(0xFFFFFFFF)
 #: Shingles per numpy block: bounds the (shingles × permutations) temporary at 2 MB at 128.
 _BLOCK = 4096
 
 
-#: `hashlib.sha1(…).digest` unbound: mapped over the hash objects, no Python-level loop.
-_SHA1_DIGEST = type(hashlib.sha1()).digest
-
-
-def sha1_hashes(shingles: Collection[bytes]) -> np.ndarray:
-    """datasketch's default `sha1_hash32` of each shingle: the first 4 bytes of its SHA-1, little
-    endian."""
-    # Whole 20-byte digests back to back (map in C, no slicing per shingle); every fifth uint32 is
-    # a digest's first four bytes.
-    digests = b"".join(map(_SHA1_DIGEST, map(hashlib.sha1, shingles)))
-    return np.frombuffer(digests, dtype="<u4")[::5].astype(np.uint32)
-
-
 def crc32_hashes(shingles: Collection[bytes]) -> np.ndarray:
-    """`zlib.crc32` of each shingle (the leakage check's cheaper hash)."""
+    """`zlib.crc32` of each shingle: the input hash of dedup's and the leakage check's MinHash
+    (datasketch's `hashfunc=zlib.crc32`; its default, SHA-1's first four bytes, cost ≈ 4× as much
+    per shingle)."""
     return np.fromiter(map(zlib.crc32, shingles), dtype=np.uint32, count=len(shingles))
 
 
@@ -65,7 +53,7 @@ class MinHasher:
     """Signatures of `num_perm` uint32 values: `signature(shingles)` equals the `hashvalues` of
     datasketch's `MinHash(num_perm, seed, hashfunc=…)` after `update_batch(shingles)`
     (all 0xFFFFFFFF for no shingle). `hashes` maps shingles to their uint32 input hashes
-    (`sha1_hashes`, datasketch's default, or `crc32_hashes`)."""
+    (`crc32_hashes`, or any vectorised form of a `hashfunc` datasketch takes)."""
 
     def __init__(self, num_perm: int, seed: int, hashes: Callable[[Collection[bytes]], np.ndarray]) -> None:
         if num_perm < 1:
