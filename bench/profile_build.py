@@ -1,9 +1,10 @@
-"""CPU profile of the partition-scale stages on local disk (no S3, no proxy): where a member's
-milliseconds go, before the S3 benchmark (`bench_scale.py`) measures the same stages against
-the I/O floor.
+"""CPU profile of the partition-scale stages on local disk (no S3, no proxy; the build also on S3
+with `--s3`): where a member's milliseconds go, before the S3 benchmark (`bench_scale.py`)
+measures the same stages against the I/O floor.
 
     python bench/profile_build.py --n 800 --state /tmp/lora-profile prepare   # once: generate + enrich
     python bench/profile_build.py --state /tmp/lora-profile build [--profile out.prof] [--name fixed]
+    python bench/profile_build.py --state /tmp/lora-profile build --s3 20 --rounds 2
     python bench/profile_build.py --state /tmp/lora-profile pipeline [--profile out.prof]
 
 `prepare` plans a batch of N items (as bench_scale does: the persona×arc×topic combinations in
@@ -15,6 +16,13 @@ whose members come in the same order every time, so two versions' files compare 
 (rows reset to not-started). Each prints seconds, CPU seconds and CPU ms per conversation (the
 process's and the main thread's: blob threads apart), the peak RSS and, for `build`, the
 wall-clock seconds of each of its steps.
+
+`build --s3 D` builds on S3 instead: moto (`lora_assets_tests.s3_server`) behind the latency proxy
+of `bench_scale.py` adding D ms per round trip, both started here and stopped after; the state's
+`enriched.json` files are uploaded once (not timed), then each build (`--rounds`) reads and writes
+S3 through the store production uses. What `bench_scale.py` measures for the build stage, without
+the other stages, Dagster or PostgreSQL around it (the DB stays the state's SQLite): a quick
+before/after for a change to the build.
 
 `--profile out.prof` writes cProfile stats timed by the main thread's CPU (`time.thread_time`),
 `--profile out.txt` (or `.html`) a pyinstrument sampling profile (`uv pip install pyinstrument`):
@@ -30,8 +38,12 @@ import itertools
 import json
 import resource
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +112,34 @@ def _profiled(fn: Any, profile: Path | None) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t0, _cpu() - cpu0
 
 
-def build(state: Path, profile: Path | None, concurrency: int, name: str | None = None) -> dict[str, Any]:
+@contextmanager
+def s3_store(state: Path, delay_ms: float) -> Iterator[Any]:
+    """An S3 store on a moto server behind the latency proxy (both stopped on the way out) holding
+    the state's enriched files, uploaded directly (not through the proxy)."""
+    import os
+
+    from bench_scale import free_port, make_bucket, process, start_proxy  # this script's directory
+    from lora_assets.store.blobs import S3BlobStore, make_s3_client
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(key, value)
+    with tempfile.TemporaryDirectory(prefix="lora-profile-s3-") as tmp, ExitStack() as stack:
+        port = free_port()
+        stack.enter_context(process([sys.executable, "-m", "lora_assets_tests.s3_server", "--port", str(port)],
+                                    port, "moto S3 server", Path(tmp) / "moto.log"))
+        proxy = stack.enter_context(start_proxy(port, delay_ms, Path(tmp), "profile"))
+        bucket = make_bucket(f"http://127.0.0.1:{port}")
+        direct = S3BlobStore(make_s3_client(f"http://127.0.0.1:{port}", 32), bucket)
+        root = state / "blobs"
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda p: direct.put_bytes(str(p.relative_to(root)), p.read_bytes()),
+                          root.rglob("enriched.json")))
+        yield S3BlobStore(make_s3_client(proxy.endpoint, 32), bucket)
+
+
+def build(state: Path, profile: Path | None, concurrency: int, name: str | None = None,
+          store: Any = None) -> dict[str, Any]:
     from lora_assets.defs.resources import DomainDB
     from lora_assets.store import training_files as tfq
     from lora_assets.store.blobs import LocalBlobStore
@@ -119,7 +158,7 @@ def build(state: Path, profile: Path | None, concurrency: int, name: str | None 
         name = name or f"profile-{uuid.uuid4().hex[:8]}"
         tfq.create_training_file(engine, name=name, conversation_ids=ids, created_by="bench")
     assert name is not None
-    store = LocalBlobStore(state / "blobs")
+    store = store or LocalBlobStore(state / "blobs")
     result, seconds, cpu = _profiled(lambda: build_training_file(BuildPlan(name=name), engine=engine, store=store,
                                                                  concurrency=concurrency, run_id="profile"), profile)
     return {"stage": "build", "name": name, "version": result.version, "members": len(ids), "seconds": round(seconds, 3), "cpu_s": round(cpu, 3),
@@ -168,6 +207,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--name", help="build: the next version of this training file (created on first use) "
                         "instead of a new file")
+    parser.add_argument("--s3", type=float, metavar="DELAY_MS",
+                        help="build: on S3 (moto behind a proxy adding DELAY_MS per round trip) instead of local disk")
+    parser.add_argument("--rounds", type=int, default=1, help="build: how many builds (one JSON line each)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     import lora_assets.training_build  # noqa: F401 - import cost reported apart
@@ -175,9 +217,15 @@ def main() -> None:
     imported = time.perf_counter() - t0
     if args.what == "prepare":
         prepare(args.state, args.n)
+    elif args.what == "build":
+        with s3_store(args.state, args.s3) if args.s3 is not None else nullcontext() as store:
+            for _ in range(args.rounds):
+                out = build(args.state, args.profile, args.concurrency, args.name, store)
+                out["import_s"] = round(imported, 3)
+                out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                print(json.dumps(out, indent=1), flush=True)
     else:
-        out = (build(args.state, args.profile, args.concurrency, args.name) if args.what == "build"
-               else pipeline(args.state, args.profile))
+        out = pipeline(args.state, args.profile)
         out["import_s"] = round(imported, 3)
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(out, indent=1))
