@@ -470,10 +470,13 @@ class _OutputWriters:
                     failed = failed or exc
             cause = error or failed
             for stack, _ in self._open.values():
-                if cause is None:
-                    stack.close()  # not handed back (a bug): completed here, in order
-                else:
-                    stack.__exit__(type(cause), cause, cause.__traceback__)  # the writer aborts its upload
+                try:  # every file is tried, whatever one of them raises
+                    if cause is None:
+                        stack.close()  # not handed back (a bug): completed here, in order
+                    else:
+                        stack.__exit__(type(cause), cause, cause.__traceback__)  # the writer aborts its upload
+                except BaseException as exc:  # noqa: BLE001 - raised below unless an error is on its way
+                    failed = failed or exc
             self._open.clear()
         finally:
             self._pool.shutdown()

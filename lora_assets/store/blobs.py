@@ -361,6 +361,7 @@ class S3BlobStore:
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._upload_pool: ThreadPoolExecutor | None = None
+        self._upload_pool_lock = threading.Lock()  # files are completed from several threads at once
         self._objects: tuple[int, Any] | None = None  # (pid, S3Store): obstore's runtime is per process
         client.meta.events.register("before-send.s3.PutObject", _no_expect_for_small_bodies,
                                     unique_id="lora-no-expect-small-put")
@@ -505,9 +506,10 @@ class S3BlobStore:
         # A few threads for every file: a part's round trip and the server's work on 8 MB overlap
         # with the next parts' (one at a time, a build's 500 MB of outputs went after its last
         # member, part after part), and at most UPLOAD_THREADS parts are in memory.
-        if self._upload_pool is None:
-            self._upload_pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-parts")
-        return self._upload_pool
+        with self._upload_pool_lock:
+            if self._upload_pool is None:
+                self._upload_pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-parts")
+            return self._upload_pool
 
     def url(self, key: str, expires_in: int = 3600) -> str:
         return self.client.generate_presigned_url(
