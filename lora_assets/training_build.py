@@ -1,7 +1,8 @@
-"""The build of a training-file version, outside Dagster: quality and Claude-judge filters →
-exact/near-duplicate removal (one GET per member) → seeded split by conversation → claim the
-next version → stream every output → dataset card → record the version row. Either every output
-of the version is stored and recorded, or none is (every key is removed on any failure).
+"""The build of a training-file version, outside Dagster: claim the next version → quality and
+Claude-judge filters → exact/near-duplicate removal (one GET per member), streaming the JSONL and
+the JSON document meanwhile → seeded split by conversation → stream the exports → dataset card →
+record the version row. Either every output of the version is stored and recorded, or none is
+(every key is removed, every upload aborted and the version released on any failure).
 
 Plain Python over the domain DB (an SQLAlchemy engine) and a `BlobStore`; the `training_files`
 asset only reads its partition, config and resources, calls `build_training_file` and turns a
@@ -698,7 +699,8 @@ def _build(plan: BuildPlan, *, engine: Engine, store: BlobStore, concurrency: in
     inputs = _load(engine, plan.name)
     measures = BuildMeasures(counter, max_length=plan.max_length, thresholds=plan.leakage_thresholds)
     try:
-        # Claimed before pass 1: the JSONL is uploaded under the version's key while pass 1 writes it.
+        # Claimed before pass 1: the JSONL and the JSON document go to the version's keys while pass 1
+        # writes them.
         version_row, version = tfq.claim_version(engine, inputs.tf["id"], plan.name)
     except tfq.BuildInProgressError as exc:
         measures.close()
