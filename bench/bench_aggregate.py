@@ -5,8 +5,10 @@
    history, 250-450 char client turns, 600-1100 char advisor turns) and writes them once to a
    temp JSONL of enriched documents, one conversation per line.
 2. In a subprocess, times OUR path: read the enriched docs line by line ->
-   `EnrichedConversation.model_validate_json` -> `AggregateWriter.add` -> `write_training_json`,
-   and records the child's peak RSS (`ru_maxrss`).
+   `EnrichedConversation.model_validate_json` -> `AggregateWriter.add` (the JSONL and the JSON
+   document's pairs, as a build writes them) -> the document's head (`training_json_head`) put
+   before its pairs (as the local store's writer with a deferred head does), and records the
+   child's peak RSS (`ru_maxrss`).
 3. In another subprocess, times the FLOOR: plain `json.load` + `json.dump` of the aggregated
    document (the same data as one JSON file), the least any Python tool does to rewrite it.
 4. Reports time ratio (aim <= 1.5x) and our peak memory (aim <= 300 MB), writes the JSON to
@@ -195,7 +197,9 @@ def _peak_rss_mb() -> float:
 
 
 def child_ours(enriched: Path, workdir: Path) -> dict:
-    from lora_assets.core.aggregate import AggregateWriter, write_training_json
+    import shutil
+
+    from lora_assets.core.aggregate import TRAINING_JSON_END, AggregateWriter, training_json_head
     from lora_assets.schemas.scaffolding import ConsultantProfile
     from lora_assets.schemas.training import EnrichedConversation
 
@@ -206,21 +210,21 @@ def child_ours(enriched: Path, workdir: Path) -> dict:
     c0 = time.process_time()
     t0 = time.perf_counter()
     validate = EnrichedConversation.model_validate_json
-    with enriched.open("rb") as src, jsonl_path.open("wb") as jsonl_out:
-        writer = AggregateWriter(jsonl_out)
+    body_path = workdir / "training.json.pairs"
+    with enriched.open("rb") as src, jsonl_path.open("wb") as jsonl_out, body_path.open("wb") as body_out:
+        writer = AggregateWriter(jsonl_out, body_out)
         for line in src:
             writer.add(validate(line))
     t1 = time.perf_counter()
     stats = writer.stats
-    with jsonl_path.open("rb") as jsonl_in, json_path.open("wb") as json_out:
-        written = write_training_json(
-            dataset_name="bench",
-            created_date="2025-12-01T00:00:00Z",
-            consultant=consultant,
-            stats=stats,
-            jsonl_in=jsonl_in,
-            json_out=json_out,
-        )
+    head = training_json_head(dataset_name="bench", created_date="2025-12-01T00:00:00Z", consultant=consultant,
+                              stats=stats)
+    with body_path.open("rb") as body, json_path.open("wb") as json_out:
+        json_out.write(head)
+        shutil.copyfileobj(body, json_out, 1 << 20)
+        json_out.write(TRAINING_JSON_END)
+    body_path.unlink()
+    written = json_path.stat().st_size
     t2 = time.perf_counter()
     return {
         "seconds": t2 - t0,
