@@ -155,7 +155,7 @@ class TargetTexts:
         """`crc32_hashes(turn_shingles(turn, size))`, sliced out of `hashes` when it can be."""
         words = self.words[turn]
         if len(words) <= size:
-            return crc32_hashes(self.turn_shingles(turn, size))
+            return shingle_hashes(words, size)
         start = sum(len(w) for w in self.words[:turn])
         return self.hashes(size)[start : start + len(words) - size + 1]
 
@@ -193,6 +193,12 @@ def word_shingles(text: str, size: int) -> set[str]:
     """Word `size`-grams of `text` (punctuation ignored); a text shorter than `size` words is one
     shingle, so short answers still compare."""
     return shingles_of_words(_WORD.findall(text), size)
+
+
+def shingle_hashes(words: list[str], size: int) -> np.ndarray:
+    """The CRC-32s of `shingles_of_words(words, size)`, UTF-8 encoded: the MinHash input of a text
+    not already shingled in a `TargetTexts`."""
+    return crc32_hashes(list(map(str.encode, shingles_of_words(words, size))))
 
 
 def shingles_of_words(words: list[str], size: int) -> set[str]:
@@ -445,14 +451,14 @@ class Deduplicator:
         return self._signature_of_words(_WORD.findall(text))
 
     def _signature_of_words(self, words: list[str]) -> np.ndarray:
-        return self._hasher.signature(list(map(str.encode, shingles_of_words(words, self.shingle_size))))
+        return self._hasher.signature_of_hashes(shingle_hashes(words, self.shingle_size))
 
     def _shingle_hashes(self, targets: TargetTexts) -> np.ndarray:
         # The input hashes of `_signature_of_words(targets.all_words())`, from the shingles' hashes
         # the targets made once (the leakage check slices its own out of them). Repeats are kept:
         # a minimum does not see them, so the signature is the shingle set's.
         if sum(len(w) for w in targets.words) <= self.shingle_size:
-            return crc32_hashes(list(map(str.encode, shingles_of_words(targets.all_words(), self.shingle_size))))
+            return shingle_hashes(targets.all_words(), self.shingle_size)
         return targets.hashes(self.shingle_size)
 
     def prepare(self, targets: Sequence[TargetTexts]) -> list[PreparedCheck]:

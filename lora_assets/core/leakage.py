@@ -50,7 +50,7 @@ import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from lora_assets.core.aggregate import LEGACY_KEY
-from lora_assets.core.dedup import BandIndex, TargetTexts, normalise_text, normalise_texts, shingles_of_words
+from lora_assets.core.dedup import BandIndex, TargetTexts, normalise_text, normalise_texts, shingle_hashes
 from lora_assets.core.diversity import CellCounters, template_figures
 from lora_assets.core.minhash import MinHasher, crc32_hashes
 
@@ -571,7 +571,7 @@ class LeakageStats:
             if at is not None:  # the hashes dedup made, sliced
                 hashed.append(targets.turn_hashes(at, self.shingle_size))  # type: ignore[union-attr]
             else:
-                hashed.append(crc32_hashes(list(map(str.encode, shingles_of_words(words, self.shingle_size)))))
+                hashed.append(shingle_hashes(words, self.shingle_size))
         self._add_templates(sentences, cell_id)
         # Sentences long enough to compare, as digests (all of the example's in one normalisation).
         enough = self._enough_words.match

@@ -81,13 +81,10 @@ class MinHasher:
         return out  # type: ignore[return-value]
 
 
-    def signatures(self, shingles: Sequence[bytes], bounds: Sequence[int]) -> np.ndarray:
-        """Signatures of several shingle sets at once (one row each): set i is
-        `shingles[bounds[i]:bounds[i + 1]]`. One numpy pass for, say, every turn of a conversation."""
-        return self.signatures_of_hashes(self._hashes(shingles) if shingles else np.empty(0, np.uint32), bounds)
-
     def signatures_of_hashes(self, hashes: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
-        """`signatures` from the shingles' input hashes (uint32)."""
+        """Signatures of several shingle sets at once (one row each) from their shingles' input
+        hashes (uint32): set i's are `hashes[bounds[i]:bounds[i + 1]]`. One numpy pass for, say,
+        every turn of a conversation."""
         groups = len(bounds) - 1
         out = np.full((groups, self.num_perm), _MAX32, dtype=np.uint32)
         if not len(hashes):

@@ -152,9 +152,14 @@ class _HeadLater:
         return self.written + len(self.head or b"")
 
     def head_bytes(self) -> bytes:
-        if self.head is None:
-            raise ValueError(f"blob {self.key!r}: its head was never given (a writer with deferred_head)")
-        return self.head
+        return _given_head(self.head, self.key)
+
+
+def _given_head(head: bytes | None, key: str) -> bytes:
+    """The head a writer with `deferred_head` was given, or ValueError naming the blob."""
+    if head is None:
+        raise ValueError(f"blob {key!r}: its head was never given (a writer with deferred_head)")
+    return head
 
 
 #: PUTs up to this size go without `Expect: 100-continue` (botocore adds it to every file-like
@@ -231,11 +236,7 @@ class _StreamedUpload:
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def _head(self) -> bytes:
-        if not self.deferred_head:
-            return b""
-        if self.head is None:
-            raise ValueError(f"blob {self.s3_key!r}: its head was never given (a writer with deferred_head)")
-        return self.head
+        return _given_head(self.head, self.s3_key) if self.deferred_head else b""
 
     def tell(self) -> int:
         return self.written + len(self.head or b"")
